@@ -1,0 +1,3 @@
+from usher.cli import main
+
+main()
