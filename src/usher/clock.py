@@ -1,4 +1,4 @@
-"""Time as an injected dependency, so that balancing, health and limits run on virtual time in tests."""
+"""Time as an injected dependency: balancing, health and limits run on virtual time in tests."""
 
 from __future__ import annotations
 

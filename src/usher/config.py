@@ -1,0 +1,1090 @@
+"""Load the YAML config file into frozen, validated models, reporting every problem at once."""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import UnionType
+from typing import Annotated, Any, Final, Literal, Self, Union, get_args, get_origin
+
+import yaml
+from annotated_types import Gt
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
+
+from usher.balancing import registered_names
+from usher.errors import ConfigError, ConfigIssue
+
+__all__ = [
+    "DEFAULT_ALGORITHM",
+    "DEFAULT_BACKEND_WEIGHT",
+    "DEFAULT_BODY_TIMEOUT",
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_FAIL_TIMEOUT",
+    "DEFAULT_HEADER_TIMEOUT",
+    "DEFAULT_KEEPALIVE_TIMEOUT",
+    "DEFAULT_MAX_BODY_SIZE",
+    "DEFAULT_MAX_FAILS",
+    "DEFAULT_MAX_HEADERS",
+    "DEFAULT_MAX_HEADER_SIZE",
+    "DEFAULT_MAX_IDLE_CONNECTIONS",
+    "DEFAULT_MAX_REQUEST_LINE",
+    "DEFAULT_PROTOCOL",
+    "DEFAULT_READ_TIMEOUT",
+    "DEFAULT_REDIRECT_STATUS",
+    "DEFAULT_RETRY_ATTEMPTS",
+    "DEFAULT_SEND_TIMEOUT",
+    "DEFAULT_TUNNEL_TIMEOUT",
+    "DEFAULT_UPSTREAM_IDLE_TIMEOUT",
+    "DEFAULT_WRITE_TIMEOUT",
+    "Address",
+    "BackendAddress",
+    "BackendConfig",
+    "ByteSize",
+    "Config",
+    "Duration",
+    "HeaderRewrite",
+    "HostPort",
+    "Listener",
+    "ListenerLimits",
+    "ListenerTimeouts",
+    "ListenerTls",
+    "PassiveHealth",
+    "PoolConfig",
+    "PoolTimeouts",
+    "Redirect",
+    "Retries",
+    "Route",
+    "RouteMatch",
+    "SplitTarget",
+    "TlsCertificate",
+    "config_schema",
+    "load_config",
+    "parse_address",
+    "parse_config",
+    "parse_duration",
+    "parse_size",
+]
+
+# Listener defaults.
+DEFAULT_PROTOCOL: Final = "http"
+DEFAULT_MAX_BODY_SIZE: Final = 1024**3
+DEFAULT_MAX_HEADER_SIZE: Final = 32 * 1024
+DEFAULT_MAX_REQUEST_LINE: Final = 8 * 1024
+DEFAULT_MAX_HEADERS: Final = 100
+DEFAULT_HEADER_TIMEOUT: Final = 10.0
+DEFAULT_BODY_TIMEOUT: Final = 60.0
+# Longer than the 60 s idle expiry of common upstream pools, as nginx's keepalive_timeout 75s.
+DEFAULT_KEEPALIVE_TIMEOUT: Final = 75.0
+DEFAULT_WRITE_TIMEOUT: Final = 60.0
+DEFAULT_REDIRECT_STATUS: Final = 302
+
+# Pool defaults.
+DEFAULT_ALGORITHM: Final = "round_robin"
+DEFAULT_BACKEND_WEIGHT: Final = 1
+DEFAULT_MAX_FAILS: Final = 1
+DEFAULT_FAIL_TIMEOUT: Final = 10.0
+DEFAULT_CONNECT_TIMEOUT: Final = 5.0
+DEFAULT_READ_TIMEOUT: Final = 60.0
+DEFAULT_SEND_TIMEOUT: Final = 60.0
+DEFAULT_UPSTREAM_IDLE_TIMEOUT: Final = 60.0
+DEFAULT_TUNNEL_TIMEOUT: Final = 3600.0
+DEFAULT_RETRY_ATTEMPTS: Final = 2
+DEFAULT_MAX_IDLE_CONNECTIONS: Final = 32
+
+
+# --- Value types -------------------------------------------------------------------------------
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# "ms" is listed before "m" so that "250ms" is not read as 250 minutes and a stray "s".
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_DURATION_PATTERN = r"^(([0-9]+(\.[0-9]+)?(ms|s|m|h))+|[0-9]+(\.[0-9]+)?)$"
+_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from `"250ms"`, `"5s"`, `"2m"`, `"1h"`, `"1m30s"` or a plain number of seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if math.isfinite(value) and value >= 0:
+            return float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if _NUMBER.fullmatch(text):
+            return float(text)
+        parts = _DURATION_PART.findall(text)
+        if parts and "".join(number + unit for number, unit in parts) == text:
+            return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+    raise ValueError(f"invalid duration {value!r} (use e.g. 250ms, 5s, 2m)")
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kib": 1024,
+    "kb": 1000,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "mb": 1000**2,
+    "g": 1024**3,
+    "gib": 1024**3,
+    "gb": 1000**3,
+    "t": 1024**4,
+    "tib": 1024**4,
+    "tb": 1000**4,
+}
+_SIZE = re.compile(r"([0-9]+)\s*([a-z]*)")
+_SIZE_PATTERN = r"^\s*[0-9]+\s*([kKmMgGtT]([iI]?[bB])?|[bB])?\s*$"
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an int, `"512"`, `"64KiB"`/`"16k"` (1024-based) or `"10MB"` (1000-based)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value >= 0:
+            return value
+    elif isinstance(value, float):
+        if value.is_integer() and value >= 0:
+            return int(value)
+    elif isinstance(value, str):
+        match = _SIZE.fullmatch(value.strip().lower())
+        if match and match[2] in _SIZE_UNITS:
+            return int(match[1]) * _SIZE_UNITS[match[2]]
+    raise ValueError(f"invalid size {value!r} (use e.g. 512, 64KiB, 10MiB)")
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    """A host (name, IPv4 or IPv6 address) and a TCP port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+_BRACKETED = re.compile(r"\[([^\[\]]+)\]:([0-9]{1,5})")
+_PLAIN = re.compile(r"([^:\[\]\s]+):([0-9]{1,5})")
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*"
+)
+_ADDRESS_PATTERN = r"^(\[[0-9A-Fa-f:.]+(%[A-Za-z0-9_.-]+)?\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$"
+
+
+def parse_address(value: object, *, allow_port_zero: bool = True) -> HostPort:
+    """A `HostPort` from `"host:port"` or `"[v6]:port"`; port 0 means "pick a free port"."""
+    address = value if isinstance(value, HostPort) else _parse_host_port(value)
+    low = 0 if allow_port_zero else 1
+    if not low <= address.port <= 65535:
+        raise ValueError(f"invalid address {str(value)!r} (port must be {low}..65535)")
+    return address
+
+
+def _parse_host_port(value: object) -> HostPort:
+    bad = ValueError(f"invalid address {value!r} (expected host:port, [v6]:port for IPv6)")
+    if not isinstance(value, str):
+        raise bad
+    text = value.strip()
+    if match := _BRACKETED.fullmatch(text):
+        try:
+            host = str(ipaddress.IPv6Address(match[1]))
+        except ValueError:
+            raise bad from None
+        return HostPort(host, int(match[2]))
+    if match := _PLAIN.fullmatch(text):
+        host = match[1].lower()
+        if re.fullmatch(r"[0-9.]+", host):
+            try:
+                host = str(ipaddress.IPv4Address(host))
+            except ValueError:
+                raise bad from None
+        elif not _HOSTNAME.fullmatch(host):
+            raise bad
+        return HostPort(host, int(match[2]))
+    raise bad
+
+
+def _parse_backend_address(value: object) -> HostPort:
+    return parse_address(value, allow_port_zero=False)
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": _DURATION_PATTERN},
+                {"type": "number", "minimum": 0},
+            ],
+            "description": "A duration: 250ms, 5s, 2m, 1h, 1m30s, or a number of seconds.",
+        }
+    ),
+]
+"""Seconds, written `250ms`, `5s`, `2m`, `1h` or as a plain number of seconds."""
+
+ByteSize = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": _SIZE_PATTERN},
+                {"type": "integer", "minimum": 0},
+            ],
+            "description": "A size in bytes: 512, 64KiB, 16k, 10MiB, 10MB (1000-based), 1GiB.",
+        }
+    ),
+]
+"""Bytes, written as an int, `64KiB`/`16k` (1024-based) or `10MB` (1000-based)."""
+
+_ADDRESS_SCHEMA = {
+    "type": "string",
+    "pattern": _ADDRESS_PATTERN,
+    "description": "host:port, or [v6]:port for IPv6.",
+}
+
+# A plain validator, not a before one: HostPort is a dataclass, and pydantic would otherwise
+# validate it field by field and accept a {host, port} mapping too.
+Address = Annotated[
+    HostPort,
+    PlainValidator(parse_address),
+    PlainSerializer(str, return_type=str, when_used="json"),
+    WithJsonSchema(_ADDRESS_SCHEMA),
+]
+"""`host:port` or `[v6]:port`; port 0 asks the OS for a free port (listeners only)."""
+
+BackendAddress = Annotated[
+    HostPort,
+    PlainValidator(_parse_backend_address),
+    PlainSerializer(str, return_type=str, when_used="json"),
+    WithJsonSchema(_ADDRESS_SCHEMA),
+]
+"""An `Address` that must name a real port, 1..65535."""
+
+
+# RFC 9110 tchar: what a header name or a method may be made of.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_POOL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _header_name(value: str) -> str:
+    if not _TOKEN.fullmatch(value):
+        raise ValueError(f"invalid header name {value!r} (letters, digits and !#$%&'*+-.^_`|~)")
+    return value
+
+
+def _method(value: str) -> str:
+    if not _TOKEN.fullmatch(value):
+        raise ValueError(f"invalid method {value!r}")
+    return value.upper()
+
+
+def _server_name(value: str) -> str:
+    name = value.strip().lower()
+    bare = name[2:] if name.startswith("*.") else name
+    if not _HOSTNAME.fullmatch(bare):
+        raise ValueError(f"invalid host name {value!r} (expected e.g. example.com, *.example.com)")
+    return name
+
+
+def _path_prefix(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"path_prefix must start with / (got {value!r})")
+    return value
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regex {value!r}: {exc.msg} at position {exc.pos}") from None
+    return value
+
+
+def _no_line_breaks(value: str) -> str:
+    if _has_control(value):
+        raise ValueError("must not contain CR, LF or NUL")
+    return value
+
+
+def _has_control(value: str) -> bool:
+    return any(char in value for char in "\r\n\0")
+
+
+def _algorithm(value: str) -> str:
+    known = registered_names()
+    if value not in known:
+        raise ValueError(f"unknown algorithm {value!r} (known: {', '.join(known)})")
+    return value
+
+
+def _pool_name(value: str) -> str:
+    if not _POOL_NAME.fullmatch(value):
+        raise ValueError(f"invalid pool name {value!r} (letters, digits and _.- only)")
+    return value
+
+
+_HeaderName = Annotated[str, AfterValidator(_header_name)]
+_Method = Annotated[str, AfterValidator(_method)]
+_ServerName = Annotated[str, AfterValidator(_server_name)]
+_PoolName = Annotated[str, AfterValidator(_pool_name)]
+
+
+# --- Models ------------------------------------------------------------------------------------
+
+# Issues found by `_rules` travel through pydantic under this error type, message intact.
+_RULE = "usher_rule"
+_Loc = tuple[str | int, ...]
+_Problem = tuple[_Loc, str]
+
+
+class _Model(BaseModel):
+    """Base of every config model: frozen, strict about keys, and checked by `_rules`.
+
+    Rules that look at several fields are checked on the raw input, before and whatever the
+    outcome of pydantic's own field validation: an after-validator would only run once every
+    field is valid, hiding, say, an unknown pool behind a typo elsewhere in the file.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @classmethod
+    def _rules(cls, data: Mapping[str, Any]) -> list[_Problem]:
+        """Problems that involve several fields, with their location inside this model."""
+        return []
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _check_rules(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        problems = cls._rules(data) if isinstance(data, Mapping) else []
+        try:
+            model = handler(data)
+        except ValidationError as exc:
+            if not problems:
+                raise
+            details = [_reraisable(error) for error in exc.errors()]
+        else:
+            if not problems:
+                return model
+            details = []
+        for loc, message in problems:
+            details.append({"type": _rule_error(message), "loc": loc, "input": data})
+        raise ValidationError.from_exception_data(cls.__name__, details)
+
+
+def _rule_error(message: str) -> PydanticCustomError:
+    # The message goes in the context, not the template, so that braces in it stay as they are.
+    return PydanticCustomError(_RULE, "{message}", {"message": message})
+
+
+def _reraisable(error: ErrorDetails) -> InitErrorDetails:
+    detail: InitErrorDetails = {"type": error["type"], "loc": error["loc"], "input": error["input"]}
+    if error["type"] == _RULE:
+        detail["type"] = _rule_error(error["msg"])
+    elif "ctx" in error:
+        detail["ctx"] = error["ctx"]
+    return detail
+
+
+def _get(data: object, key: str) -> Any:
+    """A field of raw input or of an already built model; None when absent."""
+    if isinstance(data, Mapping):
+        return data.get(key)
+    if isinstance(data, BaseModel):
+        return getattr(data, key, None)
+    return None
+
+
+def _items(data: object) -> list[tuple[int, Any]]:
+    return list(enumerate(data)) if isinstance(data, list | tuple) else []
+
+
+def _address_or_none(value: object) -> HostPort | None:
+    try:
+        return parse_address(value)
+    except ValueError:
+        return None  # reported by the field's own validation
+
+
+class TlsCertificate(_Model):
+    """A certificate and its private key, served to clients asking for one of its names."""
+
+    cert: str = Field(min_length=1, description="Path of the PEM certificate (chain) file.")
+    key: str = Field(min_length=1, description="Path of the PEM private key file.")
+    sni: list[_ServerName] = Field(
+        default=[],
+        description="Server names this certificate answers to; `*.example.com` wildcards "
+        "allowed. Empty: only used as the default certificate.",
+    )
+
+
+class ListenerTls(_Model):
+    """TLS termination settings of an `https` listener."""
+
+    certificates: list[TlsCertificate] = Field(
+        min_length=1,
+        description="Certificates to serve; the first one without `sni` (or else the first "
+        "one) is the default, for clients that send no or an unknown server name.",
+    )
+
+    def default_certificate(self) -> TlsCertificate:
+        """The certificate for clients whose server name matches no `sni` list."""
+        return next((cert for cert in self.certificates if not cert.sni), self.certificates[0])
+
+
+class RouteMatch(_Model):
+    """Conditions a request must meet for a route to apply; all given ones must hold."""
+
+    # YAML reads `X-Canary: 1` as a number; a header or query value is text.
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+
+    host: _ServerName | None = Field(
+        default=None,
+        description="Host header, exact (`api.example.com`) or wildcard (`*.example.com`); "
+        "case-insensitive.",
+    )
+    path_prefix: Annotated[str, AfterValidator(_path_prefix)] | None = Field(
+        default=None, description="The path starts with this; must start with `/`."
+    )
+    path_regex: Annotated[str, AfterValidator(_regex)] | None = Field(
+        default=None, description="The path matches this Python regular expression (search)."
+    )
+    methods: list[_Method] | None = Field(
+        default=None, min_length=1, description="One of these methods (upper-cased)."
+    )
+    headers: dict[_HeaderName, str] = Field(
+        default={}, description="Each header has exactly this value (names case-insensitive)."
+    )
+    query: dict[str, str] = Field(
+        default={}, description="Each query parameter has exactly this value."
+    )
+
+
+class SplitTarget(_Model):
+    """One pool of a weighted traffic split."""
+
+    pool: str = Field(description="Name of the pool.")
+    weight: int = Field(gt=0, description="Share of the traffic, relative to the other targets.")
+
+
+class Redirect(_Model):
+    """Answer with a redirect instead of proxying."""
+
+    to: Annotated[str, AfterValidator(_no_line_breaks)] = Field(
+        min_length=1, description="The Location to redirect to."
+    )
+    status: Literal[301, 302, 303, 307, 308] = Field(
+        default=DEFAULT_REDIRECT_STATUS, description="The redirect status code."
+    )
+
+
+class HeaderRewrite(_Model):
+    """Headers to set or remove on a request (before forwarding) or a response (before sending)."""
+
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+
+    set: dict[_HeaderName, str] = Field(
+        default={}, description="Headers to set, replacing any present with the same name."
+    )
+    remove: list[_HeaderName] = Field(default=[], description="Headers to remove.")
+
+    @classmethod
+    def _rules(cls, data: Mapping[str, Any]) -> list[_Problem]:
+        values = _get(data, "set")
+        if not isinstance(values, Mapping):
+            return []
+        # A CR or LF in a value would let the config inject headers of its own.
+        return [
+            (("set", name), f"value of header {name!r} must not contain CR, LF or NUL")
+            for name, value in values.items()
+            if isinstance(name, str) and isinstance(value, str) and _has_control(value)
+        ]
+
+
+class Route(_Model):
+    """Where matching requests go: one pool, a weighted split, or a redirect."""
+
+    match: RouteMatch | None = Field(
+        default=None, description="Conditions to meet; none: every request matches."
+    )
+    pool: str | None = Field(default=None, description="Send matching requests to this pool.")
+    split: list[SplitTarget] | None = Field(
+        default=None, min_length=1, description="Spread matching requests over pools by weight."
+    )
+    redirect: Redirect | None = Field(default=None, description="Answer with a redirect.")
+    request_headers: HeaderRewrite | None = Field(
+        default=None, description="Rewrite the request's headers before forwarding it."
+    )
+    response_headers: HeaderRewrite | None = Field(
+        default=None, description="Rewrite the response's headers before sending it."
+    )
+    prefix_rewrite: str | None = Field(
+        default=None,
+        description=(
+            "Replace the matched `match.path_prefix` with this before forwarding "
+            "(`/api` -> `/` sends `/api/users` as `/users`)."
+        ),
+    )
+
+    @classmethod
+    def _rules(cls, data: Mapping[str, Any]) -> list[_Problem]:
+        problems: list[_Problem] = []
+        actions = [key for key in ("pool", "split", "redirect") if _get(data, key) is not None]
+        if len(actions) != 1:
+            problems.append(((), "a route needs exactly one of pool, split, redirect"))
+        rewrite = _get(data, "prefix_rewrite")
+        if rewrite is not None:
+            prefix = _get(_get(data, "match"), "path_prefix")
+            if prefix is None:
+                problems.append((("prefix_rewrite",), "needs match.path_prefix to replace"))
+            elif not isinstance(rewrite, str) or not rewrite.startswith("/"):
+                problems.append((("prefix_rewrite",), "must start with '/'"))
+        return problems
+
+
+class ListenerLimits(_Model):
+    """Size limits on client requests; beyond them the request is refused (413, 414, 431)."""
+
+    max_body_size: Annotated[ByteSize, Gt(0)] | None = Field(
+        default=DEFAULT_MAX_BODY_SIZE,
+        description="Largest request body accepted; null: no limit.",
+    )
+    max_header_size: ByteSize = Field(
+        default=DEFAULT_MAX_HEADER_SIZE,
+        gt=0,
+        description="Largest request head: request line and all headers together.",
+    )
+    max_request_line: ByteSize = Field(
+        default=DEFAULT_MAX_REQUEST_LINE, gt=0, description="Longest request line."
+    )
+    max_headers: int = Field(
+        default=DEFAULT_MAX_HEADERS, gt=0, description="Most header fields in a request."
+    )
+
+
+class ListenerTimeouts(_Model):
+    """How long to wait on clients."""
+
+    header: Duration = Field(
+        default=DEFAULT_HEADER_TIMEOUT,
+        gt=0,
+        description="To receive a request's headers, from its first byte (408 after).",
+    )
+    body: Duration = Field(
+        default=DEFAULT_BODY_TIMEOUT,
+        gt=0,
+        description="Between two reads of a request body.",
+    )
+    idle: Duration = Field(
+        default=DEFAULT_KEEPALIVE_TIMEOUT,
+        gt=0,
+        description="Keep-alive: between the end of a response and the next request.",
+    )
+    send: Duration = Field(
+        default=DEFAULT_WRITE_TIMEOUT,
+        gt=0,
+        description="For a client that does not read our response (between two writes).",
+    )
+
+
+class Listener(_Model):
+    """An address usher accepts clients on, and how their requests are routed."""
+
+    name: str = Field(min_length=1, description="Unique name, used in logs and metrics.")
+    bind: Address = Field(description="Address to listen on; port 0 picks a free port.")
+    protocol: Literal["http", "https"] = Field(
+        default=DEFAULT_PROTOCOL, description="`https` terminates TLS and needs `tls`."
+    )
+    tls: ListenerTls | None = Field(default=None, description="TLS settings; `https` only.")
+    routes: list[Route] = Field(
+        default=[], description="Routes tried in order; the first that matches wins."
+    )
+    pool: str | None = Field(
+        default=None, description="Shorthand for one route sending everything to this pool."
+    )
+    limits: ListenerLimits = Field(default=ListenerLimits(), description="Request size limits.")
+    timeouts: ListenerTimeouts = Field(
+        default=ListenerTimeouts(), description="Client-side timeouts."
+    )
+
+    def effective_routes(self) -> list[Route]:
+        """The routes to try in order, with the `pool` shorthand spelled out."""
+        if self.pool is not None:
+            return [Route(pool=self.pool)]
+        return list(self.routes)
+
+    @classmethod
+    def _rules(cls, data: Mapping[str, Any]) -> list[_Problem]:
+        problems: list[_Problem] = []
+        protocol = _get(data, "protocol") or DEFAULT_PROTOCOL
+        has_tls = _get(data, "tls") is not None
+        if protocol == "https" and not has_tls:
+            problems.append((("tls",), "required for protocol https"))
+        elif protocol == "http" and has_tls:
+            problems.append((("tls",), "only allowed with protocol https"))
+        has_routes = bool(_get(data, "routes"))
+        has_pool = _get(data, "pool") is not None
+        if has_routes == has_pool:
+            problems.append(((), "a listener needs exactly one of routes, pool"))
+        return problems
+
+
+class BackendConfig(_Model):
+    """One server of a pool."""
+
+    address: BackendAddress = Field(description="host:port of the server (port 1..65535).")
+    weight: int = Field(
+        default=DEFAULT_BACKEND_WEIGHT, gt=0, description="Relative share of the traffic."
+    )
+    backup: bool = Field(
+        default=False, description="Only used when no non-backup backend is available."
+    )
+
+
+class PassiveHealth(_Model):
+    """Marking backends down from failures of real requests (as nginx's max_fails)."""
+
+    max_fails: int = Field(
+        default=DEFAULT_MAX_FAILS,
+        ge=0,
+        description="Failures within `fail_timeout` that mark a backend down; 0 disables.",
+    )
+    fail_timeout: Duration = Field(
+        default=DEFAULT_FAIL_TIMEOUT,
+        gt=0,
+        description="Window for counting failures, and how long a backend then stays down.",
+    )
+
+
+class PoolTimeouts(_Model):
+    """How long to wait on backends."""
+
+    connect: Duration = Field(
+        default=DEFAULT_CONNECT_TIMEOUT, gt=0, description="To establish a connection."
+    )
+    read: Duration = Field(
+        default=DEFAULT_READ_TIMEOUT,
+        gt=0,
+        description="Between two reads of a response (including the wait for its head).",
+    )
+    send: Duration = Field(
+        default=DEFAULT_SEND_TIMEOUT,
+        gt=0,
+        description="Between two writes of a request to a backend that does not read it.",
+    )
+    idle: Duration = Field(
+        default=DEFAULT_UPSTREAM_IDLE_TIMEOUT,
+        gt=0,
+        description="An idle keep-alive connection to a backend is closed after this.",
+    )
+    tunnel: Duration = Field(
+        default=DEFAULT_TUNNEL_TIMEOUT,
+        gt=0,
+        description="A WebSocket (upgrade) tunnel with no traffic either way is closed after this.",
+    )
+
+
+class Retries(_Model):
+    """Trying another backend when one fails before answering."""
+
+    attempts: int = Field(
+        default=DEFAULT_RETRY_ATTEMPTS,
+        ge=0,
+        description="How many other backends to try after the first fails (2: at most 3 tried).",
+    )
+
+
+class PoolConfig(_Model):
+    """A group of backends serving the same content, and how to balance over them."""
+
+    algorithm: Annotated[str, AfterValidator(_algorithm)] = Field(
+        default=DEFAULT_ALGORITHM,
+        description="Balancing algorithm, by name: e.g. `round_robin`; `usher schema` lists all.",
+    )
+    backends: list[BackendConfig] = Field(min_length=1, description="The servers.")
+    passive_health: PassiveHealth = Field(
+        default=PassiveHealth(), description="Marking backends down on failed requests."
+    )
+    timeouts: PoolTimeouts = Field(default=PoolTimeouts(), description="Backend-side timeouts.")
+    retries: Retries = Field(default=Retries(), description="Retrying on another backend.")
+    max_idle_connections: int = Field(
+        default=DEFAULT_MAX_IDLE_CONNECTIONS,
+        ge=0,
+        description="Idle keep-alive connections kept per backend, for reuse.",
+    )
+
+    @classmethod
+    def _rules(cls, data: Mapping[str, Any]) -> list[_Problem]:
+        problems: list[_Problem] = []
+        seen: dict[HostPort, int] = {}
+        for index, backend in _items(_get(data, "backends")):
+            address = _address_or_none(_get(backend, "address"))
+            if address is None:
+                continue
+            if address in seen:
+                problems.append(
+                    (
+                        ("backends", index, "address"),
+                        f"duplicate backend {address} (also backends[{seen[address]}])",
+                    )
+                )
+            else:
+                seen[address] = index
+        return problems
+
+
+class Config(_Model):
+    """The whole config file."""
+
+    listeners: list[Listener] = Field(min_length=1, description="Where clients connect.")
+    pools: dict[_PoolName, PoolConfig] = Field(
+        default={}, description="Backend pools by name (letters, digits and `_.-`)."
+    )
+
+    @classmethod
+    def _rules(cls, data: Mapping[str, Any]) -> list[_Problem]:
+        problems: list[_Problem] = []
+        names: dict[str, int] = {}
+        binds: dict[HostPort, int] = {}
+        for index, listener in _items(_get(data, "listeners")):
+            name = _get(listener, "name")
+            if isinstance(name, str) and name in names:
+                where = f"listeners[{names[name]}]"
+                problems.append(
+                    (
+                        ("listeners", index, "name"),
+                        f"duplicate listener name {name!r} (also {where})",
+                    )
+                )
+            elif isinstance(name, str):
+                names[name] = index
+            bind = _address_or_none(_get(listener, "bind"))
+            # Port 0 is a fresh free port every time, so it never collides.
+            if bind is not None and bind.port != 0 and bind in binds:
+                where = f"listeners[{binds[bind]}]"
+                problems.append(
+                    (("listeners", index, "bind"), f"{bind} is already bound by {where}")
+                )
+            elif bind is not None:
+                binds[bind] = index
+        pools = _get(data, "pools")
+        if pools is None:
+            pools = {}
+        if isinstance(pools, Mapping):
+            problems += _unknown_pools(data, {str(name) for name in pools})
+        return problems
+
+
+def _unknown_pools(data: Mapping[str, Any], known: set[str]) -> list[_Problem]:
+    """Every reference to a pool that is not defined, with its location."""
+    refs: list[tuple[_Loc, object]] = []
+    for i, listener in _items(_get(data, "listeners")):
+        refs.append((("listeners", i, "pool"), _get(listener, "pool")))
+        for j, route in _items(_get(listener, "routes")):
+            here: _Loc = ("listeners", i, "routes", j)
+            refs.append(((*here, "pool"), _get(route, "pool")))
+            for k, target in _items(_get(route, "split")):
+                refs.append(((*here, "split", k, "pool"), _get(target, "pool")))
+    hint = f"known: {', '.join(sorted(known))}" if known else "no pools are defined"
+    return [
+        (loc, f"unknown pool {name!r} ({hint})")
+        for loc, name in refs
+        if isinstance(name, str) and name not in known
+    ]
+
+
+# --- Loading -----------------------------------------------------------------------------------
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    """Validate a config given as YAML text; raise ConfigError listing every problem."""
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            root = loader.get_single_node()
+            duplicates = _duplicate_keys(root, (), set()) if root is not None else []
+            if any(issue.message == _RECURSIVE for issue in duplicates):
+                raise ConfigError(duplicates, source)
+            data = loader.construct_document(root) if root is not None else None
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        raise ConfigError([_yaml_issue(exc)], source) from None
+    if data is None:
+        raise ConfigError([ConfigIssue("", "the config is empty")], source)
+    if not isinstance(data, dict):
+        line = root.start_mark.line + 1 if root is not None else None
+        issue = ConfigIssue("", f"the config must be a mapping, not {_describe(data)}", line)
+        raise ConfigError([issue], source)
+    issues = duplicates
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        issues = issues + [_issue(error, data, root) for error in exc.errors()]
+    if issues:
+        raise ConfigError(_tidy(issues), source)
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; raise ConfigError listing every problem."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError([ConfigIssue("", f"cannot read {path}: {reason}")], str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError([ConfigIssue("", f"{path} is not UTF-8 text")], str(path)) from None
+    return parse_config(text, str(path))
+
+
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema of the config file."""
+    schema = Config.model_json_schema()
+    # Algorithms register at import time, so the list is filled in here rather than frozen in.
+    algorithm = schema["$defs"]["PoolConfig"]["properties"]["algorithm"]
+    algorithm["enum"] = registered_names()
+    return schema
+
+
+# --- Turning pydantic's errors into issues ----------------------------------------------------
+
+_TYPE_NAMES = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+}
+_SIMPLE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _issue(error: ErrorDetails, data: Mapping[str, Any], root: yaml.Node | None) -> ConfigIssue:
+    loc = _clean_loc(error["loc"], data)
+    names_key = error["type"] == "extra_forbidden" or error["loc"][-1:] == ("[key]",)
+    return ConfigIssue(_render_path(loc), _message(error, loc), _line(root, loc, names_key))
+
+
+def _clean_loc(loc: _Loc, data: object) -> _Loc:
+    """The loc without pydantic's internal parts, found by following it through the data."""
+    kept: list[str | int] = []
+    current = data
+    for position, part in enumerate(loc):
+        found, child = _step(current, part)
+        if found:
+            current = child
+        elif not (position == len(loc) - 1 and isinstance(current, Mapping) and part != "[key]"):
+            # Not in the data: a union tag, "function-after[...]", "[key]" and the like;
+            # only the last part of a loc may be absent, when it names a missing key.
+            continue
+        kept.append(part)
+    return tuple(kept)
+
+
+def _step(data: object, part: str | int) -> tuple[bool, object]:
+    if isinstance(data, Mapping) and part in data:
+        return True, data[part]
+    if isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+        return True, data[part]
+    return False, None
+
+
+def _render_path(loc: _Loc) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif _SIMPLE_KEY.fullmatch(part):
+            path += f".{part}" if path else part
+        else:
+            path += f"[{json.dumps(part)}]"
+    return path
+
+
+def _message(error: ErrorDetails, loc: _Loc) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == _RULE:
+        return str(ctx["message"])
+    if kind in ("value_error", "assertion_error") and "error" in ctx:
+        return str(ctx["error"])
+    if kind == "extra_forbidden":
+        return "unknown key" + _suggestion(loc)
+    if kind == "missing":
+        return "required"
+    if kind == "invalid_key":
+        return "keys must be strings"
+    if kind == "greater_than":
+        return f"must be > {ctx['gt']:g}"
+    if kind == "greater_than_equal":
+        return f"must be >= {ctx['ge']:g}"
+    if kind == "less_than":
+        return f"must be < {ctx['lt']:g}"
+    if kind == "less_than_equal":
+        return f"must be <= {ctx['le']:g}"
+    if kind == "literal_error":
+        choices = re.split(r", | or ", str(ctx["expected"]))
+        return "must be one of: " + ", ".join(choice.strip("'\"") for choice in choices)
+    if kind == "string_too_short":
+        return "must not be empty"
+    if kind == "too_short":
+        count = ctx["min_length"]
+        return f"needs at least {count} item" + ("" if count == 1 else "s")
+    if kind in _TYPE_NAMES:
+        return f"must be {_TYPE_NAMES[kind]}, not {_describe(error['input'])}"
+    return error["msg"]
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value if len(value) <= 40 else value[:37] + "...")
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+def _suggestion(loc: _Loc) -> str:
+    model = _model_at(loc[:-1])
+    if model is None or not isinstance(loc[-1], str):
+        return ""
+    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _model_at(loc: _Loc) -> type[BaseModel] | None:
+    """The model class found at `loc` in the config, if any."""
+    kind: Any = Config
+    for part in loc:
+        kind = _unwrap(kind)
+        if isinstance(kind, type) and issubclass(kind, BaseModel) and isinstance(part, str):
+            field = kind.model_fields.get(part)
+            if field is None:
+                return None
+            kind = field.annotation
+        elif get_origin(kind) is list and isinstance(part, int):
+            kind = get_args(kind)[0]
+        elif get_origin(kind) is dict:
+            kind = get_args(kind)[1]
+        else:
+            return None
+    kind = _unwrap(kind)
+    return kind if isinstance(kind, type) and issubclass(kind, BaseModel) else None
+
+
+def _unwrap(kind: Any) -> Any:
+    """`X` from `Annotated[X, ...]` and from `X | None`."""
+    while True:
+        origin = get_origin(kind)
+        if origin is Annotated:
+            kind = get_args(kind)[0]
+        elif origin is Union or origin is UnionType:
+            options = [arg for arg in get_args(kind) if arg is not type(None)]
+            if len(options) != 1:
+                return kind
+            kind = options[0]
+        else:
+            return kind
+
+
+def _line(root: yaml.Node | None, loc: _Loc, names_key: bool) -> int | None:
+    """1-based line of the YAML node at `loc`: the key's own line when `names_key`, and the
+    enclosing mapping's line when the last part of `loc` is missing."""
+    if root is None:
+        return None
+    node = root
+    for position, part in enumerate(loc):
+        if isinstance(node, yaml.MappingNode):
+            found = None
+            for key, value in node.value:
+                # Several equal keys: the last one is what the loader kept.
+                if isinstance(key, yaml.ScalarNode) and key.value == str(part):
+                    found = (key, value)
+            if found is None:
+                break
+            if names_key and position == len(loc) - 1:
+                return int(found[0].start_mark.line) + 1
+            node = found[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if not 0 <= part < len(node.value):
+                break
+            node = node.value[part]
+        else:
+            break
+    return int(node.start_mark.line) + 1
+
+
+_RECURSIVE = "an alias refers to its own anchor (recursive data)"
+
+
+def _duplicate_keys(node: yaml.Node, loc: _Loc, open_nodes: set[int]) -> list[ConfigIssue]:
+    """YAML loaders keep the last of two equal keys silently; a config should not have any.
+    Also reports recursive aliases, which no config needs and which nothing could walk."""
+    line = int(node.start_mark.line) + 1
+    if id(node) in open_nodes:
+        return [ConfigIssue(_render_path(loc), _RECURSIVE, line)]
+    issues: list[ConfigIssue] = []
+    open_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                continue
+            if key.value in seen and key.value != "<<":
+                path = _render_path((*loc, key.value))
+                issues.append(ConfigIssue(path, "duplicate key", int(key.start_mark.line) + 1))
+            seen.add(key.value)
+            issues += _duplicate_keys(value, (*loc, key.value), open_nodes)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            issues += _duplicate_keys(item, (*loc, index), open_nodes)
+    open_nodes.discard(id(node))
+    return issues
+
+
+def _yaml_issue(exc: yaml.YAMLError) -> ConfigIssue:
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        message = f"invalid YAML: {exc.problem}"
+        if exc.context:
+            message += f" ({exc.context})"
+        return ConfigIssue("", message, int(exc.problem_mark.line) + 1)
+    return ConfigIssue("", f"invalid YAML: {exc}")
+
+
+def _tidy(issues: list[ConfigIssue]) -> list[ConfigIssue]:
+    """Issues without repeats (a union reports once per member), in file order."""
+    unique = list(dict.fromkeys(issues))
+    return sorted(unique, key=lambda issue: (issue.line is None, issue.line or 0))

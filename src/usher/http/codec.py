@@ -1,0 +1,553 @@
+"""Sans-IO HTTP/1.1 codec on httptools (llhttp): bytes in, events out; events in, bytes out.
+
+`RequestReader` parses what a client sends (server side), `ResponseReader` what a backend
+answers (client side). Neither owns a socket. The `encode_*` functions build the bytes to send.
+llhttp is strict (no lenient flags are set): a request with both Content-Length and
+Transfer-Encoding, duplicate Content-Lengths, an obfuscated Transfer-Encoding, bare LF, or
+control bytes in headers is a parse error, which is what keeps request smuggling out.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import httptools
+
+from usher.errors import ClientError, UpstreamProtocolError
+
+Headers = list[tuple[bytes, bytes]]
+
+# A backend is trusted more than a client, but its header block must still be bounded.
+MAX_RESPONSE_HEAD: Final = 64 * 1024
+MAX_RESPONSE_HEADERS: Final = 200
+
+
+class Request:
+    """The head of a request. The body follows as `Data` events, then `EndOfMessage`."""
+
+    __slots__ = (
+        "chunked",
+        "content_length",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "target",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        version: bytes,
+        headers: Headers,
+        *,
+        host: bytes,
+        keep_alive: bool,
+        chunked: bool,
+        content_length: int | None,
+        upgrade: bytes | None,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.host = host
+        self.keep_alive = keep_alive
+        self.chunked = chunked
+        self.content_length = content_length
+        self.upgrade = upgrade
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method.decode()} {self.target.decode('latin-1')}>"
+
+
+class Response:
+    """The head of a response (interim 1xx ones included)."""
+
+    __slots__ = (
+        "chunked",
+        "content_length",
+        "headers",
+        "keep_alive",
+        "reason",
+        "status",
+        "version",
+    )
+
+    def __init__(
+        self,
+        status: int,
+        reason: bytes,
+        version: bytes,
+        headers: Headers,
+        *,
+        keep_alive: bool,
+        chunked: bool,
+        content_length: int | None,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.chunked = chunked
+        self.content_length = content_length
+
+    @property
+    def interim(self) -> bool:
+        return 100 <= self.status < 200 and self.status != 101
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status}>"
+
+
+class Data:
+    """A piece of a message body."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"<Data {len(self.data)} bytes>"
+
+
+class EndOfMessage:
+    """The message is complete; `trailers` holds chunked trailers, if any."""
+
+    __slots__ = ("trailers",)
+
+    def __init__(self, trailers: Headers | None = None) -> None:
+        self.trailers = trailers
+
+    def __repr__(self) -> str:
+        return f"<EndOfMessage trailers={len(self.trailers or ())}>"
+
+
+class Upgraded:
+    """The connection switched protocols; `tail` holds bytes that followed the HTTP head."""
+
+    __slots__ = ("tail",)
+
+    def __init__(self, tail: bytes) -> None:
+        self.tail = tail
+
+    def __repr__(self) -> str:
+        return f"<Upgraded tail={len(self.tail)}>"
+
+
+Event = Request | Response | Data | EndOfMessage | Upgraded
+
+
+class HeadLimits:
+    """Size limits for a request head and body; a listener's `limits` in the config."""
+
+    __slots__ = ("max_body_size", "max_header_size", "max_headers", "max_request_line")
+
+    def __init__(
+        self,
+        *,
+        max_header_size: int = 32 * 1024,
+        max_request_line: int = 8 * 1024,
+        max_headers: int = 100,
+        max_body_size: int | None = None,
+    ) -> None:
+        self.max_header_size = max_header_size
+        self.max_request_line = max_request_line
+        self.max_headers = max_headers
+        self.max_body_size = max_body_size
+
+
+class RequestReader:
+    """Parses requests from a client. Raises `ClientError` (with the status to answer) on bad input.
+
+    After a `ClientError` the reader is unusable: the connection must be answered and closed.
+    """
+
+    __slots__ = (
+        "_body_size",
+        "_content_length",
+        "_events",
+        "_head_bytes",
+        "_headers",
+        "_in_head",
+        "_in_message",
+        "_limits",
+        "_parser",
+        "_pending_error",
+        "_trailers",
+        "_url",
+        "upgraded",
+    )
+
+    def __init__(self, limits: HeadLimits | None = None) -> None:
+        self._limits = limits or HeadLimits()
+        self._parser = httptools.HttpRequestParser(self)
+        self._events: list[Event] = []
+        self._headers: Headers = []
+        self._trailers: Headers | None = None
+        self._url = b""
+        self._head_bytes = 0
+        self._body_size = 0
+        self._content_length: int | None = None
+        self._in_head = False
+        self._in_message = False
+        self._pending_error: ClientError | None = None
+        self.upgraded = False
+
+    @property
+    def idle(self) -> bool:
+        """No request is partly received."""
+        return not self._in_message
+
+    def feed(self, data: bytes) -> list[Event]:
+        events = self._events = []
+        if self._in_head or not self._in_message:
+            self._head_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.upgraded = True
+            events.append(Upgraded(data[exc.args[0] :]))
+        except httptools.HttpParserCallbackError:
+            raise self._pending_error or ClientError(400, "malformed request") from None
+        except httptools.HttpParserError as exc:
+            raise ClientError(400, f"malformed request: {exc}") from None
+        if self._in_head and self._head_bytes > self._limits.max_header_size:
+            raise ClientError(431, "request header fields too large")
+        return events
+
+    # httptools callbacks: they run inside feed().
+
+    def on_message_begin(self) -> None:
+        self._in_message = True
+        self._in_head = True
+        self._headers = []
+        self._trailers = None
+        self._url = b""
+        self._body_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._limits.max_request_line:
+            self._fail(414, "request URI too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_head:
+            headers = self._headers
+            headers.append((name, value))
+            if len(headers) > self._limits.max_headers:
+                self._fail(431, "too many request header fields")
+        else:
+            if self._trailers is None:
+                self._trailers = []
+            self._trailers.append((name, value))
+            if len(self._trailers) > self._limits.max_headers:
+                self._fail(431, "too many trailer fields")
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        limits = self._limits
+        version = parser.get_http_version().encode()
+        if version != b"1.1" and version != b"1.0":
+            self._fail(505, f"HTTP version {version.decode()} is not supported")
+        method: bytes = parser.get_method()
+        if method == b"CONNECT":
+            self._fail(405, "CONNECT is not supported by a reverse proxy")
+        host = b""
+        hosts = 0
+        chunked = False
+        content_length: int | None = None
+        upgrade: bytes | None = None
+        size = len(self._url) + 16
+        for name, value in self._headers:
+            size += len(name) + len(value) + 4
+            lname = name.lower()
+            if lname == b"host":
+                hosts += 1
+                host = value
+            elif lname == b"content-length":
+                content_length = int(value)  # llhttp has checked its digits and uniqueness
+            elif lname == b"transfer-encoding":
+                chunked = True  # llhttp rejects any coding that does not end in chunked
+            elif lname == b"upgrade":
+                upgrade = value
+        if size > limits.max_header_size:
+            self._fail(431, "request header fields too large")
+        if hosts > 1 or (hosts == 0 and version == b"1.1"):
+            self._fail(400, "a request needs exactly one Host header")
+        max_body = limits.max_body_size
+        if max_body is not None and content_length is not None and content_length > max_body:
+            self._fail(413, f"request body is larger than {max_body} bytes")
+        self._content_length = content_length
+        self._in_head = False
+        self._head_bytes = 0
+        self._events.append(
+            Request(
+                method,
+                self._url,
+                version,
+                self._headers,
+                host=host,
+                keep_alive=parser.should_keep_alive(),
+                chunked=chunked,
+                content_length=content_length,
+                upgrade=upgrade if parser.should_upgrade() else None,
+            )
+        )
+
+    def on_body(self, body: bytes) -> None:
+        max_body = self._limits.max_body_size
+        if max_body is not None:
+            self._body_size += len(body)
+            if self._body_size > max_body:
+                self._fail(413, f"request body is larger than {max_body} bytes")
+        self._events.append(Data(body))
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        self._events.append(EndOfMessage(self._trailers))
+
+    def _fail(self, status: int, detail: str) -> None:
+        self._pending_error = ClientError(status, detail)
+        raise self._pending_error
+
+
+class ResponseReader:
+    """Parses responses from a backend. Call `expect(method)` before each request is sent:
+    the answer to HEAD has no body whatever its headers say. Raises `UpstreamProtocolError`."""
+
+    __slots__ = (
+        "_chunked",
+        "_content_length",
+        "_events",
+        "_head_bytes",
+        "_headers",
+        "_in_head",
+        "_in_message",
+        "_method_head",
+        "_parser",
+        "_pending_error",
+        "_reason",
+        "_trailers",
+        "done",
+        "reusable",
+    )
+
+    def __init__(self) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._events: list[Event] = []
+        self._headers: Headers = []
+        self._trailers: Headers | None = None
+        self._reason = b""
+        self._head_bytes = 0
+        self._in_head = False
+        self._in_message = False
+        self._method_head = False
+        self._chunked = False
+        self._content_length: int | None = None
+        self._pending_error: UpstreamProtocolError | None = None
+        # `done`: the final response is complete. `reusable`: the connection may carry another.
+        self.done = False
+        self.reusable = True
+
+    def expect(self, method: bytes) -> None:
+        self._method_head = method == b"HEAD"
+        self.done = False
+
+    @property
+    def idle(self) -> bool:
+        return not self._in_message
+
+    @property
+    def close_delimited(self) -> bool:
+        """The body in progress ends when the backend closes the connection."""
+        return (
+            self._in_message
+            and not self._in_head
+            and not self._chunked
+            and self._content_length is None
+        )
+
+    def feed(self, data: bytes) -> list[Event]:
+        events = self._events = []
+        if self.done:
+            # Bytes after a complete response that we did not ask for: the backend is confused.
+            self.reusable = False
+            return events
+        if self._in_head or not self._in_message:
+            self._head_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.reusable = False
+            events.append(Upgraded(data[exc.args[0] :]))
+        except httptools.HttpParserCallbackError:
+            raise self._pending_error or UpstreamProtocolError("invalid response") from None
+        except httptools.HttpParserError as exc:
+            raise UpstreamProtocolError(f"invalid response: {exc}") from None
+        if self._in_head and self._head_bytes > MAX_RESPONSE_HEAD:
+            raise UpstreamProtocolError("response head too large")
+        return events
+
+    def eof(self) -> list[Event]:
+        """The backend closed the connection: ends a close-delimited body, or is an error."""
+        self.reusable = False
+        if self.close_delimited:
+            self._in_message = False
+            self.done = True
+            return [EndOfMessage()]
+        if self._in_message or not self.done:
+            raise UpstreamProtocolError("backend closed the connection before the response ended")
+        return []
+
+    def on_message_begin(self) -> None:
+        self._in_message = True
+        self._in_head = True
+        self._headers = []
+        self._trailers = None
+        self._reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_head:
+            self._headers.append((name, value))
+            if len(self._headers) > MAX_RESPONSE_HEADERS:
+                self._fail("too many response header fields")
+        else:
+            if self._trailers is None:
+                self._trailers = []
+            self._trailers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status: int = parser.get_status_code()
+        version = parser.get_http_version().encode()
+        if version != b"1.1" and version != b"1.0":
+            self._fail(f"HTTP version {version.decode()} in a response")
+        chunked = False
+        content_length: int | None = None
+        for name, value in self._headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                content_length = int(value)
+            elif lname == b"transfer-encoding":
+                # "gzip" alone (no chunked last) means the body runs to the connection's end.
+                chunked = value.rstrip().lower().endswith(b"chunked")
+        no_body = self._method_head or status in (204, 304) or 100 <= status < 200
+        self._chunked = chunked and not no_body
+        self._content_length = 0 if no_body else content_length
+        self._in_head = False
+        self._head_bytes = 0
+        keep_alive = parser.should_keep_alive()
+        if not keep_alive:
+            self.reusable = False
+        self._events.append(
+            Response(
+                status,
+                self._reason,
+                version,
+                self._headers,
+                keep_alive=keep_alive,
+                chunked=self._chunked,
+                content_length=content_length,
+            )
+        )
+        if self._method_head and status >= 200:
+            # llhttp cannot be told that this response has no body: end it here, and give the
+            # next response a fresh parser. Any byte that still reaches the old parser is a
+            # protocol error that makes the connection unusable (see on_body).
+            self._events.append(EndOfMessage())
+            self._in_message = False
+            self.done = True
+            self._parser = httptools.HttpResponseParser(self)
+
+    def on_body(self, body: bytes) -> None:
+        if self.done:
+            self.reusable = False
+            return
+        self._events.append(Data(body))
+
+    def on_message_complete(self) -> None:
+        if self.done:  # the stale parser of a HEAD response
+            return
+        self._in_message = False
+        if self._parser.get_status_code() < 200:
+            return  # an interim 1xx response has no body and no end: the final one follows
+        self._events.append(EndOfMessage(self._trailers))
+        if self._content_length is None and not self._chunked:
+            self.reusable = False
+        if not self._parser.should_keep_alive():
+            self.reusable = False
+        self.done = True
+
+    def _fail(self, detail: str) -> None:
+        self._pending_error = UpstreamProtocolError(detail)
+        raise self._pending_error
+
+
+# Encoding: events in, bytes out.
+
+CRLF: Final = b"\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
+
+REASONS: Final[dict[int, bytes]] = {
+    100: b"Continue",
+    101: b"Switching Protocols",
+    200: b"OK",
+    204: b"No Content",
+    301: b"Moved Permanently",
+    302: b"Found",
+    303: b"See Other",
+    304: b"Not Modified",
+    307: b"Temporary Redirect",
+    308: b"Permanent Redirect",
+    400: b"Bad Request",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+}
+
+
+def encode_headers(headers: Headers) -> bytes:
+    return b"".join([name + b": " + value + CRLF for name, value in headers])
+
+
+def encode_request_head(method: bytes, target: bytes, headers: Headers) -> bytes:
+    return method + b" " + target + b" HTTP/1.1\r\n" + encode_headers(headers) + CRLF
+
+
+def encode_response_head(status: int, reason: bytes, headers: Headers) -> bytes:
+    if not reason:
+        reason = REASONS.get(status, b"")
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason) + encode_headers(headers) + CRLF
+
+
+def encode_chunk(data: bytes) -> bytes:
+    return b"%x\r\n" % len(data) + data + CRLF
+
+
+def encode_last_chunk(trailers: Headers | None) -> bytes:
+    if not trailers:
+        return LAST_CHUNK
+    return b"0\r\n" + encode_headers(trailers) + CRLF

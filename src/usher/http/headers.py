@@ -1,0 +1,131 @@
+"""Header rules of a forwarding proxy: hop-by-hop removal, X-Forwarded-*, Via, configured rewrites.
+
+Everything works on raw bytes: names are compared lower-cased, values are passed unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+from usher.http.codec import Headers
+
+# Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
+# non-standard Proxy-Connection; any Proxy-* header is dropped as well.
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+        b"http2-settings",
+    }
+)
+# Set by usher from what it saw itself; a client's own values are not trusted.
+FORWARDED_SET: Final = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip"})
+VIA_REQUEST: Final = {b"1.1": b"1.1 usher", b"1.0": b"1.0 usher"}
+
+
+class HeaderRules:
+    """A compiled `request_headers` / `response_headers` rewrite: remove, then set."""
+
+    __slots__ = ("drop", "set")
+
+    def __init__(self, set_headers: Mapping[str, str], remove: Sequence[str]) -> None:
+        self.set: Headers = [
+            (k.encode("latin-1"), v.encode("latin-1")) for k, v in set_headers.items()
+        ]
+        # Setting a header replaces every copy the message had.
+        self.drop = frozenset(n.lower().encode("latin-1") for n in remove) | frozenset(
+            name.lower() for name, _ in self.set
+        )
+
+    def apply(self, headers: Headers) -> Headers:
+        drop = self.drop
+        out = [h for h in headers if h[0].lower() not in drop]
+        out.extend(self.set)
+        return out
+
+
+def connection_tokens(headers: Headers) -> frozenset[bytes]:
+    """The header names listed in Connection, which are hop-by-hop too."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    return frozenset(tokens)
+
+
+def _is_hop_by_hop(lname: bytes, listed: frozenset[bytes]) -> bool:
+    return lname in HOP_BY_HOP or lname.startswith(b"proxy-") or lname in listed
+
+
+def forward_request_headers(
+    headers: Headers,
+    *,
+    version: bytes,
+    host: bytes,
+    client_ip: bytes,
+    scheme: bytes,
+    chunked: bool,
+    upgrade: bytes | None,
+) -> Headers:
+    """The headers a backend receives for a client's request."""
+    listed = connection_tokens(headers)
+    out: Headers = []
+    xff = b""
+    via = b""
+    for name, value in headers:
+        lname = name.lower()
+        if _is_hop_by_hop(lname, listed) or lname in FORWARDED_SET:
+            continue
+        if lname == b"x-forwarded-for":
+            xff = xff + b", " + value if xff else value
+        elif lname == b"via":
+            via = via + b", " + value if via else value
+        else:
+            out.append((name, value))
+    out.append((b"X-Forwarded-For", xff + b", " + client_ip if xff else client_ip))
+    out.append((b"X-Forwarded-Proto", scheme))
+    if host:
+        out.append((b"X-Forwarded-Host", host))
+    out.append((b"X-Real-IP", client_ip))
+    mine = VIA_REQUEST.get(version, b"1.1 usher")
+    out.append((b"Via", via + b", " + mine if via else mine))
+    if chunked:
+        out.append((b"Transfer-Encoding", b"chunked"))
+    if upgrade is not None:
+        out.append((b"Connection", b"upgrade"))
+        out.append((b"Upgrade", upgrade))
+    return out
+
+
+def forward_response_headers(headers: Headers, *, version: bytes, upgrade: bool) -> Headers:
+    """A backend's response headers without the hop-by-hop ones (framing is added by the caller).
+
+    For a 101 answer the Upgrade header is kept: it names the protocol switched to.
+    """
+    listed = connection_tokens(headers)
+    out: Headers = []
+    via = b""
+    upgrade_value = b""
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"content-length":
+            continue  # re-added by the caller, which decides the framing
+        if lname == b"upgrade":
+            upgrade_value = value
+            continue
+        if _is_hop_by_hop(lname, listed):
+            continue
+        if lname == b"via":
+            via = via + b", " + value if via else value
+        else:
+            out.append((name, value))
+    mine = VIA_REQUEST.get(version, b"1.1 usher")
+    out.append((b"Via", via + b", " + mine if via else mine))
+    if upgrade and upgrade_value:
+        out.append((b"Connection", b"upgrade"))
+        out.append((b"Upgrade", upgrade_value))
+    return out

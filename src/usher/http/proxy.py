@@ -1,0 +1,910 @@
+"""The HTTP/1.1 reverse proxy: the downstream Protocol and the exchange of one request.
+
+`ClientConnection` moves bytes between a client socket and the sans-IO `RequestReader`, and
+runs the requests it yields one at a time, in order (pipelined ones wait their turn).
+`Exchange` carries one request through the phases: route, select a backend, forward, respond,
+log. Bodies stream both ways; a full write buffer on one side pauses reading on the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from usher.errors import ClientError, ConnectError, UpstreamError, UpstreamTimeout
+from usher.http.codec import (
+    REASONS,
+    Data,
+    EndOfMessage,
+    Event,
+    HeadLimits,
+    Request,
+    RequestReader,
+    Response,
+    Upgraded,
+    encode_chunk,
+    encode_last_chunk,
+    encode_request_head,
+    encode_response_head,
+)
+from usher.http.headers import forward_request_headers, forward_response_headers
+from usher.http.upstream import PendingConnect, UpstreamConnection, release, take_idle
+from usher.logs import AccessLog, AccessRecord
+from usher.pool import Backend, Pool, Selection
+
+if TYPE_CHECKING:
+    from usher.clock import Clock
+    from usher.config import Listener as ListenerConfig
+    from usher.routing import Route, Router
+
+# Reasons to stop reading from a client; reading resumes when none is left.
+BLOCK_UPSTREAM_FULL = 1  # the backend is not taking the body as fast as the client sends it
+BLOCK_BUFFERING = 2  # body bytes wait for a backend connection
+BLOCK_PIPELINE = 4  # a pipelined request waits for the one before it
+BLOCK_UPGRADE = 8  # an upgrade request waits for the backend's answer
+BLOCK_DOWNSTREAM_FULL = 16  # tunnel: the client is not reading what we send it
+
+# Body bytes held while the backend connection is being made; past this, stop reading.
+BODY_BUFFER_LIMIT = 64 * 1024
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+NO_BODY_STATUSES = frozenset({204, 304})
+# nginx's convention for "the client closed the connection before the answer".
+CLIENT_CLOSED = 499
+
+
+class HttpListener:
+    """The runtime side of one `http`/`https` listener: what its connections share."""
+
+    def __init__(
+        self,
+        config: ListenerConfig,
+        router: Router,
+        *,
+        clock: Clock,
+        access_log: AccessLog,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.router = router
+        self.clock = clock
+        self.access_log = access_log
+        limits = config.limits
+        self.limits = HeadLimits(
+            max_header_size=limits.max_header_size,
+            max_request_line=limits.max_request_line,
+            max_headers=limits.max_headers,
+            max_body_size=limits.max_body_size,
+        )
+        self.timeouts = config.timeouts
+        self.scheme = b"https" if config.protocol == "https" else b"http"
+        self.connections: set[ClientConnection] = set()
+        self.draining = False
+
+    def __call__(self) -> ClientConnection:
+        return ClientConnection(self)
+
+    def drain(self) -> None:
+        """Stop keeping connections alive: idle ones close now, busy ones after their answer."""
+        self.draining = True
+        for conn in list(self.connections):
+            if conn.exchange is None:
+                conn.close()
+
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "_blocks",
+        "_idle_timer",
+        "_pumping",
+        "_send_timer",
+        "client_ip",
+        "client_port",
+        "closed",
+        "exchange",
+        "inbox",
+        "listener",
+        "loop",
+        "reader",
+        "transport",
+        "tunnel",
+        "write_paused",
+    )
+
+    def __init__(self, listener: HttpListener) -> None:
+        self.listener = listener
+        self.loop = asyncio.get_running_loop()
+        self.reader = RequestReader(listener.limits)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set on connect
+        self.client_ip = b""
+        self.client_port = 0
+        self.inbox: deque[Event] = deque()
+        self.exchange: Exchange | None = None
+        self.tunnel: UpstreamConnection | None = None
+        self.closed = False
+        self.write_paused = False
+        self._blocks = 0
+        self._pumping = False
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.client_ip = peer[0].encode()
+            self.client_port = peer[1]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.listener.connections.add(self)
+        self._arm_read_timer(self.listener.timeouts.header)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        exchange = self.exchange
+        if self.reader.upgraded:
+            if exchange is not None:
+                exchange.client_tunnel_bytes(data)
+            return
+        if exchange is None and self.reader.idle and not self.inbox:
+            # The first bytes of a new request: the keep-alive wait becomes the header wait.
+            self._arm_read_timer(self.listener.timeouts.header)
+        try:
+            events = self.reader.feed(data)
+        except ClientError as exc:
+            self._refuse(exc)
+            return
+        if events:
+            self.inbox.extend(events)
+            self._pump()
+
+    def eof_received(self) -> bool | None:
+        tunnel = self.tunnel
+        if tunnel is not None and tunnel.transport is not None and tunnel.transport.can_write_eof():
+            tunnel.transport.write_eof()
+            return True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.listener.connections.discard(self)
+        self._cancel_timers()
+        exchange = self.exchange
+        if exchange is not None:
+            self.exchange = None
+            exchange.client_lost()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.client_pause_writing()
+        self._send_timer = self.loop.call_later(self.listener.timeouts.send, self._send_timed_out)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.client_resume_writing()
+
+    # Flow of requests
+
+    def _pump(self) -> None:
+        if self._pumping:
+            return  # the outer call's loop will see the new state
+        self._pumping = True
+        try:
+            inbox = self.inbox
+            while inbox and not self.closed:
+                event = inbox[0]
+                if type(event) is Request:
+                    if self.exchange is not None:
+                        self.block(BLOCK_PIPELINE)
+                        return
+                    inbox.popleft()
+                    self._cancel_read_timer()
+                    self.exchange = Exchange(self, event)
+                    self.exchange.start()
+                else:
+                    inbox.popleft()
+                    exchange = self.exchange
+                    if exchange is not None:
+                        exchange.request_event(event)
+        finally:
+            self._pumping = False
+
+    def exchange_done(self, keep_alive: bool) -> None:
+        self.exchange = None
+        if not keep_alive or self.listener.draining:
+            self.close()
+            return
+        self.unblock(BLOCK_PIPELINE)
+        if self.inbox:
+            self._pump()
+        if self.exchange is None and not self.closed:
+            timeouts = self.listener.timeouts
+            self._arm_read_timer(timeouts.idle if self.reader.idle else timeouts.header)
+
+    def _refuse(self, exc: ClientError) -> None:
+        """Answer a bad request and close the connection."""
+        exchange = self.exchange
+        if exchange is not None and not exchange.finished:
+            exchange.client_refused(exc)
+            return
+        record = AccessRecord.now(self.client_ip, b"-", b"-", self.listener.name)
+        self.send_error(exc.status, exc.detail, keep_alive=False)
+        record.finish(exc.status, 0, None, None, 0.0)
+        self.listener.access_log.write(record)
+        self.close()
+
+    # Output
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)
+
+    def send_error(self, status: int, detail: str, *, keep_alive: bool) -> int:
+        """Write a short text error page; returns the body length."""
+        reason = REASONS.get(status, b"Error")
+        body = b"%d %s: %s\n" % (status, reason, detail.encode())
+        headers = [
+            (b"Content-Type", b"text/plain; charset=utf-8"),
+            (b"Content-Length", b"%d" % len(body)),
+        ]
+        if not keep_alive:
+            headers.append((b"Connection", b"close"))
+        self.write(encode_response_head(status, reason, headers) + body)
+        return len(body)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._cancel_timers()
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        self._cancel_timers()
+        self.transport.abort()
+
+    # Reading control
+
+    def block(self, reason: int) -> None:
+        if not self._blocks and not self.closed:
+            self.transport.pause_reading()
+        self._blocks |= reason
+
+    def unblock(self, reason: int) -> None:
+        if self._blocks & reason:
+            self._blocks &= ~reason
+            if not self._blocks and not self.closed:
+                self.transport.resume_reading()
+                exchange = self.exchange
+                if exchange is not None and not exchange.request_done:
+                    self._arm_read_timer(self.listener.timeouts.body)
+
+    @property
+    def reading_blocked(self) -> bool:
+        return bool(self._blocks)
+
+    # Timers
+
+    def _arm_read_timer(self, delay: float) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = self.loop.call_later(delay, self._read_timed_out)
+
+    def _cancel_read_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _cancel_timers(self) -> None:
+        self._cancel_read_timer()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _read_timed_out(self) -> None:
+        self._idle_timer = None
+        if self.closed:
+            return
+        exchange = self.exchange
+        if exchange is not None:
+            # Only a body we were willing to read counts against the client.
+            if not exchange.request_done and not self._blocks:
+                exchange.client_refused(
+                    ClientError(408, "the request body was not received in time")
+                )
+            return
+        if self.reader.idle and not self.inbox:
+            self.close()  # a keep-alive connection that stayed quiet: nothing to answer
+        else:
+            self._refuse(ClientError(408, "the request head was not received in time"))
+
+    def _send_timed_out(self) -> None:
+        self._send_timer = None
+        self.abort()  # the client stopped reading; nothing more can be said to it
+
+
+class Exchange:
+    """One request and its response, from routing to the access log."""
+
+    __slots__ = (
+        "_read_activity",
+        "_read_timer",
+        "_send_timer",
+        "attempts_left",
+        "backend",
+        "body_buffer",
+        "body_buffered",
+        "body_started",
+        "bytes_out",
+        "chunked_out",
+        "client",
+        "conn",
+        "finished",
+        "keep_alive",
+        "last_error",
+        "pending",
+        "pool",
+        "record",
+        "request",
+        "request_done",
+        "response_done",
+        "response_started",
+        "reused",
+        "route",
+        "selection",
+        "status",
+        "t_attempt",
+        "t_start",
+        "tunnel_tail",
+        "upstream_head",
+        "upstream_time",
+    )
+
+    def __init__(self, client: ClientConnection, request: Request) -> None:
+        self.client = client
+        self.request = request
+        self.t_start = time.perf_counter()
+        self.route: Route | None = None
+        self.pool: Pool | None = None
+        self.selection: Selection | None = None
+        self.backend: Backend | None = None
+        self.conn: UpstreamConnection | None = None
+        self.pending: PendingConnect | None = None
+        self.upstream_head = b""
+        self.body_buffer: list[bytes] | None = []
+        self.body_buffered = 0
+        self.body_started = False  # some body bytes went to a backend: no more retries
+        self.tunnel_tail: list[bytes] = []
+        self.request_done = False
+        self.response_started = False
+        self.response_done = False
+        self.chunked_out = False
+        self.keep_alive = request.keep_alive
+        self.finished = False
+        self.status = 0
+        self.bytes_out = 0
+        self.attempts_left = 0
+        self.last_error: Exception | None = None
+        self.reused = False
+        self.t_attempt = 0.0
+        self.upstream_time: float | None = None
+        self.record = AccessRecord.now(
+            client.client_ip, request.method, request.target, client.listener.name
+        )
+        self._read_timer: asyncio.TimerHandle | None = None
+        self._read_activity = 0.0
+        self._send_timer: asyncio.TimerHandle | None = None
+
+    # Phases
+
+    def start(self) -> None:
+        request = self.request
+        client = self.client
+        listener = client.listener
+        route = self.route = listener.router.route(request)
+        if route is None:
+            self.respond_error(404, "no route matches this request")
+            return
+        if route.redirect is not None:
+            self.respond_redirect(route.redirect.status, route.redirect.location)
+            return
+        pool = self.pool = route.pick_pool()
+        assert pool is not None
+        headers = forward_request_headers(
+            request.headers,
+            version=request.version,
+            host=request.host,
+            client_ip=client.client_ip,
+            scheme=listener.scheme,
+            chunked=request.chunked,
+            upgrade=request.upgrade,
+        )
+        if route.request_rules is not None:
+            headers = route.request_rules.apply(headers)
+        self.upstream_head = encode_request_head(
+            request.method, route.rewrite_target(request.target), headers
+        )
+        self.attempts_left = pool.config.retries.attempts + 1
+        self.selection = Selection(client.client_ip.decode(), pool.clock.now())
+        self._attempt()
+
+    def _attempt(self) -> None:
+        pool = self.pool
+        selection = self.selection
+        assert pool is not None and selection is not None
+        selection.now = pool.clock.now()
+        backend = pool.select(selection) if self.attempts_left > 0 else None
+        if backend is None:
+            error = self.last_error
+            if error is None:
+                self.respond_error(503, "no backend is available")
+            elif isinstance(error, UpstreamTimeout):
+                self.respond_error(504, "the backend did not answer in time")
+            else:
+                self.respond_error(502, "no backend could be reached")
+            return
+        self.attempts_left -= 1
+        selection.tried.append(backend)
+        self.backend = backend
+        pool.on_start(backend)
+        self.t_attempt = time.perf_counter()
+        conn = take_idle(backend)
+        if conn is not None:
+            self._attach(conn, reused=True)
+        else:
+            self._connect(backend)
+
+    def _connect(self, backend: Backend) -> None:
+        assert self.pool is not None
+        self.pending = PendingConnect(
+            self.client.loop, backend, self.pool.config.timeouts.connect, self._connected
+        )
+
+    def _connected(self, conn: UpstreamConnection | None, exc: Exception | None) -> None:
+        self.pending = None
+        if self.finished:
+            if conn is not None:
+                conn.close()
+            return
+        if conn is None:
+            assert exc is not None
+            self._attempt_failed(exc)
+            return
+        self._attach(conn, reused=False)
+
+    def _attach(self, conn: UpstreamConnection, *, reused: bool) -> None:
+        self.conn = conn
+        self.reused = reused
+        conn.user = self
+        conn.used += 1
+        conn.reader.expect(self.request.method)
+        transport = conn.transport
+        assert transport is not None
+        buffered = self.body_buffer or ()
+        if buffered:
+            self.body_started = True
+            transport.writelines([self.upstream_head, *buffered])
+        else:
+            transport.write(self.upstream_head)
+        self.body_buffer = None
+        self.body_buffered = 0
+        self.client.unblock(BLOCK_BUFFERING)
+        if self.client.write_paused:
+            transport.pause_reading()
+        self._arm_read_timeout()
+
+    def _attempt_failed(self, exc: Exception) -> None:
+        """The current attempt failed before any answer: try another backend if allowed."""
+        pool, backend = self.pool, self.backend
+        assert pool is not None and backend is not None
+        self.backend = None
+        self.conn = None
+        self._cancel_upstream_timers()
+        pool.on_finish(backend, time.perf_counter() - self.t_attempt, False)
+        self.last_error = exc
+        if isinstance(exc, ConnectError) and not self.body_started:
+            self._attempt()
+        elif isinstance(exc, UpstreamTimeout):
+            self.respond_error(504, "the backend did not answer in time")
+        elif isinstance(exc, ConnectError):
+            self.respond_error(502, "no backend could be reached")
+        else:
+            self.respond_error(502, "the backend sent an invalid or incomplete response")
+
+    # Events from the client
+
+    def request_event(self, event: Event) -> None:
+        request = self.request
+        kind = type(event)
+        if kind is Data:
+            assert isinstance(event, Data)
+            chunk = encode_chunk(event.data) if request.chunked else event.data
+            self._send_body(chunk)
+            self.client._arm_read_timer(self.client.listener.timeouts.body)
+        elif kind is EndOfMessage:
+            assert isinstance(event, EndOfMessage)
+            if request.chunked:
+                self._send_body(encode_last_chunk(event.trailers))
+            self.request_done = True
+            self.client._cancel_read_timer()
+            if self.response_done:
+                self._finish(True)
+        elif kind is Upgraded:
+            assert isinstance(event, Upgraded)
+            if event.tail:
+                self.tunnel_tail.append(event.tail)
+            if not self.finished:
+                self.client.block(BLOCK_UPGRADE)
+
+    def _send_body(self, chunk: bytes) -> None:
+        if self.finished:
+            return
+        buffer = self.body_buffer
+        if buffer is None:
+            conn = self.conn
+            if conn is not None:
+                conn.write(chunk)
+            return
+        buffer.append(chunk)
+        self.body_buffered += len(chunk)
+        if self.body_buffered > BODY_BUFFER_LIMIT:
+            self.client.block(BLOCK_BUFFERING)
+
+    def client_tunnel_bytes(self, data: bytes) -> None:
+        self.tunnel_tail.append(data)
+
+    def client_refused(self, exc: ClientError) -> None:
+        """The client's request turned bad mid-way (e.g. a body over the size limit)."""
+        if self.response_started:
+            self._abort_upstream()
+            self.status = self.status or exc.status
+            self._finish(True, close=True)
+            self.client.abort()
+            return
+        self._abort_upstream()
+        self.keep_alive = False
+        self.respond_error(exc.status, exc.detail)
+
+    def client_lost(self) -> None:
+        if self.finished:
+            return
+        if self.conn is not None and self.conn.tunnel:
+            self.conn.close()
+        self._abort_upstream()
+        if not self.response_done:
+            self.status = CLIENT_CLOSED
+        self._finish(True, close=True)
+
+    def client_pause_writing(self) -> None:
+        conn = self.conn
+        if conn is not None and conn.transport is not None:
+            conn.transport.pause_reading()
+            self._cancel_read_timeout()  # the backend is not slow: we stopped reading it
+
+    def client_resume_writing(self) -> None:
+        conn = self.conn
+        if conn is not None and conn.transport is not None and not conn.closed:
+            conn.transport.resume_reading()
+            if not self.response_done:
+                self._arm_read_timeout()
+
+    # Events from the backend (UpstreamUser)
+
+    def upstream_events(self, events: list[Event]) -> None:
+        if self.finished:
+            return
+        self._read_activity = self.client.loop.time()
+        # Everything for the client from this batch goes out in one write.
+        out: list[bytes] = []
+        for event in events:
+            kind = type(event)
+            if kind is Data:
+                assert isinstance(event, Data)
+                data = event.data
+                self.bytes_out += len(data)
+                out.append(encode_chunk(data) if self.chunked_out else data)
+            elif kind is Response:
+                assert isinstance(event, Response)
+                if event.interim:
+                    if self.request.version == b"1.1":
+                        headers = forward_response_headers(
+                            event.headers, version=event.version, upgrade=False
+                        )
+                        out.append(encode_response_head(event.status, event.reason, headers))
+                    continue
+                out.append(self._response_head(event))
+            elif kind is EndOfMessage:
+                assert isinstance(event, EndOfMessage)
+                if self.chunked_out:
+                    out.append(encode_last_chunk(event.trailers))
+                self._flush(out)
+                self.response_done = True
+                self.upstream_time = time.perf_counter() - self.t_attempt
+                if self.request_done:
+                    self._finish(True)
+                else:
+                    # The backend answered before the request body ended: the rest of the
+                    # body has nowhere to go, so this connection ends with the answer.
+                    self._finish(True, close=True)
+                return
+            elif kind is Upgraded:
+                assert isinstance(event, Upgraded)
+                self._flush(out)
+                self._start_tunnel(event.tail)
+                return
+        self._flush(out)
+
+    def _flush(self, out: list[bytes]) -> None:
+        client = self.client
+        if not out or client.closed:
+            return
+        if len(out) == 1:
+            client.transport.write(out[0])
+        else:
+            client.transport.writelines(out)
+
+    def _response_head(self, response: Response) -> bytes:
+        """Decide the framing and connection fate of the answer; returns its head."""
+        request = self.request
+        status = response.status
+        self.status = status
+        upgrade = status == 101 and request.upgrade is not None
+        headers = forward_response_headers(
+            response.headers, version=response.version, upgrade=upgrade
+        )
+        route = self.route
+        if route is not None and route.response_rules is not None:
+            headers = route.response_rules.apply(headers)
+        keep_alive = self.keep_alive and self.request_done and not self.client.listener.draining
+        if request.upgrade is not None and not upgrade:
+            keep_alive = False  # the client's reader stopped at the upgrade request
+        if not upgrade:
+            no_body = request.method == b"HEAD" or status in NO_BODY_STATUSES
+            if response.content_length is not None and status != 204:
+                headers.append((b"Content-Length", b"%d" % response.content_length))
+            elif not no_body:
+                if request.version == b"1.1":
+                    self.chunked_out = True
+                    headers.append((b"Transfer-Encoding", b"chunked"))
+                else:
+                    keep_alive = False  # an HTTP/1.0 client reads to the end of the connection
+            if not keep_alive:
+                headers.append((b"Connection", b"close"))
+            elif request.version == b"1.0":
+                headers.append((b"Connection", b"keep-alive"))
+        self.keep_alive = keep_alive
+        self.response_started = True
+        return encode_response_head(status, response.reason, headers)
+
+    def upstream_failed(self, exc: Exception) -> None:
+        """The backend spoke garbage; its connection is already closed."""
+        if self.finished:
+            return
+        self.conn = None
+        if self.response_started:
+            self._fail_midway()
+        else:
+            self._attempt_failed(exc)
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        """The backend connection closed while this exchange was using it."""
+        if self.finished:
+            return
+        conn = self.conn
+        self.conn = None
+        if conn is not None and conn.tunnel:
+            self.client.close()
+            self._finish(True, close=True)
+            return
+        if self.response_started:
+            self._fail_midway()
+            return
+        if (
+            self.reused
+            and not self.body_started
+            and not self.request.has_body
+            and self.request.method in IDEMPOTENT
+            and self.backend is not None
+        ):
+            # A kept-alive connection the backend had closed just as we reused it: not the
+            # backend's fault. Try again on a fresh connection to the same backend.
+            self.reused = False
+            self._cancel_upstream_timers()
+            self._connect(self.backend)
+            return
+        self._attempt_failed(UpstreamError("the backend closed the connection before answering"))
+
+    def upstream_pause_writing(self) -> None:
+        self.client.block(BLOCK_UPSTREAM_FULL)
+        if self._send_timer is None and self.pool is not None:
+            self._send_timer = self.client.loop.call_later(
+                self.pool.config.timeouts.send, self._upstream_send_timed_out
+            )
+
+    def upstream_resume_writing(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+        self.client.unblock(BLOCK_UPSTREAM_FULL)
+
+    def tunnel_data(self, data: bytes) -> None:
+        self.client.write(data)
+
+    def tunnel_eof(self) -> None:
+        transport = self.client.transport
+        if transport.can_write_eof():
+            transport.write_eof()
+
+    # Answers made by usher itself
+
+    def respond_error(self, status: int, detail: str) -> None:
+        self.status = status
+        if not self.request_done or self.request.upgrade is not None:
+            self.keep_alive = False
+        self.keep_alive = self.keep_alive and not self.client.listener.draining
+        self.bytes_out = self.client.send_error(status, detail, keep_alive=self.keep_alive)
+        self.response_started = self.response_done = True
+        self._finish(status < 500, close=not self.keep_alive)
+
+    def respond_redirect(self, status: int, location: bytes) -> None:
+        self.status = status
+        if not self.request_done:
+            self.keep_alive = False
+        headers = [(b"Location", location), (b"Content-Length", b"0")]
+        if not self.keep_alive:
+            headers.append((b"Connection", b"close"))
+        self.client.write(encode_response_head(status, b"", headers))
+        self.response_started = self.response_done = True
+        self._finish(True, close=not self.keep_alive)
+
+    # Tunnels (WebSocket and any other upgrade)
+
+    def _start_tunnel(self, upstream_tail: bytes) -> None:
+        client, conn = self.client, self.conn
+        assert conn is not None
+        self._cancel_upstream_timers()
+        if upstream_tail:
+            client.write(upstream_tail)
+        conn.tunnel = True
+        client.tunnel = conn
+        for chunk in self.tunnel_tail:
+            conn.write(chunk)
+        self.tunnel_tail = []
+        client.unblock(BLOCK_UPGRADE)
+        self.upstream_time = time.perf_counter() - self.t_attempt
+        self._log()
+
+    # Timeouts toward the backend
+
+    def _arm_read_timeout(self) -> None:
+        assert self.pool is not None
+        loop = self.client.loop
+        self._read_activity = loop.time()
+        if self._read_timer is None:
+            self._read_timer = loop.call_later(self.pool.config.timeouts.read, self._read_check)
+
+    def _cancel_read_timeout(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _read_check(self) -> None:
+        # Checked lazily: data moves the activity mark instead of re-arming a timer each time.
+        self._read_timer = None
+        if self.finished or self.pool is None:
+            return
+        loop = self.client.loop
+        timeout = self.pool.config.timeouts.read
+        left = self._read_activity + timeout - loop.time()
+        if left > 0:
+            self._read_timer = loop.call_later(left, self._read_check)
+            return
+        self._upstream_timed_out()
+
+    def _upstream_send_timed_out(self) -> None:
+        self._send_timer = None
+        self._upstream_timed_out()
+
+    def _upstream_timed_out(self) -> None:
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.user = None
+            conn.abort()
+        if self.response_started:
+            self._fail_midway()
+        else:
+            self._attempt_failed(UpstreamTimeout("the backend did not answer in time"))
+
+    def _cancel_upstream_timers(self) -> None:
+        self._cancel_read_timeout()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    # Endings
+
+    def _fail_midway(self) -> None:
+        """The backend failed after the answer had started: all we can do is cut the client."""
+        pool, backend = self.pool, self.backend
+        if pool is not None and backend is not None:
+            self.backend = None
+            pool.on_finish(backend, time.perf_counter() - self.t_attempt, False)
+        self._finish(False, close=True)
+        self.client.abort()
+
+    def _abort_upstream(self) -> None:
+        if self.pending is not None:
+            self.pending.cancel()
+            self.pending = None
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            conn.user = None
+            conn.close()
+        self._cancel_upstream_timers()
+
+    def _finish(self, ok: bool, *, close: bool = False) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._cancel_upstream_timers()
+        client = self.client
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            if conn.tunnel or not (self.request_done and self.response_done):
+                conn.user = None
+                conn.close()
+            else:
+                assert self.pool is not None
+                timeouts = self.pool.config.timeouts
+                release(
+                    conn,
+                    client.loop,
+                    max_idle=self.pool.config.max_idle_connections,
+                    idle_timeout=timeouts.idle,
+                )
+        if self.pending is not None:
+            self.pending.cancel()
+            self.pending = None
+        pool, backend = self.pool, self.backend
+        if pool is not None and backend is not None:
+            self.backend = None
+            pool.on_finish(backend, time.perf_counter() - self.t_attempt, ok)
+        if self.request.upgrade is None or self.status != 101:
+            self._log()
+        if client.exchange is self:
+            client.exchange_done(self.keep_alive and not close)
+
+    def _log(self) -> None:
+        access_log = self.client.listener.access_log
+        if not access_log.enabled:
+            return
+        record = self.record
+        backend = (
+            self.selection.tried[-1].label if self.selection and self.selection.tried else None
+        )
+        record.finish(
+            self.status,
+            self.bytes_out,
+            self.pool.name if self.pool is not None else None,
+            backend,
+            time.perf_counter() - self.t_start,
+            upstream_time=self.upstream_time,
+        )
+        access_log.write(record)

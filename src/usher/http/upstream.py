@@ -1,0 +1,219 @@
+"""Connections to backends: the upstream Protocol, and the keep-alive pool kept on each backend.
+
+An `UpstreamConnection` moves bytes between a backend socket and its current user (the
+exchange that borrowed it); it parses responses with the sans-IO `ResponseReader`. When an
+exchange is done with a connection that can carry another request, it goes back on its
+backend's idle list (most recent last) until `timeouts.idle` expires it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from usher.errors import ConnectError, UpstreamProtocolError
+from usher.http.codec import Event, ResponseReader
+
+if TYPE_CHECKING:
+    from usher.pool import Backend
+
+
+class UpstreamUser(Protocol):
+    """What an upstream connection reports to the exchange using it."""
+
+    def upstream_events(self, events: list[Event]) -> None: ...
+    def upstream_failed(self, exc: Exception) -> None: ...
+    def upstream_lost(self, exc: Exception | None) -> None: ...
+    def upstream_pause_writing(self) -> None: ...
+    def upstream_resume_writing(self) -> None: ...
+    def tunnel_data(self, data: bytes) -> None: ...
+    def tunnel_eof(self) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "_idle_timer",
+        "backend",
+        "closed",
+        "reader",
+        "transport",
+        "tunnel",
+        "used",
+        "user",
+    )
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.transport: asyncio.Transport | None = None
+        self.reader = ResponseReader()
+        self.user: UpstreamUser | None = None
+        self.tunnel = False
+        self.closed = False
+        self.used = 0  # requests carried so far
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        user = self.user
+        if user is None:
+            # An idle connection that speaks is closing or confused: it is no use for reuse.
+            self.close()
+            return
+        if self.tunnel:
+            user.tunnel_data(data)
+            return
+        try:
+            events = self.reader.feed(data)
+        except UpstreamProtocolError as exc:
+            self.close()
+            user.upstream_failed(exc)
+            return
+        if events:
+            user.upstream_events(events)
+
+    def eof_received(self) -> bool | None:
+        user = self.user
+        if user is not None and self.tunnel:
+            user.tunnel_eof()
+            return True  # keep our half open: the client may still be sending
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._cancel_idle_timer()
+        idle = self.backend.idle
+        if self in idle:
+            idle.remove(self)
+        user = self.user
+        if user is None:
+            return
+        if not self.tunnel and self.reader.close_delimited:
+            # The end of the connection is the end of this body: the response is complete.
+            user.upstream_events(self.reader.eof())
+        if self.user is not None:
+            self.user = None
+            user.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.user is not None:
+            self.user.upstream_pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.user is not None:
+            self.user.upstream_resume_writing()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._cancel_idle_timer()
+            if self.transport is not None:
+                self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        self._cancel_idle_timer()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _cancel_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def park(self, loop: asyncio.AbstractEventLoop, idle_timeout: float) -> None:
+        """Put this connection on its backend's idle list until it is reused or expires."""
+        self.user = None
+        self.backend.idle.append(self)
+        self._idle_timer = loop.call_later(idle_timeout, self.close)
+
+    def unpark(self) -> None:
+        self._cancel_idle_timer()
+
+
+def take_idle(backend: Backend) -> UpstreamConnection | None:
+    """The most recently parked live connection to `backend`, if any."""
+    idle = backend.idle
+    while idle:
+        conn: UpstreamConnection = idle.pop()
+        if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+            conn.unpark()
+            return conn
+    return None
+
+
+def release(
+    conn: UpstreamConnection,
+    loop: asyncio.AbstractEventLoop,
+    *,
+    max_idle: int,
+    idle_timeout: float,
+) -> None:
+    """Give a connection back after a complete exchange: park it if it can be reused."""
+    conn.user = None
+    if conn.closed or not conn.reader.reusable or len(conn.backend.idle) >= max_idle:
+        conn.close()
+    else:
+        conn.park(loop, idle_timeout)
+
+
+class PendingConnect:
+    """A connection attempt in progress; `cancel()` drops it (the client went away)."""
+
+    __slots__ = ("_dropped", "_task", "_timer", "timed_out")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        backend: Backend,
+        timeout: float,
+        done: Callable[[UpstreamConnection | None, Exception | None], None],
+    ) -> None:
+        self.timed_out = False
+        self._dropped = False
+        self._task = loop.create_task(
+            loop.create_connection(lambda: UpstreamConnection(backend), backend.host, backend.port)
+        )
+        self._timer: asyncio.TimerHandle | None = loop.call_later(timeout, self._on_timeout)
+
+        def finished(task: asyncio.Task[tuple[asyncio.BaseTransport, UpstreamConnection]]) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self._dropped:
+                if not task.cancelled() and task.exception() is None:
+                    task.result()[1].close()  # connected just as the client left
+                return
+            if task.cancelled():
+                if self.timed_out:
+                    done(None, ConnectError(f"connect to {backend.label} timed out"))
+                return
+            exc = task.exception()
+            if exc is not None:
+                done(None, ConnectError(f"connect to {backend.label} failed: {exc}"))
+            else:
+                done(task.result()[1], None)
+
+        self._task.add_done_callback(finished)
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        self.timed_out = True
+        self._task.cancel()
+
+    def cancel(self) -> None:
+        self._dropped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._task.cancel()

@@ -1,0 +1,118 @@
+"""Access logs: one line per request, readable text by default or JSON (`--log-format json`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Literal, TextIO
+
+LogFormat = Literal["text", "json"]
+
+
+class AccessRecord:
+    """What one request did, filled in as it goes."""
+
+    __slots__ = (
+        "backend",
+        "bytes",
+        "client",
+        "duration",
+        "listener",
+        "method",
+        "pool",
+        "status",
+        "target",
+        "time",
+        "upstream_time",
+    )
+
+    def __init__(
+        self, at: float, client: bytes, method: bytes, target: bytes, listener: str
+    ) -> None:
+        self.time = at
+        self.client = client
+        self.method = method
+        self.target = target
+        self.listener = listener
+        self.status = 0
+        self.bytes = 0
+        self.pool: str | None = None
+        self.backend: str | None = None
+        self.duration = 0.0
+        self.upstream_time: float | None = None
+
+    @classmethod
+    def now(cls, client: bytes, method: bytes, target: bytes, listener: str) -> AccessRecord:
+        return cls(time.time(), client, method, target, listener)
+
+    def finish(
+        self,
+        status: int,
+        nbytes: int,
+        pool: str | None,
+        backend: str | None,
+        duration: float,
+        *,
+        upstream_time: float | None = None,
+    ) -> None:
+        self.status = status
+        self.bytes = nbytes
+        self.pool = pool
+        self.backend = backend
+        self.duration = duration
+        self.upstream_time = upstream_time
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "time": _iso(self.time),
+            "listener": self.listener,
+            "client": self.client.decode("latin-1"),
+            "method": self.method.decode("latin-1"),
+            "path": self.target.decode("latin-1"),
+            "status": self.status,
+            "bytes": self.bytes,
+            "duration_ms": round(self.duration * 1000, 3),
+            "pool": self.pool,
+            "backend": self.backend,
+            "upstream_ms": None
+            if self.upstream_time is None
+            else round(self.upstream_time * 1000, 3),
+        }
+
+    def as_text(self) -> str:
+        upstream = "-" if self.upstream_time is None else f"{self.upstream_time * 1000:.1f}ms"
+        return (
+            f"{_iso(self.time)} {self.client.decode('latin-1')} "
+            f'"{self.method.decode("latin-1")} {self.target.decode("latin-1")}" '
+            f"{self.status} {self.bytes}B {self.duration * 1000:.1f}ms "
+            f"pool={self.pool or '-'} backend={self.backend or '-'} upstream={upstream}"
+        )
+
+
+def _iso(at: float) -> str:
+    millis = int(at * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{millis:03d}Z"
+
+
+class AccessLog:
+    """Writes access records to a stream; does no work at all when disabled."""
+
+    __slots__ = ("enabled", "format", "stream")
+
+    def __init__(
+        self, *, enabled: bool = True, format: LogFormat = "text", stream: TextIO | None = None
+    ) -> None:
+        self.enabled = enabled
+        self.format = format
+        self.stream = stream
+
+    def write(self, record: AccessRecord) -> None:
+        if not self.enabled:
+            return
+        if self.format == "json":
+            line = json.dumps(record.as_dict(), separators=(",", ":"))
+        else:
+            line = record.as_text()
+        stream = self.stream or sys.stdout
+        stream.write(line + "\n")
