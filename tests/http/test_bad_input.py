@@ -145,3 +145,15 @@ async def test_slow_request_body_gets_408(raw_backend, balancer):
     data = await asyncio.wait_for(reader.read(), 5)
     writer.close()
     assert data.startswith(b"HTTP/1.1 408 ")
+
+
+async def test_good_request_ahead_of_a_bad_one_is_answered_first(backends, balancer):
+    (server,) = await backends(1)
+    lb = await balancer(simple_config({"web": pool_of(server)}))
+    data = (
+        b"GET /status/201 HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nX-A: \x01\r\n\r\n"
+    )
+    (first, second), closed = await raw_exchange(lb.port, data, responses=2)
+    assert first.status == 201
+    assert second.status == 400
+    assert closed

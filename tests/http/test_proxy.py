@@ -13,6 +13,7 @@ import httpx
 import pytest
 import trustme
 from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import (
     free_port,
@@ -438,3 +439,29 @@ async def test_graceful_stop_finishes_in_flight_requests(backends, balancer):
     with pytest.raises(httpx.ConnectError):
         async with httpx.AsyncClient() as client:
             await client.get(lb.url("/"))
+
+
+async def test_idle_websocket_tunnel_is_closed_after_timeouts_tunnel(backends, balancer):
+    (server,) = await backends(1)
+    lb = await balancer(simple_config({"web": pool_of(server, timeouts={"tunnel": "400ms"})}))
+    async with ws_connect(f"ws://127.0.0.1:{lb.port}/ws", ping_interval=None) as ws:
+        for _ in range(3):  # traffic keeps it open past the limit
+            await asyncio.sleep(0.2)
+            await ws.send("still here")
+            assert await ws.recv() == "still here"
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)  # then quiet: closed by usher
+    assert lb.pools["web"].backends[0].active == 0
+
+
+async def test_slow_upload_is_not_cut_by_the_read_timeout(backends, balancer):
+    (server,) = await backends(1)
+    lb = await balancer(simple_config({"web": pool_of(server, timeouts={"read": "300ms"})}))
+    reader, writer = await asyncio.open_connection("127.0.0.1", lb.port)
+    writer.write(b"PUT /status/200 HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\n")
+    for part in (b"ab", b"cd", b"ef"):  # 600 ms of upload, each gap under the read timeout
+        await asyncio.sleep(0.2)
+        writer.write(part)
+    response = await asyncio.wait_for(read_response(reader), 5)
+    writer.close()
+    assert response.status == 200

@@ -208,6 +208,12 @@ class RequestReader:
         """No request is partly received."""
         return not self._in_message
 
+    @property
+    def parsed_before_error(self) -> list[Event]:
+        """After `feed` raised: the events of that same feed that came before the bad bytes
+        (a good pipelined request ahead of a bad one still deserves its answer)."""
+        return self._events
+
     def feed(self, data: bytes) -> list[Event]:
         events = self._events = []
         if self._in_head or not self._in_message:
@@ -410,6 +416,8 @@ class ResponseReader:
         return []
 
     def on_message_begin(self) -> None:
+        if self.done:
+            self.reusable = False  # a second response to one request: the backend is confused
         self._in_message = True
         self._in_head = True
         self._headers = []

@@ -45,7 +45,6 @@ BLOCK_UPSTREAM_FULL = 1  # the backend is not taking the body as fast as the cli
 BLOCK_BUFFERING = 2  # body bytes wait for a backend connection
 BLOCK_PIPELINE = 4  # a pipelined request waits for the one before it
 BLOCK_UPGRADE = 8  # an upgrade request waits for the backend's answer
-BLOCK_DOWNSTREAM_FULL = 16  # tunnel: the client is not reading what we send it
 
 # Body bytes held while the backend connection is being made; past this, stop reading.
 BODY_BUFFER_LIMIT = 64 * 1024
@@ -108,6 +107,7 @@ class ClientConnection(asyncio.Protocol):
         "listener",
         "loop",
         "reader",
+        "refused",
         "transport",
         "tunnel",
         "write_paused",
@@ -120,10 +120,12 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set on connect
         self.client_ip = b""
         self.client_port = 0
-        self.inbox: deque[Event] = deque()
+        # What the reader produced and no exchange has taken yet; a ClientError is a refusal.
+        self.inbox: deque[Event | ClientError] = deque()
         self.exchange: Exchange | None = None
         self.tunnel: UpstreamConnection | None = None
         self.closed = False
+        self.refused = False
         self.write_paused = False
         self._blocks = 0
         self._pumping = False
@@ -147,7 +149,11 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
             self.tunnel.write(data)
+            if self.exchange is not None:
+                self.exchange.touch()
             return
+        if self.refused:
+            return  # the reader has failed; the refusal is queued and the connection will close
         exchange = self.exchange
         if self.reader.upgraded:
             if exchange is not None:
@@ -159,7 +165,11 @@ class ClientConnection(asyncio.Protocol):
         try:
             events = self.reader.feed(data)
         except ClientError as exc:
-            self._refuse(exc)
+            # The refusal takes its turn after whatever was parsed before the bad bytes.
+            self.inbox.extend(self.reader.parsed_before_error)
+            self.inbox.append(exc)
+            self.refused = True
+            self._pump()
             return
         if events:
             self.inbox.extend(events)
@@ -207,6 +217,14 @@ class ClientConnection(asyncio.Protocol):
             inbox = self.inbox
             while inbox and not self.closed:
                 event = inbox[0]
+                if isinstance(event, ClientError):
+                    exchange = self.exchange
+                    if exchange is not None and exchange.request_done:
+                        self.block(BLOCK_PIPELINE)  # it refuses a later request: wait its turn
+                        return
+                    inbox.clear()
+                    self._refuse(event)
+                    return
                 if type(event) is Request:
                     if self.exchange is not None:
                         self.block(BLOCK_PIPELINE)
@@ -219,7 +237,7 @@ class ClientConnection(asyncio.Protocol):
                     inbox.popleft()
                     exchange = self.exchange
                     if exchange is not None:
-                        exchange.request_event(event)
+                        exchange.request_event(event)  # type: ignore[arg-type]
         finally:
             self._pumping = False
 
@@ -558,6 +576,9 @@ class Exchange:
             conn = self.conn
             if conn is not None:
                 conn.write(chunk)
+                # A backend usually answers after the whole body: while it is still being
+                # sent, the read timeout has not started.
+                self._read_activity = self.client.loop.time()
             return
         buffer.append(chunk)
         self.body_buffered += len(chunk)
@@ -743,6 +764,11 @@ class Exchange:
 
     def tunnel_data(self, data: bytes) -> None:
         self.client.write(data)
+        self._read_activity = self.client.loop.time()
+
+    def touch(self) -> None:
+        """Bytes moved through the tunnel: it is not idle."""
+        self._read_activity = self.client.loop.time()
 
     def tunnel_eof(self) -> None:
         transport = self.client.transport
@@ -787,15 +813,20 @@ class Exchange:
         client.unblock(BLOCK_UPGRADE)
         self.upstream_time = time.perf_counter() - self.t_attempt
         self._log()
+        self._arm_read_timeout()  # now the tunnel's idle limit (timeouts.tunnel)
 
     # Timeouts toward the backend
 
-    def _arm_read_timeout(self) -> None:
+    def _idle_limit(self) -> float:
         assert self.pool is not None
+        timeouts = self.pool.config.timeouts
+        return timeouts.tunnel if self.client.tunnel is not None else timeouts.read
+
+    def _arm_read_timeout(self) -> None:
         loop = self.client.loop
         self._read_activity = loop.time()
         if self._read_timer is None:
-            self._read_timer = loop.call_later(self.pool.config.timeouts.read, self._read_check)
+            self._read_timer = loop.call_later(self._idle_limit(), self._read_check)
 
     def _cancel_read_timeout(self) -> None:
         if self._read_timer is not None:
@@ -808,10 +839,16 @@ class Exchange:
         if self.finished or self.pool is None:
             return
         loop = self.client.loop
-        timeout = self.pool.config.timeouts.read
-        left = self._read_activity + timeout - loop.time()
+        left = self._read_activity + self._idle_limit() - loop.time()
         if left > 0:
             self._read_timer = loop.call_later(left, self._read_check)
+            return
+        if self.client.tunnel is not None:
+            # An idle tunnel ends quietly, like a closed one.
+            self.client.close()
+            if self.conn is not None:
+                self.conn.close()
+            self._finish(True, close=True)
             return
         self._upstream_timed_out()
 
