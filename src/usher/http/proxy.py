@@ -237,7 +237,7 @@ class ClientConnection(asyncio.Protocol):
                     inbox.popleft()
                     exchange = self.exchange
                     if exchange is not None:
-                        exchange.request_event(event)  # type: ignore[arg-type]
+                        exchange.request_event(event)
         finally:
             self._pumping = False
 
