@@ -20,10 +20,10 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
     """`/a/b?x=1` -> (`/a/b`, `x=1`). An absolute-form target keeps only its path."""
     if not target.startswith(b"/") and b"://" in target:
         rest = target.split(b"://", 1)[1]
-        slash = rest.find(b"/")
-        target = rest[slash:] if slash >= 0 else b"/"
+        ends = [i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0]
+        target = rest[min(ends) :] if ends else b""
     path, _, query = target.partition(b"?")
-    return path, query
+    return path or b"/", query
 
 
 def host_of(request: Request) -> str:

@@ -259,6 +259,23 @@ def test_host_is_exposed_with_its_port() -> None:
     assert request.host == b"Example.com:8080"
 
 
+def test_header_value_excludes_surrounding_whitespace() -> None:
+    # RFC 9112 5.1: OWS before and after a field value is not part of it (else a Host of
+    # "example.com " would match no route, and a header rule "X-Canary: 1" would not hold).
+    request = parse_requests(b"GET / HTTP/1.1\r\nHost: example.com \r\nX-A: \t b c \t\r\n\r\n")[0]
+    assert isinstance(request, Request)
+    assert request.headers == [(b"Host", b"example.com"), (b"X-A", b"b c")]
+    assert request.host == b"example.com"
+
+
+def test_tab_and_obs_text_in_header_values_are_accepted() -> None:
+    request = parse_requests(b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\tc\r\nX-B: caf\xc3\xa9\r\n\r\n")[
+        0
+    ]
+    assert isinstance(request, Request)
+    assert request.headers[1:] == [(b"X-A", b"b\tc"), (b"X-B", b"caf\xc3\xa9")]
+
+
 # --- Requests: upgrades ----------------------------------------------------------------------
 
 UPGRADE_HEAD = (
@@ -284,6 +301,14 @@ def test_upgrade_request_without_tail() -> None:
     assert isinstance(events[-1], Upgraded)
     assert events[-1].tail == b""
     assert reader.upgraded
+
+
+def test_upgrade_request_behind_a_pipelined_request() -> None:
+    reader = RequestReader()
+    events = reader.feed(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n" + UPGRADE_HEAD + b"TAIL")
+    assert [e.target for e in events if isinstance(e, Request)] == [b"/a", b"/chat"]
+    assert isinstance(events[-1], Upgraded)
+    assert events[-1].tail == b"TAIL"
 
 
 def test_upgrade_header_without_connection_upgrade_is_no_upgrade() -> None:
@@ -477,6 +502,41 @@ def test_header_lines_that_never_end_the_head_are_refused() -> None:
     assert fed <= limit + 20
 
 
+def test_never_ending_head_that_began_behind_a_pipelined_request_is_refused() -> None:
+    # The second head starts in the same feed as a complete request: its bytes count too.
+    limit = 1024
+    reader = RequestReader(HeadLimits(max_header_size=limit))
+    partial = b"GET /2 HTTP/1.1\r\nHost: a\r\nX-Slow: " + b"s" * 900
+    reader.feed(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n" + partial)
+    fed = len(partial)
+    with pytest.raises(ClientError) as caught:
+        while fed <= 10 * limit:
+            reader.feed(b"s" * 50)
+            fed += 50
+    assert caught.value.status == 431
+    assert fed <= limit + 50
+
+
+def test_never_ending_trailer_is_refused() -> None:
+    # Trailers are a second header block: unbounded, they would grow in memory forever.
+    limit = 1024
+    reader = RequestReader(HeadLimits(max_header_size=limit))
+    reader.feed(post(b"Transfer-Encoding: chunked\r\n", b"3\r\nabc\r\n0\r\nX-Trailer: "))
+    fed = 0
+    with pytest.raises(ClientError) as caught:
+        while fed <= 100 * limit:
+            reader.feed(b"t" * 100)
+            fed += 100
+    assert caught.value.status in (413, 431)
+    assert fed <= limit + 100
+
+
+def test_too_many_trailers() -> None:
+    trailers = b"".join(b"X-T%d: v\r\n" % i for i in range(11))
+    raw = post(b"Transfer-Encoding: chunked\r\n", b"0\r\n" + trailers + b"\r\n")
+    assert rejected(raw, HeadLimits(max_headers=10)).status == 431
+
+
 def test_head_limit_applies_to_each_request_not_the_connection() -> None:
     limits = HeadLimits(max_header_size=1024)
     reader = RequestReader(limits)
@@ -645,6 +705,15 @@ def test_head_response_without_length_is_not_close_delimited() -> None:
     assert kinds(events) == ["Response", "EndOfMessage"]
     assert reader.done
     assert not reader.close_delimited
+
+
+def test_head_response_followed_by_a_body_makes_the_connection_unusable() -> None:
+    reader, events = parse_response(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", method=b"HEAD"
+    )
+    assert not any(isinstance(e, Data) for e in events)
+    assert reader.done
+    assert not reader.reusable
 
 
 @pytest.mark.parametrize("status", [204, 304])

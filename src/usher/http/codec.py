@@ -173,16 +173,20 @@ class RequestReader:
     """
 
     __slots__ = (
+        "_after_chunk_header",
         "_body_size",
         "_content_length",
         "_events",
+        "_feed_used",
         "_head_bytes",
+        "_head_offset",
         "_headers",
         "_in_head",
         "_in_message",
         "_limits",
         "_parser",
         "_pending_error",
+        "_trailer_bytes",
         "_trailers",
         "_url",
         "upgraded",
@@ -201,6 +205,14 @@ class RequestReader:
         self._in_head = False
         self._in_message = False
         self._pending_error: ClientError | None = None
+        # Bytes of the current feed that belonged to messages before the current head, and
+        # where the current head began in the feed (-1: in an earlier feed).
+        self._feed_used = 0
+        self._head_offset = -1
+        # After a chunk header and before any of its body: possibly in the trailers, which
+        # httptools buffers like headers, so they are bounded like a head.
+        self._after_chunk_header = False
+        self._trailer_bytes = 0
         self.upgraded = False
 
     @property
@@ -216,8 +228,10 @@ class RequestReader:
 
     def feed(self, data: bytes) -> list[Event]:
         events = self._events = []
-        if self._in_head or not self._in_message:
-            self._head_bytes += len(data)
+        self._feed_used = 0
+        self._head_offset = -1
+        if self._after_chunk_header:
+            self._trailer_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -227,8 +241,17 @@ class RequestReader:
             raise self._pending_error or ClientError(400, "malformed request") from None
         except httptools.HttpParserError as exc:
             raise ClientError(400, f"malformed request: {exc}") from None
-        if self._in_head and self._head_bytes > self._limits.max_header_size:
-            raise ClientError(431, "request header fields too large")
+        limit = self._limits.max_header_size
+        if self._in_head:
+            # httptools holds an unfinished head whole: bound it as it grows.
+            if self._head_offset >= 0:
+                self._head_bytes = len(data) - self._head_offset
+            else:
+                self._head_bytes += len(data)
+            if self._head_bytes > limit:
+                raise ClientError(431, "request header fields too large")
+        elif self._after_chunk_header and self._trailer_bytes > limit:
+            raise ClientError(431, "request trailer fields too large")
         return events
 
     # httptools callbacks: they run inside feed().
@@ -236,6 +259,9 @@ class RequestReader:
     def on_message_begin(self) -> None:
         self._in_message = True
         self._in_head = True
+        self._head_offset = self._feed_used
+        self._head_bytes = 0
+        self._after_chunk_header = False
         self._headers = []
         self._trailers = None
         self._url = b""
@@ -247,6 +273,8 @@ class RequestReader:
             self._fail(414, "request URI too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # llhttp leaves trailing whitespace in values; RFC 9112 §5.1 says it is not part of them.
+        value = value.rstrip(b" \t")
         if self._in_head:
             headers = self._headers
             headers.append((name, value))
@@ -296,6 +324,7 @@ class RequestReader:
         self._content_length = content_length
         self._in_head = False
         self._head_bytes = 0
+        self._feed_used += size
         self._events.append(
             Request(
                 method,
@@ -310,7 +339,16 @@ class RequestReader:
             )
         )
 
+    def on_chunk_header(self) -> None:
+        self._after_chunk_header = True
+        self._trailer_bytes = 0
+
+    def on_chunk_complete(self) -> None:
+        self._after_chunk_header = False
+
     def on_body(self, body: bytes) -> None:
+        self._after_chunk_header = False
+        self._feed_used += len(body)
         max_body = self._limits.max_body_size
         if max_body is not None:
             self._body_size += len(body)
@@ -397,8 +435,14 @@ class ResponseReader:
             self.reusable = False
             events.append(Upgraded(data[exc.args[0] :]))
         except httptools.HttpParserCallbackError:
+            if self.done:  # garbage after a complete response: keep the response, not the conn
+                self.reusable = False
+                return events
             raise self._pending_error or UpstreamProtocolError("invalid response") from None
         except httptools.HttpParserError as exc:
+            if self.done:
+                self.reusable = False
+                return events
             raise UpstreamProtocolError(f"invalid response: {exc}") from None
         if self._in_head and self._head_bytes > MAX_RESPONSE_HEAD:
             raise UpstreamProtocolError("response head too large")
@@ -428,6 +472,7 @@ class ResponseReader:
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        value = value.rstrip(b" \t")
         if self._in_head:
             self._headers.append((name, value))
             if len(self._headers) > MAX_RESPONSE_HEADERS:
@@ -552,6 +597,8 @@ def encode_response_head(status: int, reason: bytes, headers: Headers) -> bytes:
 
 
 def encode_chunk(data: bytes) -> bytes:
+    if not data:
+        return b""  # a zero-size chunk would end the body
     return b"%x\r\n" % len(data) + data + CRLF
 
 

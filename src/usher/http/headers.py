@@ -48,13 +48,18 @@ class HeaderRules:
         return out
 
 
+# Connection may not make these hop-by-hop: dropping them would unframe the body (smuggling)
+# or send the request to another virtual host.
+NEVER_CONNECTION_SPECIFIC: Final = frozenset({b"host", b"content-length"})
+
+
 def connection_tokens(headers: Headers) -> frozenset[bytes]:
     """The header names listed in Connection, which are hop-by-hop too."""
     tokens: set[bytes] = set()
     for name, value in headers:
         if name.lower() == b"connection":
             tokens.update(t.strip().lower() for t in value.split(b","))
-    return frozenset(tokens)
+    return frozenset(tokens - NEVER_CONNECTION_SPECIFIC)
 
 
 def _is_hop_by_hop(lname: bytes, listed: frozenset[bytes]) -> bool:
@@ -76,8 +81,12 @@ def forward_request_headers(
     out: Headers = []
     xff = b""
     via = b""
+    codings = b""
     for name, value in headers:
         lname = name.lower()
+        if lname == b"transfer-encoding":
+            codings = codings + b", " + value if codings else value
+            continue
         if _is_hop_by_hop(lname, listed) or lname in FORWARDED_SET:
             continue
         if lname == b"x-forwarded-for":
@@ -94,11 +103,17 @@ def forward_request_headers(
     mine = VIA_REQUEST.get(version, b"1.1 usher")
     out.append((b"Via", via + b", " + mine if via else mine))
     if chunked:
-        out.append((b"Transfer-Encoding", b"chunked"))
+        # The body is re-chunked, but codings before chunked (gzip, chunked) stay as they are.
+        out.append((b"Transfer-Encoding", codings or b"chunked"))
     if upgrade is not None:
         out.append((b"Connection", b"upgrade"))
         out.append((b"Upgrade", upgrade))
     return out
+
+
+def transfer_codings(headers: Headers) -> bytes:
+    """The Transfer-Encoding of a message, all its headers joined (b"" when none)."""
+    return b", ".join(v for n, v in headers if n.lower() == b"transfer-encoding")
 
 
 def forward_response_headers(headers: Headers, *, version: bytes, upgrade: bool) -> Headers:
