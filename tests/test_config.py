@@ -165,7 +165,7 @@ def test_full_config_really_has_every_key() -> None:
     text = (CONFIGS / "full.yaml").read_text()
     schema = config_schema()
     models = {"Config": schema, **schema["$defs"]}
-    assert len(models) == 16
+    assert len(models) == 23
     missing = [
         f"{name}.{key}"
         for name, model in models.items()
@@ -187,9 +187,10 @@ def test_json_is_valid_yaml() -> None:
 
 @pytest.mark.parametrize("algorithm", registered_names())
 def test_every_registered_algorithm_is_accepted(algorithm: str) -> None:
+    agent = ", agent: {}" if algorithm == "resource" else ""  # resource needs load reports
     text = f"""
         listeners: [{{name: web, bind: "127.0.0.1:0", pool: web}}]
-        pools: {{web: {{algorithm: {algorithm}, backends: [{{address: "127.0.0.1:9001"}}]}}}}
+        pools: {{web: {{algorithm: {algorithm}, backends: [{{address: "127.0.0.1:9001"}}]{agent}}}}}
     """
     assert parse_config(dedent(text)).pools["web"].algorithm == algorithm
 
@@ -363,8 +364,8 @@ BAD_FILES = {
         "unknown key",
     ),
     "key of a later feature": (
-        pool("backends: [{address: 127.0.0.1:9001}]\nhealth_check: {type: http}"),
-        "pools.p.health_check",
+        pool("backends: [{address: 127.0.0.1:9001}]\ndiscovery: {dns: api.internal}"),
+        "pools.p.discovery",
         "unknown key",
     ),
     "wrong type": (
@@ -934,3 +935,60 @@ def test_reference_docs_are_up_to_date() -> None:
         [sys.executable, str(script), "--check"], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_yaml_1_1_booleans_are_plain_words() -> None:
+    # `on` must stay a key (retries.on), not become the boolean True of YAML 1.1.
+    config = parse_config(
+        "listeners: [{name: web, bind: 127.0.0.1:0, pool: p}]\n"
+        "pools:\n"
+        "  p:\n"
+        "    backends: [{address: 127.0.0.1:9001, backup: false}]\n"
+        "    retries: {on: [502, 503]}\n"
+    )
+    assert config.pools["p"].retries.on == [502, 503]
+
+
+def test_resource_and_agent_checks_need_an_agent() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            "listeners: [{name: web, bind: 127.0.0.1:0, pool: p}]\n"
+            "pools:\n"
+            "  p:\n"
+            "    algorithm: resource\n"
+            "    backends: [{address: 127.0.0.1:9001}]\n"
+            "    health_check: {type: agent}\n"
+        )
+    messages = [str(issue) for issue in caught.value.issues]
+    assert "line 4: pools.p.agent: required by algorithm resource" in messages
+    assert "line 4: pools.p.agent: required by health_check type agent" in messages
+
+
+def test_health_check_keys_of_another_type_are_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            "listeners: [{name: web, bind: 127.0.0.1:0, pool: p}]\n"
+            "pools:\n"
+            "  p:\n"
+            "    backends: [{address: 127.0.0.1:9001}]\n"
+            "    health_check: {type: tcp, path: /healthz, expect: pong}\n"
+        )
+    paths = {(issue.path, issue.message) for issue in caught.value.issues}
+    assert paths == {
+        ("pools.p.health_check.path", "only for type http"),
+        ("pools.p.health_check.expect", "only for type udp"),
+    }
+
+
+@pytest.mark.parametrize("name", ["Content-Length", "transfer-encoding", "Connection", "Upgrade"])
+def test_framing_headers_cannot_be_rewritten(name: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            "listeners: [{name: web, bind: 127.0.0.1:0, routes: [{pool: p, request_headers: "
+            f"{{remove: [{name}]}}}}]}}]\n"
+            "pools: {p: {backends: [{address: 127.0.0.1:9001}]}}\n"
+        )
+    assert [issue.path for issue in caught.value.issues] == [
+        "listeners[0].routes[0].request_headers.remove[0]"
+    ]
+    assert "managed by usher" in caught.value.issues[0].message

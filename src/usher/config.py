@@ -108,7 +108,31 @@ DEFAULT_SEND_TIMEOUT: Final = 60.0
 DEFAULT_UPSTREAM_IDLE_TIMEOUT: Final = 60.0
 DEFAULT_TUNNEL_TIMEOUT: Final = 3600.0
 DEFAULT_RETRY_ATTEMPTS: Final = 2
+DEFAULT_RETRY_BUDGET: Final = 0.2
 DEFAULT_MAX_IDLE_CONNECTIONS: Final = 32
+DEFAULT_EWMA_DECAY: Final = 10.0
+DEFAULT_QUEUE_SIZE: Final = 100
+DEFAULT_QUEUE_TIMEOUT: Final = 5.0
+DEFAULT_DRAIN_TIMEOUT: Final = 30.0
+DEFAULT_PANIC_THRESHOLD: Final = 0.0
+DEFAULT_MAX_EJECTION_PERCENT: Final = 0.5
+DEFAULT_MAX_EJECTION_TIME: Final = 300.0
+DEFAULT_STICKY_COOKIE: Final = "USHER_BACKEND"
+DEFAULT_STICKY_TTL: Final = 1800.0
+DEFAULT_STICKY_TABLE_SIZE: Final = 100_000
+
+# Health-check defaults.
+DEFAULT_HEALTH_TYPE: Final = "tcp"
+DEFAULT_HEALTH_INTERVAL: Final = 5.0
+DEFAULT_HEALTH_TIMEOUT: Final = 2.0
+DEFAULT_HEALTHY_THRESHOLD: Final = 2
+DEFAULT_UNHEALTHY_THRESHOLD: Final = 3
+DEFAULT_HEALTH_JITTER: Final = 0.1
+DEFAULT_HEALTH_PATH: Final = "/health"
+DEFAULT_EXPECT_STATUS: Final = "200-399"
+DEFAULT_UDP_SEND: Final = "ping"
+DEFAULT_AGENT_PATH: Final = "/load"
+DEFAULT_AGENT_INTERVAL: Final = 5.0
 
 
 # --- Value types -------------------------------------------------------------------------------
@@ -349,6 +373,68 @@ _ServerName = Annotated[str, AfterValidator(_server_name)]
 _PoolName = Annotated[str, AfterValidator(_pool_name)]
 
 
+def parse_percent(value: object) -> float:
+    """`"20%"` or a fraction such as `0.2` -> 0.2."""
+    if isinstance(value, bool):
+        raise ValueError(f"invalid percentage {value!r} (use e.g. 20% or 0.2)")
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str) and re.fullmatch(r"\s*[0-9]+(\.[0-9]+)?\s*%\s*", value):
+        number = float(value.strip().rstrip("%")) / 100
+    else:
+        raise ValueError(f"invalid percentage {value!r} (use e.g. 20% or 0.2)")
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(f"percentage {value!r} is out of range (0% to 100%)")
+    return number
+
+
+Percent = Annotated[
+    float,
+    BeforeValidator(parse_percent),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*%\s*$"},
+                {"type": "number", "minimum": 0, "maximum": 1},
+            ],
+            "description": "A percentage: `20%`, or a fraction such as `0.2`.",
+        }
+    ),
+]
+
+_STATUS_RANGE = re.compile(r"([1-5][0-9][0-9])(?:-([1-5][0-9][0-9]))?")
+
+
+def parse_status_ranges(value: str) -> tuple[tuple[int, int], ...]:
+    """`"200-399"`, `"200,204"` or `"200-299,301"` -> ((200, 399),) and so on."""
+    ranges: list[tuple[int, int]] = []
+    for part in str(value).split(","):
+        found = _STATUS_RANGE.fullmatch(part.strip())
+        if found is None:
+            raise ValueError(f"invalid status range {part.strip()!r} (use e.g. 200-399 or 200,204)")
+        low = int(found.group(1))
+        high = int(found.group(2) or low)
+        if high < low:
+            raise ValueError(f"invalid status range {part.strip()!r}: {high} < {low}")
+        ranges.append((low, high))
+    return tuple(ranges)
+
+
+def _status_ranges(value: object) -> str:
+    text = ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
+    parse_status_ranges(text)
+    return text
+
+
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError(f"port must be 1..65535 (got {value})")
+    return value
+
+
+_Port = Annotated[int, AfterValidator(_port)]
+
+
 # --- Models ------------------------------------------------------------------------------------
 
 # Issues found by `_rules` travel through pydantic under this error type, message intact.
@@ -509,15 +595,29 @@ class HeaderRewrite(_Model):
 
     @classmethod
     def _rules(cls, data: Mapping[str, Any]) -> list[_Problem]:
+        problems: list[_Problem] = []
         values = _get(data, "set")
-        if not isinstance(values, Mapping):
-            return []
-        # A CR or LF in a value would let the config inject headers of its own.
-        return [
-            (("set", name), f"value of header {name!r} must not contain CR, LF or NUL")
-            for name, value in values.items()
-            if isinstance(name, str) and isinstance(value, str) and _has_control(value)
+        names: list[tuple[_Loc, object]] = [
+            (("remove", i), n) for i, n in _items(_get(data, "remove"))
         ]
+        if isinstance(values, Mapping):
+            names += [(("set", name), name) for name in values]
+            # A CR or LF in a value would let the config inject headers of its own.
+            problems += [
+                (("set", name), f"value of header {name!r} must not contain CR, LF or NUL")
+                for name, value in values.items()
+                if isinstance(name, str) and isinstance(value, str) and _has_control(value)
+            ]
+        # Framing belongs to usher: rewriting it would unframe the body (request smuggling).
+        problems += [
+            (loc, f"{name} is managed by usher and cannot be rewritten")
+            for loc, name in names
+            if isinstance(name, str) and name.lower() in _FRAMING_HEADERS
+        ]
+        return problems
+
+
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "upgrade"})
 
 
 class Route(_Model):
@@ -574,7 +674,9 @@ class ListenerLimits(_Model):
         description="Largest request head: request line and all headers together.",
     )
     max_request_line: ByteSize = Field(
-        default=DEFAULT_MAX_REQUEST_LINE, gt=0, description="Longest request line."
+        default=DEFAULT_MAX_REQUEST_LINE,
+        gt=0,
+        description="Longest request target (the URI of the request line); 414 beyond.",
     )
     max_headers: int = Field(
         default=DEFAULT_MAX_HEADERS, gt=0, description="Most header fields in a request."
@@ -658,6 +760,14 @@ class BackendConfig(_Model):
     backup: bool = Field(
         default=False, description="Only used when no non-backup backend is available."
     )
+    max_connections: int | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Most requests in flight to this backend; more wait in the pool's `queue` "
+            "(or get 503 without one). null: no limit."
+        ),
+    )
 
 
 class PassiveHealth(_Model):
@@ -671,7 +781,24 @@ class PassiveHealth(_Model):
     fail_timeout: Duration = Field(
         default=DEFAULT_FAIL_TIMEOUT,
         gt=0,
-        description="Window for counting failures, and how long a backend then stays down.",
+        description=(
+            "How long a backend stays out after `max_fails` failures in a row; each new "
+            "ejection in a row lasts longer (2x, 3x...) up to `max_ejection_time`."
+        ),
+    )
+    consecutive_5xx: int = Field(
+        default=0,
+        ge=0,
+        description="5xx answers in a row that also eject a backend (as Envoy's); 0 disables.",
+    )
+    max_ejection_percent: Percent = Field(
+        default=DEFAULT_MAX_EJECTION_PERCENT,
+        description="Never eject more than this share of the pool's backends at once.",
+    )
+    max_ejection_time: Duration = Field(
+        default=DEFAULT_MAX_EJECTION_TIME,
+        gt=0,
+        description="Longest a growing ejection may last.",
     )
 
 
@@ -711,6 +838,193 @@ class Retries(_Model):
         ge=0,
         description="How many other backends to try after the first fails (2: at most 3 tried).",
     )
+    on: list[int] = Field(
+        default=[],
+        description=(
+            "Answer statuses that are retried on another backend, for idempotent requests "
+            "without a body (e.g. [502, 503, 504]). Connect failures are always retried."
+        ),
+    )
+    budget: Percent = Field(
+        default=DEFAULT_RETRY_BUDGET,
+        description=(
+            "Status retries may add at most this share to the pool's requests, so a failing "
+            "pool is not hit with a multiple of its load."
+        ),
+    )
+
+    @classmethod
+    def _rules(cls, data: Mapping[str, Any]) -> list[_Problem]:
+        problems: list[_Problem] = []
+        for index, status in _items(_get(data, "on")):
+            if isinstance(status, int) and not 400 <= status <= 599:
+                problems.append((("on", index), f"must be an error status 400..599 (got {status})"))
+        return problems
+
+
+class HashOptions(_Model):
+    """The key of `consistent_hash` (and its bounded-load option)."""
+
+    key: Literal["source_ip", "header", "cookie", "path"] = Field(
+        default="source_ip", description="What requests are hashed on."
+    )
+    name: _HeaderName | None = Field(
+        default=None, description="The header or cookie name, for key header or cookie."
+    )
+    balance_factor: float | None = Field(
+        default=None,
+        gt=1.0,
+        description=(
+            "Bounded load (HAProxy's hash-balance-factor as a ratio): no backend takes more "
+            "than this times the average load; 1.25 is typical. null: off."
+        ),
+    )
+
+    @classmethod
+    def _rules(cls, data: Mapping[str, Any]) -> list[_Problem]:
+        key = _get(data, "key")
+        if key in ("header", "cookie") and _get(data, "name") is None:
+            return [(("name",), f"required for key {key}")]
+        return []
+
+
+class StickyCookie(_Model):
+    """Persistence by a cookie that usher sets, naming the backend by an opaque id."""
+
+    type: Literal["cookie"] = Field(description="`cookie`.")
+    cookie: _HeaderName = Field(default=DEFAULT_STICKY_COOKIE, description="The cookie's name.")
+    max_age: Duration | None = Field(
+        default=None, description="The cookie's Max-Age; null: a session cookie."
+    )
+    path: str = Field(default="/", description="The cookie's Path.")
+    secure: bool = Field(default=False, description="Mark the cookie Secure.")
+    http_only: bool = Field(default=True, description="Mark the cookie HttpOnly.")
+
+
+class StickySourceIp(_Model):
+    """Persistence by client address: a table remembers each client's backend."""
+
+    type: Literal["source_ip"] = Field(description="`source_ip`.")
+    ttl: Duration = Field(
+        default=DEFAULT_STICKY_TTL, gt=0, description="An entry unused this long is forgotten."
+    )
+    table_size: int = Field(
+        default=DEFAULT_STICKY_TABLE_SIZE, gt=0, description="Most entries kept (least recent go)."
+    )
+
+
+class StickyHeader(_Model):
+    """Persistence by a request header, such as a session id."""
+
+    type: Literal["header"] = Field(description="`header`.")
+    header: _HeaderName = Field(description="The header whose value pins a backend.")
+    ttl: Duration = Field(
+        default=DEFAULT_STICKY_TTL, gt=0, description="An entry unused this long is forgotten."
+    )
+    table_size: int = Field(
+        default=DEFAULT_STICKY_TABLE_SIZE, gt=0, description="Most entries kept (least recent go)."
+    )
+
+
+Sticky = Annotated[StickyCookie | StickySourceIp | StickyHeader, Field(discriminator="type")]
+
+
+class QueueOptions(_Model):
+    """Requests that wait for a backend under its `max_connections`."""
+
+    size: int = Field(default=DEFAULT_QUEUE_SIZE, gt=0, description="Most waiting requests.")
+    timeout: Duration = Field(
+        default=DEFAULT_QUEUE_TIMEOUT, gt=0, description="Longest wait; then 503."
+    )
+
+
+class AgentOptions(_Model):
+    """The backend's own load report (as HAProxy's agent-check), polled over HTTP.
+
+    The answer is a number from 0 (idle) to 1 (full), optionally with `%`, or JSON such as
+    `{"load": 0.42}` or `{"cpu": 0.42}`.
+    """
+
+    path: str = Field(default=DEFAULT_AGENT_PATH, description="Path of the load report.")
+    port: _Port | None = Field(default=None, description="Port to ask; null: the backend's.")
+    interval: Duration = Field(default=DEFAULT_AGENT_INTERVAL, gt=0, description="How often.")
+    timeout: Duration = Field(default=DEFAULT_HEALTH_TIMEOUT, gt=0, description="Per request.")
+
+
+_HTTP_ONLY = (
+    "method",
+    "path",
+    "host",
+    "expect_status",
+    "expect_body",
+    "tls",
+    "tls_verify",
+    "tls_ca",
+    "tls_server_name",
+)
+_UDP_ONLY = ("send", "expect")
+
+
+class HealthCheck(_Model):
+    """Active health checks, run once per backend by the control side."""
+
+    type: Literal["tcp", "http", "udp", "agent"] = Field(
+        default=DEFAULT_HEALTH_TYPE,
+        description=(
+            "tcp: a connect succeeds; http: a request gets an expected answer; udp: a datagram "
+            "gets a matching reply; agent: the backend's load report (the pool's `agent`) answers."
+        ),
+    )
+    interval: Duration = Field(default=DEFAULT_HEALTH_INTERVAL, gt=0, description="Between checks.")
+    unhealthy_interval: Duration | None = Field(
+        default=None, gt=0, description="Between checks while a backend is down; null: interval."
+    )
+    timeout: Duration = Field(default=DEFAULT_HEALTH_TIMEOUT, gt=0, description="Of one check.")
+    healthy_threshold: int = Field(
+        default=DEFAULT_HEALTHY_THRESHOLD, ge=1, description="Passes in a row to be healthy again."
+    )
+    unhealthy_threshold: int = Field(
+        default=DEFAULT_UNHEALTHY_THRESHOLD, ge=1, description="Failures in a row to be unhealthy."
+    )
+    jitter: Percent = Field(
+        default=DEFAULT_HEALTH_JITTER,
+        description="Random spread of each interval, so checks of many backends do not align.",
+    )
+    port: _Port | None = Field(default=None, description="Check this port; null: the backend's.")
+    method: str = Field(default="GET", description="http: request method.")
+    path: str = Field(default=DEFAULT_HEALTH_PATH, description="http: request path.")
+    host: str | None = Field(default=None, description="http: Host header; null: the address.")
+    expect_status: Annotated[str, BeforeValidator(_status_ranges)] = Field(
+        default=DEFAULT_EXPECT_STATUS, description="http: statuses that pass, e.g. `200-399,404`."
+    )
+    expect_body: str | None = Field(
+        default=None, description="http: a substring the body must contain."
+    )
+    tls: bool = Field(default=False, description="http: check over HTTPS.")
+    tls_verify: bool = Field(default=True, description="http: verify the backend's certificate.")
+    tls_ca: str | None = Field(default=None, description="http: CA file to verify with.")
+    tls_server_name: str | None = Field(default=None, description="http: SNI and name to verify.")
+    send: str = Field(default=DEFAULT_UDP_SEND, description="udp: the payload to send.")
+    expect: str | None = Field(
+        default=None, description="udp: a regex the reply must match; null: any reply passes."
+    )
+
+    @classmethod
+    def _rules(cls, data: Mapping[str, Any]) -> list[_Problem]:
+        problems: list[_Problem] = []
+        kind = _get(data, "type") or DEFAULT_HEALTH_TYPE
+        # A default value is harmless (a dumped config has them all); a chosen one is a mistake.
+        for keys, wanted in ((_HTTP_ONLY, "http"), (_UDP_ONLY, "udp")):
+            for key in keys:
+                if kind != wanted and key in data and data[key] != cls.model_fields[key].default:
+                    problems.append(((key,), f"only for type {wanted}"))
+        expect = _get(data, "expect")
+        if isinstance(expect, str):
+            try:
+                re.compile(expect)
+            except re.error as exc:
+                problems.append((("expect",), f"invalid regex {expect!r}: {exc}"))
+        return problems
 
 
 class PoolConfig(_Model):
@@ -731,10 +1045,58 @@ class PoolConfig(_Model):
         ge=0,
         description="Idle keep-alive connections kept per backend, for reuse.",
     )
+    hash: HashOptions = Field(
+        default=HashOptions(), description="consistent_hash: what to hash, bounded load."
+    )
+    ewma_decay: Duration = Field(
+        default=DEFAULT_EWMA_DECAY,
+        gt=0,
+        description="p2c and least_response_time: how fast old latencies are forgotten.",
+    )
+    agent: AgentOptions | None = Field(
+        default=None,
+        description="Load reports from the backends: needed by `resource` and health type agent.",
+    )
+    sticky: Sticky | None = Field(
+        default=None,
+        description=(
+            "Session persistence; it overrides the algorithm only while the pinned backend "
+            "is ready."
+        ),
+    )
+    queue: QueueOptions | None = Field(
+        default=None,
+        description="Let requests wait for a backend at its `max_connections`; null: 503 at once.",
+    )
+    slow_start: Duration | None = Field(
+        default=None,
+        gt=0,
+        description="A backend that becomes ready ramps its weight up to full over this time.",
+    )
+    health_check: HealthCheck | None = Field(
+        default=None, description="Active health checks; null: none (passive health still applies)."
+    )
+    panic_threshold: Percent = Field(
+        default=DEFAULT_PANIC_THRESHOLD,
+        description=(
+            "Panic mode: when fewer than this share of backends is healthy, spread over all of "
+            "them instead of melting the survivors (as Envoy's). 0%: never."
+        ),
+    )
+    drain_timeout: Duration = Field(
+        default=DEFAULT_DRAIN_TIMEOUT,
+        gt=0,
+        description="How long a draining backend may keep requests in flight before it is cut.",
+    )
 
     @classmethod
     def _rules(cls, data: Mapping[str, Any]) -> list[_Problem]:
         problems: list[_Problem] = []
+        has_agent = _get(data, "agent") is not None
+        if _get(data, "algorithm") == "resource" and not has_agent:
+            problems.append((("agent",), "required by algorithm resource"))
+        if _get(_get(data, "health_check"), "type") == "agent" and not has_agent:
+            problems.append((("agent",), "required by health_check type agent"))
         seen: dict[HostPort, int] = {}
         for index, backend in _items(_get(data, "backends")):
             address = _address_or_none(_get(backend, "address"))
@@ -815,10 +1177,26 @@ def _unknown_pools(data: Mapping[str, Any], known: set[str]) -> list[_Problem]:
 # --- Loading -----------------------------------------------------------------------------------
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2's booleans: only true/false. In YAML 1.1 `on`, `off`, `yes` and `no`
+    are booleans too, which would turn the key `retries: {on: [502]}` into `True`."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
 def parse_config(text: str, source: str = "<config>") -> Config:
     """Validate a config given as YAML text; raise ConfigError listing every problem."""
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
         try:
             root = loader.get_single_node()
             duplicates = _duplicate_keys(root, (), set()) if root is not None else []
