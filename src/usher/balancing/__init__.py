@@ -2,9 +2,13 @@
 
 An algorithm is built from a pool's backend list and answers `candidates(ctx)`: backends in
 order of preference. It knows nothing of health or discovery: `ctx.eligible(backend)` says
-which backends the pool will accept right now (ready, not yet tried for this request), and the
-caller skips any candidate that is not eligible. Stateful algorithms learn from `on_start` and
-`on_finish`.
+which backends the pool will accept right now (ready, under their connection limit, not yet
+tried for this request), and the caller skips any candidate that is not eligible. Stateful
+algorithms learn from `on_start` and `on_finish`; time comes from the injected clock.
+
+What an algorithm may read of a backend: `weight`, `effective_weight` (weight during slow
+start), `active` (requests in flight, summed over workers), `latency_ewma` (seconds),
+`load` (0..1 as reported by its agent, or None), `max_connections`, `address`, `label`.
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
+from usher.clock import Clock, MonotonicClock
+
 if TYPE_CHECKING:
+    from usher.config import PoolConfig
     from usher.pool import Backend
 
 
@@ -21,6 +28,9 @@ class SelectionContext(Protocol):
     """What an algorithm may know about the request being balanced."""
 
     client_ip: str
+    # The hashing key (pool `hash.key`: source IP, a header, a cookie or the path), or None
+    # when the request has none (e.g. the header is absent).
+    key: bytes | None
 
     def eligible(self, backend: Backend) -> bool: ...
 
@@ -30,9 +40,19 @@ class Algorithm(ABC):
 
     name: ClassVar[str] = ""
 
-    def __init__(self, backends: Sequence[Backend], *, seed: int = 0) -> None:
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        *,
+        seed: int = 0,
+        clock: Clock | None = None,
+        options: PoolConfig | None = None,
+    ) -> None:
         self.backends = list(backends)
+        # Each worker passes its own seed, so that workers do not move in lockstep.
         self.seed = seed
+        self.clock = clock or MonotonicClock()
+        self.options = options
 
     @abstractmethod
     def candidates(self, ctx: SelectionContext) -> Iterator[Backend]:
@@ -79,4 +99,11 @@ def get_algorithm(name: str) -> type[Algorithm]:
 
 def _load_builtin() -> None:
     # Imported lazily so that algorithm modules may import this one.
-    from usher.balancing import round_robin  # noqa: F401
+    from usher.balancing import (  # noqa: F401
+        hashing,
+        latency,
+        least,
+        random,
+        resource,
+        round_robin,
+    )

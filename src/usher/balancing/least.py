@@ -1,0 +1,90 @@
+"""Weighted least connections: the backend with the fewest requests in flight per unit of weight."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from usher.balancing import Algorithm, SelectionContext, register
+
+if TYPE_CHECKING:
+    from usher.pool import Backend
+
+_INF = float("inf")
+
+
+class FairTies:
+    """Breaks exact ties between equally good backends in proportion to their weights.
+
+    At low traffic most backends sit at zero requests in flight, so "ties to the first listed"
+    alone would send nearly everything to the first backend; nginx and HAProxy rotate over the
+    tied ones by weight instead. This does the same with start-time fair queueing: each start
+    moves a backend's tag on by 1/weight, and among tied backends the lowest tag wins, the first
+    listed on equal tags. The tags move only when a request is started, never on a pick, so
+    asking twice without starting anything gives the same answer, and a backend that comes back
+    after a pause restarts at the current virtual time instead of winning every tie until it has
+    caught up.
+    """
+
+    __slots__ = ("_index", "_tags", "_vtime")
+
+    def __init__(self, backends: Sequence[Backend]) -> None:
+        self._index = {backend: i for i, backend in enumerate(backends)}
+        self._tags = [0.0] * len(backends)
+        self._vtime = 0.0
+
+    def key(self, index: int) -> float:
+        """Lower wins a tie."""
+        tag = self._tags[index]
+        return tag if tag > self._vtime else self._vtime
+
+    def started(self, backend: Backend) -> None:
+        index = self._index.get(backend)
+        if index is None:  # a request that outlived a rebuild of the algorithm
+            return
+        start = self.key(index)
+        self._vtime = start
+        weight = backend.effective_weight
+        self._tags[index] = start + (1.0 / weight if weight > 0 else 1.0)
+
+
+@register("least_connections", "weighted_least_connections")
+class LeastConnections(Algorithm):
+    """Lowest `active / effective_weight` first; exact ties go by `FairTies`."""
+
+    def __init__(self, backends: Sequence[Backend], **kwargs: Any) -> None:
+        super().__init__(backends, **kwargs)
+        self._ties = FairTies(self.backends)
+
+    def candidates(self, ctx: SelectionContext) -> Iterator[Backend]:
+        # Each retry re-ranks: the state may have moved since the previous attempt.
+        excluded = 0
+        while True:
+            index = self._best(ctx, excluded)
+            if index < 0:
+                return
+            excluded |= 1 << index
+            yield self.backends[index]
+
+    def _best(self, ctx: SelectionContext, excluded: int) -> int:
+        eligible = ctx.eligible
+        tie_key = self._ties.key
+        best = -1
+        best_load = 0.0
+        best_tie = 0.0
+        for i, backend in enumerate(self.backends):
+            if excluded >> i & 1 or not eligible(backend):
+                continue
+            weight = backend.effective_weight
+            # A zero weight (the first instant of slow start) is a last resort, not an error.
+            load = backend.active / weight if weight > 0 else _INF
+            if best < 0 or load < best_load:
+                best, best_load, best_tie = i, load, tie_key(i)
+            elif load == best_load:
+                tie = tie_key(i)
+                if tie < best_tie:
+                    best, best_tie = i, tie
+        return best
+
+    def on_start(self, backend: Backend) -> None:
+        self._ties.started(backend)
