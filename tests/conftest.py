@@ -133,7 +133,7 @@ async def read_response(reader: asyncio.StreamReader, *, head: bool = False) -> 
     length = response.header("content-length")
     if length is not None:
         response.body = await reader.readexactly(int(length))
-    elif (response.header("transfer-encoding") or "").lower() == "chunked":
+    elif (response.header("transfer-encoding") or "").lower().endswith("chunked"):
         body = bytearray()
         while True:
             size = int((await reader.readline()).split(b";")[0], 16)

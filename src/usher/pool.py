@@ -1,25 +1,45 @@
 """Pools: the live state of each backend, and the choice of one for a request.
 
 A pool puts together its backends, a balancing algorithm for the primaries and one for the
-backups, and passive health (a backend that fails `max_fails` times in a row is out for
-`fail_timeout`). Time comes from the injected clock.
+backups, session persistence, and what usher learns of each backend: active health checks
+(`set_healthy`), outlier ejection from real traffic (`record_failure`, `record_status`), slow
+start, connection limits with a wait queue, a retry budget, and draining. Time comes from the
+injected clock; nothing here does I/O except `drain`, which waits.
+
+A backend's state, as the admin API shows it:
+
+    disabled   the operator took it out
+    draining   no new requests or sticky pins; in-flight ones finish
+    unhealthy  failing active checks, or ejected for failures on real traffic
+    healthy    takes traffic
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 from usher.balancing import Algorithm, get_algorithm
 from usher.clock import Clock
+from usher.persistence import Persistence, build_persistence, request_cookie, request_header
 
 if TYPE_CHECKING:
-    from usher.config import HostPort, PoolConfig
+    from usher.config import BackendConfig, HostPort, PoolConfig
+    from usher.http.codec import Headers, Request
 
 State = Literal["enabled", "draining", "disabled"]
+log = logging.getLogger("usher.health")
 
 # Weight of the latency average given to the newest sample.
 LATENCY_EWMA_ALPHA = 0.3
+# A backend in slow start begins at this share of its weight.
+SLOW_START_FLOOR = 0.1
+# Status retries always have this many in reserve, whatever the budget.
+RETRY_BUDGET_RESERVE = 10
 
 
 class Backend:
@@ -29,43 +49,82 @@ class Backend:
         "active",
         "address",
         "backup",
+        "drained",
         "effective_weight",
+        "ejections",
         "failed_until",
         "fails",
+        "fails_5xx",
         "failures_total",
         "healthy",
         "host",
         "idle",
         "label",
+        "last_check",
+        "last_ejected_at",
         "latency_ewma",
+        "load",
+        "max_connections",
         "port",
+        "ramp_start",
+        "reason",
         "requests_total",
         "state",
         "weight",
     )
 
-    def __init__(self, address: HostPort, *, weight: int = 1, backup: bool = False) -> None:
+    def __init__(
+        self,
+        address: HostPort,
+        *,
+        weight: int = 1,
+        backup: bool = False,
+        max_connections: int | None = None,
+    ) -> None:
         self.address = address
         self.host = address.host
         self.port = address.port
         self.label = str(address)
         self.weight = weight
-        self.effective_weight = weight
+        self.effective_weight: float = weight
         self.backup = backup
+        self.max_connections = max_connections
         self.state: State = "enabled"
-        self.healthy = True  # the verdict of active health checks; none run yet means healthy
+        # Active checks' verdict. A backend no check has failed yet takes traffic.
+        self.healthy = True
+        self.reason = ""  # why the state is what it is, for logs and the admin API
         self.fails = 0  # consecutive failures seen on real traffic
-        self.failed_until = 0.0
+        self.fails_5xx = 0  # consecutive 5xx answers
+        self.failed_until = 0.0  # ejected until then
+        self.ejections = 0  # ejections in a row: each one lasts longer
+        self.last_ejected_at = -1e18
+        self.ramp_start: float | None = None
         self.active = 0
         self.requests_total = 0
         self.failures_total = 0
         self.latency_ewma = 0.0
+        self.load: float | None = None  # 0..1 as the backend's agent last reported it
+        self.last_check: tuple[bool, float, str] | None = None  # (ok, at, detail)
+        self.drained: asyncio.Event | None = None
         # Idle keep-alive connections to this backend, most recently used last.
         self.idle: list[Any] = []
 
     def ready(self, now: float) -> bool:
-        """May take a new request: enabled, healthy and not marked failed."""
+        """May take a new request: enabled, healthy and not ejected."""
         return self.state == "enabled" and self.healthy and now >= self.failed_until
+
+    def has_room(self) -> bool:
+        limit = self.max_connections
+        return limit is None or self.active < limit
+
+    def status(self, now: float) -> str:
+        if self.state != "enabled":
+            return self.state
+        return "healthy" if self.healthy and now >= self.failed_until else "unhealthy"
+
+    def close_idle(self) -> None:
+        while self.idle:
+            self.idle.pop().close()
 
     def __repr__(self) -> str:
         return f"<Backend {self.label} w={self.weight} {self.state} active={self.active}>"
@@ -74,44 +133,90 @@ class Backend:
 class Selection:
     """The request-side context of one selection: who asks, and which backends were tried."""
 
-    __slots__ = ("client_ip", "now", "tried")
+    __slots__ = ("client_ip", "key", "now", "panic", "tried")
 
-    def __init__(self, client_ip: str, now: float) -> None:
+    def __init__(self, client_ip: str, now: float, key: bytes | None = None) -> None:
         self.client_ip = client_ip
         self.now = now
+        self.key = key
+        self.panic = False
         self.tried: list[Backend] = []
 
     def eligible(self, backend: Backend) -> bool:
-        return backend not in self.tried and backend.ready(self.now)
+        if backend in self.tried or not backend.has_room():
+            return False
+        if self.panic:
+            return backend.state == "enabled"
+        return backend.ready(self.now)
+
+
+class RetryBudget:
+    """Status retries may add at most `ratio` to the requests (a token bucket: each request
+    deposits `ratio`, each retry takes one), so a failing pool is not hit with a multiple of
+    its load."""
+
+    __slots__ = ("_cap", "_deposit", "_millis")
+
+    # Counted in thousandths of a retry, so that 100 deposits of 0.2 make exactly 20.
+    def __init__(self, ratio: float) -> None:
+        self._deposit = round(ratio * 1000)
+        self._millis = RETRY_BUDGET_RESERVE * 1000
+        self._cap = (RETRY_BUDGET_RESERVE + 100) * 1000
+
+    def deposit(self) -> None:
+        self._millis = min(self._millis + self._deposit, self._cap)
+
+    def withdraw(self) -> bool:
+        if self._millis >= 1000:
+            self._millis -= 1000
+            return True
+        return False
 
 
 class Pool:
-    """A named group of backends with its algorithm and passive health."""
+    """A named group of backends with its algorithm, persistence and health."""
 
     def __init__(self, name: str, config: PoolConfig, clock: Clock, *, seed: int = 0) -> None:
         self.name = name
         self.config = config
         self.clock = clock
         self.seed = seed
-        self.backends = [
-            Backend(b.address, weight=b.weight, backup=b.backup) for b in config.backends
-        ]
+        self.backends = [_backend(b) for b in config.backends]
         self._algorithm_cls = get_algorithm(config.algorithm)
+        self.persistence: Persistence | None = build_persistence(
+            name, config.sticky, clock, self.backends
+        )
+        self.retry_budget = RetryBudget(config.retries.budget)
+        self.waiters: deque[Callable[[], None]] = deque()
+        self.panicking = False
+        self._ejected: list[Backend] = []
+        self._ramping: list[Backend] = []
+        # Called with (backend, old status, new status, reason) on every change of state.
+        self.on_state_change: list[Callable[[Backend, str, str, str], None]] = []
         self._rebuild()
 
     def _rebuild(self) -> None:
         primaries = [b for b in self.backends if not b.backup]
         backups = [b for b in self.backends if b.backup]
-        self._primary: Algorithm = self._algorithm_cls(primaries, seed=self.seed)
-        self._backup: Algorithm | None = (
-            self._algorithm_cls(backups, seed=self.seed) if backups else None
-        )
+        cls = self._algorithm_cls
+        kwargs: dict[str, Any] = {"seed": self.seed, "clock": self.clock, "options": self.config}
+        self._primary: Algorithm = cls(primaries, **kwargs)
+        self._backup: Algorithm | None = cls(backups, **kwargs) if backups else None
+        if self.persistence is not None:
+            self.persistence.rebuild(self.backends)
+
+    # Selection
 
     def select(self, selection: Selection) -> Backend | None:
         """The backend for the next attempt of a request, or None when none is available.
 
         Backups are used only when no primary is eligible.
         """
+        now = selection.now
+        if self._ejected or self._ramping:
+            self._refresh(now)
+        if self.config.panic_threshold > 0.0:
+            selection.panic = self._check_panic(now)
         for algorithm in (self._primary, self._backup):
             if algorithm is None:
                 continue
@@ -120,17 +225,69 @@ class Pool:
                     return backend
         return None
 
+    def hash_key(self, request: Request, client_ip: bytes) -> bytes | None:
+        """The key `consistent_hash` hashes this request on (pool `hash.key`)."""
+        if self.config.algorithm != "consistent_hash":
+            return None
+        options = self.config.hash
+        if options.key == "source_ip":
+            return client_ip
+        if options.key == "path":
+            return request.target.partition(b"?")[0]
+        name = (options.name or "").encode("latin-1")
+        if options.key == "cookie":
+            return request_cookie(request.headers, name)
+        return request_header(request.headers, name.lower())
+
+    def choose(self, selection: Selection, headers: Headers) -> Backend | None:
+        """Like `select`, but a request pinned by persistence keeps its backend while that one
+        is eligible."""
+        persistence = self.persistence
+        if persistence is not None and not selection.tried:
+            pinned = persistence.pinned(headers, selection.client_ip)
+            if pinned is not None and selection.eligible(pinned):
+                return pinned
+        return self.select(selection)
+
+    def chosen(self, selection: Selection, headers: Headers, backend: Backend) -> bytes | None:
+        """Remember the choice for persistence; returns a Set-Cookie value to send, if any."""
+        if self.persistence is None:
+            return None
+        return self.persistence.chosen(headers, selection.client_ip, backend)
+
+    def saturated(self, selection: Selection) -> bool:
+        """No backend has room, but some would be ready once one has: worth waiting."""
+        now = selection.now
+        return any(
+            b.ready(now) and not b.has_room() and b not in selection.tried for b in self.backends
+        )
+
+    def wait(self, callback: Callable[[], None]) -> bool:
+        """Queue `callback` for the next free slot; False when the queue is full or off."""
+        queue = self.config.queue
+        if queue is None or len(self.waiters) >= queue.size:
+            return False
+        self.waiters.append(callback)
+        return True
+
+    def unwait(self, callback: Callable[[], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self.waiters.remove(callback)
+
     def algorithm_for(self, backend: Backend) -> Algorithm:
         if backend.backup and self._backup is not None:
             return self._backup
         return self._primary
 
+    # What happens to requests
+
     def on_start(self, backend: Backend) -> None:
         backend.active += 1
         backend.requests_total += 1
+        self.retry_budget.deposit()
         self.algorithm_for(backend).on_start(backend)
 
-    def on_finish(self, backend: Backend, latency: float, ok: bool) -> None:
+    def on_finish(self, backend: Backend, latency: float, ok: bool, detail: str = "") -> None:
         backend.active -= 1
         if ok:
             backend.fails = 0
@@ -139,39 +296,220 @@ class Pool:
                 latency if ewma == 0.0 else ewma + LATENCY_EWMA_ALPHA * (latency - ewma)
             )
         else:
-            self.record_failure(backend)
+            self.record_failure(backend, detail)
         self.algorithm_for(backend).on_finish(backend, latency, ok)
+        if backend.drained is not None and backend.active == 0:
+            backend.drained.set()
+        if self.waiters and backend.has_room():
+            self.waiters.popleft()()
 
-    def record_failure(self, backend: Backend) -> None:
+    def record_failure(self, backend: Backend, detail: str = "") -> None:
         """A failure seen on real traffic (connect error, timeout, garbage)."""
         backend.failures_total += 1
-        passive = self.config.passive_health
-        if passive.max_fails == 0:
+        max_fails = self.config.passive_health.max_fails
+        if max_fails == 0:
             return
         backend.fails += 1
-        if backend.fails >= passive.max_fails:
-            backend.fails = 0
-            backend.failed_until = self.clock.now() + passive.fail_timeout
+        if backend.fails >= max_fails:
+            noun = "failure" if backend.fails == 1 else "failures in a row"
+            self._eject(backend, f"{backend.fails} {noun}" + (f": {detail}" if detail else ""))
+
+    def record_status(self, backend: Backend, status: int) -> None:
+        """An answer's status: consecutive 5xx may eject (passive_health.consecutive_5xx)."""
+        limit = self.config.passive_health.consecutive_5xx
+        if status < 500:
+            backend.fails_5xx = 0
+            return
+        backend.fails_5xx += 1
+        if limit and backend.fails_5xx >= limit:
+            self._eject(backend, f"{backend.fails_5xx} answers 5xx in a row (last {status})")
+
+    # Health
+
+    def set_healthy(self, backend: Backend, healthy: bool, reason: str) -> None:
+        """The verdict of active health checks changed."""
+        if backend.healthy == healthy:
+            return
+        now = self.clock.now()
+        before = backend.status(now)
+        backend.healthy = healthy
+        if healthy:
+            self._start_ramp(backend, now)
+        self._changed(backend, before, reason)
+
+    def _eject(self, backend: Backend, reason: str) -> None:
+        now = self.clock.now()
+        backend.fails = backend.fails_5xx = 0
+        if now < backend.failed_until:
+            return
+        passive = self.config.passive_health
+        ejected = sum(1 for b in self._ejected if now < b.failed_until)
+        if ejected + 1 > passive.max_ejection_percent * len(self.backends):
+            log.warning(
+                "backend %s in pool %s: not ejected (%s): max_ejection_percent reached",
+                backend.label,
+                self.name,
+                reason,
+            )
+            return
+        if now - backend.last_ejected_at > passive.max_ejection_time + passive.fail_timeout:
+            backend.ejections = 0  # it behaved for long enough: start again from the base time
+        backend.ejections += 1
+        backend.last_ejected_at = now
+        duration = min(passive.fail_timeout * backend.ejections, passive.max_ejection_time)
+        before = backend.status(now)
+        backend.failed_until = now + duration
+        self._ejected.append(backend)
+        self._changed(backend, before, f"ejected for {duration:g}s after {reason}")
+
+    def _refresh(self, now: float) -> None:
+        """Bring back backends whose ejection ended; move slow-start weights along."""
+        for backend in list(self._ejected):
+            if now >= backend.failed_until:
+                self._ejected.remove(backend)
+                if backend.healthy and backend.state == "enabled":
+                    self._start_ramp(backend, now)
+                    self._changed(backend, "unhealthy", "ejection ended")
+        slow_start = self.config.slow_start
+        for backend in list(self._ramping):
+            start = backend.ramp_start
+            if slow_start is None or start is None or now - start >= slow_start:
+                backend.effective_weight = backend.weight
+                backend.ramp_start = None
+                self._ramping.remove(backend)
+            else:
+                share = max(SLOW_START_FLOOR, (now - start) / slow_start)
+                backend.effective_weight = backend.weight * share
+
+    def _start_ramp(self, backend: Backend, now: float) -> None:
+        if self.config.slow_start is None:
+            return
+        backend.ramp_start = now
+        backend.effective_weight = backend.weight * SLOW_START_FLOOR
+        if backend not in self._ramping:
+            self._ramping.append(backend)
+
+    def _check_panic(self, now: float) -> bool:
+        healthy = sum(1 for b in self.backends if b.ready(now))
+        panic = healthy < self.config.panic_threshold * len(self.backends)
+        if panic != self.panicking:
+            self.panicking = panic
+            if panic:
+                log.warning(
+                    "pool %s: panic mode: only %d of %d backends healthy, spreading over all",
+                    self.name,
+                    healthy,
+                    len(self.backends),
+                )
+            else:
+                log.warning("pool %s: panic mode over", self.name)
+        return panic
+
+    def _changed(self, backend: Backend, before: str, reason: str) -> None:
+        after = backend.status(self.clock.now())
+        backend.reason = reason
+        if before == after:
+            return
+        log.warning("backend %s in pool %s: %s: %s", backend.label, self.name, after, reason)
+        for listener in self.on_state_change:
+            listener(backend, before, after, reason)
+
+    # Runtime changes
+
+    def set_state(self, backend: Backend, state: State, reason: str = "by the operator") -> None:
+        now = self.clock.now()
+        before = backend.status(now)
+        was_out = backend.state != "enabled"
+        backend.state = state
+        if state == "enabled" and was_out:
+            self._start_ramp(backend, now)
+        if state != "enabled":
+            backend.close_idle()
+        self._changed(backend, before, reason)
+
+    def set_weight(self, backend: Backend, weight: int) -> None:
+        backend.weight = weight
+        if backend.ramp_start is None:
+            backend.effective_weight = weight
+        self._rebuild()
+
+    def add_backend(self, config: BackendConfig) -> Backend:
+        backend = _backend(config)
+        self.backends.append(backend)
+        self._start_ramp(backend, self.clock.now())
+        self._rebuild()
+        return backend
+
+    def remove_backend(self, backend: Backend) -> None:
+        self.backends.remove(backend)
+        for tracked in (self._ejected, self._ramping):
+            if backend in tracked:
+                tracked.remove(backend)
+        backend.close_idle()
+        self._rebuild()
+
+    def find(self, label: str) -> Backend | None:
+        return next((b for b in self.backends if b.label == label), None)
+
+    async def drain(
+        self, backend: Backend, *, timeout: float | None = None, remove: bool = False
+    ) -> bool:
+        """Stop new requests (and sticky pins) to `backend`, let in-flight ones finish for up
+        to `timeout` (default: `drain_timeout`), then disable or remove it. Returns whether it
+        drained before the timeout."""
+        limit = self.config.drain_timeout if timeout is None else timeout
+        self.set_state(backend, "draining", "draining")
+        backend.drained = asyncio.Event()
+        if backend.active == 0:
+            backend.drained.set()
+        try:
+            await asyncio.wait_for(backend.drained.wait(), limit)
+            clean = True
+        except TimeoutError:
+            clean = False
+        backend.drained = None
+        reason = "drained" if clean else f"drain timed out with {backend.active} in flight"
+        if remove:
+            if backend in self.backends:
+                self.remove_backend(backend)
+            log.warning("backend %s in pool %s: removed: %s", backend.label, self.name, reason)
+        else:
+            self.set_state(backend, "disabled", reason)
+        return clean
+
+    # Views
 
     def ready_count(self) -> int:
         now = self.clock.now()
         return sum(1 for b in self.backends if b.ready(now))
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Backend]:
         return iter(self.backends)
 
     def __repr__(self) -> str:
         now = self.clock.now()
-        ready = sum(1 for b in self.backends if b.ready(now))
-        parts = [f"{ready} ready"]
-        for state in ("draining", "disabled"):
-            count = sum(1 for b in self.backends if b.state == state)
-            if count:
-                parts.append(f"{count} {state}")
+        counts: dict[str, int] = {}
+        for backend in self.backends:
+            status = backend.status(now)
+            counts[status] = counts.get(status, 0) + 1
+        parts = [
+            f"{counts[s]} {s}"
+            for s in ("healthy", "unhealthy", "draining", "disabled")
+            if counts.get(s)
+        ]
         active = sum(b.active for b in self.backends)
         n = len(self.backends)
         noun = "backend" if n == 1 else "backends"
-        return f"<Pool {self.name} [{n} {noun}: {', '.join(parts)} | {active} active]>"
+        return f"<Pool {self.name} [{n} {noun}: {', '.join(parts) or 'none'} | {active} active]>"
+
+
+def _backend(config: BackendConfig) -> Backend:
+    return Backend(
+        config.address,
+        weight=config.weight,
+        backup=config.backup,
+        max_connections=config.max_connections,
+    )
 
 
 def build_pools(

@@ -296,7 +296,11 @@ async def test_a_dead_backend_fails_no_idempotent_request(backends, balancer):
 
 
 async def test_all_backends_dead_gives_502_then_503(balancer):
-    pool = pool_of(f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}")
+    pool = pool_of(
+        f"127.0.0.1:{free_port()}",
+        f"127.0.0.1:{free_port()}",
+        passive_health={"max_ejection_percent": "100%"},
+    )
     lb = await balancer(simple_config({"web": pool}))
     async with httpx.AsyncClient() as client:
         first = await client.get(lb.url("/"))
@@ -465,3 +469,63 @@ async def test_slow_upload_is_not_cut_by_the_read_timeout(backends, balancer):
     response = await asyncio.wait_for(read_response(reader), 5)
     writer.close()
     assert response.status == 200
+
+
+async def test_answers_usher_gives_itself_keep_the_connection(backends, balancer):
+    (server,) = await backends(1)
+    config = simple_config(
+        {"web": pool_of(server)},
+        routes=[
+            {"match": {"path_prefix": "/old"}, "redirect": {"to": "/new"}},
+            {"match": {"path_prefix": "/app"}, "pool": "web"},
+        ],
+    )
+    lb = await balancer(config)
+    data = b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\nGET /old HTTP/1.1\r\nHost: x\r\n\r\nGET /app HTTP/1.1\r\nHost: x\r\n\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", lb.port)
+    writer.write(data)
+    statuses = [(await asyncio.wait_for(read_response(reader), 5)).status for _ in range(3)]
+    writer.close()
+    assert statuses == [404, 302, 404]  # the backend has no /app: its own 404, same connection
+
+
+async def test_transfer_codings_before_chunked_are_kept(raw_backend, balancer):
+    seen: list[bytes] = []
+
+    async def gzip_aware(reader, writer):
+        seen.append(await read_request_head(reader))
+        while (await reader.readline()) not in (b"0\r\n", b""):
+            pass
+        await reader.readline()
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+            b"2\r\nhi\r\n0\r\n\r\n"
+        )
+        await writer.drain()
+
+    port = await raw_backend(gzip_aware)
+    lb = await balancer(simple_config({"web": pool_of(f"127.0.0.1:{port}")}))
+    (response,), _ = await raw_exchange(
+        lb.port,
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n"
+        b"2\r\nzz\r\n0\r\n\r\n",
+    )
+    assert b"Transfer-Encoding: gzip, chunked\r\n" in seen[0]
+    assert response.header("transfer-encoding") == "gzip, chunked"
+    assert response.body == b"hi"
+
+
+async def test_a_client_stalling_mid_upload_is_its_own_fault(raw_backend, balancer):
+    async def patient(reader, writer):
+        await reader.read()
+
+    port = await raw_backend(patient)
+    pool = pool_of(f"127.0.0.1:{port}", timeouts={"read": "200ms"})
+    lb = await balancer(simple_config({"web": pool}, timeouts={"body": "600ms"}))
+    reader, writer = await asyncio.open_connection("127.0.0.1", lb.port)
+    writer.write(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert data.startswith(b"HTTP/1.1 408 ")  # not a 504 from the backend's read timeout
+    backend = lb.pools["web"].backends[0]
+    assert backend.failures_total == 0

@@ -30,7 +30,11 @@ from usher.http.codec import (
     encode_request_head,
     encode_response_head,
 )
-from usher.http.headers import forward_request_headers, forward_response_headers
+from usher.http.headers import (
+    forward_request_headers,
+    forward_response_headers,
+    transfer_codings,
+)
 from usher.http.upstream import PendingConnect, UpstreamConnection, release, take_idle
 from usher.logs import AccessLog, AccessRecord
 from usher.pool import Backend, Pool, Selection
@@ -231,8 +235,13 @@ class ClientConnection(asyncio.Protocol):
                         return
                     inbox.popleft()
                     self._cancel_read_timer()
-                    self.exchange = Exchange(self, event)
-                    self.exchange.start()
+                    exchange = self.exchange = Exchange(self, event)
+                    if inbox and type(inbox[0]) is EndOfMessage and event.upgrade is None:
+                        # A request without a body is complete before it starts: an answer
+                        # usher gives itself (404, 503, a redirect) can keep the connection.
+                        inbox.popleft()
+                        exchange.request_done = True
+                    exchange.start()
                 else:
                     inbox.popleft()
                     exchange = self.exchange
@@ -359,6 +368,7 @@ class Exchange:
     """One request and its response, from routing to the access log."""
 
     __slots__ = (
+        "_queue_timer",
         "_read_activity",
         "_read_timer",
         "_send_timer",
@@ -381,9 +391,11 @@ class Exchange:
         "request_done",
         "response_done",
         "response_started",
+        "retried_status",
         "reused",
         "route",
         "selection",
+        "set_cookie",
         "status",
         "t_attempt",
         "t_start",
@@ -420,6 +432,9 @@ class Exchange:
         self.reused = False
         self.t_attempt = 0.0
         self.upstream_time: float | None = None
+        self.set_cookie: bytes | None = None
+        self.retried_status = 0
+        self._queue_timer: asyncio.TimerHandle | None = None
         self.record = AccessRecord.now(
             client.client_ip, request.method, request.target, client.listener.name
         )
@@ -457,7 +472,9 @@ class Exchange:
             request.method, route.rewrite_target(request.target), headers
         )
         self.attempts_left = pool.config.retries.attempts + 1
-        self.selection = Selection(client.client_ip.decode(), pool.clock.now())
+        self.selection = Selection(
+            client.client_ip.decode(), pool.clock.now(), pool.hash_key(request, client.client_ip)
+        )
         self._attempt()
 
     def _attempt(self) -> None:
@@ -465,19 +482,29 @@ class Exchange:
         selection = self.selection
         assert pool is not None and selection is not None
         selection.now = pool.clock.now()
-        backend = pool.select(selection) if self.attempts_left > 0 else None
+        backend = pool.choose(selection, self.request.headers) if self.attempts_left > 0 else None
         if backend is None:
             error = self.last_error
-            if error is None:
+            if self.retried_status:
+                # The answer that was retried is gone; say what it was.
+                self.respond_error(
+                    self.retried_status, f"the backends answered {self.retried_status}"
+                )
+            elif error is None:
+                if self.attempts_left > 0 and pool.saturated(selection) and self._queue():
+                    return
                 self.respond_error(503, "no backend is available")
             elif isinstance(error, UpstreamTimeout):
                 self.respond_error(504, "the backend did not answer in time")
-            else:
+            elif isinstance(error, ConnectError):
                 self.respond_error(502, "no backend could be reached")
+            else:
+                self.respond_error(502, "the backend sent an invalid or incomplete response")
             return
         self.attempts_left -= 1
         selection.tried.append(backend)
         self.backend = backend
+        self.set_cookie = pool.chosen(selection, self.request.headers, backend)
         pool.on_start(backend)
         self.t_attempt = time.perf_counter()
         conn = take_idle(backend)
@@ -485,6 +512,32 @@ class Exchange:
             self._attach(conn, reused=True)
         else:
             self._connect(backend)
+
+    def _queue(self) -> bool:
+        """Wait for a backend under its max_connections; False when the queue is full or off."""
+        pool = self.pool
+        if pool is None or not pool.wait(self._dequeued):
+            return False
+        assert pool.config.queue is not None
+        self._queue_timer = self.client.loop.call_later(
+            pool.config.queue.timeout, self._queue_timed_out
+        )
+        return True
+
+    def _dequeued(self) -> None:
+        """A slot is free: try again (soon, not inside the other request's finish)."""
+        if self._queue_timer is not None:
+            self._queue_timer.cancel()
+            self._queue_timer = None
+        if not self.finished:
+            self.client.loop.call_soon(self._attempt)
+
+    def _queue_timed_out(self) -> None:
+        self._queue_timer = None
+        if self.pool is not None:
+            self.pool.unwait(self._dequeued)
+        if not self.finished:
+            self.respond_error(503, "no backend had room in time")
 
     def _connect(self, backend: Backend) -> None:
         assert self.pool is not None
@@ -532,7 +585,7 @@ class Exchange:
         self.backend = None
         self.conn = None
         self._cancel_upstream_timers()
-        pool.on_finish(backend, time.perf_counter() - self.t_attempt, False)
+        pool.on_finish(backend, time.perf_counter() - self.t_attempt, False, str(exc))
         self.last_error = exc
         if isinstance(exc, ConnectError) and not self.body_started:
             self._attempt()
@@ -558,6 +611,7 @@ class Exchange:
             if request.chunked:
                 self._send_body(encode_last_chunk(event.trailers))
             self.request_done = True
+            self._read_activity = self.client.loop.time()  # the read timeout counts from here
             self.client._cancel_read_timer()
             if self.response_done:
                 self._finish(True)
@@ -576,9 +630,6 @@ class Exchange:
             conn = self.conn
             if conn is not None:
                 conn.write(chunk)
-                # A backend usually answers after the whole body: while it is still being
-                # sent, the read timeout has not started.
-                self._read_activity = self.client.loop.time()
             return
         buffer.append(chunk)
         self.body_buffered += len(chunk)
@@ -647,6 +698,8 @@ class Exchange:
                         )
                         out.append(encode_response_head(event.status, event.reason, headers))
                     continue
+                if self._retry_on_status(event):
+                    return
                 out.append(self._response_head(event))
             elif kind is EndOfMessage:
                 assert isinstance(event, EndOfMessage)
@@ -678,6 +731,35 @@ class Exchange:
         else:
             client.transport.writelines(out)
 
+    def _retry_on_status(self, response: Response) -> bool:
+        """Drop this answer and try another backend, when the pool retries its status."""
+        pool, backend, request = self.pool, self.backend, self.request
+        if pool is None or backend is None:
+            return False
+        pool.record_status(backend, response.status)
+        retries = pool.config.retries
+        if (
+            response.status not in retries.on
+            or self.attempts_left <= 0
+            or request.method not in IDEMPOTENT
+            or request.has_body
+            or request.upgrade is not None
+            or not pool.retry_budget.withdraw()
+        ):
+            return False
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.user = None
+            conn.close()  # the rest of this answer is not wanted: the connection cannot be reused
+        self._cancel_upstream_timers()
+        self.backend = None
+        pool.on_finish(backend, time.perf_counter() - self.t_attempt, True)
+        self.last_error = UpstreamError(f"status {response.status}")
+        self.retried_status = response.status
+        self._attempt()
+        return True
+
     def _response_head(self, response: Response) -> bytes:
         """Decide the framing and connection fate of the answer; returns its head."""
         request = self.request
@@ -690,6 +772,8 @@ class Exchange:
         route = self.route
         if route is not None and route.response_rules is not None:
             headers = route.response_rules.apply(headers)
+        if self.set_cookie is not None:
+            headers.append((b"Set-Cookie", self.set_cookie))
         keep_alive = self.keep_alive and self.request_done and not self.client.listener.draining
         if request.upgrade is not None and not upgrade:
             keep_alive = False  # the client's reader stopped at the upgrade request
@@ -700,7 +784,8 @@ class Exchange:
             elif not no_body:
                 if request.version == b"1.1":
                     self.chunked_out = True
-                    headers.append((b"Transfer-Encoding", b"chunked"))
+                    codings = transfer_codings(response.headers) if response.chunked else b""
+                    headers.append((b"Transfer-Encoding", codings or b"chunked"))
                 else:
                     keep_alive = False  # an HTTP/1.0 client reads to the end of the connection
             if not keep_alive:
@@ -840,8 +925,10 @@ class Exchange:
             return
         loop = self.client.loop
         left = self._read_activity + self._idle_limit() - loop.time()
-        if left > 0:
-            self._read_timer = loop.call_later(left, self._read_check)
+        if left > 0 or not (self.request_done or self.response_started):
+            # While the client is still sending the body, a quiet backend is waiting for it:
+            # the client's body timeout applies, not the backend's read timeout.
+            self._read_timer = loop.call_later(max(left, self._idle_limit()), self._read_check)
             return
         if self.client.tunnel is not None:
             # An idle tunnel ends quietly, like a closed one.
@@ -885,6 +972,11 @@ class Exchange:
         self.client.abort()
 
     def _abort_upstream(self) -> None:
+        if self._queue_timer is not None:
+            self._queue_timer.cancel()
+            self._queue_timer = None
+            if self.pool is not None:
+                self.pool.unwait(self._dequeued)
         if self.pending is not None:
             self.pending.cancel()
             self.pending = None

@@ -1,0 +1,162 @@
+"""Session persistence (`sticky`): keep a client on the backend it had, while that one is ready.
+
+Persistence overrides the balancing algorithm only while the pinned backend is eligible; when it
+is not (down, draining, disabled, full), the algorithm picks again and the pin moves.
+
+- `cookie`: usher sets a cookie naming the backend by an opaque id (a keyed hash of pool and
+  address: stable across workers and restarts, and it does not reveal the address).
+- `source_ip` and `header`: a table remembers the backend of each client address or header
+  value, forgetting entries unused for `ttl` and the least recent beyond `table_size`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from usher.clock import Clock
+
+if TYPE_CHECKING:
+    from usher.config import StickyCookie, StickyHeader, StickySourceIp
+    from usher.http.codec import Headers
+    from usher.pool import Backend
+
+
+def backend_token(pool: str, backend: Backend) -> bytes:
+    return (
+        hashlib.blake2b(backend.label.encode(), key=pool.encode()[:64], digest_size=8)
+        .hexdigest()
+        .encode()
+    )
+
+
+def request_cookie(headers: Headers, name: bytes) -> bytes | None:
+    """The value of cookie `name` in a request's Cookie headers, if present."""
+    for header, value in headers:
+        if header.lower() != b"cookie":
+            continue
+        for pair in value.split(b";"):
+            key, sep, val = pair.strip().partition(b"=")
+            if sep and key == name:
+                return val.strip(b'"')
+    return None
+
+
+def request_header(headers: Headers, name: bytes) -> bytes | None:
+    for header, value in headers:
+        if header.lower() == name:
+            return value
+    return None
+
+
+class Persistence(ABC):
+    """What the proxy asks of any persistence kind."""
+
+    @abstractmethod
+    def pinned(self, headers: Headers, client_ip: str) -> Backend | None:
+        """The backend this request is pinned to, if any (ready or not: the caller checks)."""
+
+    @abstractmethod
+    def chosen(self, headers: Headers, client_ip: str, backend: Backend) -> bytes | None:
+        """A backend was chosen for this request: remember it. Returns a Set-Cookie value to
+        send with the answer, when the client must be told."""
+
+    def rebuild(self, backends: Sequence[Backend]) -> None:
+        """The pool's backend list changed."""
+
+
+class CookiePersistence(Persistence):
+    def __init__(self, pool: str, config: StickyCookie, backends: Sequence[Backend]) -> None:
+        self.pool = pool
+        self.name = config.cookie.encode("latin-1")
+        attributes = [b"Path=" + config.path.encode("latin-1")]
+        if config.max_age is not None:
+            attributes.append(b"Max-Age=%d" % int(config.max_age))
+        if config.http_only:
+            attributes.append(b"HttpOnly")
+        if config.secure:
+            attributes.append(b"Secure")
+        attributes.append(b"SameSite=Lax")
+        self._suffix = b"; " + b"; ".join(attributes)
+        self._by_token: dict[bytes, Backend] = {}
+        self.rebuild(backends)
+
+    def rebuild(self, backends: Sequence[Backend]) -> None:
+        self._by_token = {backend_token(self.pool, b): b for b in backends}
+        self._token = {id(b): t for t, b in self._by_token.items()}
+
+    def pinned(self, headers: Headers, client_ip: str) -> Backend | None:
+        token = request_cookie(headers, self.name)
+        return self._by_token.get(token) if token is not None else None
+
+    def chosen(self, headers: Headers, client_ip: str, backend: Backend) -> bytes | None:
+        token = self._token.get(id(backend))
+        if token is None or request_cookie(headers, self.name) == token:
+            return None
+        return self.name + b"=" + token + self._suffix
+
+
+class TablePersistence(Persistence):
+    """A stick table keyed on the client address or a header value."""
+
+    def __init__(
+        self, config: StickySourceIp | StickyHeader, clock: Clock, backends: Sequence[Backend]
+    ) -> None:
+        self.clock = clock
+        self.ttl = config.ttl
+        self.size = config.table_size
+        self.header = config.header.lower().encode("latin-1") if config.type == "header" else None
+        # key -> (backend, last use); most recently used last.
+        self._table: OrderedDict[bytes, tuple[Backend, float]] = OrderedDict()
+        self._live: set[int] = {id(b) for b in backends}
+
+    def rebuild(self, backends: Sequence[Backend]) -> None:
+        self._live = {id(b) for b in backends}
+
+    def _key(self, headers: Headers, client_ip: str) -> bytes | None:
+        if self.header is None:
+            return client_ip.encode()
+        return request_header(headers, self.header)
+
+    def pinned(self, headers: Headers, client_ip: str) -> Backend | None:
+        key = self._key(headers, client_ip)
+        if key is None:
+            return None
+        entry = self._table.get(key)
+        if entry is None:
+            return None
+        backend, used = entry
+        if self.clock.now() - used > self.ttl or id(backend) not in self._live:
+            del self._table[key]
+            return None
+        return backend
+
+    def chosen(self, headers: Headers, client_ip: str, backend: Backend) -> bytes | None:
+        key = self._key(headers, client_ip)
+        if key is None:
+            return None
+        table = self._table
+        table[key] = (backend, self.clock.now())
+        table.move_to_end(key)
+        while len(table) > self.size:
+            table.popitem(last=False)
+        return None
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
+def build_persistence(
+    pool: str,
+    config: StickyCookie | StickySourceIp | StickyHeader | None,
+    clock: Clock,
+    backends: Sequence[Backend],
+) -> Persistence | None:
+    if config is None:
+        return None
+    if config.type == "cookie":
+        return CookiePersistence(pool, config, backends)
+    return TablePersistence(config, clock, backends)
