@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from usher.clock import Clock, MonotonicClock
 from usher.config import Config
 from usher.errors import ConfigError, ConfigIssue, UsherError
+from usher.health import HealthChecker
 from usher.http.proxy import HttpListener
 from usher.logs import AccessLog
 from usher.pool import Pool, build_pools
@@ -56,6 +57,8 @@ class Balancer:
         self.access_log = access_log or AccessLog(enabled=False)
         self.reuse_port = reuse_port
         self.pools: dict[str, Pool] = build_pools(config.pools.items(), self.clock, seed=seed)
+        # Active checks and agent polls, one task per backend; idle for pools without them.
+        self.checkers = {name: HealthChecker(pool, self.clock) for name, pool in self.pools.items()}
         self.listeners: list[HttpListener] = []
         self._ssl: dict[str, ssl.SSLContext] = {}
         issues: list[ConfigIssue] = []
@@ -76,6 +79,8 @@ class Balancer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        for checker in self.checkers.values():
+            checker.start()
         try:
             for listener in self.listeners:
                 lc = listener.config
@@ -114,11 +119,12 @@ class Balancer:
                 conn.abort()
         for pool in self.pools.values():
             for backend in pool.backends:
-                while backend.idle:
-                    backend.idle.pop().close()
+                backend.close_idle()
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+        for checker in self.checkers.values():
+            await checker.stop()
 
     async def __aenter__(self) -> Balancer:
         await self.start()
