@@ -540,3 +540,18 @@ async def test_json_helpers_round_trip(client: httpx.AsyncClient) -> None:
     # /headers must stay valid JSON whatever bytes a header carries.
     r = await client.get("/headers", headers={"X-Raw": b"\xff\xfe"})
     assert json.loads(r.content)["headers"][-1] == ["X-Raw", "\xff\xfe"]
+
+
+async def test_load_reports_requests_in_flight() -> None:
+    server = await start_backend(options=BackendOptions(latency=0.3, capacity=4))
+    try:
+        async with httpx.AsyncClient() as client:
+            url = f"http://127.0.0.1:{server.port}"
+            assert (await client.get(url + "/load")).json() == {"load": 0.0}
+            slow = [asyncio.create_task(client.get(url + "/")) for _ in range(2)]
+            await asyncio.sleep(0.1)
+            assert (await client.get(url + "/load")).json() == {"load": 0.5}
+            await asyncio.gather(*slow)
+            assert (await client.get(url + "/load")).json() == {"load": 0.0}
+    finally:
+        await server.close()

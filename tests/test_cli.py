@@ -210,3 +210,39 @@ def test_demo_end_to_end(processes):
     assert demo.returncode == 0, err
     assert "backend=127.0.0.1:900" in out  # each request's log line names its backend
     assert "curl" in out
+
+
+def test_sighup_does_not_kill_the_balancer(tmp_path: Path, processes):
+    backend_port, lb_port = free_port(), free_port()
+    cfg = tmp_path / "usher.yaml"
+    cfg.write_text(
+        f"listeners: [{{name: web, bind: 127.0.0.1:{lb_port}, pool: p}}]\n"
+        f"pools: {{p: {{backends: [{{address: 127.0.0.1:{backend_port}}}]}}}}\n"
+    )
+    lb = subprocess.Popen(
+        [*USHER, "run", "-c", str(cfg)], text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    processes.append(lb)
+    wait_for_port(lb_port)
+    lb.send_signal(signal.SIGHUP)
+    time.sleep(0.3)
+    assert lb.poll() is None
+    wait_for_port(lb_port)
+    lb.send_signal(signal.SIGTERM)
+    _, err = lb.communicate(timeout=15)
+    assert lb.returncode == 0
+    assert "SIGHUP ignored" in err
+
+
+def test_a_bad_certificate_is_exit_1_with_workers_too(tmp_path: Path):
+    cfg = tmp_path / "tls.yaml"
+    cfg.write_text(
+        "listeners:\n"
+        "  - {name: s, bind: 127.0.0.1:0, protocol: https, pool: p,\n"
+        "     tls: {certificates: [{cert: /nonexistent.pem, key: /nonexistent.key}]}}\n"
+        "pools: {p: {backends: [{address: 127.0.0.1:9001}]}}\n"
+    )
+    for workers in ("1", "2"):
+        result = usher("run", "-c", str(cfg), "--workers", workers)
+        assert result.returncode == 1, result.stderr
+        assert "listeners[0].tls.certificates[0]" in result.stderr

@@ -27,6 +27,8 @@ _CHUNK = 64 * 1024
 _PATTERN = bytes(range(256)) * (_CHUNK // 256)
 # Request body we hold (latency, pipelining) before we stop reading from the client.
 _HIGH_WATER = 256 * 1024
+# Paths answered at once, never delayed by `latency` nor failed by `fail_rate`.
+_NO_DELAY = ("/health", "/load")
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _DISCARD, _BUFFER, _STREAM = 0, 1, 2  # what happens to the request body as it arrives
 _TEXT = b"text/plain; charset=utf-8"
@@ -37,9 +39,10 @@ _OCTETS = b"application/octet-stream"
 @dataclass
 class BackendOptions:
     name: str = "backend"
-    latency: float = 0.0  # seconds added before each response (not /health)
-    fail_rate: float = 0.0  # fraction of requests (not /health) answered 500
+    latency: float = 0.0  # seconds added before each response (not /health, /load)
+    fail_rate: float = 0.0  # fraction of requests (not /health, /load) answered 500
     seed: int | None = None  # for fail_rate's random.Random
+    capacity: int = 16  # requests in flight that /load reports as full (1.0)
 
     def __post_init__(self) -> None:
         if not (self.latency >= 0 and math.isfinite(self.latency)):
@@ -82,6 +85,7 @@ class BackendServer:
         self.healthy = True
         self.connections_total = 0
         self.requests_total = 0
+        self.in_flight = 0  # requests being answered (the /load report counts them)
         self.host = ""
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -147,6 +151,7 @@ class _Connection(asyncio.Protocol):
         "_broken",
         "_busy",
         "_chunked_out",
+        "_counted",
         "_current",
         "_parser",
         "_pumping",
@@ -171,6 +176,7 @@ class _Connection(asyncio.Protocol):
         self.server = server
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[_Request] = deque()
+        self._counted = False  # this connection's busy request counts in server.in_flight
         self._current: _Request | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._pumping: _Request | None = None
@@ -194,6 +200,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server._connections.discard(self)
+        self._uncount()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -331,8 +338,10 @@ class _Connection(asyncio.Protocol):
                 if not (req.complete or req.mode == _BUFFER):
                     break  # the body is read (and ignored) before we answer
                 self._busy = True
+                self._counted = True
+                self.server.in_flight += 1
                 latency = self.server.options.latency
-                if latency > 0 and not req.error and not req.path.startswith("/health"):
+                if latency > 0 and not req.error and not req.path.startswith(_NO_DELAY):
                     loop = asyncio.get_running_loop()
                     self._timer = loop.call_later(latency, self._dispatch, req)
                 else:
@@ -340,9 +349,15 @@ class _Connection(asyncio.Protocol):
         finally:
             self._advancing = False
 
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.server.in_flight -= 1
+
     def _finish(self, req: _Request) -> None:
         self._queue.popleft()
         self._busy = False
+        self._uncount()
         if not req.complete:  # answered early (an injected failure): drop what is still to come
             req.mode = _DISCARD
             req.body.clear()
@@ -373,7 +388,7 @@ class _Connection(asyncio.Protocol):
         path, server = req.path, self.server
         if req.error:
             self._respond(req, req.error, b"bad request\n")
-        elif not path.startswith("/health") and server._fails():
+        elif not path.startswith(_NO_DELAY) and server._fails():
             self._respond(req, 500, b"injected failure\n")
         elif path == "/":
             self._respond(req, 200, server._hello)
@@ -395,6 +410,10 @@ class _Connection(asyncio.Protocol):
                 "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in req.headers],
             }
             self._respond(req, 200, json.dumps(doc).encode(), _JSON)
+        elif path == "/load":
+            # An agent report for the `resource` algorithm: busy share of a nominal capacity.
+            load = min(1.0, (server.in_flight - 1) / server.options.capacity)  # not this one
+            self._respond(req, 200, json.dumps({"load": round(load, 3)}).encode(), _JSON)
         elif path == "/conn":
             peer = self.transport.get_extra_info("peername")
             host = f"[{peer[0]}]" if ":" in peer[0] else peer[0]

@@ -6,7 +6,6 @@ Exit codes: 0 ok; 1 bad config or usage; 2 runtime failure (e.g. a port in use).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
 import sys
@@ -158,7 +157,7 @@ def backend(
     ] = 0.0,
 ) -> None:
     """Run one demo backend (GET /, /health, /headers, POST /echo, /bytes/N, WebSocket /ws)."""
-    from usher.backend import BackendOptions, serve_backend_forever
+    from usher.backend import BackendOptions, start_backend
     from usher.config import parse_duration
 
     try:
@@ -167,15 +166,16 @@ def backend(
         raise _fail(EXIT_BAD_INPUT, f"--latency: {exc}") from None
     options = BackendOptions(name=name or str(port), latency=delay, fail_rate=fail_rate)
     _install_loop()
-    out.print(f"backend {options.name} on http://{host}:{port}")
 
     async def serve() -> None:
-        task = asyncio.ensure_future(serve_backend_forever(host, port, options))
+        server = await start_backend(host, port, options)
+        out.print(f"backend {options.name} on http://{host}:{server.port}")
+        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.close()
 
     try:
         asyncio.run(serve())

@@ -24,12 +24,14 @@ from usher.server import Balancer, BindError
 
 # A worker that dies this soon after it started is failing, not crashing once: stop restarting.
 RESTART_BACKOFF = 1.0
+LOG_FLUSH_INTERVAL = 1.0
 
 
 def run_balancer(
     config: Config, *, workers: int = 1, log_format: str = "text", access_log: bool = True
 ) -> None:
     fmt: LogFormat = "json" if log_format == "json" else "text"
+    Balancer(config)  # certificates load here, once, so a bad one is a config error (exit 1)
     if workers <= 1:
         _install_uvloop()
         asyncio.run(
@@ -59,9 +61,31 @@ async def _serve(config: Config, access_log: AccessLog, *, seed: int, reuse_port
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _refuse_reload)
+    flusher = loop.create_task(_flush_logs())
     await stop.wait()
     print("usher: draining", file=sys.stderr, flush=True)
     await balancer.stop()
+    flusher.cancel()
+    sys.stdout.flush()
+
+
+def _refuse_reload() -> None:
+    # SIGHUP's default action would kill the balancer mid-request. Until hot reload exists,
+    # the signal is refused out loud instead.
+    print(
+        "usher: SIGHUP ignored: hot reload is not available yet; restart to apply a new config",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+async def _flush_logs() -> None:
+    """Access log lines are written buffered (one syscall per line costs throughput); this
+    bounds how late they reach a file or pipe."""
+    while True:
+        await asyncio.sleep(LOG_FLUSH_INTERVAL)
+        sys.stdout.flush()
 
 
 def _reserve_ports(config: Config) -> tuple[Config, list[socket.socket]]:
@@ -101,6 +125,7 @@ def _supervise(config: Config, count: int, access_log: AccessLog) -> None:
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the parent speaks for all
                 _install_uvloop()
                 asyncio.run(_serve(config, access_log, seed=number, reuse_port=True))
             except UsherError as exc:
@@ -109,6 +134,7 @@ def _supervise(config: Config, count: int, access_log: AccessLog) -> None:
             except BaseException:
                 code = 2
             finally:
+                sys.stdout.flush()
                 os._exit(code)
         children[pid] = number
         started[pid] = time.monotonic()
@@ -122,6 +148,7 @@ def _supervise(config: Config, count: int, access_log: AccessLog) -> None:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: _refuse_reload())
     for number in range(count):
         spawn(number)
     while children:
