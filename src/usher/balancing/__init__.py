@@ -65,6 +65,55 @@ class Algorithm(ABC):
         """A request to `backend` finished after `latency` seconds; `ok` is False on failure."""
 
 
+class Stepwise(Algorithm):
+    """An algorithm that picks one backend at a time: `candidates` offers its pick, then picks
+    again among the rest (the state may have moved since), until none is left."""
+
+    def candidates(self, ctx: SelectionContext) -> Iterator[Backend]:
+        excluded = 0  # bit i: backends[i] was offered already
+        while True:
+            index = self.pick(ctx, excluded)
+            if index < 0:
+                return
+            excluded |= 1 << index
+            yield self.backends[index]
+
+    @abstractmethod
+    def pick(self, ctx: SelectionContext, excluded: int) -> int:
+        """The index of the best eligible backend not in `excluded` (a bit set), or -1."""
+
+
+def smooth_step(
+    backends: Sequence[Backend],
+    current: list[float],
+    weight_of: Callable[[Backend], float],
+    eligible: Callable[[Backend], bool],
+    excluded: int = 0,
+) -> int:
+    """One step of smooth weighted round robin (nginx's) among eligible backends of positive
+    weight: each adds its weight to its running score, the highest wins and pays the total.
+    Returns the winner's index, or -1."""
+    best = -1
+    total = 0.0
+    for i, backend in enumerate(backends):
+        if excluded >> i & 1 or not eligible(backend):
+            continue
+        weight = weight_of(backend)
+        if weight <= 0.0:
+            continue
+        current[i] += weight
+        total += weight
+        if best < 0 or current[i] > current[best]:
+            best = i
+    if best >= 0:
+        current[best] -= total
+    return best
+
+
+def any_backend(_backend: Backend) -> bool:
+    return True
+
+
 ALGORITHMS: dict[str, type[Algorithm]] = {}
 
 

@@ -8,7 +8,7 @@ import random
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from usher.balancing import Algorithm, SelectionContext, register
+from usher.balancing import Algorithm, SelectionContext, Stepwise, register
 from usher.balancing.least import FairTies
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ def _decay_of(algorithm: Algorithm) -> float:
 
 
 @register("least_response_time")
-class LeastResponseTime(Algorithm):
+class LeastResponseTime(Stepwise):
     """Lowest `(active + 1) * latency / effective_weight`, latency being the pool's EWMA.
 
     A backend with no sample counts as the mean of those with one, so that it gets tried. A
@@ -45,16 +45,7 @@ class LeastResponseTime(Algorithm):
         self._sampled = [self.clock.now()] * len(self.backends)
         self._ties = FairTies(self.backends)
 
-    def candidates(self, ctx: SelectionContext) -> Iterator[Backend]:
-        excluded = 0
-        while True:
-            index = self._best(ctx, excluded)
-            if index < 0:
-                return
-            excluded |= 1 << index
-            yield self.backends[index]
-
-    def _best(self, ctx: SelectionContext, excluded: int) -> int:
+    def pick(self, ctx: SelectionContext, excluded: int) -> int:
         backends = self.backends
         total = 0.0
         sampled = 0

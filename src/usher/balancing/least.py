@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from usher.balancing import Algorithm, SelectionContext, register
+from usher.balancing import SelectionContext, Stepwise, register
 
 if TYPE_CHECKING:
     from usher.pool import Backend
@@ -49,24 +49,14 @@ class FairTies:
 
 
 @register("least_connections", "weighted_least_connections")
-class LeastConnections(Algorithm):
+class LeastConnections(Stepwise):
     """Lowest `active / effective_weight` first; exact ties go by `FairTies`."""
 
     def __init__(self, backends: Sequence[Backend], **kwargs: Any) -> None:
         super().__init__(backends, **kwargs)
         self._ties = FairTies(self.backends)
 
-    def candidates(self, ctx: SelectionContext) -> Iterator[Backend]:
-        # Each retry re-ranks: the state may have moved since the previous attempt.
-        excluded = 0
-        while True:
-            index = self._best(ctx, excluded)
-            if index < 0:
-                return
-            excluded |= 1 << index
-            yield self.backends[index]
-
-    def _best(self, ctx: SelectionContext, excluded: int) -> int:
+    def pick(self, ctx: SelectionContext, excluded: int) -> int:
         eligible = ctx.eligible
         tie_key = self._ties.key
         best = -1

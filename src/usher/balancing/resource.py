@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from usher.balancing import Algorithm, SelectionContext, register
+from usher.balancing import SelectionContext, Stepwise, any_backend, register, smooth_step
 
 if TYPE_CHECKING:
     from usher.pool import Backend
@@ -33,7 +33,7 @@ def _floor(backend: Backend) -> float:
 
 
 @register("resource")
-class Resource(Algorithm):
+class Resource(Stepwise):
     """Smooth weighted round robin (as `round_robin`) over the headroom of each backend, read
     afresh on every pick, so the split follows the reports as closely as it can.
 
@@ -48,48 +48,13 @@ class Resource(Algorithm):
         self._floor_current = [0.0] * n
         # The seed advances the sequence, so that workers do not move in lockstep.
         for _ in range(self.seed % n if n else 0):
-            self._step(_always, 0)
+            self._step(any_backend, 0)
 
-    def candidates(self, ctx: SelectionContext) -> Iterator[Backend]:
-        excluded = 0
-        while True:
-            index = self._step(ctx.eligible, excluded)
-            if index < 0:
-                return
-            excluded |= 1 << index
-            yield self.backends[index]
+    def pick(self, ctx: SelectionContext, excluded: int) -> int:
+        return self._step(ctx.eligible, excluded)
 
     def _step(self, eligible: Callable[[Backend], bool], excluded: int) -> int:
-        index = _smooth(self.backends, self._current, headroom, eligible, excluded)
+        index = smooth_step(self.backends, self._current, headroom, eligible, excluded)
         if index >= 0:
             return index
-        return _smooth(self.backends, self._floor_current, _floor, eligible, excluded)
-
-
-def _smooth(
-    backends: Sequence[Backend],
-    current: list[float],
-    weight_of: Callable[[Backend], float],
-    eligible: Callable[[Backend], bool],
-    excluded: int,
-) -> int:
-    """One step of smooth weighted round robin among eligible backends of positive weight."""
-    best = -1
-    total = 0.0
-    for i, backend in enumerate(backends):
-        if excluded >> i & 1 or not eligible(backend):
-            continue
-        weight = weight_of(backend)
-        if weight <= 0.0:
-            continue
-        current[i] += weight
-        total += weight
-        if best < 0 or current[i] > current[best]:
-            best = i
-    if best >= 0:
-        current[best] -= total
-    return best
-
-
-def _always(_backend: Backend) -> bool:
-    return True
+        return smooth_step(self.backends, self._floor_current, _floor, eligible, excluded)

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from usher.balancing import Algorithm, SelectionContext, register
+from usher.balancing import SelectionContext, Stepwise, any_backend, register, smooth_step
 
 if TYPE_CHECKING:
     from usher.pool import Backend
 
 
 @register("round_robin", "weighted_round_robin")
-class RoundRobin(Algorithm):
+class RoundRobin(Stepwise):
     """Each pick adds every eligible backend's weight to its running score, takes the highest,
     and subtracts the total from the winner: heavy backends win often but never in long runs."""
 
@@ -22,35 +22,11 @@ class RoundRobin(Algorithm):
         self._current: list[float] = [0.0] * n
         # The seed advances the sequence, so that workers do not move in lockstep.
         for _ in range(self.seed % n if n else 0):
-            self._step(_always)
+            smooth_step(self.backends, self._current, _effective_weight, any_backend)
 
-    def candidates(self, ctx: SelectionContext) -> Iterator[Backend]:
-        excluded: set[int] = set()
-        while True:
-            index = self._step(ctx.eligible, excluded)
-            if index < 0:
-                return
-            excluded.add(index)
-            yield self.backends[index]
-
-    def _step(self, eligible: Callable[[Backend], bool], excluded: set[int] | None = None) -> int:
-        best = -1
-        total = 0.0
-        current = self._current
-        for i, backend in enumerate(self.backends):
-            if excluded and i in excluded:
-                continue
-            if not eligible(backend):
-                continue
-            weight = backend.effective_weight
-            current[i] += weight
-            total += weight
-            if best < 0 or current[i] > current[best]:
-                best = i
-        if best >= 0:
-            current[best] -= total
-        return best
+    def pick(self, ctx: SelectionContext, excluded: int) -> int:
+        return smooth_step(self.backends, self._current, _effective_weight, ctx.eligible, excluded)
 
 
-def _always(_backend: Backend) -> bool:
-    return True
+def _effective_weight(backend: Backend) -> float:
+    return backend.effective_weight
