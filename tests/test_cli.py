@@ -33,6 +33,23 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listens on {port}")
 
 
+def spawn(processes: list[subprocess.Popen[str]], *args: str) -> subprocess.Popen[str]:
+    """Start `usher ARGS...` in the background; the `processes` fixture stops it."""
+    proc = subprocess.Popen(
+        [*USHER, *args], text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    processes.append(proc)
+    return proc
+
+
+def one_pool_config(path: Path, lb_port: int, backend_port: int) -> Path:
+    path.write_text(
+        f"listeners: [{{name: web, bind: 127.0.0.1:{lb_port}, pool: p}}]\n"
+        f"pools: {{p: {{backends: [{{address: 127.0.0.1:{backend_port}}}]}}}}\n"
+    )
+    return path
+
+
 @pytest.fixture
 def processes() -> Iterator[list[subprocess.Popen[str]]]:
     started: list[subprocess.Popen[str]] = []
@@ -107,25 +124,9 @@ def test_demo_prints_its_config():
 
 def test_run_serves_and_drains_on_sigterm(tmp_path: Path, processes):
     backend_port, lb_port = free_port(), free_port()
-    backend = subprocess.Popen(
-        [*USHER, "backend", "--port", str(backend_port), "--name", "solo"],
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    processes.append(backend)
-    cfg = tmp_path / "usher.yaml"
-    cfg.write_text(
-        f"listeners: [{{name: web, bind: 127.0.0.1:{lb_port}, pool: p}}]\n"
-        f"pools: {{p: {{backends: [{{address: 127.0.0.1:{backend_port}}}]}}}}\n"
-    )
-    lb = subprocess.Popen(
-        [*USHER, "run", "-c", str(cfg), "--log-format", "json"],
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    processes.append(lb)
+    spawn(processes, "backend", "--port", str(backend_port), "--name", "solo")
+    cfg = one_pool_config(tmp_path / "usher.yaml", lb_port, backend_port)
+    lb = spawn(processes, "run", "-c", str(cfg), "--log-format", "json")
     wait_for_port(backend_port)
     wait_for_port(lb_port)
     response = httpx.get(f"http://127.0.0.1:{lb_port}/")
@@ -155,25 +156,9 @@ def test_run_with_a_port_in_use_exits_2_naming_it(tmp_path: Path):
 
 def test_workers_share_the_listener(tmp_path: Path, processes):
     backend_port, lb_port = free_port(), free_port()
-    backend = subprocess.Popen(
-        [*USHER, "backend", "--port", str(backend_port)],
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    processes.append(backend)
-    cfg = tmp_path / "usher.yaml"
-    cfg.write_text(
-        f"listeners: [{{name: web, bind: 127.0.0.1:{lb_port}, pool: p}}]\n"
-        f"pools: {{p: {{backends: [{{address: 127.0.0.1:{backend_port}}}]}}}}\n"
-    )
-    lb = subprocess.Popen(
-        [*USHER, "run", "-c", str(cfg), "--workers", "2", "--no-access-log"],
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    processes.append(lb)
+    spawn(processes, "backend", "--port", str(backend_port))
+    cfg = one_pool_config(tmp_path / "usher.yaml", lb_port, backend_port)
+    lb = spawn(processes, "run", "-c", str(cfg), "--workers", "2", "--no-access-log")
     wait_for_port(backend_port)
     wait_for_port(lb_port)
     time.sleep(0.3)  # let both workers bind
@@ -192,13 +177,7 @@ def test_demo_end_to_end(processes):
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 pytest.fail(f"port {port} is taken: the demo needs 9001-9003 free")
     port = free_port()
-    demo = subprocess.Popen(
-        [*USHER, "demo", "--port", str(port)],
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    processes.append(demo)
+    demo = spawn(processes, "demo", "--port", str(port))
     wait_for_port(port)
     with httpx.Client() as client:
         names = {client.get(f"http://127.0.0.1:{port}/").text.strip() for _ in range(3)}
@@ -214,15 +193,8 @@ def test_demo_end_to_end(processes):
 
 def test_sighup_does_not_kill_the_balancer(tmp_path: Path, processes):
     backend_port, lb_port = free_port(), free_port()
-    cfg = tmp_path / "usher.yaml"
-    cfg.write_text(
-        f"listeners: [{{name: web, bind: 127.0.0.1:{lb_port}, pool: p}}]\n"
-        f"pools: {{p: {{backends: [{{address: 127.0.0.1:{backend_port}}}]}}}}\n"
-    )
-    lb = subprocess.Popen(
-        [*USHER, "run", "-c", str(cfg)], text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    processes.append(lb)
+    cfg = one_pool_config(tmp_path / "usher.yaml", lb_port, backend_port)
+    lb = spawn(processes, "run", "-c", str(cfg))
     wait_for_port(lb_port)
     lb.send_signal(signal.SIGHUP)
     time.sleep(0.3)
