@@ -47,9 +47,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(port: int, timeout: float = 10.0) -> None:
+def wait_for(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode} before listening on {port}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -61,7 +63,7 @@ def wait_for(port: int, timeout: float = 10.0) -> None:
 def running(cmd: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(port)
+        wait_for(port, proc)
         yield proc
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -145,6 +147,30 @@ def wrk(port: int, duration: int, connections: int) -> dict[str, float]:
     return result
 
 
+def measure(
+    candidate: str, ports: list[int], workdir: Path, args: argparse.Namespace
+) -> dict[str, float]:
+    for attempt in (1, 2):  # a free port can be taken by someone else before we bind it
+        port = free_port()
+        if candidate.startswith("usher "):
+            algorithm = candidate.split(" ", 1)[1]
+            cfg = workdir / f"{algorithm}.yaml"
+            cfg.write_text(usher_config(port, ports, algorithm))
+            cmd = [*USHER, "run", "-c", str(cfg), "--no-access-log"]
+        else:
+            cfg = workdir / "nginx.conf"
+            cfg.write_text(nginx_config(port, ports, "least_conn" in candidate, workdir))
+            cmd = ["nginx", "-c", str(cfg), "-g", "daemon off;"]
+        try:
+            with running(cmd, port):
+                time.sleep(0.5)  # let agents report, connections warm up
+                return wrk(port, args.duration, args.connections)
+        except (RuntimeError, TimeoutError) as exc:
+            if attempt == 2:
+                raise RuntimeError(f"{candidate}: {exc}") from exc
+    raise AssertionError("unreachable")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -182,21 +208,7 @@ def main() -> int:
                 wait_for(p)
             for round_no in range(args.rounds):
                 for candidate in candidates:
-                    port = free_port()
-                    if candidate.startswith("usher "):
-                        algorithm = candidate.split(" ", 1)[1]
-                        cfg = workdir / f"{algorithm}.yaml"
-                        cfg.write_text(usher_config(port, ports, algorithm))
-                        cmd = [*USHER, "run", "-c", str(cfg), "--no-access-log"]
-                    else:
-                        cfg = workdir / "nginx.conf"
-                        cfg.write_text(
-                            nginx_config(port, ports, "least_conn" in candidate, workdir)
-                        )
-                        cmd = ["nginx", "-c", str(cfg), "-g", "daemon off;"]
-                    with running(cmd, port):
-                        time.sleep(0.5)  # let agents report, connections warm up
-                        samples[candidate].append(wrk(port, args.duration, args.connections))
+                    samples[candidate].append(measure(candidate, ports, workdir, args))
                     print(f"round {round_no + 1}: {candidate} done", file=sys.stderr)
         finally:
             for proc in backends:
