@@ -478,6 +478,8 @@ class Exchange:
         self._attempt()
 
     def _attempt(self) -> None:
+        if self.finished:
+            return  # woken from the queue after the client left
         pool = self.pool
         selection = self.selection
         assert pool is not None and selection is not None
