@@ -74,7 +74,8 @@ class CookiePersistence(Persistence):
         self.name = config.cookie.encode("latin-1")
         attributes = [b"Path=" + config.path.encode("latin-1")]
         if config.max_age is not None:
-            attributes.append(b"Max-Age=%d" % int(config.max_age))
+            # Max-Age=0 would delete the cookie at once: under a second rounds up to one.
+            attributes.append(b"Max-Age=%d" % max(1, round(config.max_age)))
         if config.http_only:
             attributes.append(b"HttpOnly")
         if config.secure:

@@ -38,7 +38,8 @@ log = logging.getLogger("usher.health")
 LATENCY_EWMA_ALPHA = 0.3
 # A backend in slow start begins at this share of its weight.
 SLOW_START_FLOOR = 0.1
-# Status retries always have this many in reserve, whatever the budget.
+# Status retries start with this many in hand, whatever the budget; the bucket holds at most
+# this many plus 100 requests' worth of deposits.
 RETRY_BUDGET_RESERVE = 10
 
 
@@ -155,10 +156,11 @@ class RetryBudget:
     deposits `ratio`, each retry takes one), so a failing pool is not hit with a multiple of
     its load."""
 
-    __slots__ = ("_cap", "_deposit", "_millis")
+    __slots__ = ("_cap", "_deposit", "_millis", "ratio")
 
     # Counted in thousandths of a retry, so that 100 deposits of 0.2 make exactly 20.
     def __init__(self, ratio: float) -> None:
+        self.ratio = ratio
         self._deposit = round(ratio * 1000)
         self._millis = RETRY_BUDGET_RESERVE * 1000
         self._cap = (RETRY_BUDGET_RESERVE + 100) * 1000
@@ -189,6 +191,7 @@ class Pool:
         self.retry_budget = RetryBudget(config.retries.budget)
         self.waiters: deque[Callable[[], None]] = deque()
         self.panicking = False
+        self._cap_warned = False
         self._ejected: list[Backend] = []
         self._ramping: list[Backend] = []
         # Called with (backend, old status, new status, reason) on every change of state.
@@ -245,7 +248,11 @@ class Pool:
         persistence = self.persistence
         if persistence is not None and not selection.tried:
             pinned = persistence.pinned(headers, selection.client_ip)
-            if pinned is not None and selection.eligible(pinned):
+            if (
+                pinned is not None
+                and selection.eligible(pinned)
+                and not (pinned.backup and self._any_primary_eligible(selection))
+            ):
                 return pinned
         return self.select(selection)
 
@@ -254,6 +261,9 @@ class Pool:
         if self.persistence is None:
             return None
         return self.persistence.chosen(headers, selection.client_ip, backend)
+
+    def _any_primary_eligible(self, selection: Selection) -> bool:
+        return any(not b.backup and selection.eligible(b) for b in self.backends)
 
     def saturated(self, selection: Selection) -> bool:
         """No backend has room, but some would be ready once one has: worth waiting."""
@@ -303,6 +313,15 @@ class Pool:
         if self.waiters and backend.has_room():
             self.waiters.popleft()()
 
+    def on_abandon(self, backend: Backend) -> None:
+        """The client left before the answer: the request ends without saying anything of the
+        backend (no latency sample, no success that would clear its failures)."""
+        backend.active -= 1
+        if backend.drained is not None and backend.active == 0:
+            backend.drained.set()
+        if self.waiters and backend.has_room():
+            self.waiters.popleft()()
+
     def record_failure(self, backend: Backend, detail: str = "") -> None:
         """A failure seen on real traffic (connect error, timeout, garbage)."""
         backend.failures_total += 1
@@ -343,15 +362,20 @@ class Pool:
         if now < backend.failed_until:
             return
         passive = self.config.passive_health
-        ejected = sum(1 for b in self._ejected if now < b.failed_until)
-        if ejected + 1 > passive.max_ejection_percent * len(self.backends):
-            log.warning(
-                "backend %s in pool %s: not ejected (%s): max_ejection_percent reached",
-                backend.label,
-                self.name,
-                reason,
-            )
+        # The cap counts within the backend's tier: backups do not make room for primaries.
+        tier = [b for b in self.backends if b.backup == backend.backup]
+        ejected = sum(1 for b in self._ejected if now < b.failed_until and b in tier)
+        if ejected + 1 > passive.max_ejection_percent * len(tier):
+            if not self._cap_warned:  # said once, not once per failing request
+                self._cap_warned = True
+                log.warning(
+                    "pool %s: max_ejection_percent reached; %s stays in (%s)",
+                    self.name,
+                    backend.label,
+                    reason,
+                )
             return
+        self._cap_warned = False
         if now - backend.last_ejected_at > passive.max_ejection_time + passive.fail_timeout:
             backend.ejections = 0  # it behaved for long enough: start again from the base time
         backend.ejections += 1
@@ -477,7 +501,76 @@ class Pool:
             self.set_state(backend, "disabled", reason)
         return clean
 
+    def reconfigure(self, config: PoolConfig) -> list[Backend]:
+        """Apply a reloaded pool config. Backends that stay keep their live state (counts,
+        health, ejections, idle connections); new ones ramp up with slow start; returns the
+        backends the new config dropped, still in the pool: the caller drains and removes them."""
+        now = self.clock.now()
+        by_label = {b.label: b for b in self.backends}
+        kept: list[Backend] = []
+        for bc in config.backends:
+            backend = by_label.pop(str(bc.address), None)
+            if backend is None:
+                backend = _backend(bc)
+                self._start_ramp(backend, now)
+            else:
+                backend.backup = bc.backup
+                backend.max_connections = bc.max_connections
+                if backend.weight != bc.weight:
+                    backend.weight = bc.weight
+                    if backend.ramp_start is None:
+                        backend.effective_weight = bc.weight
+            kept.append(backend)
+        dropped = list(by_label.values())
+        sticky_changed = config.sticky != self.config.sticky
+        self.config = config
+        self._algorithm_cls = get_algorithm(config.algorithm)
+        self.backends = kept + dropped
+        if sticky_changed:
+            self.persistence = build_persistence(self.name, config.sticky, self.clock, kept)
+        if self.retry_budget.ratio != config.retries.budget:
+            self.retry_budget = RetryBudget(config.retries.budget)
+        self._rebuild()
+        return dropped
+
     # Views
+
+    def describe_backend(self, backend: Backend, wall_offset: float = 0.0) -> dict[str, Any]:
+        """A backend's live state as the admin API shows it. `wall_offset` turns the clock's
+        readings into wall-clock times (wall time minus clock time)."""
+        now = self.clock.now()
+        status = backend.status(now)
+        last = backend.last_check
+        return {
+            "address": backend.label,
+            "weight": backend.weight,
+            "effective_weight": round(backend.effective_weight, 3),
+            "backup": backend.backup,
+            "max_connections": backend.max_connections,
+            "state": status,
+            "admin_state": backend.state,
+            "healthy": status == "healthy",
+            "reason": backend.reason,
+            "active": backend.active,
+            "requests_total": backend.requests_total,
+            "failures_total": backend.failures_total,
+            "latency_ewma_ms": round(backend.latency_ewma * 1000, 3),
+            "load": backend.load,
+            "last_check": (
+                None
+                if last is None
+                else {"ok": last[0], "at": round(last[1] + wall_offset, 3), "detail": last[2]}
+            ),
+        }
+
+    def describe(self, wall_offset: float = 0.0) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "algorithm": self.config.algorithm,
+            "panic": self.panicking,
+            "queued": len(self.waiters),
+            "backends": [self.describe_backend(b, wall_offset) for b in self.backends],
+        }
 
     def ready_count(self) -> int:
         now = self.clock.now()

@@ -7,7 +7,7 @@ tried for this request), and the caller skips any candidate that is not eligible
 algorithms learn from `on_start` and `on_finish`; time comes from the injected clock.
 
 What an algorithm may read of a backend: `weight`, `effective_weight` (weight during slow
-start), `active` (requests in flight, summed over workers), `latency_ewma` (seconds),
+start), `active` (requests in flight in this worker), `latency_ewma` (seconds),
 `load` (0..1 as reported by its agent, or None), `max_connections`, `address`, `label`.
 """
 

@@ -202,9 +202,11 @@ class PowerOfTwoChoices(Algorithm):
             return
         now = self.clock.now()
         cost = self._cost[index]
-        if not ok and latency < cost:
+        if not ok:
             # A fast failure (refused, reset) must not make a backend look fast.
-            latency = cost
+            if cost < 0.0:
+                return  # still unprobed: a failure says nothing of its speed
+            latency = max(latency, cost)
         if latency > cost:
             cost = latency
         else:
