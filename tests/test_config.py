@@ -165,7 +165,7 @@ def test_full_config_really_has_every_key() -> None:
     text = (CONFIGS / "full.yaml").read_text()
     schema = config_schema()
     models = {"Config": schema, **schema["$defs"]}
-    assert len(models) == 23
+    assert len(models) == 24
     missing = [
         f"{name}.{key}"
         for name, model in models.items()
@@ -359,8 +359,8 @@ BAD_FILES = {
         "unknown key (did you mean 'weight'?)",
     ),
     "unknown top-level key": (
-        listener("pool: web") + "admin: {bind: 127.0.0.1:9900}\n",
-        "admin",
+        listener("pool: web") + "discovery: {dns: web.internal}\n",
+        "discovery",
         "unknown key",
     ),
     "key of a later feature": (

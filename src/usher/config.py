@@ -121,6 +121,8 @@ DEFAULT_STICKY_COOKIE: Final = "USHER_BACKEND"
 DEFAULT_STICKY_TTL: Final = 1800.0
 DEFAULT_STICKY_TABLE_SIZE: Final = 100_000
 
+DEFAULT_ADMIN_PORT: Final = 9900
+
 # Health-check defaults.
 DEFAULT_HEALTH_TYPE: Final = "tcp"
 DEFAULT_HEALTH_INTERVAL: Final = 5.0
@@ -341,6 +343,12 @@ def _regex(value: str) -> str:
         re.compile(value)
     except re.error as exc:
         raise ValueError(f"invalid regex {value!r}: {exc.msg} at position {exc.pos}") from None
+    return value
+
+
+def _request_path(value: str) -> str:
+    if not value.startswith("/") or any(c.isspace() for c in value) or _has_control(value):
+        raise ValueError(f"invalid request path {value!r} (e.g. /health)")
     return value
 
 
@@ -776,7 +784,10 @@ class PassiveHealth(_Model):
     max_fails: int = Field(
         default=DEFAULT_MAX_FAILS,
         ge=0,
-        description="Failures within `fail_timeout` that mark a backend down; 0 disables.",
+        description=(
+            "Failures in a row on real traffic (connect errors, timeouts, invalid answers) "
+            "that eject a backend; an answer resets the count; 0 disables."
+        ),
     )
     fail_timeout: Duration = Field(
         default=DEFAULT_FAIL_TIMEOUT,
@@ -966,7 +977,8 @@ _UDP_ONLY = ("send", "expect")
 
 
 class HealthCheck(_Model):
-    """Active health checks, run once per backend by the control side."""
+    """Active health checks: one task per backend (per worker process, until workers share
+    a control process)."""
 
     type: Literal["tcp", "http", "udp", "agent"] = Field(
         default=DEFAULT_HEALTH_TYPE,
@@ -991,9 +1003,15 @@ class HealthCheck(_Model):
         description="Random spread of each interval, so checks of many backends do not align.",
     )
     port: _Port | None = Field(default=None, description="Check this port; null: the backend's.")
-    method: str = Field(default="GET", description="http: request method.")
-    path: str = Field(default=DEFAULT_HEALTH_PATH, description="http: request path.")
-    host: str | None = Field(default=None, description="http: Host header; null: the address.")
+    method: Annotated[str, AfterValidator(_method)] = Field(
+        default="GET", description="http: request method."
+    )
+    path: Annotated[str, AfterValidator(_request_path)] = Field(
+        default=DEFAULT_HEALTH_PATH, description="http: request path."
+    )
+    host: Annotated[str, AfterValidator(_no_line_breaks)] | None = Field(
+        default=None, description="http: Host header; null: the address."
+    )
     expect_status: Annotated[str, BeforeValidator(_status_ranges)] = Field(
         default=DEFAULT_EXPECT_STATUS, description="http: statuses that pass, e.g. `200-399,404`."
     )
@@ -1013,6 +1031,11 @@ class HealthCheck(_Model):
     def _rules(cls, data: Mapping[str, Any]) -> list[_Problem]:
         problems: list[_Problem] = []
         kind = _get(data, "type") or DEFAULT_HEALTH_TYPE
+        if kind == "agent":
+            # An agent check polls the pool's `agent` section: its own timing keys do nothing.
+            for key in ("interval", "timeout", "port"):
+                if key in data and data[key] != cls.model_fields[key].default:
+                    problems.append(((key,), "for type agent, set it in the pool's agent section"))
         # A default value is harmless (a dumped config has them all); a chosen one is a mistake.
         for keys, wanted in ((_HTTP_ONLY, "http"), (_UDP_ONLY, "udp")):
             for key in keys:
@@ -1086,7 +1109,10 @@ class PoolConfig(_Model):
     drain_timeout: Duration = Field(
         default=DEFAULT_DRAIN_TIMEOUT,
         gt=0,
-        description="How long a draining backend may keep requests in flight before it is cut.",
+        description=(
+            "How long a draining backend waits for its requests in flight; then it is disabled "
+            "(or removed) whatever is left, and those requests finish on their own."
+        ),
     )
 
     @classmethod
@@ -1114,12 +1140,29 @@ class PoolConfig(_Model):
         return problems
 
 
+class AdminConfig(_Model):
+    """The admin API, metrics and dashboard: served by the control side on their own address."""
+
+    bind: Address = Field(
+        default=HostPort("127.0.0.1", DEFAULT_ADMIN_PORT),
+        description="host:port of the admin API (loopback by default: it changes the balancer).",
+    )
+    token: str | None = Field(
+        default=None,
+        min_length=1,
+        description='When set, the API needs "Authorization: Bearer <token>"; the dashboard asks.',
+    )
+
+
 class Config(_Model):
     """The whole config file."""
 
     listeners: list[Listener] = Field(min_length=1, description="Where clients connect.")
     pools: dict[_PoolName, PoolConfig] = Field(
         default={}, description="Backend pools by name (letters, digits and `_.-`)."
+    )
+    admin: AdminConfig | None = Field(
+        default=None, description="The admin API, /metrics and the dashboard; null: not served."
     )
 
     @classmethod

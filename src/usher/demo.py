@@ -45,11 +45,17 @@ async def run_demo(*, port: int = 8080, log_format: str = "text", console: Conso
         console.print(f"[bold]usher demo[/] on {url}")
         for server, address in zip(backends, addresses, strict=True):
             console.print(f"  backend {server.options.name} on http://{address}")
+        if balancer.admin_url is not None:
+            console.print(f"  dashboard and admin API on {balancer.admin_url}/")
         console.print("\nTry:")
         console.print(f"  curl {url}/                  # round robin over A, B, C")
         console.print(f"  curl {url}/api/              # pool api: weights 2:1, C as backup")
         console.print(f"  curl {url}/headers           # what a backend sees (X-Forwarded-For...)")
         console.print(f"  curl -d hello {url}/echo     # bodies stream both ways")
+        if balancer.admin_url is not None:
+            admin = balancer.admin_url
+            console.print(f"  usher status --admin {admin}       # pools and backends as a table")
+            console.print(f"  curl {admin}/metrics                # Prometheus metrics")
         console.print(
             "\nEach request is logged below with the backend that answered. Ctrl-C stops.\n"
         )

@@ -6,7 +6,8 @@
     │   ├── ConnectError         could not connect (refused, unreachable, connect timeout)
     │   ├── UpstreamTimeout      connected, but the backend did not answer in time
     │   └── UpstreamProtocolError  the backend spoke something that is not HTTP/1.x
-    └── ClientError              the client sent something we refuse; carries an HTTP status
+    ├── ClientError              the client sent something we refuse; carries an HTTP status
+    └── ChangeError              a runtime change (admin API) is refused; carries an HTTP status
 
 Each error says whether retrying the request on another backend is safe (`retry_safe`):
 a connect error is, because nothing reached the backend; the others are not in general.
@@ -74,3 +75,13 @@ class ClientError(UsherError):
         self.status = status
         self.detail = detail
         super().__init__(f"{status}: {detail}")
+
+
+class ChangeError(UsherError):
+    """A runtime change is refused: unknown pool or backend (404), a duplicate (409), or a bad
+    value (400). `status` is the HTTP answer the admin API gives."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        self.status = status
+        self.detail = detail
+        super().__init__(detail)

@@ -1,20 +1,34 @@
-"""The running balancer: pools, routers and listeners built from a config; serve; drain."""
+"""The running balancer: pools, routers and listeners built from a config; serve, change, drain.
+
+Runtime changes (the admin API) and reloads go through here. A reload validates the whole new
+config first and changes nothing when it is bad; when it is good, listeners that did not change
+keep their sockets (and take new routes, limits and certificates), pools keep the live state of
+the backends that remain, and removed backends drain before they go.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import ssl
-from dataclasses import dataclass
+import contextlib
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from usher.clock import Clock, MonotonicClock
-from usher.config import Config
-from usher.errors import ConfigError, ConfigIssue, UsherError
+from usher.config import BackendConfig, Config, HostPort, Listener, load_config
+from usher.errors import ChangeError, ConfigError, ConfigIssue, UsherError
 from usher.health import HealthChecker
 from usher.http.proxy import HttpListener
 from usher.logs import AccessLog
-from usher.pool import Pool, build_pools
+from usher.metrics import Metrics, build_registry
+from usher.pool import Backend, Pool, State
 from usher.routing import Router
-from usher.tls import server_context
+from usher.tls import ServerTls
+
+if TYPE_CHECKING:
+    import uvicorn
 
 # How long SIGTERM waits for in-flight requests before cutting them.
 DEFAULT_DRAIN_TIMEOUT = 30.0
@@ -39,6 +53,28 @@ class Bound:
         return f"{self.scheme}://{host}:{self.port}"
 
 
+@dataclass
+class ReloadReport:
+    """What a reload changed, for the log and the admin API."""
+
+    listeners_kept: list[str] = field(default_factory=list)
+    listeners_added: list[str] = field(default_factory=list)
+    listeners_removed: list[str] = field(default_factory=list)
+    pools_added: list[str] = field(default_factory=list)
+    pools_removed: list[str] = field(default_factory=list)
+    backends_added: list[str] = field(default_factory=list)
+    backends_draining: list[str] = field(default_factory=list)
+    overwritten: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {k: list(v) for k, v in self.__dict__.items()}
+
+
+def _same_socket(old: Listener, new: Listener) -> bool:
+    return old.bind == new.bind and old.protocol == new.protocol
+
+
 class Balancer:
     """Everything one config describes. Building it checks what the model alone cannot
     (certificates load); nothing binds a socket until `start()`."""
@@ -51,80 +87,158 @@ class Balancer:
         access_log: AccessLog | None = None,
         seed: int = 0,
         reuse_port: bool = False,
+        config_path: str | Path | None = None,
     ) -> None:
         self.config = config
+        self.config_path = Path(config_path) if config_path is not None else None
         self.clock = clock or MonotonicClock()
         self.access_log = access_log or AccessLog(enabled=False)
+        self.seed = seed
         self.reuse_port = reuse_port
-        self.pools: dict[str, Pool] = build_pools(config.pools.items(), self.clock, seed=seed)
+        self.pools: dict[str, Pool] = {
+            name: Pool(name, cfg, self.clock, seed=seed) for name, cfg in config.pools.items()
+        }
+        self.metrics = Metrics()
+        # Read through lambdas: a reload replaces the pools and listeners.
+        self.registry = build_registry(
+            self.metrics,
+            lambda: self.pools,
+            lambda: {name: len(lst.connections) for name, lst in self.listeners.items()},
+        )
         # Active checks and agent polls, one task per backend; idle for pools without them.
-        self.checkers = {name: HealthChecker(pool, self.clock) for name, pool in self.pools.items()}
-        self.listeners: list[HttpListener] = []
-        self._ssl: dict[str, ssl.SSLContext] = {}
+        self.checkers = {name: self._checker(pool) for name, pool in self.pools.items()}
+        self._tls = self._load_tls(config)
+        self.listeners: dict[str, HttpListener] = {
+            lc.name: self._listener(lc) for lc in config.listeners
+        }
+        self._servers: dict[str, asyncio.Server] = {}
+        self.bound: dict[str, Bound] = {}
+        self.runtime_changes: list[tuple[str, str, str]] = []  # (pool, address, what)
+        self._background: set[asyncio.Task[Any]] = set()
+        self._admin: uvicorn.Server | None = None
+        self._admin_task: asyncio.Task[Any] | None = None
+        self.admin_url: str | None = None
+
+    def _load_tls(self, config: Config) -> dict[str, ServerTls]:
+        tls: dict[str, ServerTls] = {}
         issues: list[ConfigIssue] = []
         for i, lc in enumerate(config.listeners):
-            router = Router(lc.effective_routes(), self.pools)
-            self.listeners.append(
-                HttpListener(lc, router, clock=self.clock, access_log=self.access_log)
-            )
             if lc.protocol == "https" and lc.tls is not None:
                 try:
-                    self._ssl[lc.name] = server_context(lc.tls, f"listeners[{i}].tls")
+                    tls[lc.name] = ServerTls(lc.tls, f"listeners[{i}].tls")
                 except ConfigError as exc:
                     issues.extend(exc.issues)
         if issues:
             raise ConfigError(issues)
-        self._servers: list[asyncio.Server] = []
-        self.bound: dict[str, Bound] = {}
+        return tls
+
+    def _listener(self, lc: Listener) -> HttpListener:
+        router = Router(lc.effective_routes(), self.pools)
+        return HttpListener(
+            lc, router, clock=self.clock, access_log=self.access_log, metrics=self.metrics
+        )
+
+    def _checker(self, pool: Pool) -> HealthChecker:
+        name = pool.name
+        metrics = self.metrics
+
+        def counted(backend: Backend, ok: bool, detail: str, at: float) -> None:
+            metrics.health_check(name, backend.label, ok)
+
+        return HealthChecker(pool, self.clock, on_result=counted)
+
+    # Serving
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         for checker in self.checkers.values():
             checker.start()
         try:
-            for listener in self.listeners:
-                lc = listener.config
-                try:
-                    server = await loop.create_server(
-                        listener,
-                        lc.bind.host,
-                        lc.bind.port,
-                        ssl=self._ssl.get(lc.name),
-                        backlog=1024,
-                        reuse_port=self.reuse_port or None,
-                    )
-                except OSError as exc:
-                    raise BindError(
-                        f"listener {lc.name}: cannot listen on {lc.bind}: {exc.strerror or exc}"
-                    ) from exc
-                self._servers.append(server)
-                sockname = server.sockets[0].getsockname()
-                self.bound[lc.name] = Bound(lc.name, sockname[0], sockname[1], lc.protocol)
+            for listener in self.listeners.values():
+                await self._serve(listener)
+            if self.config.admin is not None:
+                await self._start_admin()
         except BindError:
             await self.stop(timeout=0)
             raise
 
+    async def _serve(self, listener: HttpListener) -> None:
+        server, bound = await self._bind(listener)
+        self._servers[listener.name] = server
+        self.bound[listener.name] = bound
+
+    async def _bind(self, listener: HttpListener) -> tuple[asyncio.Server, Bound]:
+        lc = listener.config
+        loop = asyncio.get_running_loop()
+        tls = self._tls.get(lc.name)
+        try:
+            server = await loop.create_server(
+                listener,
+                lc.bind.host,
+                lc.bind.port,
+                ssl=tls.context if tls is not None else None,
+                backlog=1024,
+                reuse_port=self.reuse_port or None,
+            )
+        except OSError as exc:
+            raise BindError(
+                f"listener {lc.name}: cannot listen on {lc.bind}: {exc.strerror or exc}"
+            ) from exc
+        sockname = server.sockets[0].getsockname()
+        return server, Bound(lc.name, sockname[0], sockname[1], lc.protocol)
+
+    async def _start_admin(self) -> None:
+        import uvicorn
+
+        from usher.admin.api import create_app
+
+        admin = self.config.admin
+        assert admin is not None
+        family = socket.AF_INET6 if ":" in admin.bind.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((admin.bind.host, admin.bind.port))
+        except OSError as exc:
+            sock.close()
+            raise BindError(f"admin: cannot listen on {admin.bind}: {exc.strerror or exc}") from exc
+        host, port = sock.getsockname()[:2]
+        self.admin_url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        config = uvicorn.Config(
+            create_app(self), log_level="warning", access_log=False, lifespan="off"
+        )
+        self._admin = uvicorn.Server(config)
+        self._admin_task = asyncio.create_task(self._admin.serve(sockets=[sock]))
+        while not self._admin.started and not self._admin_task.done():
+            await asyncio.sleep(0.01)
+
     async def stop(self, timeout: float = DEFAULT_DRAIN_TIMEOUT) -> None:
         """Stop accepting, let in-flight requests finish (up to `timeout`), then close all."""
-        for server in self._servers:
+        for server in self._servers.values():
             server.close()
-        for listener in self.listeners:
+        for listener in self.listeners.values():
             listener.drain()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while any(listener.connections for listener in self.listeners) and loop.time() < deadline:
+        while any(lst.connections for lst in self.listeners.values()) and loop.time() < deadline:
             await asyncio.sleep(0.02)
-        for listener in self.listeners:
+        for listener in self.listeners.values():
             for conn in list(listener.connections):
                 conn.abort()
         for pool in self.pools.values():
             for backend in pool.backends:
                 backend.close_idle()
-        for server in self._servers:
+        for server in self._servers.values():
             await server.wait_closed()
         self._servers.clear()
         for checker in self.checkers.values():
             await checker.stop()
+        for task in list(self._background):
+            task.cancel()
+        if self._admin is not None and self._admin_task is not None:
+            self._admin.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._admin_task
+            self._admin = None
 
     async def __aenter__(self) -> Balancer:
         await self.start()
@@ -132,3 +246,261 @@ class Balancer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop(timeout=1.0)
+
+    # Views
+
+    def wall_offset(self) -> float:
+        """What turns the balancer clock's readings into wall-clock times (for the API)."""
+        return time.time() - self.clock.now()
+
+    def describe(self) -> dict[str, Any]:
+        offset = self.wall_offset()
+        return {
+            "listeners": [
+                {
+                    "name": name,
+                    "protocol": listener.config.protocol,
+                    "bind": str(listener.config.bind),
+                    "url": self.bound[name].url if name in self.bound else None,
+                    "connections": len(listener.connections),
+                }
+                for name, listener in self.listeners.items()
+            ],
+            "pools": {name: pool.describe(offset) for name, pool in self.pools.items()},
+        }
+
+    def pool(self, name: str) -> Pool:
+        pool = self.pools.get(name)
+        if pool is None:
+            raise ChangeError(404, f"no pool {name!r} (known: {', '.join(sorted(self.pools))})")
+        return pool
+
+    def backend(self, pool_name: str, address: str) -> tuple[Pool, Backend]:
+        pool = self.pool(pool_name)
+        backend = pool.find(address)
+        if backend is None:
+            raise ChangeError(404, f"no backend {address} in pool {pool_name}")
+        return pool, backend
+
+    # Runtime changes (the admin API)
+
+    def add_backend(
+        self,
+        pool_name: str,
+        address: str,
+        *,
+        weight: int = 1,
+        backup: bool = False,
+        max_connections: int | None = None,
+    ) -> Backend:
+        pool = self.pool(pool_name)
+        try:
+            config = BackendConfig.model_validate(
+                {
+                    "address": address,
+                    "weight": weight,
+                    "backup": backup,
+                    "max_connections": max_connections,
+                }
+            )
+        except ValueError as exc:
+            raise ChangeError(400, _first_error(exc)) from None
+        if pool.find(str(config.address)) is not None:
+            raise ChangeError(409, f"backend {config.address} is already in pool {pool_name}")
+        backend = pool.add_backend(config)
+        self.checkers[pool_name].add_backend(backend)
+        self.runtime_changes.append((pool_name, backend.label, "added"))
+        return backend
+
+    def update_backend(
+        self, pool_name: str, address: str, *, weight: int | None = None, state: str | None = None
+    ) -> Backend:
+        pool, backend = self.backend(pool_name, address)
+        if weight is not None:
+            if weight <= 0:
+                raise ChangeError(400, f"weight must be > 0 (got {weight})")
+            pool.set_weight(backend, weight)
+            self.runtime_changes.append((pool_name, backend.label, f"weight {weight}"))
+        if state is not None:
+            if state not in ("enabled", "draining", "disabled"):
+                raise ChangeError(
+                    400, f"state must be enabled, draining or disabled (got {state!r})"
+                )
+            if state == "draining":
+                pool.set_state(backend, "draining", "draining")  # visible in this very answer
+                self._spawn(pool.drain(backend))
+            else:
+                target: State = "enabled" if state == "enabled" else "disabled"
+                pool.set_state(backend, target)
+        return backend
+
+    async def remove_backend(
+        self, pool_name: str, address: str, *, timeout: float | None = None
+    ) -> bool:
+        """Drain the backend, then remove it; returns whether it drained before the timeout."""
+        pool, backend = self.backend(pool_name, address)
+        self.runtime_changes.append((pool_name, backend.label, "removed"))
+        clean = await pool.drain(backend, timeout=timeout, remove=True)
+        self.checkers[pool_name].remove_backend(backend)
+        return clean
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # Reload
+
+    async def reload(self, config: Config | None = None) -> ReloadReport:
+        """Apply a new config (default: re-read the file). Raises ConfigError when it is
+        invalid and BindError when a new listener cannot bind: either way nothing changes."""
+        if config is None:
+            if self.config_path is None:
+                raise ChangeError(400, "this balancer was not started from a config file")
+            config = load_config(self.config_path)
+        report = ReloadReport()
+        new_tls = self._load_tls(config)  # a certificate that fails to load stops us here
+        old_by_name = {lc.name: self._as_bound(lc) for lc in self.config.listeners}
+        old_configured = {lc.name: lc for lc in self.config.listeners}
+        kept = {
+            lc.name
+            for lc in config.listeners
+            if lc.name in old_by_name
+            and (
+                _same_socket(old_by_name[lc.name], lc)  # the port it got
+                or _same_socket(old_configured[lc.name], lc)  # port 0 again: keep it
+            )
+        }
+        # New sockets are bound before anything else changes, so a port in use changes nothing.
+        fresh: dict[str, tuple[HttpListener, asyncio.Server, Bound]] = {}
+        old_tls, self._tls = self._tls, {**self._tls, **new_tls}
+        try:
+            for lc in config.listeners:
+                if lc.name not in kept:
+                    listener = HttpListener(
+                        lc,
+                        Router([], {}),
+                        clock=self.clock,
+                        access_log=self.access_log,
+                        metrics=self.metrics,
+                    )
+                    server, bound = await self._bind(listener)
+                    fresh[lc.name] = (listener, server, bound)
+        except BindError:
+            self._tls = old_tls
+            for _, server, _ in fresh.values():
+                server.close()
+            raise
+        # Pools next: every listener's router points at them.
+        for name, pool_config in config.pools.items():
+            pool = self.pools.get(name)
+            if pool is None:
+                self.pools[name] = Pool(name, pool_config, self.clock, seed=self.seed)
+                report.pools_added.append(name)
+                continue
+            before = {b.label for b in pool.backends}
+            for backend in pool.reconfigure(pool_config):
+                report.backends_draining.append(f"{name}/{backend.label}")
+                self._spawn(self._drain_out(name, backend))
+            report.backends_added += [
+                f"{name}/{b.label}" for b in pool.backends if b.label not in before
+            ]
+        for name in [n for n in self.pools if n not in config.pools]:
+            report.pools_removed.append(name)
+            self._spawn(self._retire_pool(self.pools.pop(name)))
+        self._restart_checkers()
+        report.overwritten = self._overwritten(config)
+        self.runtime_changes.clear()
+        # Listeners: those whose address did not change keep their socket and connections.
+        old_listeners, self.listeners = self.listeners, {}
+        for index, lc in enumerate(config.listeners):
+            router = Router(lc.effective_routes(), self.pools)
+            if lc.name in kept:
+                listener = old_listeners.pop(lc.name)
+                listener.apply(lc, router)
+                if lc.tls is not None and lc.name in old_tls:
+                    old_tls[lc.name].update(lc.tls, f"listeners[{index}].tls")
+                    self._tls[lc.name] = old_tls[lc.name]
+                report.listeners_kept.append(lc.name)
+            else:
+                listener = fresh[lc.name][0]
+                listener.apply(lc, router)
+                report.listeners_added.append(lc.name)
+            self.listeners[lc.name] = listener
+        for name, listener in old_listeners.items():
+            old_server = self._servers.pop(name, None)
+            if old_server is not None:
+                old_server.close()
+            self.bound.pop(name, None)
+            listener.drain()
+            if name not in fresh:
+                report.listeners_removed.append(name)
+        for name, (_, server, bound) in fresh.items():
+            self._servers[name] = server
+            self.bound[name] = bound
+        self._tls = {name: tls for name, tls in self._tls.items() if name in self.listeners}
+        if config.admin != self.config.admin:
+            report.notes.append("admin settings change at the next restart")
+        self.config = config
+        return report
+
+    def _as_bound(self, lc: Listener) -> Listener:
+        """A listener config with the port it actually got, when it asked for port 0."""
+        bound = self.bound.get(lc.name)
+        if lc.bind.port != 0 or bound is None:
+            return lc
+        return lc.model_copy(update={"bind": HostPort(lc.bind.host, bound.port)})
+
+    def _restart_checkers(self) -> None:
+        """New checkers for the reloaded pools; each starts from its backends' current health."""
+        for name in list(self.checkers):
+            self._spawn(self.checkers.pop(name).stop())
+        for name, pool in self.pools.items():
+            checker = self._checker(pool)
+            self.checkers[name] = checker
+            checker.start()
+
+    def _overwritten(self, config: Config) -> list[str]:
+        """Runtime changes the new file does not keep (it is the new truth)."""
+        lost: list[str] = []
+        for pool_name, address, what in self.runtime_changes:
+            pool_config = config.pools.get(pool_name)
+            in_file = None
+            if pool_config is not None:
+                in_file = next((b for b in pool_config.backends if str(b.address) == address), None)
+            if what == "added" and in_file is None:
+                lost.append(f"{pool_name}/{address}: added at runtime, not in the file: removed")
+            elif what == "removed" and in_file is not None:
+                lost.append(f"{pool_name}/{address}: removed at runtime, in the file: back")
+            elif (
+                what.startswith("weight ")
+                and in_file is not None
+                and in_file.weight != int(what.split()[1])
+            ):
+                lost.append(
+                    f"{pool_name}/{address}: {what} at runtime, {in_file.weight} in the file"
+                )
+        return lost
+
+    async def _drain_out(self, pool_name: str, backend: Backend) -> None:
+        pool = self.pools.get(pool_name)
+        if pool is None:
+            return
+        await pool.drain(backend, remove=True)
+        checker = self.checkers.get(pool_name)
+        if checker is not None:
+            checker.remove_backend(backend)
+
+    async def _retire_pool(self, pool: Pool) -> None:
+        await asyncio.gather(*(pool.drain(b) for b in list(pool.backends)))
+        for backend in pool.backends:
+            backend.close_idle()
+
+
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        for error in errors():
+            where = ".".join(str(p) for p in error.get("loc", ()))
+            return f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg"))
+    return str(exc)

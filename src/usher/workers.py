@@ -16,9 +16,10 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 
 from usher.config import Config, HostPort, Listener
-from usher.errors import UsherError
+from usher.errors import ConfigError, ConfigIssue, UsherError
 from usher.logs import AccessLog, LogFormat
 from usher.server import Balancer, BindError
 
@@ -28,19 +29,29 @@ LOG_FLUSH_INTERVAL = 1.0
 
 
 def run_balancer(
-    config: Config, *, workers: int = 1, log_format: str = "text", access_log: bool = True
+    config: Config,
+    *,
+    workers: int = 1,
+    log_format: str = "text",
+    access_log: bool = True,
+    config_path: Path | None = None,
 ) -> None:
     fmt: LogFormat = "json" if log_format == "json" else "text"
     Balancer(config)  # certificates load here, once, so a bad one is a config error (exit 1)
+    log = AccessLog(enabled=access_log, format=fmt)
     if workers <= 1:
         _install_uvloop()
-        asyncio.run(
-            _serve(config, AccessLog(enabled=access_log, format=fmt), seed=0, reuse_port=False)
-        )
+        asyncio.run(_serve(config, log, seed=0, reuse_port=False, config_path=config_path))
         return
+    if config.admin is not None:
+        # Each worker keeps its own pools until the control process shares them: an admin API
+        # in one worker would change a fraction of the traffic and report a fraction of it.
+        raise ConfigError(
+            [ConfigIssue("admin", "the admin API needs --workers 1 for now (one process)")]
+        )
     config, reserved = _reserve_ports(config)
     try:
-        _supervise(config, workers, AccessLog(enabled=access_log, format=fmt))
+        _supervise(config, workers, log, config_path)
     finally:
         for sock in reserved:
             sock.close()
@@ -52,16 +63,36 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _serve(config: Config, access_log: AccessLog, *, seed: int, reuse_port: bool) -> None:
-    balancer = Balancer(config, access_log=access_log, seed=seed, reuse_port=reuse_port)
+async def _serve(
+    config: Config,
+    access_log: AccessLog,
+    *,
+    seed: int,
+    reuse_port: bool,
+    config_path: Path | None,
+) -> None:
+    balancer = Balancer(
+        config, access_log=access_log, seed=seed, reuse_port=reuse_port, config_path=config_path
+    )
     await balancer.start()
     for bound in balancer.bound.values():
         print(f"usher: listener {bound.name} on {bound.url}", file=sys.stderr, flush=True)
+    if balancer.admin_url is not None:
+        print(
+            f"usher: admin API and dashboard on {balancer.admin_url}", file=sys.stderr, flush=True
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, _refuse_reload)
+    reloading: set[asyncio.Task[None]] = set()
+
+    def on_sighup() -> None:
+        task = loop.create_task(_reload(balancer))
+        reloading.add(task)
+        task.add_done_callback(reloading.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     flusher = loop.create_task(_flush_logs())
     await stop.wait()
     print("usher: draining", file=sys.stderr, flush=True)
@@ -70,14 +101,15 @@ async def _serve(config: Config, access_log: AccessLog, *, seed: int, reuse_port
     sys.stdout.flush()
 
 
-def _refuse_reload() -> None:
-    # SIGHUP's default action would kill the balancer mid-request. Until hot reload exists,
-    # the signal is refused out loud instead.
-    print(
-        "usher: SIGHUP ignored: hot reload is not available yet; restart to apply a new config",
-        file=sys.stderr,
-        flush=True,
-    )
+async def _reload(balancer: Balancer) -> None:
+    """SIGHUP: re-read the config file; a bad one is reported and the running config stays."""
+    try:
+        report = await balancer.reload()
+    except UsherError as exc:
+        print(f"usher: reload refused, still running the previous config:\n{exc}", file=sys.stderr)
+        return
+    changes = ", ".join(f"{k}: {', '.join(v)}" for k, v in report.as_dict().items() if v)
+    print(f"usher: reloaded ({changes or 'no changes'})", file=sys.stderr, flush=True)
 
 
 async def _flush_logs() -> None:
@@ -113,7 +145,7 @@ def _reserve_ports(config: Config) -> tuple[Config, list[socket.socket]]:
     return config.model_copy(update={"listeners": listeners}), reserved
 
 
-def _supervise(config: Config, count: int, access_log: AccessLog) -> None:
+def _supervise(config: Config, count: int, access_log: AccessLog, config_path: Path | None) -> None:
     children: dict[int, int] = {}  # pid -> worker number
     started: dict[int, float] = {}
     stopping = False
@@ -125,9 +157,14 @@ def _supervise(config: Config, count: int, access_log: AccessLog) -> None:
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
-                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the parent speaks for all
+                # Ignored until the worker's loop takes SIGHUP over (a reload of its own).
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
                 _install_uvloop()
-                asyncio.run(_serve(config, access_log, seed=number, reuse_port=True))
+                asyncio.run(
+                    _serve(
+                        config, access_log, seed=number, reuse_port=True, config_path=config_path
+                    )
+                )
             except UsherError as exc:
                 print(f"usher worker {number}: {exc}", file=sys.stderr, flush=True)
                 code = 2
@@ -148,7 +185,13 @@ def _supervise(config: Config, count: int, access_log: AccessLog) -> None:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGHUP, lambda _signum, _frame: _refuse_reload())
+
+    def reload_all(_signum: int, _frame: object) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+
+    signal.signal(signal.SIGHUP, reload_all)
     for number in range(count):
         spawn(number)
     while children:

@@ -37,6 +37,7 @@ from usher.http.headers import (
 )
 from usher.http.upstream import PendingConnect, UpstreamConnection, release, take_idle
 from usher.logs import AccessLog, AccessRecord
+from usher.metrics import Metrics
 from usher.pool import Backend, Pool, Selection
 
 if TYPE_CHECKING:
@@ -56,6 +57,18 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 NO_BODY_STATUSES = frozenset({204, 304})
 # nginx's convention for "the client closed the connection before the answer".
 CLIENT_CLOSED = 499
+# usher_rejected_total{reason} for the answers usher gives itself.
+REJECTION_REASONS = {
+    400: "bad_request",
+    405: "bad_request",
+    505: "bad_request",
+    408: "timeout",
+    413: "too_large",
+    414: "too_large",
+    431: "too_large",
+    404: "no_route",
+    503: "no_backend",
+}
 
 
 class HttpListener:
@@ -68,22 +81,27 @@ class HttpListener:
         *,
         clock: Clock,
         access_log: AccessLog,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics or Metrics()
         self.name = config.name
         self.router = router
         self.clock = clock
         self.access_log = access_log
-        limits = config.limits
-        self.limits = HeadLimits(
-            max_header_size=limits.max_header_size,
-            max_request_line=limits.max_request_line,
-            max_headers=limits.max_headers,
-            max_body_size=limits.max_body_size,
-        )
+        self.limits = _head_limits(config)
         self.timeouts = config.timeouts
         self.scheme = b"https" if config.protocol == "https" else b"http"
         self.connections: set[ClientConnection] = set()
+        self.draining = False
+
+    def apply(self, config: ListenerConfig, router: Router) -> None:
+        """A reload: new routes, limits and timeouts for the next requests and connections;
+        open connections keep going."""
+        self.config = config
+        self.router = router
+        self.limits = _head_limits(config)
+        self.timeouts = config.timeouts
         self.draining = False
 
     def __call__(self) -> ClientConnection:
@@ -95,6 +113,16 @@ class HttpListener:
         for conn in list(self.connections):
             if conn.exchange is None:
                 conn.close()
+
+
+def _head_limits(config: ListenerConfig) -> HeadLimits:
+    limits = config.limits
+    return HeadLimits(
+        max_header_size=limits.max_header_size,
+        max_request_line=limits.max_request_line,
+        max_headers=limits.max_headers,
+        max_body_size=limits.max_body_size,
+    )
 
 
 class ClientConnection(asyncio.Protocol):
@@ -151,6 +179,7 @@ class ClientConnection(asyncio.Protocol):
         self._arm_read_timer(self.listener.timeouts.header)
 
     def data_received(self, data: bytes) -> None:
+        self.listener.metrics.bytes(self.listener.name, "in", len(data))
         if self.tunnel is not None:
             self.tunnel.write(data)
             if self.exchange is not None:
@@ -268,10 +297,13 @@ class ClientConnection(asyncio.Protocol):
         if exchange is not None and not exchange.finished:
             exchange.client_refused(exc)
             return
-        record = AccessRecord.now(self.client_ip, b"-", b"-", self.listener.name)
-        self.send_error(exc.status, exc.detail, keep_alive=False)
-        record.finish(exc.status, 0, None, None, 0.0)
-        self.listener.access_log.write(record)
+        listener = self.listener
+        record = AccessRecord.now(self.client_ip, b"-", b"-", listener.name)
+        sent = self.send_error(exc.status, exc.detail, keep_alive=False)
+        record.finish(exc.status, sent, None, None, 0.0)
+        listener.access_log.write(record)
+        listener.metrics.request(listener.name, None, None, exc.status, 0.0)
+        listener.metrics.rejected(listener.name, REJECTION_REASONS.get(exc.status, "bad_request"))
         self.close()
 
     # Output
@@ -398,6 +430,7 @@ class Exchange:
         "set_cookie",
         "status",
         "t_attempt",
+        "t_connect",
         "t_start",
         "tunnel_tail",
         "upstream_head",
@@ -431,6 +464,7 @@ class Exchange:
         self.last_error: Exception | None = None
         self.reused = False
         self.t_attempt = 0.0
+        self.t_connect = 0.0
         self.upstream_time: float | None = None
         self.set_cookie: bytes | None = None
         self.retried_status = 0
@@ -543,6 +577,7 @@ class Exchange:
 
     def _connect(self, backend: Backend) -> None:
         assert self.pool is not None
+        self.t_connect = time.perf_counter()
         self.pending = PendingConnect(
             self.client.loop, backend, self.pool.config.timeouts.connect, self._connected
         )
@@ -557,6 +592,10 @@ class Exchange:
             assert exc is not None
             self._attempt_failed(exc)
             return
+        if self.pool is not None and self.backend is not None:
+            self.client.listener.metrics.connect(
+                self.pool.name, self.backend.label, time.perf_counter() - self.t_connect
+            )
         self._attach(conn, reused=False)
 
     def _attach(self, conn: UpstreamConnection, *, reused: bool) -> None:
@@ -590,6 +629,8 @@ class Exchange:
         pool.on_finish(backend, time.perf_counter() - self.t_attempt, False, str(exc))
         self.last_error = exc
         if isinstance(exc, ConnectError) and not self.body_started:
+            if self.attempts_left > 0:
+                self.client.listener.metrics.retry(pool.name)
             self._attempt()
         elif isinstance(exc, UpstreamTimeout):
             self.respond_error(504, "the backend did not answer in time")
@@ -661,6 +702,11 @@ class Exchange:
         self._abort_upstream()
         if not self.response_done:
             self.status = CLIENT_CLOSED
+            # The answer never came: this says nothing of the backend.
+            pool, backend = self.pool, self.backend
+            if pool is not None and backend is not None:
+                self.backend = None
+                pool.on_abandon(backend)
         self._finish(True, close=True)
 
     def client_pause_writing(self) -> None:
@@ -759,6 +805,7 @@ class Exchange:
         pool.on_finish(backend, time.perf_counter() - self.t_attempt, True)
         self.last_error = UpstreamError(f"status {response.status}")
         self.retried_status = response.status
+        self.client.listener.metrics.retry(pool.name)
         self._attempt()
         return True
 
@@ -865,6 +912,10 @@ class Exchange:
     # Answers made by usher itself
 
     def respond_error(self, status: int, detail: str) -> None:
+        listener = self.client.listener
+        if status in (404, 503) or 400 <= status < 500:
+            reason = REJECTION_REASONS.get(status, "bad_request")
+            listener.metrics.rejected(listener.name, reason)
         self.status = status
         if not self.request_done or self.request.upgrade is not None:
             self.keep_alive = False
@@ -899,7 +950,7 @@ class Exchange:
         self.tunnel_tail = []
         client.unblock(BLOCK_UPGRADE)
         self.upstream_time = time.perf_counter() - self.t_attempt
-        self._log()
+        self._record()
         self._arm_read_timeout()  # now the tunnel's idle limit (timeouts.tunnel)
 
     # Timeouts toward the backend
@@ -1016,26 +1067,30 @@ class Exchange:
         pool, backend = self.pool, self.backend
         if pool is not None and backend is not None:
             self.backend = None
-            pool.on_finish(backend, time.perf_counter() - self.t_attempt, ok)
+            # A tunnel's latency is its handshake, not the life of the WebSocket.
+            tunnel = self.status == 101 and self.upstream_time is not None
+            latency = self.upstream_time if tunnel else time.perf_counter() - self.t_attempt
+            pool.on_finish(backend, latency or 0.0, ok)
         if self.request.upgrade is None or self.status != 101:
-            self._log()
+            self._record()
         if client.exchange is self:
             client.exchange_done(self.keep_alive and not close)
 
-    def _log(self) -> None:
-        access_log = self.client.listener.access_log
+    def _record(self) -> None:
+        """Count the request in the metrics and write its access-log line."""
+        listener = self.client.listener
+        duration = time.perf_counter() - self.t_start
+        pool = self.pool.name if self.pool is not None else None
+        tried = self.selection.tried if self.selection is not None else None
+        backend = tried[-1].label if tried else None
+        metrics = listener.metrics
+        metrics.request(listener.name, pool, backend, self.status, duration)
+        metrics.bytes(listener.name, "out", self.bytes_out)
+        access_log = listener.access_log
         if not access_log.enabled:
             return
         record = self.record
-        backend = (
-            self.selection.tried[-1].label if self.selection and self.selection.tried else None
-        )
         record.finish(
-            self.status,
-            self.bytes_out,
-            self.pool.name if self.pool is not None else None,
-            backend,
-            time.perf_counter() - self.t_start,
-            upstream_time=self.upstream_time,
+            self.status, self.bytes_out, pool, backend, duration, upstream_time=self.upstream_time
         )
         access_log.write(record)
