@@ -3,8 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v p
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-
-.PHONY: demo test lint fmt docs bench clean
+.PHONY: demo test lint fmt docs clean system-tools bench-algorithms bench-failover
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +16,18 @@ $(STAMP): $(BIN)/python pyproject.toml
 demo: $(STAMP)
 	$(BIN)/usher demo
 
-test: $(STAMP)
+# System tools the tests drive: Debian's Chromium (the dashboard's browser test) and promtool.
+system-tools:
+	@missing=""; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -x /usr/bin/promtool ] || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing (apt-get)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+test: $(STAMP) system-tools
 	$(BIN)/python -m pytest -q
 	$(BIN)/python scripts/gen_config_reference.py --check
 
@@ -29,6 +39,12 @@ lint: $(STAMP)
 fmt: $(STAMP)
 	$(BIN)/ruff format src tests scripts
 	$(BIN)/ruff check --fix src tests scripts
+
+bench-algorithms: $(STAMP)
+	$(BIN)/python bench/algorithms.py
+
+bench-failover: $(STAMP)
+	$(BIN)/python bench/failover.py
 
 docs: $(STAMP)
 	$(BIN)/python scripts/gen_config_reference.py

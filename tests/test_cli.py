@@ -191,19 +191,34 @@ def test_demo_end_to_end(processes):
     assert "curl" in out
 
 
-def test_sighup_does_not_kill_the_balancer(tmp_path: Path, processes):
-    backend_port, lb_port = free_port(), free_port()
-    cfg = one_pool_config(tmp_path / "usher.yaml", lb_port, backend_port)
-    lb = spawn(processes, "run", "-c", str(cfg))
-    wait_for_port(lb_port)
-    lb.send_signal(signal.SIGHUP)
-    time.sleep(0.3)
-    assert lb.poll() is None
-    wait_for_port(lb_port)
+def test_sighup_reloads_the_config_and_a_bad_file_changes_nothing(tmp_path: Path, processes):
+    a_port, b_port, lb_port = free_port(), free_port(), free_port()
+    spawn(processes, "backend", "--port", str(a_port), "--name", "A")
+    spawn(processes, "backend", "--port", str(b_port), "--name", "B")
+    cfg = one_pool_config(tmp_path / "usher.yaml", lb_port, a_port)
+    lb = spawn(processes, "run", "-c", str(cfg), "--no-access-log")
+    for port in (a_port, b_port, lb_port):
+        wait_for_port(port)
+    url = f"http://127.0.0.1:{lb_port}/"
+    with httpx.Client() as client:
+        assert {client.get(url).text for _ in range(4)} == {"A\n"}
+        one_pool_config(cfg, lb_port, b_port)  # now the pool is B alone
+        lb.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while client.get(url).text != "B\n" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert {client.get(url).text for _ in range(4)} == {"B\n"}
+        cfg.write_text("listeners: [{name: web, bind: nowhere}]\n")  # broken
+        lb.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert lb.poll() is None
+        assert {client.get(url).text for _ in range(4)} == {"B\n"}
     lb.send_signal(signal.SIGTERM)
     _, err = lb.communicate(timeout=15)
     assert lb.returncode == 0
-    assert "SIGHUP ignored" in err
+    assert "usher: reloaded" in err
+    assert "reload refused, still running the previous config" in err
+    assert "listeners[0].bind" in err
 
 
 def test_a_bad_certificate_is_exit_1_with_workers_too(tmp_path: Path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import sys
 from enum import StrEnum
@@ -67,6 +68,13 @@ def _load(path: Path) -> Config:
         raise _fail(EXIT_BAD_INPUT, str(exc)) from None
 
 
+def _install_logging() -> None:
+    # State changes of backends, reloads and warnings: one timestamped line each, on stderr.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s usher: %(message)s", stream=sys.stderr
+    )
+
+
 def _install_loop() -> None:
     import uvloop
 
@@ -82,12 +90,19 @@ def run(
     log_format: Annotated[LogFormat, typer.Option(help="Access log format.")] = LogFormat.text,
     access_log: Annotated[bool, typer.Option(help="Write one line per request.")] = True,
 ) -> None:
-    """Serve a config. SIGTERM (or Ctrl-C) drains in-flight requests and exits."""
+    """Serve a config. SIGHUP reloads it; SIGTERM (or Ctrl-C) drains and exits."""
     cfg = _load(config)
     from usher.workers import run_balancer
 
+    _install_logging()
     try:
-        run_balancer(cfg, workers=workers, log_format=log_format.value, access_log=access_log)
+        run_balancer(
+            cfg,
+            workers=workers,
+            log_format=log_format.value,
+            access_log=access_log,
+            config_path=config,
+        )
     except ConfigError as exc:
         raise _fail(EXIT_BAD_INPUT, str(exc)) from None
     except UsherError as exc:
@@ -135,6 +150,7 @@ def demo(
     if print_config:
         sys.stdout.write(SAMPLE_CONFIG_TEXT)
         return
+    _install_logging()
     _install_loop()
     try:
         asyncio.run(run_demo(port=port, log_format=log_format.value, console=out))
@@ -156,7 +172,7 @@ def backend(
         float, typer.Option(help="Fraction of requests answered 500.", min=0.0, max=1.0)
     ] = 0.0,
 ) -> None:
-    """Run one demo backend (GET /, /health, /headers, POST /echo, /bytes/N, WebSocket /ws)."""
+    """Run one demo backend (GET /, /health, /load, /headers, POST /echo, /bytes/N, /ws)."""
     from usher.backend import BackendOptions, start_backend
     from usher.config import parse_duration
 
@@ -183,6 +199,37 @@ def backend(
         raise _fail(
             EXIT_RUNTIME, f"cannot listen on {host}:{port}: {exc.strerror or exc}"
         ) from None
+
+
+@app.command()
+def status(
+    admin: Annotated[
+        str, typer.Option(help="URL of the balancer's admin API.")
+    ] = "http://127.0.0.1:9900",
+    token: Annotated[
+        str | None,
+        typer.Option(help="The admin API's token (admin.token).", envvar="USHER_ADMIN_TOKEN"),
+    ] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh until Ctrl-C.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON.")] = False,
+    interval: Annotated[str, typer.Option(help="Time between refreshes, e.g. 2s.")] = "2s",
+) -> None:
+    """Show the pools and backends of a running balancer, from its admin API."""
+    from usher.config import parse_duration
+    from usher.status import StatusError, show
+
+    try:
+        every = parse_duration(interval)
+    except ValueError as exc:
+        raise _fail(EXIT_BAD_INPUT, f"--interval: {exc}") from None
+    if every <= 0:
+        raise _fail(EXIT_BAD_INPUT, "--interval: must be > 0")
+    try:
+        show(out, admin, token=token, as_json=as_json, watch=watch, interval=every)
+    except StatusError as exc:
+        raise _fail(exc.exit_code, str(exc)) from None
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command()
