@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v p
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-.PHONY: demo test lint fmt docs clean system-tools bench-algorithms bench-failover
+.PHONY: demo test lint fmt docs screenshot clean system-tools bench-algorithms bench-failover
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ bench-failover: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/python scripts/gen_config_reference.py
+
+# Refreshes docs/dashboard.png, the README's picture, from the browser test.
+screenshot: $(STAMP) system-tools
+	USHER_SCREENSHOT=1 $(BIN)/pytest -q tests/admin/test_dashboard.py -k screenshot
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
