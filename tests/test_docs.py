@@ -1,4 +1,5 @@
-"""Config examples in the README and docs/ are valid configs: the docs cannot drift."""
+"""Config examples in the README and docs/ are valid configs, local links and anchors resolve,
+and the docs index lists every page: the docs cannot drift."""
 
 from __future__ import annotations
 
@@ -36,3 +37,40 @@ def test_readme_opens_with_the_two_commands() -> None:
         "make demo",
         "make test",
     ]
+
+
+def test_docs_index_lists_every_page() -> None:
+    index = (ROOT / "docs" / "README.md").read_text()
+    listed = set(re.findall(r"\]\(([\w.-]+\.md)\)", index))
+    pages = {p.name for p in (ROOT / "docs").glob("*.md")} - {"README.md"}
+    assert pages - listed == set(), "pages missing from docs/README.md"
+    assert listed - pages == set(), "docs/README.md lists pages that do not exist"
+
+
+FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    found = set()
+    for heading in re.findall(r"^#{1,6} (.+)$", FENCE.sub("", markdown), re.M):
+        found.add(re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-"))
+    return found
+
+
+def local_links() -> list[tuple[str, str]]:
+    found = []
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)\s]+)\)", FENCE.sub("", page.read_text())):
+            if not target.startswith(("http://", "https://", "mailto:")):
+                found.append((page.relative_to(ROOT).as_posix(), target))
+    return found
+
+
+@pytest.mark.parametrize(("page", "target"), local_links())
+def test_local_links_and_anchors_resolve(page: str, target: str) -> None:
+    path, _, anchor = target.partition("#")
+    linked = (ROOT / page).parent / path if path else ROOT / page
+    assert linked.exists(), f"{page}: link to missing {target}"
+    if anchor and linked.suffix == ".md":
+        assert anchor in _anchors(linked.read_text()), f"{page}: no heading for #{anchor}"
