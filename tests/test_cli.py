@@ -184,9 +184,14 @@ def test_demo_end_to_end(processes):
         api = client.get(f"http://127.0.0.1:{port}/api/headers").json()
     assert names == {"A", "B", "C"}
     assert ["X-Usher-Route", "api"] in api["headers"]
+    demo.send_signal(signal.SIGHUP)  # nothing to reload: said, and the demo goes on
+    time.sleep(0.2)
+    with httpx.Client() as client:
+        assert client.get(f"http://127.0.0.1:{port}/").status_code == 200
     demo.send_signal(signal.SIGINT)
     out, err = demo.communicate(timeout=15)
     assert demo.returncode == 0, err
+    assert "SIGHUP ignored" in out
     assert "backend=127.0.0.1:900" in out  # each request's log line names its backend
     assert "curl" in out
 

@@ -3,6 +3,7 @@ transitions, draining state, the retry budget."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -203,3 +204,26 @@ def test_retry_budget_allows_a_share_of_the_requests():
     for _ in range(100):
         budget.deposit()
     assert sum(budget.withdraw() for _ in range(100)) == 20
+
+
+async def test_drain_with_nothing_in_flight_is_clean_even_with_no_time_to_wait():
+    pool, _ = make_pool(2)
+    target = pool.backends[0]
+    assert await pool.drain(target, timeout=0) is True
+    assert target.state == "disabled"
+
+
+async def test_a_state_set_during_a_drain_ends_it_and_wins():
+    pool, clock = make_pool(2)
+    target = pool.backends[0]
+    pool.on_start(target)
+    drain = asyncio.create_task(pool.drain(target, timeout=30, remove=True))
+    await asyncio.sleep(0)
+    assert target.state == "draining"
+    pool.set_state(target, "enabled")
+    assert await asyncio.wait_for(drain, 1) is False  # a request is still in flight
+    assert target.state == "enabled"
+    assert target in pool.backends  # the removal was called off too
+    assert target.drained is None
+    pool.on_finish(target, 0.01, ok=True)
+    assert pool.backends[0].label in picks(pool, clock, 4)

@@ -17,6 +17,12 @@ SAMPLE_CONFIG_TEXT = files("usher").joinpath("sample.yaml").read_text(encoding="
 BACKEND_NAMES = "ABCDEFGHIJ"
 
 
+SIGHUP_MESSAGE = (
+    "usher demo: SIGHUP ignored: the demo runs the packaged config, there is no file to reload "
+    "(usher demo --print-config > usher.yaml, then usher run -c usher.yaml)"
+)
+
+
 async def run_demo(*, port: int = 8080, log_format: str = "text", console: Console) -> None:
     config = parse_config(SAMPLE_CONFIG_TEXT, "sample.yaml")
     listener = config.listeners[0]
@@ -63,6 +69,9 @@ async def run_demo(*, port: int = 8080, log_format: str = "text", console: Conso
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        # The demo's config is packaged, not a file: there is nothing to re-read, and a SIGHUP
+        # (a closing terminal) must not kill it without draining.
+        loop.add_signal_handler(signal.SIGHUP, lambda: console.print(SIGHUP_MESSAGE))
         await stop.wait()
     finally:
         await balancer.stop(timeout=2.0)

@@ -449,6 +449,8 @@ class Pool:
             self._start_ramp(backend, now)
         if state != "enabled":
             backend.close_idle()
+        if state != "draining" and backend.drained is not None:
+            backend.drained.set()  # a later command wins: the waiting drain ends, changing nothing
         self._changed(backend, before, reason)
 
     def set_weight(self, backend: Backend, weight: int) -> None:
@@ -480,18 +482,23 @@ class Pool:
     ) -> bool:
         """Stop new requests (and sticky pins) to `backend`, let in-flight ones finish for up
         to `timeout` (default: `drain_timeout`), then disable or remove it. Returns whether it
-        drained before the timeout."""
+        drained before the timeout.
+
+        A state set while it waits (enabled, disabled) wins: the drain ends at once and leaves
+        the backend as that command put it, in the pool."""
         limit = self.config.drain_timeout if timeout is None else timeout
         self.set_state(backend, "draining", "draining")
-        backend.drained = asyncio.Event()
-        if backend.active == 0:
-            backend.drained.set()
-        try:
-            await asyncio.wait_for(backend.drained.wait(), limit)
-            clean = True
-        except TimeoutError:
-            clean = False
-        backend.drained = None
+        backend.drained = drained = asyncio.Event()
+        clean = True
+        if backend.active > 0:
+            try:
+                await asyncio.wait_for(drained.wait(), limit)
+            except TimeoutError:
+                clean = False
+        if backend.drained is drained:
+            backend.drained = None
+        if backend.state != "draining":
+            return clean and backend.active == 0
         reason = "drained" if clean else f"drain timed out with {backend.active} in flight"
         if remove:
             if backend in self.backends:

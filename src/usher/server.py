@@ -115,6 +115,7 @@ class Balancer:
         self.bound: dict[str, Bound] = {}
         self.runtime_changes: list[tuple[str, str, str]] = []  # (pool, address, what)
         self._background: set[asyncio.Task[Any]] = set()
+        self._reload_lock = asyncio.Lock()
         self._admin: uvicorn.Server | None = None
         self._admin_task: asyncio.Task[Any] | None = None
         self.admin_url: str | None = None
@@ -339,8 +340,16 @@ class Balancer:
     ) -> bool:
         """Drain the backend, then remove it; returns whether it drained before the timeout."""
         pool, backend = self.backend(pool_name, address)
-        self.runtime_changes.append((pool_name, backend.label, "removed"))
+        change = (pool_name, backend.label, "removed")
+        self.runtime_changes.append(change)
         clean = await pool.drain(backend, timeout=timeout, remove=True)
+        if backend in pool.backends:  # set to another state while it drained: that call won
+            self.runtime_changes.remove(change)
+            raise ChangeError(
+                409,
+                f"removal of backend {backend.label} from pool {pool_name} called off: "
+                f"it was set to {backend.state} while it drained",
+            )
         self.checkers[pool_name].remove_backend(backend)
         return clean
 
@@ -353,7 +362,12 @@ class Balancer:
 
     async def reload(self, config: Config | None = None) -> ReloadReport:
         """Apply a new config (default: re-read the file). Raises ConfigError when it is
-        invalid and BindError when a new listener cannot bind: either way nothing changes."""
+        invalid and BindError when a new listener cannot bind: either way nothing changes.
+        Reloads run one at a time, whether from SIGHUP or the admin API."""
+        async with self._reload_lock:
+            return await self._reload(config)
+
+    async def _reload(self, config: Config | None) -> ReloadReport:
         if config is None:
             if self.config_path is None:
                 raise ChangeError(400, "this balancer was not started from a config file")

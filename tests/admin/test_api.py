@@ -426,6 +426,27 @@ async def test_a_second_delete_joins_the_first(start: Start, backends: Any) -> N
     assert_error(await api.delete(url), 404)
 
 
+async def test_enabling_a_backend_while_it_is_removed_calls_the_removal_off(
+    start: Start, backends: Any
+) -> None:
+    a, b = await backends(2)
+    lb, api = await start(simple_config({"web": pool_of(a, b)}))
+    async with httpx.AsyncClient(timeout=10) as client:
+        slow = [asyncio.ensure_future(client.get(lb.url("/sleep/0.5"))) for _ in range(2)]
+        await wait_active(api, 2)
+        url = f"/api/pools/web/backends/{a.address}"
+        removal = asyncio.ensure_future(api.delete(url, params={"timeout": "10s"}))
+        await asyncio.sleep(0.05)
+        enabled = await api.patch(url, json={"state": "enabled"})
+        assert enabled.status_code == 200, enabled.text
+        response = await asyncio.wait_for(removal, 2)  # at once, not after the requests
+        assert_error(response, 409, "called off")
+        assert [r.status_code for r in await asyncio.gather(*slow)] == [200, 200]
+    backend = (await api.get(url.rsplit("/backends", 1)[0])).json()["backends"][0]
+    assert (backend["address"], backend["state"]) == (a.address, "enabled")
+    assert await names(lb, 4) == {"A": 2, "B": 2}
+
+
 async def test_delete_without_requests_in_flight_is_immediate(start: Start, backends: Any) -> None:
     a, b = await backends(2)
     lb, api = await start(simple_config({"web": pool_of(a, b)}))

@@ -268,8 +268,7 @@ async def remove_backend(
     description="An invalid file answers 400 with every issue and changes nothing.",
 )
 async def reload(request: Request, balancer: BalancerDep) -> dict[str, list[str]]:
-    async with request.app.state.reload_lock:
-        report = await balancer.reload()
+    report = await balancer.reload()
     return report.as_dict()
 
 
@@ -367,7 +366,6 @@ def create_app(balancer: Balancer) -> FastAPI:
         "and reload. Errors answer JSON with an `error` key.",
     )
     app.state.balancer = balancer
-    app.state.reload_lock = asyncio.Lock()
     app.state.removals = {}
     app.include_router(public)
     app.include_router(api)
