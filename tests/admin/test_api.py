@@ -443,7 +443,11 @@ async def test_enabling_a_backend_while_it_is_removed_calls_the_removal_off(
         assert_error(response, 409, "called off")
         assert [r.status_code for r in await asyncio.gather(*slow)] == [200, 200]
     backend = (await api.get(url.rsplit("/backends", 1)[0])).json()["backends"][0]
-    assert (backend["address"], backend["state"]) == (a.address, "enabled")
+    assert (backend["address"], backend["state"], backend["admin_state"]) == (
+        a.address,
+        "healthy",
+        "enabled",
+    )
     assert await names(lb, 4) == {"A": 2, "B": 2}
 
 
