@@ -151,3 +151,17 @@ async def test_runtime_changes_the_file_does_not_keep_are_reported(backends, bal
     ):
         await asyncio.sleep(0.02)
     assert lb.pools["web"].find(f"127.0.0.1:{b.port}") is None
+
+
+async def test_an_admin_change_is_reported_until_the_restart_that_applies_it(backends, balancer):
+    (a,) = await backends(1)
+    config = simple_config({"web": pool_of(a)})
+    config["admin"] = {"bind": "127.0.0.1:0"}
+    lb = await balancer(yaml.safe_dump(config))
+    changed = simple_config({"web": pool_of(a)}, bind=f"127.0.0.1:{lb.port}")
+    changed["admin"] = {"bind": "127.0.0.1:0", "token": "new-token"}
+    for _ in range(2):  # the running admin section is still the old one, so: said each time
+        report = await lb.balancer.reload(cfg(changed))
+        assert report.notes == ["admin settings change at the next restart"]
+    assert lb.balancer.config.admin is not None
+    assert lb.balancer.config.admin.token is None

@@ -455,6 +455,8 @@ class Balancer:
         self._tls = {name: tls for name, tls in self._tls.items() if name in self.listeners}
         if config.admin != self.config.admin:
             report.notes.append("admin settings change at the next restart")
+            # Keep describing the admin section that runs, so the next reload says it again.
+            config = config.model_copy(update={"admin": self.config.admin})
         self.config = config
         return report
 
