@@ -35,9 +35,7 @@ V6_MAX = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
 SPEC_V1 = [
     (
         b"PROXY TCP4 255.255.255.255 255.255.255.255 65535 65535\r\n",
-        ProxyHeader(
-            1, "proxy", "tcp4", ("255.255.255.255", 65535), ("255.255.255.255", 65535)
-        ),
+        ProxyHeader(1, "proxy", "tcp4", ("255.255.255.255", 65535), ("255.255.255.255", 65535)),
     ),
     (
         f"PROXY TCP6 {V6_MAX} {V6_MAX} 65535 65535\r\n".encode(),
@@ -67,7 +65,7 @@ def test_v1_spec_max_lengths() -> None:
 
 
 def test_v2_signature_is_the_specs() -> None:
-    assert V2_SIGNATURE == bytes.fromhex("0D0A0D0A000D0A515549540A")
+    assert bytes.fromhex("0D0A0D0A000D0A515549540A") == V2_SIGNATURE
 
 
 def test_v2_tcp4_bytes() -> None:
@@ -165,11 +163,13 @@ def test_package_reads_local_and_unknown() -> None:
 
 def test_we_read_what_the_package_writes() -> None:
     v4 = ProxyResultIPv4(
-        (IPv4Address("192.0.2.9"), 1234), (IPv4Address("192.0.2.10"), 80),
+        (IPv4Address("192.0.2.9"), 1234),
+        (IPv4Address("192.0.2.10"), 80),
         protocol=socket.SOCK_STREAM,
     )
     v6 = ProxyResultIPv6(
-        (IPv6Address("2001:db8::9"), 1234), (IPv6Address("2001:db8::a"), 80),
+        (IPv6Address("2001:db8::9"), 1234),
+        (IPv6Address("2001:db8::a"), 80),
         protocol=socket.SOCK_STREAM,
     )
     for writer in (ProxyProtocolV1(), ProxyProtocolV2()):

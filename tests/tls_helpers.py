@@ -22,16 +22,16 @@ def write_ca(ca: trustme.CA, path: Path) -> str:
     return str(path)
 
 
-async def http_answer(name: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def http_answer(
+    name: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
     """Answer every request on the connection with `name` (keep-alive)."""
     while True:
         head = await reader.readuntil(b"\r\n\r\n")
         if not head:
             return
         body = name.encode()
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-        )
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
         await writer.drain()
 
 

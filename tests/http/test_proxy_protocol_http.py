@@ -83,9 +83,7 @@ async def test_https_listener_reads_header_before_tls(
     assert b"198.51.100.9" in response.body
 
 
-async def test_missing_header_is_refused(
-    backends: StartBackends, balancer: StartBalancer
-) -> None:
+async def test_missing_header_is_refused(backends: StartBackends, balancer: StartBalancer) -> None:
     (backend,) = await backends(1)
     b = await balancer(
         {

@@ -44,9 +44,7 @@ async def test_good_backend_certificate_is_accepted(
             assert response.status_code == 200 and response.text == "secure"
 
 
-@pytest.mark.parametrize(
-    "case", ["unknown CA", "wrong name", "plain backend to verify"]
-)
+@pytest.mark.parametrize("case", ["unknown CA", "wrong name", "plain backend to verify"])
 async def test_bad_backend_certificate_is_refused_with_502(
     tls_server: TlsServerFactory,
     balancer: StartBalancer,
@@ -119,7 +117,9 @@ async def test_tcp_pool_reencrypts(
 ) -> None:
     ca = trustme.CA()
     port = await tls_server(server_context(ca, "backend.internal"), "tcp-tls")
-    config = http_to(port, {"ca": write_ca(ca, tmp_path / "ca.pem"), "server_name": "backend.internal"})
+    config = http_to(
+        port, {"ca": write_ca(ca, tmp_path / "ca.pem"), "server_name": "backend.internal"}
+    )
     config["listeners"][0]["protocol"] = "tcp"
     b = await balancer(config)
     reader, writer = await asyncio.open_connection("127.0.0.1", b.port)

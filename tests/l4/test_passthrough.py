@@ -33,8 +33,7 @@ def passthrough_config(
             }
         ],
         "pools": {
-            name: {"backends": [{"address": f"127.0.0.1:{port}"}]}
-            for name, port in pools.items()
+            name: {"backends": [{"address": f"127.0.0.1:{port}"}]} for name, port in pools.items()
         },
     }
 
@@ -114,7 +113,10 @@ async def test_no_default_route_closes(
     ],
 )
 async def test_bad_first_flight_is_closed_with_a_log_line(
-    tls_server: TlsServerFactory, balancer: StartBalancer, first: bytes, result: str,
+    tls_server: TlsServerFactory,
+    balancer: StartBalancer,
+    first: bytes,
+    result: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     ca = trustme.CA()
@@ -131,9 +133,7 @@ async def test_bad_first_flight_is_closed_with_a_log_line(
     assert any("closing connection from 127.0.0.1" in r.message for r in caplog.records)
 
 
-async def test_first_flight_timeout(
-    tls_server: TlsServerFactory, balancer: StartBalancer
-) -> None:
+async def test_first_flight_timeout(tls_server: TlsServerFactory, balancer: StartBalancer) -> None:
     ca = trustme.CA()
     api = await tls_server(server_context(ca, "api.example.com"), "api")
     b = await balancer(
