@@ -14,7 +14,7 @@ import pytest
 import trustme
 
 from tests.conftest import RunningBalancer
-from tests.tls_helpers import TlsServerFactory, server_context, tls_server, write_ca  # noqa: F401
+from tests.tls_helpers import TlsServerFactory, server_context, write_ca
 from usher.backend import BackendServer
 
 StartBalancer = Callable[..., Awaitable[RunningBalancer]]

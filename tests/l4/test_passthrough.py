@@ -4,6 +4,7 @@ certificates, the client verifying end to end; bad first flights closed with a l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ import trustme
 
 from tests.conftest import RunningBalancer
 from tests.l4.test_tcp import wait_for
-from tests.tls_helpers import TlsServerFactory, server_context, tls_server  # noqa: F401
+from tests.tls_helpers import TlsServerFactory, server_context
 
 StartBalancer = Callable[..., Awaitable[RunningBalancer]]
 
@@ -124,10 +125,8 @@ async def test_bad_first_flight_is_closed_with_a_log_line(
     b = await balancer(passthrough_config([{"pool": "api"}], {"api": api}))
     reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
     writer.write(first)
-    try:
+    with contextlib.suppress(ConnectionResetError):
         assert await asyncio.wait_for(reader.read(), 5) == b""
-    except ConnectionResetError:
-        pass
     writer.close()
     await wait_for(lambda: f" {result} " in b.log.getvalue())
     assert any("closing connection from 127.0.0.1" in r.message for r in caplog.records)

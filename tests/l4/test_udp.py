@@ -47,7 +47,7 @@ async def udp() -> AsyncIterator[Callable[..., Awaitable[Any]]]:
     loop = asyncio.get_running_loop()
 
     async def start(protocol: Any, **kwargs: Any) -> Any:
-        transport, proto = await loop.create_datagram_endpoint(lambda: protocol, **kwargs)
+        transport, _ = await loop.create_datagram_endpoint(lambda: protocol, **kwargs)
         transports.append(transport)
         return transport
 
