@@ -24,9 +24,10 @@ import httptools
 
 from usher.clock import Clock
 from usher.config import HostPort, parse_status_ranges
+from usher.tls import upstream_context
 
 if TYPE_CHECKING:
-    from usher.config import AgentOptions, HealthCheck, PoolConfig
+    from usher.config import AgentOptions, HealthCheck, PoolConfig, UpstreamTls
     from usher.pool import Backend
 
 __all__ = [
@@ -180,6 +181,13 @@ def _tls_or_error(check: HealthCheck) -> ssl.SSLContext | str:
         return tls_context(check)
     except (OSError, ssl.SSLError) as exc:
         return f"tls setup failed: {_describe(exc, check.timeout)}"
+
+
+def _pool_tls_or_error(tls: UpstreamTls) -> ssl.SSLContext | str:
+    try:
+        return upstream_context(tls)
+    except (OSError, ssl.SSLError) as exc:
+        return f"tls setup failed: {exc}"
 
 
 def tls_context(check: HealthCheck) -> ssl.SSLContext:
@@ -520,6 +528,20 @@ class HealthChecker:
         self._ssl: ssl.SSLContext | str | None = None
         if check is not None and check.type == "http" and check.tls:
             self._ssl = _tls_or_error(check)
+        elif (
+            check is not None
+            and check.type == "http"
+            and config.tls is not None
+            and "tls" not in check.model_fields_set
+        ):
+            # A pool that re-encrypts is checked the way it is used: over the same TLS.
+            self._ssl = _pool_tls_or_error(config.tls)
+            self.check = check.model_copy(
+                update={
+                    "tls": True,
+                    "tls_server_name": check.tls_server_name or config.tls.server_name,
+                }
+            )
 
     @property
     def enabled(self) -> bool:

@@ -217,3 +217,43 @@ async def test_optional_client_auth_lets_clients_without_certificate_in(
     bob = clients.issue_cert("bob@example.com", common_name="bob")
     seen = await get_headers(url, client_context(ca, bob))
     assert seen["x-client-cert-subject"].startswith("CN=bob,")
+
+
+async def test_http_health_checks_of_a_tls_pool_use_its_tls(
+    tls_server: TlsServerFactory, tmp_path: Path
+) -> None:
+    from usher.clock import MonotonicClock
+    from usher.config import PoolConfig
+    from usher.health import HealthChecker
+    from usher.pool import Pool
+
+    ca = trustme.CA()
+    good = await tls_server(server_context(ca, "backend.internal"), "ok")
+    bad = await tls_server(server_context(trustme.CA(), "backend.internal"), "ok")
+    config = PoolConfig.model_validate(
+        {
+            "backends": [{"address": f"127.0.0.1:{good}"}, {"address": f"127.0.0.1:{bad}"}],
+            "tls": {"ca": write_ca(ca, tmp_path / "ca.pem"), "server_name": "backend.internal"},
+            "health_check": {
+                "type": "http",
+                "path": "/",
+                "interval": "50ms",
+                "jitter": 0,
+                "unhealthy_threshold": 1,
+                "timeout": "1s",
+            },
+        }
+    )
+    pool = Pool("p", config, MonotonicClock())
+    checker = HealthChecker(pool, pool.clock)
+    checker.start()
+    try:
+        for _ in range(200):
+            if pool.backends[0].last_check and pool.backends[1].last_check:
+                break
+            await asyncio.sleep(0.02)
+        assert pool.backends[0].last_check is not None and pool.backends[0].last_check[0]
+        assert pool.backends[1].last_check is not None and not pool.backends[1].last_check[0]
+        assert "certificate" in pool.backends[1].last_check[2]
+    finally:
+        await checker.stop()
