@@ -60,6 +60,15 @@ class ServerTls:
         tls: ListenerTls, path: str
     ) -> tuple[tuple[str, str], dict[str, ssl.SSLContext], list[tuple[str, ssl.SSLContext]]]:
         issues: list[ConfigIssue] = []
+        if tls.client_ca is not None:
+            try:
+                ssl.create_default_context(cafile=tls.client_ca)
+            except (OSError, ssl.SSLError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                issues.append(
+                    ConfigIssue(f"{path}.client_ca", f"cannot load {tls.client_ca}: {reason}")
+                )
+                raise ConfigError(issues) from None
         exact: dict[str, ssl.SSLContext] = {}
         wildcard: list[tuple[str, ssl.SSLContext]] = []
         default: tuple[str, str] | None = None

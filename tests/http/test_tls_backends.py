@@ -257,3 +257,15 @@ async def test_http_health_checks_of_a_tls_pool_use_its_tls(
         assert "certificate" in pool.backends[1].last_check[2]
     finally:
         await checker.stop()
+
+
+def test_missing_client_ca_is_a_config_error(tmp_path: Path) -> None:
+    from usher.config import parse_config
+    from usher.errors import ConfigError
+    from usher.server import Balancer
+
+    ca = trustme.CA()
+    config = https_config(tmp_path, ca, ca, 1, "required")
+    config["listeners"][0]["tls"]["client_ca"] = str(tmp_path / "missing.pem")
+    with pytest.raises(ConfigError, match=r"listeners\[0\]\.tls\.client_ca: cannot load"):
+        Balancer(parse_config(json.dumps(config)))

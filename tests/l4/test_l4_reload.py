@@ -6,7 +6,7 @@ import asyncio
 import json
 from typing import Any
 
-from tests.l4.test_tcp import StartBackend, StartBalancer, echo, tcp_config, wait_for
+from tests.l4.test_tcp import StartBackend, StartBalancer, echo, tcp_config
 from usher.config import parse_config
 
 
