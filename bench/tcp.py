@@ -1,5 +1,6 @@
 """TCP bulk transfer through a layer-4 balancer: usher's plain relay, usher's splice relay
-(`zero_copy: true`) and HAProxy `mode tcp`, each on one pinned core.
+(`zero_copy: true`), HAProxy `mode tcp` by default and with `option splice-request` and
+`splice-response`, each on one pinned core.
 
     flock /tmp/bench.lock python bench/tcp.py [--mib 512] [--rounds 3]   (or: make bench-tcp)
 
@@ -7,7 +8,7 @@ A client sends `--mib` MiB through the balancer to a sink, half-closes, and wait
 sink's close: the wall time gives MiB/s; the balancer's utime+stime from /proc/PID/stat (its
 whole process tree) over the same window gives CPU milliseconds per MiB. The balancers run
 pinned to the last core, the client and sink to core 0 (taskset). Rounds are interleaved
-(A B C, A B C, ...) and the table shows medians. Only 127.0.0.1.
+(A B C D, A B C D, ...) and the table shows medians. Only 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -110,12 +111,15 @@ def usher_config(port: int, sink_port: int, zero_copy: bool) -> str:
     )
 
 
-def haproxy_config(port: int, sink_port: int) -> str:
+def haproxy_config(port: int, sink_port: int, splice: bool) -> str:
+    # HAProxy copies through its buffers by default; these options make it splice both ways.
+    option = "    option splice-request\n    option splice-response\n" if splice else ""
     return f"""global
     nbthread 1
     maxconn 1000
 defaults
     mode tcp
+{option}
     timeout connect 5s
     timeout client 60s
     timeout server 60s
@@ -160,17 +164,18 @@ def main() -> None:
             proc = subprocess.Popen([*cmd, "--no-access-log"], stdout=quiet, stderr=quiet)
             procs.append(proc)
             candidates[name] = (port, proc.pid)
-        port = free_port()
-        config = workdir / "haproxy.cfg"
-        config.write_text(haproxy_config(port, sink_port))
-        cmd = ["taskset", "-c", balancer_core, HAPROXY, "-db", "-f", str(config)]
-        proc = subprocess.Popen(cmd, stdout=quiet, stderr=quiet)
-        procs.append(proc)
-        candidates["haproxy mode tcp"] = (port, proc.pid)
+        for name, splice in (("haproxy mode tcp", False), ("haproxy splice", True)):
+            port = free_port()
+            config = workdir / f"{name.replace(' ', '-')}.cfg"
+            config.write_text(haproxy_config(port, sink_port, splice))
+            cmd = ["taskset", "-c", balancer_core, HAPROXY, "-db", "-f", str(config)]
+            proc = subprocess.Popen(cmd, stdout=quiet, stderr=quiet)
+            procs.append(proc)
+            candidates[name] = (port, proc.pid)
         for port, _ in candidates.values():
             wait_port(port)
         results: dict[str, list[tuple[float, float]]] = {name: [] for name in candidates}
-        for name, (port, pid) in candidates.items():
+        for port, pid in candidates.values():
             transfer(port, 16, pid)  # warm-up
         for _ in range(args.rounds):
             for name, (port, pid) in candidates.items():
