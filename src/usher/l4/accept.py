@@ -82,8 +82,13 @@ class Acceptor:
                 conn.close()
 
     def close(self) -> None:
+        # The socket closes once the accept loop has let go of it: closing it while the loop
+        # still watches its descriptor would leave the poller with a stale one.
         self._task.cancel()
-        self._sock.close()
+        if self._task.done():
+            self._sock.close()
+        else:
+            self._task.add_done_callback(lambda _: self._sock.close())
 
     async def wait_closed(self) -> None:
         with contextlib.suppress(asyncio.CancelledError):
