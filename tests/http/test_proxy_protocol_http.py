@@ -163,3 +163,51 @@ async def test_http_pool_sends_header_and_never_shares_a_connection_across_clien
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+async def test_http_health_checks_send_a_local_header(version: str) -> None:
+    from usher.clock import MonotonicClock
+    from usher.config import PoolConfig
+    from usher.health import HealthChecker
+    from usher.pool import Pool
+
+    firsts: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = await reader.readuntil(b"\r\n\r\n")
+        parsed = parse(data)
+        if parsed is None:
+            data += await reader.readuntil(b"\r\n\r\n")
+            parsed = parse(data)
+        assert parsed is not None
+        firsts.append(data[: parsed[1]])
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = PoolConfig.model_validate(
+        {
+            "backends": [{"address": f"127.0.0.1:{port}"}],
+            "send_proxy_protocol": version,
+            "health_check": {"type": "http", "interval": "50ms", "jitter": 0},
+        }
+    )
+    pool = Pool("p", config, MonotonicClock())
+    checker = HealthChecker(pool, pool.clock)
+    checker.start()
+    try:
+        for _ in range(200):
+            if pool.backends[0].last_check is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert pool.backends[0].last_check is not None and pool.backends[0].last_check[0]
+        header = parse(firsts[0])
+        assert header is not None
+        assert header[0].source is None  # LOCAL / UNKNOWN: the balancer's own connection
+    finally:
+        await checker.stop()
+        server.close()
+        await server.wait_closed()
