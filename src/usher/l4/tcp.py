@@ -255,6 +255,7 @@ class TcpSession:
             )
             self.end("connect_failed")
         else:
+            listener.metrics.rejected(listener.name, "no_backend")  # as HTTP's 503
             self.end("no_backend")
 
     async def _open(
