@@ -197,10 +197,6 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(peer, tuple):
             self.client_ip = peer[0].encode()
             self.client_port = peer[1]
-        if self.local is None:
-            local = transport.get_extra_info("sockname")
-            if isinstance(local, tuple):
-                self.local = (str(local[0]), int(local[1]))
         if self.listener.cert_header is not None:
             subject = client_subject(transport.get_extra_info("peercert"))
             self.cert_subject = subject.encode("utf-8") if subject is not None else None
@@ -624,6 +620,10 @@ class Exchange:
         preamble = None
         if config.send_proxy_protocol is not None:
             source = (client.client_ip.decode(), client.client_port)
+            if client.local is None:  # looked up only for pools that send PROXY headers
+                local = client.transport.get_extra_info("sockname")
+                if isinstance(local, tuple):
+                    client.local = (str(local[0]), int(local[1]))
             preamble = encode_proxy_header(config.send_proxy_protocol, source, client.local)
         self.pending = PendingConnect(
             client.loop,
