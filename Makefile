@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v p
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-.PHONY: demo test lint fmt docs screenshot clean system-tools bench-algorithms bench-failover
+.PHONY: demo test lint fmt docs screenshot clean system-tools bench-algorithms bench-failover bench-tcp
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ bench-algorithms: $(STAMP)
 
 bench-failover: $(STAMP)
 	$(BIN)/python bench/failover.py
+
+# TCP bulk transfer: usher plain vs splice vs HAProxy mode tcp (one benchmark at a time).
+bench-tcp: $(STAMP)
+	flock /tmp/bench.lock $(BIN)/python bench/tcp.py
 
 docs: $(STAMP)
 	$(BIN)/python scripts/gen_config_reference.py

@@ -114,7 +114,17 @@ def test_minimal_config_gets_the_defaults() -> None:
 
 def test_full_config_reads_every_key() -> None:
     config = load_config(CONFIGS / "full.yaml")
-    public, plain = config.listeners
+    public, plain, db, dns, edge = config.listeners
+    assert public.accept_proxy_protocol and not plain.accept_proxy_protocol
+    assert public.tls is not None and public.tls.client_ca == "clients-ca.pem"
+    assert (public.tls.client_auth, public.tls.client_cert_header) == ("optional", "X-Client-DN")
+    assert (db.protocol, dns.protocol, edge.protocol) == ("tcp", "udp", "tls_passthrough")
+    assert dns.max_sessions == 500 and edge.zero_copy and not db.zero_copy
+    assert edge.routes[0].match is not None and edge.routes[0].match.sni == "*.example.com"
+    db_pool = config.pools["db"]
+    assert db_pool.send_proxy_protocol == "v2"
+    assert db_pool.tls is not None and not db_pool.tls.verify
+    assert (db_pool.tls.server_name, db_pool.tls.cert) == ("db.internal", "usher.pem")
     assert public.bind == HostPort("::1", 8443) and str(public.bind) == "[::1]:8443"
     assert public.protocol == "https" and public.tls is not None
     first, second = public.tls.certificates
@@ -165,7 +175,7 @@ def test_full_config_really_has_every_key() -> None:
     text = (CONFIGS / "full.yaml").read_text()
     schema = config_schema()
     models = {"Config": schema, **schema["$defs"]}
-    assert len(models) == 24
+    assert len(models) == 25
     missing = [
         f"{name}.{key}"
         for name, model in models.items()
@@ -506,9 +516,9 @@ BAD_FILES = {
         "must not be empty",
     ),
     "unknown protocol": (
-        listener("protocol: tcp\npool: web"),
+        listener("protocol: sctp\npool: web"),
         "listeners[0].protocol",
-        "must be one of: http, https",
+        "must be one of: http, https, tcp, udp, tls_passthrough",
     ),
     "https without tls": (
         listener("protocol: https\npool: web"),

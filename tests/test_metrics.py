@@ -31,6 +31,7 @@ CONTRACT_NAMES = [
     "usher_retries_total",
     "usher_rejected_total",
     "usher_bytes_total",
+    "usher_connections_total",
 ]
 
 

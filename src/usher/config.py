@@ -6,6 +6,7 @@ import difflib
 import ipaddress
 import json
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -96,6 +97,9 @@ DEFAULT_BODY_TIMEOUT: Final = 60.0
 DEFAULT_KEEPALIVE_TIMEOUT: Final = 75.0
 DEFAULT_WRITE_TIMEOUT: Final = 60.0
 DEFAULT_REDIRECT_STATUS: Final = 302
+DEFAULT_CLIENT_CERT_HEADER: Final = "X-Client-Cert-Subject"
+DEFAULT_MAX_SESSIONS: Final = 10_000
+L4_PROTOCOLS: Final = frozenset({"tcp", "udp", "tls_passthrough"})
 
 # Pool defaults.
 DEFAULT_ALGORITHM: Final = "round_robin"
@@ -540,6 +544,23 @@ class ListenerTls(_Model):
         "one) is the default, for clients that send no or an unknown server name.",
     )
 
+    client_ca: str | None = Field(
+        default=None,
+        description="mTLS from clients: PEM file of the CAs whose client certificates are "
+        "accepted. null: no client certificates asked for.",
+    )
+    client_auth: Literal["required", "optional"] = Field(
+        default="required",
+        description="With `client_ca`: `required` refuses a client without a valid "
+        "certificate at the handshake; `optional` asks for one and lets clients without one in.",
+    )
+    client_cert_header: _HeaderName = Field(
+        default=DEFAULT_CLIENT_CERT_HEADER,
+        description="With `client_ca`: the header that carries the verified client "
+        "certificate's subject (RFC 4514) to the backends. Usher removes any such header sent by "
+        "the client, so it cannot be forged.",
+    )
+
     def default_certificate(self) -> TlsCertificate:
         """The certificate for clients whose server name matches no `sni` list."""
         return next((cert for cert in self.certificates if not cert.sni), self.certificates[0])
@@ -555,6 +576,11 @@ class RouteMatch(_Model):
         default=None,
         description="Host header, exact (`api.example.com`) or wildcard (`*.example.com`); "
         "case-insensitive.",
+    )
+    sni: _ServerName | None = Field(
+        default=None,
+        description="`tls_passthrough` only: the server name of the TLS ClientHello, exact or "
+        "wildcard (`*.example.com`: one label); case-insensitive.",
     )
     path_prefix: Annotated[str, AfterValidator(_path_prefix)] | None = Field(
         default=None, description="The path starts with this; must start with `/`."
@@ -721,8 +747,11 @@ class Listener(_Model):
 
     name: str = Field(min_length=1, description="Unique name, used in logs and metrics.")
     bind: Address = Field(description="Address to listen on; port 0 picks a free port.")
-    protocol: Literal["http", "https"] = Field(
-        default=DEFAULT_PROTOCOL, description="`https` terminates TLS and needs `tls`."
+    protocol: Literal["http", "https", "tcp", "udp", "tls_passthrough"] = Field(
+        default=DEFAULT_PROTOCOL,
+        description="`https` terminates TLS and needs `tls`; `tcp` and `udp` relay bytes or "
+        "datagrams to `pool`; `tls_passthrough` routes TLS connections on their SNI "
+        "(`routes` with `match: {sni: ...}`) without decrypting them.",
     )
     tls: ListenerTls | None = Field(default=None, description="TLS settings; `https` only.")
     routes: list[Route] = Field(
@@ -734,6 +763,23 @@ class Listener(_Model):
     limits: ListenerLimits = Field(default=ListenerLimits(), description="Request size limits.")
     timeouts: ListenerTimeouts = Field(
         default=ListenerTimeouts(), description="Client-side timeouts."
+    )
+    accept_proxy_protocol: bool = Field(
+        default=False,
+        description="Clients (a load balancer in front) open each connection with a PROXY "
+        "protocol v1 or v2 header; its source address is then the client's for logs, "
+        "X-Forwarded-For, hashing and persistence. Not for `udp`.",
+    )
+    zero_copy: bool = Field(
+        default=False,
+        description="`tcp`/`tls_passthrough` on Linux: relay with splice(2) through a pipe, "
+        "the bytes never copied into usher. Not with a pool that has `tls`.",
+    )
+    max_sessions: int = Field(
+        default=DEFAULT_MAX_SESSIONS,
+        gt=0,
+        description="`udp`: most client sessions at once; datagrams of new clients beyond "
+        "are dropped (and counted in usher_rejected_total{reason=max_sessions}).",
     )
 
     def effective_routes(self) -> list[Route]:
@@ -749,13 +795,53 @@ class Listener(_Model):
         has_tls = _get(data, "tls") is not None
         if protocol == "https" and not has_tls:
             problems.append((("tls",), "required for protocol https"))
-        elif protocol == "http" and has_tls:
+        elif (protocol == "http" and has_tls) or (protocol in L4_PROTOCOLS and has_tls):
             problems.append((("tls",), "only allowed with protocol https"))
         has_routes = bool(_get(data, "routes"))
         has_pool = _get(data, "pool") is not None
         if has_routes == has_pool:
             problems.append(((), "a listener needs exactly one of routes, pool"))
+        if protocol in ("tcp", "udp") and has_routes:
+            problems.append((("routes",), f"protocol {protocol} takes one `pool`, not routes"))
+        problems += _route_rules(data, protocol)
+        if _get(data, "zero_copy") and protocol not in ("tcp", "tls_passthrough"):
+            problems.append((("zero_copy",), "only for protocol tcp or tls_passthrough"))
+        elif _get(data, "zero_copy") and not hasattr(os, "splice"):
+            problems.append((("zero_copy",), "needs os.splice (Linux, Python 3.10+)"))
+        if _get(data, "accept_proxy_protocol") and protocol == "udp":
+            problems.append((("accept_proxy_protocol",), "not for protocol udp"))
+        sessions = _get(data, "max_sessions")
+        if sessions is not None and sessions != DEFAULT_MAX_SESSIONS and protocol != "udp":
+            problems.append((("max_sessions",), "only for protocol udp"))
         return problems
+
+
+def _route_rules(data: Mapping[str, Any], protocol: str) -> list[_Problem]:
+    """tls_passthrough routes send to a pool on `match.sni` alone; http routes never see SNI."""
+    problems: list[_Problem] = []
+    for index, route in _items(_get(data, "routes")):
+        match = _get(route, "match")
+        if protocol != "tls_passthrough":
+            if _get(match, "sni") is not None:
+                problems.append(
+                    (("routes", index, "match", "sni"), "only for protocol tls_passthrough")
+                )
+            continue
+        for key in ("split", "redirect", "request_headers", "response_headers", "prefix_rewrite"):
+            if _get(route, key) is not None:
+                problems.append(
+                    (("routes", index, key), "not for tls_passthrough (routes send to a pool)")
+                )
+        if isinstance(match, Mapping):
+            for key, value in match.items():
+                if key != "sni" and value not in (None, {}, []):
+                    problems.append(
+                        (
+                            ("routes", index, "match", key),
+                            "tls_passthrough routes match on sni only (the rest is encrypted)",
+                        )
+                    )
+    return problems
 
 
 class BackendConfig(_Model):
@@ -1050,6 +1136,33 @@ class HealthCheck(_Model):
         return problems
 
 
+class UpstreamTls(_Model):
+    """TLS to the backends of a pool (re-encryption): verified by default."""
+
+    verify: bool = Field(
+        default=True, description="Verify the backend's certificate chain and name."
+    )
+    ca: str | None = Field(
+        default=None, description="PEM file of the CAs to verify with; null: the system's."
+    )
+    server_name: _ServerName | None = Field(
+        default=None,
+        description="SNI sent and name verified; null: the backend's host (an IP is checked "
+        "against the certificate's IP addresses).",
+    )
+    cert: str | None = Field(
+        default=None, description="mTLS to backends: PEM client certificate (chain) to present."
+    )
+    key: str | None = Field(default=None, description="mTLS to backends: its private key.")
+
+    @classmethod
+    def _rules(cls, data: Mapping[str, Any]) -> list[_Problem]:
+        if (_get(data, "cert") is None) != (_get(data, "key") is None):
+            missing = "key" if _get(data, "key") is None else "cert"
+            return [((missing,), "cert and key go together")]
+        return []
+
+
 class PoolConfig(_Model):
     """A group of backends serving the same content, and how to balance over them."""
 
@@ -1098,6 +1211,16 @@ class PoolConfig(_Model):
     )
     health_check: HealthCheck | None = Field(
         default=None, description="Active health checks; null: none (passive health still applies)."
+    )
+    tls: UpstreamTls | None = Field(
+        default=None,
+        description="Re-encrypt: speak TLS to the backends (http and tcp listeners); null: plain.",
+    )
+    send_proxy_protocol: Literal["v1", "v2"] | None = Field(
+        default=None,
+        description="Open each backend connection with a PROXY protocol header carrying the "
+        "client's address (as HAProxy's send-proxy). On http, a connection that carries one "
+        "client's header is reused for that client's connection only.",
     )
     panic_threshold: Percent = Field(
         default=DEFAULT_PANIC_THRESHOLD,
@@ -1196,7 +1319,60 @@ class Config(_Model):
             pools = {}
         if isinstance(pools, Mapping):
             problems += _unknown_pools(data, {str(name) for name in pools})
+            problems += _l4_pool_rules(data, pools)
         return problems
+
+
+# Algorithms that need something only an HTTP request has (a response time).
+_HTTP_ONLY_ALGORITHMS = frozenset({"least_response_time"})
+
+
+def _l4_pool_rules(data: Mapping[str, Any], pools: Mapping[str, Any]) -> list[_Problem]:
+    """A pool used by a tcp, udp or tls_passthrough listener must not need what only an HTTP
+    request has (headers, cookies, paths, statuses); reported at the pool, naming the listener."""
+    problems: list[_Problem] = []
+    for _, listener in _items(_get(data, "listeners")):
+        protocol = _get(listener, "protocol")
+        if protocol not in L4_PROTOCOLS:
+            continue
+        name = _get(listener, "name")
+        used = [_get(listener, "pool")] + [
+            _get(r, "pool") for _, r in _items(_get(listener, "routes"))
+        ]
+        for pool_name in dict.fromkeys(p for p in used if isinstance(p, str)):
+            pool = pools.get(pool_name)
+            if not isinstance(pool, Mapping):
+                continue
+            why = f"pool {pool_name} is used by {protocol} listener {name!r}"
+            at: _Loc = ("pools", pool_name)
+            algorithm = _get(pool, "algorithm")
+            if algorithm in _HTTP_ONLY_ALGORITHMS:
+                problems.append(((*at, "algorithm"), f"{algorithm} needs HTTP responses; {why}"))
+            key = _get(_get(pool, "hash"), "key")
+            if algorithm == "consistent_hash" and key not in (None, "source_ip"):
+                problems.append(
+                    ((*at, "hash", "key"), f"only source_ip can be hashed at layer 4; {why}")
+                )
+            sticky = _get(_get(pool, "sticky"), "type")
+            if sticky is not None and sticky != "source_ip":
+                problems.append(
+                    ((*at, "sticky", "type"), f"only source_ip persistence works at layer 4; {why}")
+                )
+            if _get(_get(pool, "retries"), "on"):
+                problems.append(
+                    ((*at, "retries", "on"), f"there are no statuses to retry at layer 4; {why}")
+                )
+            if protocol == "udp":
+                for key in ("tls", "send_proxy_protocol"):
+                    if _get(pool, key) is not None:
+                        problems.append(((*at, key), f"not for udp; {why}"))
+            if _get(pool, "tls") is not None and protocol == "tls_passthrough":
+                problems.append(((*at, "tls"), f"passthrough relays the client's own TLS; {why}"))
+            if _get(pool, "tls") is not None and _get(listener, "zero_copy"):
+                problems.append(
+                    ((*at, "tls"), f"zero_copy cannot encrypt (splice moves raw bytes); {why}")
+                )
+    return problems
 
 
 def _unknown_pools(data: Mapping[str, Any], known: set[str]) -> list[_Problem]:

@@ -24,9 +24,12 @@ import httptools
 
 from usher.clock import Clock
 from usher.config import HostPort, parse_status_ranges
+from usher.l4.accept import connect
+from usher.proxy_protocol import encode_v1, encode_v2_local
+from usher.tls import upstream_context
 
 if TYPE_CHECKING:
-    from usher.config import AgentOptions, HealthCheck, PoolConfig
+    from usher.config import AgentOptions, HealthCheck, PoolConfig, UpstreamTls
     from usher.pool import Backend
 
 __all__ = [
@@ -182,6 +185,13 @@ def _tls_or_error(check: HealthCheck) -> ssl.SSLContext | str:
         return f"tls setup failed: {_describe(exc, check.timeout)}"
 
 
+def _pool_tls_or_error(tls: UpstreamTls) -> ssl.SSLContext | str:
+    try:
+        return upstream_context(tls)
+    except (OSError, ssl.SSLError) as exc:
+        return f"tls setup failed: {exc}"
+
+
 def tls_context(check: HealthCheck) -> ssl.SSLContext:
     """The client context of an https check (reads the CA file: build it once, not per check)."""
     ctx = ssl.create_default_context(cafile=check.tls_ca)
@@ -276,8 +286,10 @@ async def _http_request(
     *,
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
+    preamble: bytes | None = None,
 ) -> tuple[int, bytes]:
-    """(status, first `BODY_LIMIT` bytes of the body) of one request; raises on failure."""
+    """(status, first `BODY_LIMIT` bytes of the body) of one request; raises on failure.
+    `preamble` (a PROXY header) is sent first, in the clear."""
     request = (
         f"{method} {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: {USER_AGENT}\r\n"
         "Accept: */*\r\nConnection: close\r\n\r\n"
@@ -285,13 +297,21 @@ async def _http_request(
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
     exchange = _HttpExchange(request, done, head=method.upper() == "HEAD")
-    transport, _ = await loop.create_connection(
-        lambda: exchange,
-        host,
-        port,
-        ssl=ssl_context,
-        server_hostname=(server_hostname or host) if ssl_context is not None else None,
-    )
+    name = (server_hostname or host) if ssl_context is not None else None
+    if preamble is None:
+        transport, _ = await loop.create_connection(
+            lambda: exchange, host, port, ssl=ssl_context, server_hostname=name
+        )
+    else:
+        sock = await connect(loop, host, port)
+        try:
+            await loop.sock_sendall(sock, preamble)
+            transport, _ = await loop.create_connection(
+                lambda: exchange, sock=sock, ssl=ssl_context, server_hostname=name
+            )
+        except BaseException:
+            sock.close()
+            raise
     try:
         await done
     finally:
@@ -310,7 +330,12 @@ def _host_header(host: str, port: int) -> str:
 
 
 async def probe_http(
-    host: str, port: int, check: HealthCheck, *, ssl_context: ssl.SSLContext | None = None
+    host: str,
+    port: int,
+    check: HealthCheck,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    preamble: bytes | None = None,
 ) -> Result:
     """Passes when `check.method check.path` answers a status in `expect_status` (and a body
     containing `expect_body`, when set). Over TLS when `check.tls`; pass `ssl_context` (see
@@ -331,6 +356,7 @@ async def probe_http(
                 check.host or _host_header(host, port),
                 ssl_context=ssl_context if check.tls else None,
                 server_hostname=check.tls_server_name or host,
+                preamble=preamble,
             )
     except Exception as exc:
         return False, _describe(exc, check.timeout)
@@ -517,9 +543,30 @@ class HealthChecker:
         self._tasks: dict[Backend, list[asyncio.Task[None]]] = {}
         self._stopping: set[asyncio.Task[None]] = set()
         # Built once: it reads the CA file. A CA that cannot be loaded fails every check.
+        # A backend that expects PROXY headers gets one on http checks too: a LOCAL one (v2) or
+        # UNKNOWN (v1), which say "the balancer's own connection" (HAProxy's check-send-proxy).
+        self._proxy_header: bytes | None = None
+        if config.send_proxy_protocol == "v2":
+            self._proxy_header = encode_v2_local()
+        elif config.send_proxy_protocol == "v1":
+            self._proxy_header = encode_v1(None, None)
         self._ssl: ssl.SSLContext | str | None = None
         if check is not None and check.type == "http" and check.tls:
             self._ssl = _tls_or_error(check)
+        elif (
+            check is not None
+            and check.type == "http"
+            and config.tls is not None
+            and "tls" not in check.model_fields_set
+        ):
+            # A pool that re-encrypts is checked the way it is used: over the same TLS.
+            self._ssl = _pool_tls_or_error(config.tls)
+            self.check = check.model_copy(
+                update={
+                    "tls": True,
+                    "tls_server_name": check.tls_server_name or config.tls.server_name,
+                }
+            )
 
     @property
     def enabled(self) -> bool:
@@ -581,7 +628,9 @@ class HealthChecker:
         if check.type == "http":
             if isinstance(self._ssl, str):
                 return False, self._ssl
-            return await probe_http(host, port, check, ssl_context=self._ssl)
+            return await probe_http(
+                host, port, check, ssl_context=self._ssl, preamble=self._proxy_header
+            )
         if check.type == "udp":
             return await probe_udp(host, port, check)
         if check.type == "agent" and self.agent is not None:

@@ -90,6 +90,61 @@ class AccessRecord:
         )
 
 
+class ConnectionRecord:
+    """What one layer-4 connection (or UDP session) did: HAProxy's `mode tcp` log line."""
+
+    __slots__ = (
+        "backend",
+        "bytes_in",
+        "bytes_out",
+        "client",
+        "duration",
+        "listener",
+        "pool",
+        "protocol",
+        "result",
+        "sni",
+        "time",
+    )
+
+    def __init__(self, client: str, listener: str, protocol: str) -> None:
+        self.time = time.time()
+        self.client = client
+        self.listener = listener
+        self.protocol = protocol
+        self.result = ""
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.pool: str | None = None
+        self.backend: str | None = None
+        self.sni: str | None = None
+        self.duration = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "time": _iso(self.time),
+            "listener": self.listener,
+            "protocol": self.protocol,
+            "client": self.client,
+            "result": self.result,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "duration_ms": round(self.duration * 1000, 3),
+            "pool": self.pool,
+            "backend": self.backend,
+            "sni": self.sni,
+        }
+
+    def as_text(self) -> str:
+        sni = f" sni={self.sni}" if self.sni else ""
+        return (
+            f"{_iso(self.time)} {self.client} {self.protocol.upper()} {self.listener} "
+            f"{self.result} in={self.bytes_in}B out={self.bytes_out}B "
+            f"{self.duration * 1000:.1f}ms pool={self.pool or '-'} "
+            f"backend={self.backend or '-'}{sni}"
+        )
+
+
 def _iso(at: float) -> str:
     millis = int(at * 1000) % 1000
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{millis:03d}Z"
@@ -107,7 +162,7 @@ class AccessLog:
         self.format = format
         self.stream = stream
 
-    def write(self, record: AccessRecord) -> None:
+    def write(self, record: AccessRecord | ConnectionRecord) -> None:
         if not self.enabled:
             return
         if self.format == "json":

@@ -59,6 +59,12 @@ COUNTERS: Final = (
         "Bytes received from (in) and sent to (out) clients.",
     ),
     (
+        "usher_connections_total",
+        "connections_total",
+        ("listener", "pool", "backend", "result"),
+        "Finished layer-4 connections (tcp, tls_passthrough) and UDP sessions, by how they ended.",
+    ),
+    (
         "usher_health_checks_total",
         "health_checks_total",
         ("pool", "backend", "result"),
@@ -111,6 +117,7 @@ class Metrics:
     __slots__ = (
         "bytes_total",
         "connect_duration",
+        "connections_total",
         "health_checks_total",
         "rejected_total",
         "request_duration",
@@ -124,6 +131,7 @@ class Metrics:
         self.rejected_total: dict[tuple[str, str], int] = {}
         self.bytes_total: dict[tuple[str, str], int] = {}
         self.health_checks_total: dict[tuple[str, str, str], int] = {}
+        self.connections_total: dict[tuple[str, str, str, str], int] = {}
         self.request_duration: dict[tuple[str, str], Histogram] = {}
         self.connect_duration: dict[tuple[str, str], Histogram] = {}
 
@@ -171,6 +179,12 @@ class Metrics:
         counts = self.bytes_total
         key = (listener, direction)
         counts[key] = counts.get(key, 0) + n
+
+    def connection(self, listener: str, pool: str | None, backend: str | None, result: str) -> None:
+        """One finished layer-4 connection or UDP session: ok, connect_failed, no_backend, ..."""
+        counts = self.connections_total
+        key = (listener, pool or "", backend or "", result)
+        counts[key] = counts.get(key, 0) + 1
 
     def health_check(self, pool: str, backend: str, ok: bool) -> None:
         counts = self.health_checks_total

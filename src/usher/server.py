@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +21,12 @@ from usher.clock import Clock, MonotonicClock
 from usher.config import BackendConfig, Config, HostPort, Listener, load_config
 from usher.errors import ChangeError, ConfigError, ConfigIssue, UsherError
 from usher.health import HealthChecker
-from usher.http.proxy import HttpListener
+from usher.listeners import Abortable, AnyListener, Serving, bind_listener, build_listener
 from usher.logs import AccessLog
 from usher.metrics import Metrics, build_registry
 from usher.pool import Backend, Pool, State
 from usher.routing import Router
-from usher.tls import ServerTls
+from usher.tls import ServerTls, check_upstream_tls
 
 if TYPE_CHECKING:
     import uvicorn
@@ -72,7 +73,12 @@ class ReloadReport:
 
 
 def _same_socket(old: Listener, new: Listener) -> bool:
-    return old.bind == new.bind and old.protocol == new.protocol
+    # An http listener that takes PROXY headers accepts raw sockets: another kind of server.
+    return (
+        old.bind == new.bind
+        and old.protocol == new.protocol
+        and old.accept_proxy_protocol == new.accept_proxy_protocol
+    )
 
 
 class Balancer:
@@ -108,10 +114,10 @@ class Balancer:
         # Active checks and agent polls, one task per backend; idle for pools without them.
         self.checkers = {name: self._checker(pool) for name, pool in self.pools.items()}
         self._tls = self._load_tls(config)
-        self.listeners: dict[str, HttpListener] = {
+        self.listeners: dict[str, AnyListener] = {
             lc.name: self._listener(lc) for lc in config.listeners
         }
-        self._servers: dict[str, asyncio.Server] = {}
+        self._servers: dict[str, Serving] = {}
         self.bound: dict[str, Bound] = {}
         self.runtime_changes: list[tuple[str, str, str]] = []  # (pool, address, what)
         self._background: set[asyncio.Task[Any]] = set()
@@ -129,13 +135,16 @@ class Balancer:
                     tls[lc.name] = ServerTls(lc.tls, f"listeners[{i}].tls")
                 except ConfigError as exc:
                     issues.extend(exc.issues)
+        for name, pool in config.pools.items():
+            if pool.tls is not None:
+                issues += check_upstream_tls(pool.tls, f"pools.{name}.tls")
         if issues:
             raise ConfigError(issues)
         return tls
 
-    def _listener(self, lc: Listener) -> HttpListener:
+    def _listener(self, lc: Listener) -> AnyListener:
         router = Router(lc.effective_routes(), self.pools)
-        return HttpListener(
+        return build_listener(
             lc, router, clock=self.clock, access_log=self.access_log, metrics=self.metrics
         )
 
@@ -162,24 +171,20 @@ class Balancer:
             await self.stop(timeout=0)
             raise
 
-    async def _serve(self, listener: HttpListener) -> None:
+    async def _serve(self, listener: AnyListener) -> None:
         server, bound = await self._bind(listener)
         self._servers[listener.name] = server
         self.bound[listener.name] = bound
 
-    async def _bind(self, listener: HttpListener) -> tuple[asyncio.Server, Bound]:
+    async def _bind(self, listener: AnyListener) -> tuple[Serving, Bound]:
         lc = listener.config
-        loop = asyncio.get_running_loop()
-        tls = self._tls.get(lc.name)
+
+        def tls() -> ssl.SSLContext | None:
+            current = self._tls.get(lc.name)
+            return current.context if current is not None else None
+
         try:
-            server = await loop.create_server(
-                listener,
-                lc.bind.host,
-                lc.bind.port,
-                ssl=tls.context if tls is not None else None,
-                backlog=1024,
-                reuse_port=self.reuse_port or None,
-            )
+            server = await bind_listener(listener, tls, reuse_port=self.reuse_port)
         except OSError as exc:
             raise BindError(
                 f"listener {lc.name}: cannot listen on {lc.bind}: {exc.strerror or exc}"
@@ -223,7 +228,8 @@ class Balancer:
         while any(lst.connections for lst in self.listeners.values()) and loop.time() < deadline:
             await asyncio.sleep(0.02)
         for listener in self.listeners.values():
-            for conn in list(listener.connections):
+            connections: list[Abortable] = list(listener.connections)
+            for conn in connections:
                 conn.abort()
         for pool in self.pools.values():
             for backend in pool.backends:
@@ -386,12 +392,12 @@ class Balancer:
             )
         }
         # New sockets are bound before anything else changes, so a port in use changes nothing.
-        fresh: dict[str, tuple[HttpListener, asyncio.Server, Bound]] = {}
+        fresh: dict[str, tuple[AnyListener, Serving, Bound]] = {}
         old_tls, self._tls = self._tls, {**self._tls, **new_tls}
         try:
             for lc in config.listeners:
                 if lc.name not in kept:
-                    listener = HttpListener(
+                    listener = build_listener(
                         lc,
                         Router([], {}),
                         clock=self.clock,

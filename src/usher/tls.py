@@ -6,20 +6,26 @@ listening socket keeps its context object, whose certificate and SNI table are r
 
 from __future__ import annotations
 
+import functools
 import ssl
 from typing import TYPE_CHECKING
 
 from usher.errors import ConfigError, ConfigIssue
 
 if TYPE_CHECKING:
-    from usher.config import ListenerTls
+    from usher.config import ListenerTls, UpstreamTls
 
 
-def _context(cert: str, key: str) -> ssl.SSLContext:
+def _context(cert: str, key: str, tls: ListenerTls) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(["http/1.1"])
     ctx.load_cert_chain(cert, key)
+    if tls.client_ca is not None:
+        # Every SNI context asks too: the handshake verifies with the context SNI picked.
+        ctx.load_verify_locations(cafile=tls.client_ca)
+        required = tls.client_auth == "required"
+        ctx.verify_mode = ssl.CERT_REQUIRED if required else ssl.CERT_OPTIONAL
     return ctx
 
 
@@ -34,13 +40,19 @@ class ServerTls:
         self._exact: dict[str, ssl.SSLContext] = {}
         self._wildcard: list[tuple[str, ssl.SSLContext]] = []
         default_files, self._exact, self._wildcard = self._load(tls, path)
-        self.context = _context(*default_files)
+        self.context = _context(*default_files, tls)
         self.context.sni_callback = self._choose
 
     def update(self, tls: ListenerTls, path: str) -> None:
         """Take new certificates (a reload); raises ConfigError and changes nothing if one fails."""
         default_files, exact, wildcard = self._load(tls, path)
         self.context.load_cert_chain(*default_files)
+        if tls.client_ca is not None:
+            self.context.load_verify_locations(cafile=tls.client_ca)
+            required = tls.client_auth == "required"
+            self.context.verify_mode = ssl.CERT_REQUIRED if required else ssl.CERT_OPTIONAL
+        else:
+            self.context.verify_mode = ssl.CERT_NONE
         self._exact, self._wildcard = exact, wildcard
 
     @staticmethod
@@ -48,12 +60,21 @@ class ServerTls:
         tls: ListenerTls, path: str
     ) -> tuple[tuple[str, str], dict[str, ssl.SSLContext], list[tuple[str, ssl.SSLContext]]]:
         issues: list[ConfigIssue] = []
+        if tls.client_ca is not None:
+            try:
+                ssl.create_default_context(cafile=tls.client_ca)
+            except (OSError, ssl.SSLError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                issues.append(
+                    ConfigIssue(f"{path}.client_ca", f"cannot load {tls.client_ca}: {reason}")
+                )
+                raise ConfigError(issues) from None
         exact: dict[str, ssl.SSLContext] = {}
         wildcard: list[tuple[str, ssl.SSLContext]] = []
         default: tuple[str, str] | None = None
         for i, certificate in enumerate(tls.certificates):
             try:
-                ctx = _context(certificate.cert, certificate.key)
+                ctx = _context(certificate.cert, certificate.key, tls)
             except (OSError, ssl.SSLError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 issues.append(
@@ -95,3 +116,66 @@ class ServerTls:
 def server_context(tls: ListenerTls, path: str) -> ssl.SSLContext:
     """The context of a listener's certificates (see `ServerTls`)."""
     return ServerTls(tls, path).context
+
+
+@functools.lru_cache(maxsize=128)
+def upstream_context(tls: UpstreamTls) -> ssl.SSLContext:
+    """The client context for re-encrypting to a pool's backends (one per distinct `tls`
+    section: building one reads files). Raises OSError or ssl.SSLError when a file is bad."""
+    ctx = ssl.create_default_context(cafile=tls.ca)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if not tls.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if tls.cert is not None and tls.key is not None:
+        ctx.load_cert_chain(tls.cert, tls.key)
+    return ctx
+
+
+def check_upstream_tls(tls: UpstreamTls, path: str) -> list[ConfigIssue]:
+    """Problems loading a pool's `tls` files, for the config check before anything starts."""
+    try:
+        upstream_context(tls)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return [ConfigIssue(path, f"cannot load the CA or client certificate: {reason}")]
+    return []
+
+
+def upstream_server_name(tls: UpstreamTls, host: str) -> str:
+    """The name to send as SNI and verify: the configured one, else the backend's host."""
+    return tls.server_name or host
+
+
+def client_subject(peercert: object) -> str | None:
+    """The subject of a verified client certificate as an RFC 4514 string (most specific
+    first, as OpenSSL's -nameopt RFC2253 prints it), from `SSLObject.getpeercert()`."""
+    if not isinstance(peercert, dict) or not peercert.get("subject"):
+        return None
+    parts: list[str] = []
+    for rdn in reversed(peercert["subject"]):
+        parts.append("+".join(f"{_SHORT.get(key, key)}={_escape_dn(value)}" for key, value in rdn))
+    return ",".join(parts)
+
+
+_SHORT = {
+    "commonName": "CN",
+    "countryName": "C",
+    "localityName": "L",
+    "stateOrProvinceName": "ST",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "streetAddress": "STREET",
+    "domainComponent": "DC",
+    "userId": "UID",
+}
+
+
+def _escape_dn(value: str) -> str:
+    out = "".join("\\" + c if c in ',+"\\<>;=' else c for c in value)
+    if out.startswith((" ", "#")):
+        out = "\\" + out
+    if out.endswith(" "):
+        out = out[:-1] + "\\ "
+    # Control characters would end a header line: hex-escape them as RFC 4514 allows.
+    return "".join(f"\\{ord(c):02x}" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in out)

@@ -39,6 +39,8 @@ from usher.http.upstream import PendingConnect, UpstreamConnection, release, tak
 from usher.logs import AccessLog, AccessRecord
 from usher.metrics import Metrics
 from usher.pool import Backend, Pool, Selection
+from usher.proxy_protocol import encode as encode_proxy_header
+from usher.tls import client_subject
 
 if TYPE_CHECKING:
     from usher.clock import Clock
@@ -92,6 +94,7 @@ class HttpListener:
         self.limits = _head_limits(config)
         self.timeouts = config.timeouts
         self.scheme = b"https" if config.protocol == "https" else b"http"
+        self.cert_header = _cert_header(config)
         self.connections: set[ClientConnection] = set()
         self.draining = False
 
@@ -102,6 +105,7 @@ class HttpListener:
         self.router = router
         self.limits = _head_limits(config)
         self.timeouts = config.timeouts
+        self.cert_header = _cert_header(config)
         self.draining = False
 
     def __call__(self) -> ClientConnection:
@@ -113,6 +117,14 @@ class HttpListener:
         for conn in list(self.connections):
             if conn.exchange is None:
                 conn.close()
+
+
+def _cert_header(config: ListenerConfig) -> bytes | None:
+    """The header carrying the client certificate's subject, on listeners that ask for one."""
+    tls = config.tls
+    if tls is None or tls.client_ca is None:
+        return None
+    return tls.client_cert_header.encode("latin-1")
 
 
 def _head_limits(config: ListenerConfig) -> HeadLimits:
@@ -131,13 +143,16 @@ class ClientConnection(asyncio.Protocol):
         "_idle_timer",
         "_pumping",
         "_send_timer",
+        "cert_subject",
         "client_ip",
         "client_port",
         "closed",
         "exchange",
         "inbox",
         "listener",
+        "local",
         "loop",
+        "peer",
         "reader",
         "refused",
         "transport",
@@ -145,8 +160,18 @@ class ClientConnection(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, listener: HttpListener) -> None:
+    def __init__(
+        self,
+        listener: HttpListener,
+        *,
+        peer: tuple[str, int] | None = None,
+        local: tuple[str, int] | None = None,
+    ) -> None:
         self.listener = listener
+        # The client's and our addresses as a PROXY header told them, when one did.
+        self.peer = peer
+        self.local = local
+        self.cert_subject: bytes | None = None
         self.loop = asyncio.get_running_loop()
         self.reader = RequestReader(listener.limits)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set on connect
@@ -168,10 +193,13 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        peer = transport.get_extra_info("peername")
+        peer = self.peer or transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.client_ip = peer[0].encode()
             self.client_port = peer[1]
+        if self.listener.cert_header is not None:
+            subject = client_subject(transport.get_extra_info("peercert"))
+            self.cert_subject = subject.encode("utf-8") if subject is not None else None
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -500,6 +528,13 @@ class Exchange:
             chunked=request.chunked,
             upgrade=request.upgrade,
         )
+        cert_header = listener.cert_header
+        if cert_header is not None:
+            # Only usher says who the client certificate names: a client's own copy goes.
+            lowered = cert_header.lower()
+            headers = [h for h in headers if h[0].lower() != lowered]
+            if client.cert_subject is not None:
+                headers.append((cert_header, client.cert_subject))
         if route.request_rules is not None:
             headers = route.request_rules.apply(headers)
         self.upstream_head = encode_request_head(
@@ -543,7 +578,9 @@ class Exchange:
         self.set_cookie = pool.chosen(selection, self.request.headers, backend)
         pool.on_start(backend)
         self.t_attempt = time.perf_counter()
-        conn = take_idle(backend)
+        # A connection that opened with one client's PROXY header serves that client only.
+        owner = self.client if pool.config.send_proxy_protocol is not None else None
+        conn = take_idle(backend, owner)
         if conn is not None:
             self._attach(conn, reused=True)
         else:
@@ -578,8 +615,24 @@ class Exchange:
     def _connect(self, backend: Backend) -> None:
         assert self.pool is not None
         self.t_connect = time.perf_counter()
+        config = self.pool.config
+        client = self.client
+        preamble = None
+        if config.send_proxy_protocol is not None:
+            source = (client.client_ip.decode(), client.client_port)
+            if client.local is None:  # looked up only for pools that send PROXY headers
+                local = client.transport.get_extra_info("sockname")
+                if isinstance(local, tuple):
+                    client.local = (str(local[0]), int(local[1]))
+            preamble = encode_proxy_header(config.send_proxy_protocol, source, client.local)
         self.pending = PendingConnect(
-            self.client.loop, backend, self.pool.config.timeouts.connect, self._connected
+            client.loop,
+            backend,
+            config.timeouts.connect,
+            self._connected,
+            tls=config.tls,
+            preamble=preamble,
+            owner=client if preamble is not None else None,
         )
 
     def _connected(self, conn: UpstreamConnection | None, exc: Exception | None) -> None:

@@ -15,8 +15,11 @@ from typing import TYPE_CHECKING, Protocol
 
 from usher.errors import ConnectError, UpstreamProtocolError
 from usher.http.codec import Event, ResponseReader
+from usher.l4.accept import connect
+from usher.tls import upstream_context, upstream_server_name
 
 if TYPE_CHECKING:
+    from usher.config import UpstreamTls
     from usher.pool import Backend
 
 
@@ -37,6 +40,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_idle_timer",
         "backend",
         "closed",
+        "owner",
         "reader",
         "transport",
         "tunnel",
@@ -52,6 +56,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.tunnel = False
         self.closed = False
         self.used = 0  # requests carried so far
+        # The client connection whose PROXY header opened this one: reused for it alone.
+        self.owner: object | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -141,12 +147,16 @@ class UpstreamConnection(asyncio.Protocol):
         self._cancel_idle_timer()
 
 
-def take_idle(backend: Backend) -> UpstreamConnection | None:
-    """The most recently parked live connection to `backend`, if any."""
+def take_idle(backend: Backend, owner: object | None = None) -> UpstreamConnection | None:
+    """The most recently parked live connection to `backend` that belongs to `owner` (None:
+    the shared ones), if any."""
     idle = backend.idle
-    while idle:
-        conn: UpstreamConnection = idle.pop()
-        if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+    for index in range(len(idle) - 1, -1, -1):
+        conn: UpstreamConnection = idle[index]
+        if conn.closed or conn.transport is None or conn.transport.is_closing():
+            del idle[index]
+        elif conn.owner is owner:
+            del idle[index]
             conn.unpark()
             return conn
     return None
@@ -167,6 +177,37 @@ def release(
         conn.park(loop, idle_timeout)
 
 
+async def _open(
+    loop: asyncio.AbstractEventLoop,
+    backend: Backend,
+    tls: UpstreamTls | None,
+    preamble: bytes | None,
+    owner: object | None,
+) -> tuple[asyncio.BaseTransport, UpstreamConnection]:
+    """Connect; a PROXY header (`preamble`) goes first, in the clear, before any TLS."""
+
+    def protocol() -> UpstreamConnection:
+        conn = UpstreamConnection(backend)
+        conn.owner = owner
+        return conn
+
+    context = upstream_context(tls) if tls is not None else None
+    server_name = upstream_server_name(tls, backend.host) if tls is not None else None
+    if preamble is None:
+        return await loop.create_connection(
+            protocol, backend.host, backend.port, ssl=context, server_hostname=server_name
+        )
+    sock = await connect(loop, backend.host, backend.port)
+    try:
+        await loop.sock_sendall(sock, preamble)
+        return await loop.create_connection(
+            protocol, sock=sock, ssl=context, server_hostname=server_name
+        )
+    except BaseException:
+        sock.close()
+        raise
+
+
 class PendingConnect:
     """A connection attempt in progress; `cancel()` drops it (the client went away)."""
 
@@ -178,12 +219,14 @@ class PendingConnect:
         backend: Backend,
         timeout: float,
         done: Callable[[UpstreamConnection | None, Exception | None], None],
+        *,
+        tls: UpstreamTls | None = None,
+        preamble: bytes | None = None,
+        owner: object | None = None,
     ) -> None:
         self.timed_out = False
         self._dropped = False
-        self._task = loop.create_task(
-            loop.create_connection(lambda: UpstreamConnection(backend), backend.host, backend.port)
-        )
+        self._task = loop.create_task(_open(loop, backend, tls, preamble, owner))
         self._timer: asyncio.TimerHandle | None = loop.call_later(timeout, self._on_timeout)
 
         def finished(task: asyncio.Task[tuple[asyncio.BaseTransport, UpstreamConnection]]) -> None:

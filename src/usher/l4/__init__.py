@@ -1,0 +1,1 @@
+"""Layer 4: tcp, udp and tls_passthrough listeners."""
