@@ -176,6 +176,7 @@ async def dashboard() -> Response:
     responses={200: {"content": {"text/plain": {}}}},
 )
 async def metrics(balancer: BalancerDep) -> Response:
+    await balancer.before_scrape()
     body, content_type = render(balancer.registry)
     return Response(body, media_type=content_type)
 
