@@ -977,8 +977,8 @@ _UDP_ONLY = ("send", "expect")
 
 
 class HealthCheck(_Model):
-    """Active health checks: one task per backend (per worker process, until workers share
-    a control process)."""
+    """Active health checks: one task per backend, run once for all workers (in the control
+    process when there are several)."""
 
     type: Literal["tcp", "http", "udp", "agent"] = Field(
         default=DEFAULT_HEALTH_TYPE,
