@@ -772,8 +772,8 @@ class BackendConfig(_Model):
         default=None,
         gt=0,
         description=(
-            "Most requests in flight to this backend; more wait in the pool's `queue` "
-            "(or get 503 without one). null: no limit."
+            "Most requests in flight to this backend (per worker process); more wait in the "
+            "pool's `queue` (or get 503 without one). null: no limit."
         ),
     )
 
