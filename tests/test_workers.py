@@ -287,3 +287,33 @@ def test_workers_do_not_outlive_their_control_process(own_cluster: Cluster) -> N
     own_cluster.lb.kill()
     own_cluster.lb.wait(timeout=10)
     wait_until(lambda: not any(alive(pid) for pid in pids), 15, "the workers to exit")
+
+
+def test_the_default_is_one_worker_per_core(tmp_path: Path) -> None:
+    backend_port, lb_port = free_port(), free_port()
+    config = tmp_path / "usher.yaml"
+    config.write_text(
+        f"listeners: [{{name: web, bind: 127.0.0.1:{lb_port}, pool: p}}]\n"
+        f"pools: {{p: {{backends: [{{address: 127.0.0.1:{backend_port}}}]}}}}\n"
+    )
+    lb = subprocess.Popen(
+        [*USHER, "run", "-c", str(config), "--no-access-log"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Nothing serves the backend's port: 502 says the balancer answered.
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{lb_port}/").status_code == 502, 30)
+        lb.send_signal(signal.SIGTERM)
+        _, err = lb.communicate(timeout=40)
+    finally:
+        if lb.poll() is None:
+            lb.kill()
+            lb.communicate(timeout=10)
+    assert lb.returncode == 0, err
+    cores = os.cpu_count() or 1
+    if cores > 1:
+        assert f"usher: {cores} workers serving" in err
+    else:
+        assert "workers serving" not in err

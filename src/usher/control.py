@@ -30,7 +30,7 @@ from usher.errors import UsherError
 from usher.http.proxy import HttpListener
 from usher.logs import AccessLog
 from usher.metrics import Metrics, Snapshot, build_registry
-from usher.pool import Pool
+from usher.pool import Backend, Pool
 from usher.server import DEFAULT_DRAIN_TIMEOUT, Balancer, BindError, Bound, ReloadReport
 from usher.shared import RowIndex, SharedTable
 from usher.sync import PoolsState, pools_state
@@ -364,11 +364,25 @@ class ControlBalancer(Balancer):
                 future.cancel()
         self._merged = total
 
-    # Reload and stop
+    # Runtime changes, reload and stop: each reads the counts first, so a drain that starts
+    # now sees the requests in flight now, not those of the last tick.
+
+    def update_backend(
+        self, pool_name: str, address: str, *, weight: int | None = None, state: str | None = None
+    ) -> Backend:
+        self.sync_counts()
+        return super().update_backend(pool_name, address, weight=weight, state=state)
+
+    async def remove_backend(
+        self, pool_name: str, address: str, *, timeout: float | None = None
+    ) -> bool:
+        self.sync_counts()
+        return await super().remove_backend(pool_name, address, timeout=timeout)
 
     async def reload(self, config: Config | None = None) -> ReloadReport:
         """Validate and apply here (nothing changes anywhere if the file is bad), then have
         every worker apply the same config; a worker's failure is reported in the notes."""
+        self.sync_counts()
         report = await super().reload(config)
         if not hasattr(self, "_options"):
             return report  # no workers yet
@@ -437,6 +451,19 @@ async def run_control(
     balancer = ControlBalancer(
         config, workers=workers, access_log=access_log, config_path=config_path
     )
+    # Signals are ours from the start: a SIGHUP while the workers start reloads (they start
+    # with the new config), a SIGTERM stops them as soon as they are up.
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, balancer.done.set)
+    reloading: set[asyncio.Task[None]] = set()
+
+    def on_sighup() -> None:
+        task = loop.create_task(_reload(balancer))
+        reloading.add(task)
+        task.add_done_callback(reloading.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     await balancer.start()
     try:
         await balancer.start_workers(
@@ -453,17 +480,6 @@ async def run_control(
         )
     pids = ", ".join(str(w.pid) for w in sorted(balancer.workers.values(), key=_number))
     print(f"usher: {workers} workers serving (pids {pids})", file=sys.stderr, flush=True)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, balancer.done.set)
-    reloading: set[asyncio.Task[None]] = set()
-
-    def on_sighup() -> None:
-        task = loop.create_task(_reload(balancer))
-        reloading.add(task)
-        task.add_done_callback(reloading.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     flusher = loop.create_task(_flush_logs())
     await balancer.done.wait()
     failure = balancer.failure
