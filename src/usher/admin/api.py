@@ -79,9 +79,18 @@ class ListenerView(_View):
     connections: int
 
 
+class WorkerView(_View):
+    number: int = Field(description="The worker's number, 0 to N-1; a restart keeps it.")
+    pid: int
+
+
 class Overview(_View):
     pools: dict[str, PoolView]
     listeners: list[ListenerView]
+    workers: list[WorkerView] | None = Field(
+        default=None,
+        description="With `usher run --workers N` > 1: the worker processes serving now.",
+    )
 
 
 class Removed(BaseModel):
