@@ -219,6 +219,20 @@ def test_admin_changes_reach_every_worker(cluster: Cluster) -> None:
     assert httpx.patch(a, json={"weight": 1}, timeout=5).status_code == 200
 
 
+def test_a_drain_waits_for_the_requests_in_flight_in_every_worker(cluster: Cluster) -> None:
+    a = f"{cluster.admin}/api/pools/p/backends/127.0.0.1:{cluster.backends['A']}"
+    with ThreadPoolExecutor(4) as pool:
+        futures = in_flight(cluster, pool, 4, "/sleep/1.5")
+        assert cluster.backend("A")["active"] == 2
+        assert httpx.patch(a, json={"state": "draining"}, timeout=5).status_code == 200
+        time.sleep(0.5)
+        assert cluster.backend("A")["state"] == "draining"  # 2 still in flight, somewhere
+        assert [f.result().status_code for f in futures] == [200] * 4
+    wait_until(lambda: cluster.backend("A")["state"] == "disabled", 5, "A drained")
+    assert httpx.patch(a, json={"state": "enabled"}, timeout=5).status_code == 200
+    wait_until(lambda: cluster.backend("A")["state"] == "healthy", 5, "A back")
+
+
 def test_a_health_verdict_reaches_every_worker(cluster: Cluster) -> None:
     b_url = f"http://127.0.0.1:{cluster.backends['B']}"
     httpx.post(f"{b_url}/health/fail", timeout=5)
