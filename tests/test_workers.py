@@ -8,6 +8,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -274,10 +275,17 @@ def test_sighup_reloads_every_worker_and_sigterm_drains_all(own_cluster: Cluster
     lb_port = int(c.url.rsplit(":", 1)[1])
     admin_port = int(c.admin.rsplit(":", 1)[1])
     pids = list(c.worker_pids().values())
+    kept = socket.create_connection(("127.0.0.1", lb_port), timeout=10)
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    kept.sendall(request)
+    assert kept.recv(4096).startswith(b"HTTP/1.1 200")
     write_config(c.config, lb_port, admin_port, [c.backends["B"]])
     c.lb.send_signal(signal.SIGHUP)
     wait_until(lambda: len(c.pool()["pools"]["p"]["backends"]) == 1, 10, "A removed")
     assert c.names(20) == Counter({"B": 20})
+    kept.sendall(request)  # the listener kept its socket: a connection from before still works
+    assert kept.recv(4096).startswith(b"HTTP/1.1 200")
+    kept.close()
     c.config.write_text("listeners: [{name: web, bind: nowhere}]\n")
     c.lb.send_signal(signal.SIGHUP)
     time.sleep(0.5)
