@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from enum import StrEnum
@@ -85,8 +86,14 @@ def _install_loop() -> None:
 def run(
     config: ConfigOption,
     workers: Annotated[
-        int, typer.Option(help="Data-plane processes sharing the listeners (SO_REUSEPORT).", min=1)
-    ] = 1,
+        int | None,
+        typer.Option(
+            help="Data-plane processes sharing the listeners (SO_REUSEPORT), plus a control "
+            "process when N > 1. Default: the number of cores.",
+            min=1,
+            show_default=False,
+        ),
+    ] = None,
     log_format: Annotated[LogFormat, typer.Option(help="Access log format.")] = LogFormat.text,
     access_log: Annotated[bool, typer.Option(help="Write one line per request.")] = True,
 ) -> None:
@@ -98,7 +105,7 @@ def run(
     try:
         run_balancer(
             cfg,
-            workers=workers,
+            workers=workers if workers is not None else os.cpu_count() or 1,
             log_format=log_format.value,
             access_log=access_log,
             config_path=config,

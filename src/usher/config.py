@@ -858,8 +858,8 @@ class BackendConfig(_Model):
         default=None,
         gt=0,
         description=(
-            "Most requests in flight to this backend; more wait in the pool's `queue` "
-            "(or get 503 without one). null: no limit."
+            "Most requests in flight to this backend (per worker process); more wait in the "
+            "pool's `queue` (or get 503 without one). null: no limit."
         ),
     )
 
@@ -1063,8 +1063,8 @@ _UDP_ONLY = ("send", "expect")
 
 
 class HealthCheck(_Model):
-    """Active health checks: one task per backend (per worker process, until workers share
-    a control process)."""
+    """Active health checks: one task per backend, run once for all workers (in the control
+    process when there are several)."""
 
     type: Literal["tcp", "http", "udp", "agent"] = Field(
         default=DEFAULT_HEALTH_TYPE,

@@ -30,6 +30,7 @@ from usher.persistence import Persistence, build_persistence, request_cookie, re
 if TYPE_CHECKING:
     from usher.config import BackendConfig, HostPort, PoolConfig
     from usher.http.codec import Headers, Request
+    from usher.shared import Slot
 
 State = Literal["enabled", "draining", "disabled"]
 log = logging.getLogger("usher.health")
@@ -70,6 +71,7 @@ class Backend:
         "ramp_start",
         "reason",
         "requests_total",
+        "shared",
         "state",
         "weight",
     )
@@ -107,12 +109,19 @@ class Backend:
         self.load: float | None = None  # 0..1 as the backend's agent last reported it
         self.last_check: tuple[bool, float, str] | None = None  # (ok, at, detail)
         self.drained: asyncio.Event | None = None
+        # With several workers: this worker's cells of the shared counts (usher.shared).
+        self.shared: Slot | None = None
         # Idle keep-alive connections to this backend, most recently used last.
         self.idle: list[Any] = []
 
     def ready(self, now: float) -> bool:
         """May take a new request: enabled, healthy and not ejected."""
         return self.state == "enabled" and self.healthy and now >= self.failed_until
+
+    def in_flight(self) -> int:
+        """Requests in flight to this backend in every worker (in this one when alone)."""
+        shared = self.shared
+        return self.active if shared is None else shared.total()
 
     def has_room(self) -> bool:
         limit = self.max_connections
@@ -296,6 +305,8 @@ class Pool:
         backend.requests_total += 1
         self.retry_budget.deposit()
         self.algorithm_for(backend).on_start(backend)
+        if backend.shared is not None:
+            backend.shared.publish(backend)
 
     def on_finish(self, backend: Backend, latency: float, ok: bool, detail: str = "") -> None:
         backend.active -= 1
@@ -308,6 +319,8 @@ class Pool:
         else:
             self.record_failure(backend, detail)
         self.algorithm_for(backend).on_finish(backend, latency, ok)
+        if backend.shared is not None:
+            backend.shared.publish(backend)
         if backend.drained is not None and backend.active == 0:
             backend.drained.set()
         if self.waiters and backend.has_room():
@@ -317,6 +330,8 @@ class Pool:
         """The client left before the answer: the request ends without saying anything of the
         backend (no latency sample, no success that would clear its failures)."""
         backend.active -= 1
+        if backend.shared is not None:
+            backend.shared.publish(backend)
         if backend.drained is not None and backend.active == 0:
             backend.drained.set()
         if self.waiters and backend.has_room():

@@ -276,6 +276,11 @@ class Balancer:
             "pools": {name: pool.describe(offset) for name, pool in self.pools.items()},
         }
 
+    async def before_scrape(self) -> None:
+        """Bring the metrics up to date before `/metrics` renders them (the control process of
+        several workers collects theirs here); one process counts in place."""
+        return None
+
     def pool(self, name: str) -> Pool:
         pool = self.pools.get(name)
         if pool is None:

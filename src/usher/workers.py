@@ -1,30 +1,19 @@
-"""Process model: serve in this process, or in N forked workers sharing the listeners.
-
-With N workers, the parent resolves and reserves every listener address, then forks; each
-worker binds its own socket on the same address with SO_REUSEPORT so the kernel spreads
-connections across them. The parent only supervises: it restarts a worker that dies and passes
-SIGTERM/SIGINT on. Each worker has its own pools (round robin seeded by worker number, so the
-workers do not move in lockstep).
+"""Process model: serve in this process (`--workers 1`), or start the control process of
+N worker processes (usher.control, usher.worker) that share the listeners with SO_REUSEPORT.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import signal
-import socket
 import sys
-import time
 from pathlib import Path
 
-from usher.config import Config, HostPort, Listener
-from usher.errors import ConfigError, ConfigIssue, UsherError
+from usher.config import Config, HostPort
+from usher.errors import UsherError
 from usher.logs import AccessLog, LogFormat
-from usher.server import Balancer, BindError
+from usher.server import Balancer
 
-# A worker that dies this soon after it started is failing, not crashing once: stop restarting.
-RESTART_BACKOFF = 1.0
 LOG_FLUSH_INTERVAL = 1.0
 
 
@@ -43,18 +32,11 @@ def run_balancer(
         _install_uvloop()
         asyncio.run(_serve(config, log, seed=0, reuse_port=False, config_path=config_path))
         return
-    if config.admin is not None:
-        # Each worker keeps its own pools until the control process shares them: an admin API
-        # in one worker would change a fraction of the traffic and report a fraction of it.
-        raise ConfigError(
-            [ConfigIssue("admin", "the admin API needs --workers 1 for now (one process)")]
-        )
-    config, reserved = _reserve_ports(config)
-    try:
-        _supervise(config, workers, log, config_path)
-    finally:
-        for sock in reserved:
-            sock.close()
+    # A control process (health checks, admin API, metrics, reloads) and N workers.
+    from usher.control import run_control
+
+    _install_uvloop()
+    asyncio.run(run_control(config, workers=workers, access_log=log, config_path=config_path))
 
 
 def _install_uvloop() -> None:
@@ -118,99 +100,6 @@ async def _flush_logs() -> None:
     while True:
         await asyncio.sleep(LOG_FLUSH_INTERVAL)
         sys.stdout.flush()
-
-
-def _reserve_ports(config: Config) -> tuple[Config, list[socket.socket]]:
-    """Bind (without listening) each listener address, so that port 0 becomes one real port
-    shared by every worker and a port in use is reported once, before any fork."""
-    reserved: list[socket.socket] = []
-    listeners: list[Listener] = []
-    for lc in config.listeners:
-        family = socket.AF_INET6 if ":" in lc.bind.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        try:
-            sock.bind((lc.bind.host, lc.bind.port))
-        except OSError as exc:
-            sock.close()
-            for other in reserved:
-                other.close()
-            raise BindError(
-                f"listener {lc.name}: cannot listen on {lc.bind}: {exc.strerror or exc}"
-            ) from exc
-        reserved.append(sock)
-        port = sock.getsockname()[1]
-        listeners.append(lc.model_copy(update={"bind": HostPort(lc.bind.host, port)}))
-    return config.model_copy(update={"listeners": listeners}), reserved
-
-
-def _supervise(config: Config, count: int, access_log: AccessLog, config_path: Path | None) -> None:
-    children: dict[int, int] = {}  # pid -> worker number
-    started: dict[int, float] = {}
-    stopping = False
-
-    def spawn(number: int) -> None:
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                # Ignored until the worker's loop takes SIGHUP over (a reload of its own).
-                signal.signal(signal.SIGHUP, signal.SIG_IGN)
-                _install_uvloop()
-                asyncio.run(
-                    _serve(
-                        config, access_log, seed=number, reuse_port=True, config_path=config_path
-                    )
-                )
-            except UsherError as exc:
-                print(f"usher worker {number}: {exc}", file=sys.stderr, flush=True)
-                code = 2
-            except BaseException:
-                code = 2
-            finally:
-                sys.stdout.flush()
-                os._exit(code)
-        children[pid] = number
-        started[pid] = time.monotonic()
-
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-
-    def reload_all(_signum: int, _frame: object) -> None:
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGHUP)
-
-    signal.signal(signal.SIGHUP, reload_all)
-    for number in range(count):
-        spawn(number)
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        number = children.pop(pid, -1)
-        if number < 0 or stopping:
-            continue
-        lived = time.monotonic() - started.pop(pid, 0.0)
-        code = os.waitstatus_to_exitcode(status)
-        print(f"usher: worker {number} (pid {pid}) exited with {code}", file=sys.stderr, flush=True)
-        if lived < RESTART_BACKOFF and code == 2:
-            forward(signal.SIGTERM, None)
-            raise UsherError(f"worker {number} failed at start; see the messages above")
-        spawn(number)
 
 
 __all__ = ["HostPort", "run_balancer"]

@@ -79,9 +79,18 @@ class ListenerView(_View):
     connections: int
 
 
+class WorkerView(_View):
+    number: int = Field(description="The worker's number, 0 to N-1; a restart keeps it.")
+    pid: int
+
+
 class Overview(_View):
     pools: dict[str, PoolView]
     listeners: list[ListenerView]
+    workers: list[WorkerView] | None = Field(
+        default=None,
+        description="With `usher run --workers N` > 1: the worker processes serving now.",
+    )
 
 
 class Removed(BaseModel):
@@ -176,6 +185,7 @@ async def dashboard() -> Response:
     responses={200: {"content": {"text/plain": {}}}},
 )
 async def metrics(balancer: BalancerDep) -> Response:
+    await balancer.before_scrape()
     body, content_type = render(balancer.registry)
     return Response(body, media_type=content_type)
 

@@ -145,7 +145,7 @@ class ConsistentHash(Algorithm):
             count += 1
             backend = backends[index]
             if eligible(backend):
-                if scale and backend.active >= math.ceil(
+                if scale and backend.in_flight() >= math.ceil(
                     scale * backend.effective_weight - _EPSILON
                 ):
                     if over is None:
@@ -166,7 +166,7 @@ class ConsistentHash(Algorithm):
         weight = 0.0
         for backend in self.backends:
             if ctx.eligible(backend):
-                in_flight += backend.active
+                in_flight += backend.in_flight()  # over every worker
                 weight += backend.effective_weight
         if weight <= 0:
             return 0.0

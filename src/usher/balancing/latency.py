@@ -75,8 +75,9 @@ class LeastResponseTime(Stepwise):
                     elapsed = now - stamps[i]
                     if elapsed > 0.0:
                         latency = mean + (latency - mean) * math.exp(-elapsed / decay)
-                load = backend.active / weight
-                score = (backend.active + 1) * latency / weight
+                active = backend.in_flight()  # over every worker
+                load = active / weight
+                score = (active + 1) * latency / weight
             if best < 0 or score < best_score or (score == best_score and load < best_load):
                 best, best_score, best_load, best_tie = i, score, load, tie_key(i)
             elif score == best_score and load == best_load:
@@ -192,9 +193,10 @@ class PowerOfTwoChoices(Algorithm):
         weight = backend.effective_weight
         if weight <= 0:
             return _INF
+        active = backend.in_flight()  # over every worker
         if self._cost[index] < 0.0:
-            return 0.0 if backend.active == 0 else UNPROBED_PENALTY + backend.active / weight
-        return self._decayed(index, now) * (backend.active + 1) / weight
+            return 0.0 if active == 0 else UNPROBED_PENALTY + active / weight
+        return self._decayed(index, now) * (active + 1) / weight
 
     def on_finish(self, backend: Backend, latency: float, ok: bool) -> None:
         index = self._index.get(backend)

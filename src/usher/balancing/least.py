@@ -50,7 +50,7 @@ class FairTies:
 
 @register("least_connections", "weighted_least_connections")
 class LeastConnections(Stepwise):
-    """Lowest `active / effective_weight` first; exact ties go by `FairTies`."""
+    """Lowest `in_flight() / effective_weight` first; exact ties go by `FairTies`."""
 
     def __init__(self, backends: Sequence[Backend], **kwargs: Any) -> None:
         super().__init__(backends, **kwargs)
@@ -67,7 +67,8 @@ class LeastConnections(Stepwise):
                 continue
             weight = backend.effective_weight
             # A zero weight (the first instant of slow start) is a last resort, not an error.
-            load = backend.active / weight if weight > 0 else _INF
+            # in_flight: the sum over every worker, so the workers balance as one.
+            load = backend.in_flight() / weight if weight > 0 else _INF
             if best < 0 or load < best_load:
                 best, best_load, best_tie = i, load, tie_key(i)
             elif load == best_load:

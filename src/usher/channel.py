@@ -1,0 +1,72 @@
+"""The control process's line to one worker: a Unix socket pair carrying small framed messages.
+
+A message is a tuple whose first item names its kind; it travels pickled behind a 4-byte
+length. Pickle is safe here because both ends are usher processes of one `usher run` and
+the socket pair is never reachable by anyone else; it carries the validated `Config` as it is,
+so a worker never re-reads or re-validates the file.
+
+Control to worker: ("start", config, state, options), ("state", state), ("reload", config),
+("scrape", id), ("stop",). Worker to control: ("ready", [urls]), ("failed", message),
+("reloaded", error or None), ("metrics", id, snapshot, connections), ("connections", counts).
+The socket closing is news too: the control sees a worker die, and a worker sees its control
+die (it then drains and exits, so no worker serves on without a control).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import socket
+import struct
+from typing import Any, Final
+
+_HEADER: Final = struct.Struct("!I")
+# A config with thousands of backends pickles to well under this.
+MAX_MESSAGE: Final = 64 * 1024 * 1024
+
+Message = tuple[Any, ...]
+
+
+class ChannelClosed(Exception):
+    """The other end went away."""
+
+
+class Channel:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    @classmethod
+    async def open(cls, sock: socket.socket) -> Channel:
+        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_MESSAGE)
+        return cls(reader, writer)
+
+    def send(self, *message: Any) -> None:
+        """Queue one message (never blocks; the socket buffer and the transport absorb it)."""
+        if self._writer.is_closing():
+            raise ChannelClosed("the channel is closed")
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        self._writer.write(_HEADER.pack(len(data)) + data)
+
+    async def recv(self) -> Message:
+        try:
+            header = await self._reader.readexactly(_HEADER.size)
+            (size,) = _HEADER.unpack(header)
+            if size > MAX_MESSAGE:
+                raise ChannelClosed(f"message of {size} bytes refused")
+            data = await self._reader.readexactly(size)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            raise ChannelClosed("the other end closed the channel") from exc
+        message = pickle.loads(data)
+        if not isinstance(message, tuple) or not message:
+            raise ChannelClosed(f"unexpected message {message!r}")
+        return message
+
+    async def drain(self) -> None:
+        try:
+            await self._writer.drain()
+        except ConnectionError as exc:
+            raise ChannelClosed("the other end closed the channel") from exc
+
+    def close(self) -> None:
+        self._writer.close()

@@ -1,0 +1,513 @@
+"""The control process of `usher run --workers N`: config, health checks, admin API, metrics,
+reloads; it starts N worker processes (usher.worker) that serve the traffic, and restarts any
+that dies.
+
+It holds every listener's address bound but not listening (SO_REUSEPORT), so that port 0 is
+one real port for all workers, a port in use is found before any worker starts, and the kernel
+spreads connections over the workers' own sockets only. It owns the live pools: every 50 ms it
+reads the workers' counts from the shared table into its backends (requests in flight, totals,
+latency; a drain ends when the sum reaches 0) and sends the workers the backends' state when it
+changed (health verdicts, admin changes, drains, backends added or removed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from usher.channel import Channel, ChannelClosed
+from usher.config import Config
+from usher.errors import UsherError
+from usher.listeners import AnyListener, Serving
+from usher.logs import AccessLog
+from usher.metrics import Metrics, Snapshot, build_registry
+from usher.pool import Backend, Pool
+from usher.server import DEFAULT_DRAIN_TIMEOUT, Balancer, BindError, Bound, ReloadReport
+from usher.shared import RowIndex, SharedTable
+from usher.sync import PoolsState, pools_state
+
+# How often counts come in from the shared table and state goes out to the workers: well
+# under any health check interval, so a verdict reaches every worker within one.
+SYNC_INTERVAL = 0.05
+# A worker that dies this soon after it started with exit code 2 is failing, not crashing once.
+RESTART_BACKOFF = 1.0
+START_TIMEOUT = 60.0
+# A worker slower than this to answer a scrape or a reload is counted with what it said last.
+ANSWER_TIMEOUT = 2.0
+
+
+class Reservation:
+    """A listener address bound, never listening: stands for the workers' sockets in the
+    control process's Balancer (it is closed where a served listener would be)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def release_datagram(self) -> None:
+        """A bound UDP socket in a SO_REUSEPORT group takes its share of the datagrams (a TCP
+        socket that never listens takes no connection), so once the workers hold a UDP port,
+        the control process lets go of its own."""
+        if self.sock.type == socket.SOCK_DGRAM:
+            self.sock.close()
+
+    @property
+    def sockets(self) -> Sequence[socket.socket]:
+        return [self.sock]
+
+    def close(self) -> None:
+        self.sock.close()
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+def reserve(host: str, port: int, *, datagram: bool = False) -> socket.socket:
+    """Bind the address the workers will share (a UDP listener's as a datagram socket, so
+    that port 0 picks a port free for UDP and a UDP port in use is caught here)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM if datagram else socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+@dataclass
+class WorkerProcess:
+    number: int
+    proc: asyncio.subprocess.Process
+    channel: Channel
+    started: float
+    ready: asyncio.Future[list[str]]
+    snapshot: Snapshot | None = None
+    connections: dict[str, int] = field(default_factory=dict)
+    pending: dict[int, asyncio.Future[Any]] = field(default_factory=dict)
+    reloads: list[asyncio.Future[str | None]] = field(default_factory=list)
+    watcher: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+class ControlBalancer(Balancer):
+    """The Balancer of the control process: it serves no traffic itself."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        workers: int,
+        access_log: AccessLog,
+        config_path: Path | None = None,
+    ) -> None:
+        super().__init__(config, access_log=access_log, config_path=config_path)
+        self.count = workers
+        self.table = SharedTable.create(workers)
+        self.rows = RowIndex(self.table.capacity)
+        self.workers: dict[int, WorkerProcess] = {}
+        self.stopping = False
+        self.failure: str | None = None
+        self.done = asyncio.Event()
+        self._sent: PoolsState | None = None
+        self._ids = itertools.count()
+        # Counts of workers that died, so that totals never go backwards.
+        self._retired_metrics = Metrics()
+        self._retired_counts: dict[tuple[str, str], tuple[int, int]] = {}
+        self._merged = Metrics()
+        self.registry = build_registry(lambda: self._merged, lambda: self.pools, self.connections)
+        self._syncer: asyncio.Task[None] | None = None
+
+    # Listeners: reserved here, served by the workers
+
+    async def _bind(self, listener: AnyListener) -> tuple[Serving, Bound]:
+        lc = listener.config
+        try:
+            sock = reserve(lc.bind.host, lc.bind.port, datagram=lc.protocol == "udp")
+        except OSError as exc:
+            raise BindError(
+                f"listener {lc.name}: cannot listen on {lc.bind}: {exc.strerror or exc}"
+            ) from exc
+        host, port = sock.getsockname()[:2]
+        return Reservation(sock), Bound(lc.name, host, port, lc.protocol)
+
+    async def _retire_pool(self, pool: Pool) -> None:
+        return None  # each worker retires its own copy; nothing is in flight here
+
+    def worker_config(self) -> Config:
+        """The config as the workers serve it: the ports actually reserved, no admin API."""
+        listeners = [self._as_bound(lc) for lc in self.config.listeners]
+        return self.config.model_copy(update={"listeners": listeners, "admin": None})
+
+    # Workers
+
+    async def start_workers(self, options: dict[str, Any]) -> None:
+        self._options = options
+        await asyncio.gather(*(self._spawn_worker(n) for n in range(self.count)))
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(w.ready for w in self.workers.values())), START_TIMEOUT
+            )
+        except TimeoutError:
+            raise UsherError(f"the workers did not start within {START_TIMEOUT:g}s") from None
+        self._release_datagram_reservations()
+        self._syncer = asyncio.get_running_loop().create_task(self._sync_loop())
+
+    async def _spawn_worker(self, number: int) -> WorkerProcess:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "usher.worker",
+                str(theirs.fileno()),
+                str(self.table.fd),
+                str(number),
+                str(self.table.workers),
+                str(self.table.capacity),
+                stdin=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(), self.table.fd),
+            )
+        finally:
+            theirs.close()
+        channel = await Channel.open(ours)
+        loop = asyncio.get_running_loop()
+        worker = WorkerProcess(number, proc, channel, time.monotonic(), loop.create_future())
+        self.workers[number] = worker
+        state = self._state()
+        channel.send("start", self.worker_config(), state, self._options)
+        worker.watcher = loop.create_task(self._watch(worker))
+        return worker
+
+    async def _watch(self, worker: WorkerProcess) -> None:
+        try:
+            while True:
+                self._on_message(worker, await worker.channel.recv())
+        except ChannelClosed:
+            pass
+        code = await worker.proc.wait()
+        worker.channel.close()
+        self._exited(worker, code)
+
+    def _on_message(self, worker: WorkerProcess, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "ready":
+            if not worker.ready.done():
+                worker.ready.set_result(message[1])
+        elif kind == "failed":
+            if self.failure is None:
+                self.failure = f"worker {worker.number}: {message[1]}"
+            if not worker.ready.done():
+                worker.ready.set_exception(UsherError(self.failure))
+        elif kind == "metrics":
+            _, ident, snapshot, connections = message
+            worker.snapshot = snapshot
+            worker.connections = connections
+            future = worker.pending.pop(ident, None)
+            if future is not None and not future.done():
+                future.set_result(snapshot)
+        elif kind == "connections":
+            worker.connections = message[1]
+        elif kind == "reloaded" and worker.reloads:
+            future = worker.reloads.pop(0)
+            if not future.done():
+                future.set_result(message[1])
+
+    def _exited(self, worker: WorkerProcess, code: int) -> None:
+        if self.workers.get(worker.number) is worker:
+            del self.workers[worker.number]
+        self._retire_counts(worker)
+        for future in [worker.ready, *worker.pending.values(), *worker.reloads]:
+            if not future.done():
+                future.set_exception(UsherError(f"worker {worker.number} exited"))
+                future.exception()  # retrieved: nobody may be waiting any more
+        if self.stopping:
+            if not self.workers:
+                self.done.set()
+            return
+        lived = time.monotonic() - worker.started
+        print(
+            f"usher: worker {worker.number} (pid {worker.pid}) exited with {code}",
+            file=sys.stderr,
+            flush=True,
+        )
+        if code == 2 and lived < RESTART_BACKOFF:
+            self.failure = self.failure or f"worker {worker.number} failed at start"
+            self.done.set()
+            return
+        task = asyncio.get_running_loop().create_task(self._restart(worker.number, lived))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _restart(self, number: int, lived: float) -> None:
+        if lived < RESTART_BACKOFF:  # crashing in a loop: do not spin
+            await asyncio.sleep(RESTART_BACKOFF)
+        if self.stopping:
+            return
+        worker = await self._spawn_worker(number)
+        with contextlib.suppress(UsherError):
+            await worker.ready
+            print(
+                f"usher: worker {number} restarted (pid {worker.pid})", file=sys.stderr, flush=True
+            )
+
+    def _retire_counts(self, worker: WorkerProcess) -> None:
+        """A dead worker's requests in flight are gone: clear its slots, keep its totals."""
+        table = self.table
+        width = table.workers
+        for name, pool in self.pools.items():
+            for backend in pool.backends:
+                row = self.rows.get(name, backend.label)
+                if row is None:
+                    continue
+                cell = row * width + worker.number
+                key = (name, backend.label)
+                requests, failures = self._retired_counts.get(key, (0, 0))
+                self._retired_counts[key] = (
+                    requests + table.requests[cell],
+                    failures + table.failures[cell],
+                )
+        table.clear_worker(worker.number)
+        if worker.snapshot is not None:
+            self._retired_metrics.add_snapshot(worker.snapshot)
+        self.sync_counts()
+
+    # Counts in, state out
+
+    async def _sync_loop(self) -> None:
+        while True:
+            self.sync_counts()
+            self.push_state()
+            await asyncio.sleep(SYNC_INTERVAL)
+
+    def sync_counts(self) -> None:
+        table = self.table
+        for name, pool in self.pools.items():
+            for backend in pool.backends:
+                row = self.rows.get(name, backend.label)
+                if row is None:
+                    continue
+                active, requests, failures, latency = table.totals(row)
+                retired = self._retired_counts.get((name, backend.label), (0, 0))
+                backend.active = active
+                backend.requests_total = requests + retired[0]
+                backend.failures_total = failures + retired[1]
+                backend.latency_ewma = latency
+                if backend.drained is not None and active == 0:
+                    backend.drained.set()
+
+    def _state(self) -> PoolsState:
+        return pools_state(self.pools, self.rows)
+
+    def push_state(self) -> None:
+        state = self._state()
+        if state == self._sent:
+            return
+        for worker in list(self.workers.values()):
+            with contextlib.suppress(ChannelClosed):
+                worker.channel.send("state", state)
+        self._sent = state
+        # Rows of backends gone from every pool are free once the workers have been told.
+        alive = {(name, b.label) for name, pool in self.pools.items() for b in pool.backends}
+        for row in self.rows.keep_only(alive):
+            self.table.clear_row(row)
+        for key in [k for k in self._retired_counts if k not in alive]:
+            del self._retired_counts[key]
+
+    # Views
+
+    def connections(self) -> dict[str, int]:
+        total = dict.fromkeys(self.listeners, 0)
+        for worker in self.workers.values():
+            for name, count in worker.connections.items():
+                if name in total:
+                    total[name] += count
+        return total
+
+    def describe(self) -> dict[str, Any]:
+        self.sync_counts()
+        view = super().describe()
+        connections = self.connections()
+        for listener in view["listeners"]:
+            listener["connections"] = connections.get(listener["name"], 0)
+        view["workers"] = [
+            {"number": w.number, "pid": w.pid} for w in sorted(self.workers.values(), key=_number)
+        ]
+        return view
+
+    async def before_scrape(self) -> None:
+        """Ask every worker for its counters and sum them with this process's own (the health
+        checks) and those of workers that died."""
+        self.sync_counts()
+        loop = asyncio.get_running_loop()
+        waits: list[tuple[WorkerProcess, asyncio.Future[Any]]] = []
+        for worker in list(self.workers.values()):
+            ident = next(self._ids)
+            future: asyncio.Future[Any] = loop.create_future()
+            worker.pending[ident] = future
+            try:
+                worker.channel.send("scrape", ident)
+            except ChannelClosed:
+                worker.pending.pop(ident, None)
+                continue
+            waits.append((worker, future))
+        if waits:
+            await asyncio.wait([f for _, f in waits], timeout=ANSWER_TIMEOUT)
+        total = Metrics()
+        total.add_snapshot(self.metrics.snapshot())
+        total.add_snapshot(self._retired_metrics.snapshot())
+        for worker in list(self.workers.values()):
+            if worker.snapshot is not None:
+                total.add_snapshot(worker.snapshot)
+        for worker, future in waits:
+            worker.pending = {k: f for k, f in worker.pending.items() if f is not future}
+            if not future.done():
+                future.cancel()
+        self._merged = total
+
+    # Runtime changes, reload and stop: each reads the counts first, so a drain that starts
+    # now sees the requests in flight now, not those of the last tick.
+
+    def update_backend(
+        self, pool_name: str, address: str, *, weight: int | None = None, state: str | None = None
+    ) -> Backend:
+        self.sync_counts()
+        return super().update_backend(pool_name, address, weight=weight, state=state)
+
+    async def remove_backend(
+        self, pool_name: str, address: str, *, timeout: float | None = None
+    ) -> bool:
+        self.sync_counts()
+        return await super().remove_backend(pool_name, address, timeout=timeout)
+
+    async def reload(self, config: Config | None = None) -> ReloadReport:
+        """Validate and apply here (nothing changes anywhere if the file is bad), then have
+        every worker apply the same config; a worker's failure is reported in the notes."""
+        self.sync_counts()
+        report = await super().reload(config)
+        if not hasattr(self, "_options"):
+            return report  # no workers yet
+        worker_config = self.worker_config()
+        loop = asyncio.get_running_loop()
+        waits: list[tuple[int, asyncio.Future[str | None]]] = []
+        for worker in list(self.workers.values()):
+            future: asyncio.Future[str | None] = loop.create_future()
+            try:
+                worker.channel.send("reload", worker_config)
+            except ChannelClosed:
+                continue
+            worker.reloads.append(future)
+            waits.append((worker.number, future))
+        self.push_state()  # after the reload message: the workers apply both in this order
+        for number, future in waits:
+            try:
+                error = await asyncio.wait_for(future, ANSWER_TIMEOUT + DEFAULT_DRAIN_TIMEOUT)
+            except (TimeoutError, UsherError) as exc:
+                error = str(exc) or "no answer"
+            if error is not None:
+                report.notes.append(f"worker {number}: {error}")
+        self._release_datagram_reservations()
+        return report
+
+    def _release_datagram_reservations(self) -> None:
+        for serving in self._servers.values():
+            if isinstance(serving, Reservation):
+                serving.release_datagram()
+
+    async def stop(self, timeout: float = DEFAULT_DRAIN_TIMEOUT) -> None:
+        """Every worker drains (up to `timeout`) and exits, then the control plane stops."""
+        self.stopping = True
+        if self._syncer is not None:
+            self._syncer.cancel()
+        workers = list(self.workers.values())
+        for worker in workers:
+            with contextlib.suppress(ProcessLookupError):
+                worker.proc.send_signal(signal.SIGTERM)
+        if workers:
+            waits = [asyncio.ensure_future(w.proc.wait()) for w in workers]
+            _, late = await asyncio.wait(waits, timeout=timeout + 5.0)
+            for worker in workers:
+                if worker.proc.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        worker.proc.kill()
+            if late:
+                await asyncio.wait(late, timeout=5.0)
+        for worker in workers:
+            if worker.watcher is not None:
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(worker.watcher, 5.0)
+        await super().stop(timeout=0)
+        self.table.close()
+
+
+def _number(worker: WorkerProcess) -> int:
+    return worker.number
+
+
+async def run_control(
+    config: Config,
+    *,
+    workers: int,
+    access_log: AccessLog,
+    config_path: Path | None,
+) -> None:
+    """Serve until SIGTERM/SIGINT; SIGHUP reloads. Raises UsherError when the workers cannot
+    start (the first one's message) or keep failing at start."""
+    from usher.workers import _flush_logs, _reload
+
+    balancer = ControlBalancer(
+        config, workers=workers, access_log=access_log, config_path=config_path
+    )
+    # Signals are ours from the start: a SIGHUP while the workers start reloads (they start
+    # with the new config), a SIGTERM stops them as soon as they are up.
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, balancer.done.set)
+    reloading: set[asyncio.Task[None]] = set()
+
+    def on_sighup() -> None:
+        task = loop.create_task(_reload(balancer))
+        reloading.add(task)
+        task.add_done_callback(reloading.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    await balancer.start()
+    try:
+        await balancer.start_workers(
+            {"access_log": access_log.enabled, "log_format": access_log.format}
+        )
+    except UsherError as exc:
+        await balancer.stop(timeout=0)
+        raise UsherError(balancer.failure or str(exc)) from None
+    for bound in balancer.bound.values():
+        print(f"usher: listener {bound.name} on {bound.url}", file=sys.stderr, flush=True)
+    if balancer.admin_url is not None:
+        print(
+            f"usher: admin API and dashboard on {balancer.admin_url}", file=sys.stderr, flush=True
+        )
+    pids = ", ".join(str(w.pid) for w in sorted(balancer.workers.values(), key=_number))
+    print(f"usher: {workers} workers serving (pids {pids})", file=sys.stderr, flush=True)
+    flusher = loop.create_task(_flush_logs())
+    await balancer.done.wait()
+    failure = balancer.failure
+    if failure is None:
+        print("usher: draining", file=sys.stderr, flush=True)
+    await balancer.stop(timeout=0 if failure else DEFAULT_DRAIN_TIMEOUT)
+    flusher.cancel()
+    sys.stdout.flush()
+    if failure is not None:
+        raise UsherError(f"{failure}; see the messages above")

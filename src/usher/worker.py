@@ -1,0 +1,189 @@
+"""A data-plane worker process of `usher run --workers N`: serves the listeners, nothing else.
+
+The control process starts it as `python -m usher.worker CHANNEL_FD TABLE_FD NUMBER` and sends
+the config and the backends' state over the channel (usher.channel). Health checks, the admin
+API and reloads are the control process's; the worker applies what it is sent, publishes its
+counts in its slots of the shared table (usher.shared), and answers scrapes with its counters.
+It drains and exits on SIGTERM, on a "stop" message, or when the control process goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from typing import Any
+
+from usher.channel import Channel, ChannelClosed
+from usher.config import Config
+from usher.errors import UsherError
+from usher.logs import AccessLog
+from usher.pool import Backend, Pool
+from usher.server import Balancer, ReloadReport
+from usher.shared import SharedTable
+from usher.sync import PoolsState, apply_state, detach, quiet_state_log
+
+# How often the worker tells the control process its open client connections per listener.
+CONNECTIONS_INTERVAL = 1.0
+LOG_FLUSH_INTERVAL = 1.0
+EXIT_RUNTIME = 2
+
+
+class WorkerBalancer(Balancer):
+    """A Balancer without the control plane: no health checks and no admin API, and backends a
+    reload drops stay (draining) until the control process, which sees every worker's requests
+    in flight, removes them."""
+
+    def __init__(
+        self, config: Config, table: SharedTable, number: int, access_log: AccessLog
+    ) -> None:
+        super().__init__(config, access_log=access_log, seed=number, reuse_port=True)
+        self.table = table
+        self.number = number
+        self.checkers = {}
+
+    async def _start_admin(self) -> None:
+        return None
+
+    def _restart_checkers(self) -> None:
+        return None
+
+    async def _drain_out(self, pool_name: str, backend: Backend) -> None:
+        pool = self.pools.get(pool_name)
+        if pool is not None and backend in pool.backends and backend.state == "enabled":
+            with quiet_state_log():
+                pool.set_state(backend, "draining", "draining")
+
+    async def _retire_pool(self, pool: Pool) -> None:
+        # A pool the reload removed: its rows go back to the control process at once.
+        for backend in pool.backends:
+            detach(backend)
+        await super()._retire_pool(pool)
+
+    def apply(self, state: PoolsState) -> None:
+        apply_state(self.pools, state, self.table, self.number)
+
+    def connections(self) -> dict[str, int]:
+        return {name: len(listener.connections) for name, listener in self.listeners.items()}
+
+
+async def serve(channel: Channel, table: SharedTable, number: int) -> int:
+    """Run one worker until it is told to stop; returns the exit code."""
+    first = await channel.recv()
+    if first[0] != "start":
+        raise ChannelClosed(f"expected a start message, got {first[0]!r}")
+    _, config, state, options = first
+    access_log = AccessLog(enabled=options["access_log"], format=options["log_format"])
+    try:
+        balancer = WorkerBalancer(config, table, number, access_log)
+        balancer.apply(state)
+        await balancer.start()
+    except UsherError as exc:
+        channel.send("failed", str(exc))
+        with contextlib.suppress(ChannelClosed):
+            await channel.drain()
+        return EXIT_RUNTIME
+    channel.send("ready", [bound.url for bound in balancer.bound.values()])
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    tasks = [
+        loop.create_task(_listen(channel, balancer, stop)),
+        loop.create_task(_report_connections(channel, balancer)),
+        loop.create_task(_flush_logs()),
+    ]
+    await stop.wait()
+    await balancer.stop()
+    for task in tasks:
+        task.cancel()
+    sys.stdout.flush()
+    return 0
+
+
+async def _listen(channel: Channel, balancer: WorkerBalancer, stop: asyncio.Event) -> None:
+    """Handle the control process's messages in order (a reload before the state after it)."""
+    try:
+        while True:
+            message = await channel.recv()
+            kind = message[0]
+            if kind == "state":
+                balancer.apply(message[1])
+            elif kind == "reload":
+                channel.send("reloaded", await _reload(balancer, message[1]))
+            elif kind == "scrape":
+                channel.send("metrics", message[1], balancer.metrics.snapshot(), _conns(balancer))
+            elif kind == "stop":
+                break
+    except ChannelClosed:
+        print(
+            f"usher worker {balancer.number}: the control process is gone; draining",
+            file=sys.stderr,
+            flush=True,
+        )
+    stop.set()
+
+
+async def _reload(balancer: WorkerBalancer, config: Config) -> str | None:
+    try:
+        report: ReloadReport = await balancer.reload(config)
+    except UsherError as exc:
+        return str(exc)
+    del report  # the control process reports the reload once, for all
+    return None
+
+
+def _conns(balancer: WorkerBalancer) -> dict[str, int]:
+    return balancer.connections()
+
+
+async def _report_connections(channel: Channel, balancer: WorkerBalancer) -> None:
+    with contextlib.suppress(ChannelClosed):
+        while True:
+            await asyncio.sleep(CONNECTIONS_INTERVAL)
+            channel.send("connections", balancer.connections())
+
+
+async def _flush_logs() -> None:
+    while True:
+        await asyncio.sleep(LOG_FLUSH_INTERVAL)
+        sys.stdout.flush()
+
+
+async def _main(channel_fd: int, table_fd: int, number: int, workers: int, capacity: int) -> int:
+    sock = socket.socket(fileno=channel_fd)
+    table = SharedTable(table_fd, workers, capacity)
+    channel = await Channel.open(sock)
+    try:
+        return await serve(channel, table, number)
+    except ChannelClosed:
+        return EXIT_RUNTIME
+    finally:
+        channel.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 5:
+        sys.exit("usage: python -m usher.worker CHANNEL_FD TABLE_FD NUMBER WORKERS CAPACITY")
+    channel_fd, table_fd, number, workers, capacity = (int(a) for a in args)
+    # The control process passes Ctrl-C on as SIGTERM; the terminal's own SIGINT to the whole
+    # process group must not stop the workers behind its back. SIGHUP is the control's too.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s usher worker {number}: %(message)s",
+        stream=sys.stderr,
+    )
+    import uvloop
+
+    code: Any = uvloop.run(_main(channel_fd, table_fd, number, workers, capacity))
+    sys.stdout.flush()
+    sys.exit(int(code))
+
+
+if __name__ == "__main__":
+    main()
