@@ -88,8 +88,10 @@ class Balancer:
         seed: int = 0,
         reuse_port: bool = False,
         config_path: str | Path | None = None,
+        workers: int = 1,
     ) -> None:
         self.config = config
+        self.workers = workers  # each enforces its share of the rate and connection limits
         self.config_path = Path(config_path) if config_path is not None else None
         self.clock = clock or MonotonicClock()
         self.access_log = access_log or AccessLog(enabled=False)
@@ -135,7 +137,12 @@ class Balancer:
     def _listener(self, lc: Listener) -> HttpListener:
         router = Router(lc.effective_routes(), self.pools)
         return HttpListener(
-            lc, router, clock=self.clock, access_log=self.access_log, metrics=self.metrics
+            lc,
+            router,
+            clock=self.clock,
+            access_log=self.access_log,
+            metrics=self.metrics,
+            workers=self.workers,
         )
 
     def _checker(self, pool: Pool) -> HealthChecker:
@@ -383,6 +390,7 @@ class Balancer:
                         clock=self.clock,
                         access_log=self.access_log,
                         metrics=self.metrics,
+                        workers=self.workers,
                     )
                     server, bound = await self._bind(listener)
                     fresh[lc.name] = (listener, server, bound)

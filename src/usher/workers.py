@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import socket
 import sys
@@ -37,11 +38,14 @@ def run_balancer(
     config_path: Path | None = None,
 ) -> None:
     fmt: LogFormat = "json" if log_format == "json" else "text"
+    raise_open_file_limit()
     Balancer(config)  # certificates load here, once, so a bad one is a config error (exit 1)
     log = AccessLog(enabled=access_log, format=fmt)
     if workers <= 1:
         _install_uvloop()
-        asyncio.run(_serve(config, log, seed=0, reuse_port=False, config_path=config_path))
+        asyncio.run(
+            _serve(config, log, seed=0, reuse_port=False, config_path=config_path, workers=1)
+        )
         return
     if config.admin is not None:
         # Each worker keeps its own pools until the control process shares them: an admin API
@@ -57,6 +61,15 @@ def run_balancer(
             sock.close()
 
 
+def raise_open_file_limit() -> None:
+    """Every client and backend connection is a descriptor: take the soft limit up to the hard
+    one, as nginx's worker_rlimit_nofile does (the hard limit is the administrator's)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _install_uvloop() -> None:
     import uvloop
 
@@ -70,9 +83,15 @@ async def _serve(
     seed: int,
     reuse_port: bool,
     config_path: Path | None,
+    workers: int,
 ) -> None:
     balancer = Balancer(
-        config, access_log=access_log, seed=seed, reuse_port=reuse_port, config_path=config_path
+        config,
+        access_log=access_log,
+        seed=seed,
+        reuse_port=reuse_port,
+        config_path=config_path,
+        workers=workers,
     )
     await balancer.start()
     for bound in balancer.bound.values():
@@ -162,7 +181,12 @@ def _supervise(config: Config, count: int, access_log: AccessLog, config_path: P
                 _install_uvloop()
                 asyncio.run(
                     _serve(
-                        config, access_log, seed=number, reuse_port=True, config_path=config_path
+                        config,
+                        access_log,
+                        seed=number,
+                        reuse_port=True,
+                        config_path=config_path,
+                        workers=count,
                     )
                 )
             except UsherError as exc:
