@@ -798,7 +798,8 @@ class FilterRule(_Model):
         description="Names the rule in logs, metrics and the tag header (letters, digits, _.-)."
     )
     on: Annotated[str, AfterValidator(_filter_on)] = Field(
-        description="What to look at: `method`, `path`, `query` (raw), `header:<Name>` "
+        description="What to look at: `method`, `path`, `query` (both percent-decoded), "
+        "`header:<Name>` "
         "(every value) or `body` (the first `filter_body_limit` bytes)."
     )
     equals: str | None = Field(default=None, description="Match when the field is exactly this.")

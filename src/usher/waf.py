@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
+from urllib.parse import unquote_to_bytes
 
 if TYPE_CHECKING:
     from usher.config import FilterRule
@@ -38,10 +39,11 @@ class Rule:
 
     def matches_head(self, request: Request, path: bytes, query: bytes) -> bool:
         field = self.field
+        # Percent-decoded: an encoding must not be a way around a rule.
         if field == "path":
-            return self.test(path)
+            return self.test(unquote_to_bytes(path))
         if field == "query":
-            return self.test(query)
+            return self.test(unquote_to_bytes(query.replace(b"+", b" ")))
         if field == "method":
             return self.test(request.method)
         header = self.header

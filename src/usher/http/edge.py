@@ -32,9 +32,6 @@ if TYPE_CHECKING:
     from usher.metrics import Metrics
     from usher.routing import Route
 
-# A refused connection is answered, then kept this long to read what the client had already
-# sent (closing at once would reset the connection and could destroy the answer in flight).
-LINGER = 1.0
 # A request ID from the client is kept when it is at most this long and made of these.
 REQUEST_ID_MAX = 128
 _ID_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:")
@@ -367,14 +364,9 @@ def refuse_connection(conn: ClientConnection, status: int, detail: str, reason: 
     """Answer a connection that will not be served, and close it after a short linger."""
     listener = conn.listener
     listener.metrics.rejected(listener.name, reason)
-    conn.refused = True
+    conn.refused = True  # so that close() lingers: the request may be on its way already
     conn.send_error(status, detail, keep_alive=False)
-    transport = conn.transport
-    if transport.can_write_eof():
-        transport.write_eof()
-        conn.loop.call_later(LINGER, conn.close)
-    else:
-        conn.close()
+    conn.close()
 
 
 class FdGuard:

@@ -54,6 +54,8 @@ BLOCK_BUFFERING = 2  # body bytes wait for a backend connection
 BLOCK_PIPELINE = 4  # a pipelined request waits for the one before it
 BLOCK_UPGRADE = 8  # an upgrade request waits for the backend's answer
 
+# How long a connection closed mid-request keeps reading (and dropping) the client's bytes.
+LINGER = 2.0
 # Body bytes held while the backend connection is being made; past this, stop reading.
 BODY_BUFFER_LIMIT = 64 * 1024
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
@@ -400,7 +402,22 @@ class ClientConnection(asyncio.Protocol):
         if not self.closed:
             self.closed = True
             self._cancel_timers()
-            self.transport.close()
+            transport = self.transport
+            if (self.refused or not self.reader.idle) and transport.can_write_eof():
+                self._linger(transport)
+            else:
+                transport.close()
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Close a connection the client may still be sending on, as nginx's lingering close:
+        closing at once would answer its next bytes with a reset, which can destroy our answer
+        before the client reads it. Send our FIN, read and drop what comes, close soon."""
+        self.refused = True  # data_received drops everything from now on
+        transport.write_eof()
+        if self._blocks:
+            self._blocks = 0
+            transport.resume_reading()
+        self._idle_timer = self.loop.call_later(LINGER, transport.close)
 
     def abort(self) -> None:
         self.closed = True
