@@ -360,11 +360,14 @@ class ListenerGuard:
 DEFAULT_ID = b"X-Request-ID"
 
 
-def refuse_connection(conn: ClientConnection, status: int, detail: str, reason: str) -> None:
-    """Answer a connection that will not be served, and close it after a short linger."""
+def refuse_connection(
+    conn: ClientConnection, status: int, detail: str, reason: str, *, linger: bool = True
+) -> None:
+    """Answer a connection that will not be served and close it, after a short linger unless
+    told not to (when descriptors run out, they matter more than the answer)."""
     listener = conn.listener
     listener.metrics.rejected(listener.name, reason)
-    conn.refused = True  # so that close() lingers: the request may be on its way already
+    conn.refused = linger  # close() lingers then: the request may be on its way already
     conn.send_error(status, detail, keep_alive=False)
     conn.close()
 
@@ -400,4 +403,6 @@ class FdGuard:
             self.refused = 0
         self.last = now
         self.refused += 1
-        refuse_connection(conn, 503, "the server is out of connections", "out_of_files")
+        refuse_connection(
+            conn, 503, "the server is out of connections", "out_of_files", linger=False
+        )
