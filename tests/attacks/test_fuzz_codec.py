@@ -4,8 +4,12 @@ do not speak), never in a crash, a hang or another exception."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -93,3 +97,41 @@ def test_random_bytes(data: bytes, cuts: list[int]) -> None:
 @given(st.lists(requests(), min_size=1, max_size=3), st.lists(st.integers(min_value=0), max_size=8))
 def test_near_valid_requests(pipelined: list[bytes], cuts: list[int]) -> None:
     run(split(b"".join(pipelined), cuts))
+
+
+SEEDS = [
+    b"\x10GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"\x30POST /a?b=c HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+    b"\x20POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    b"0\r\nX-T: 1\r\n\r\n",
+    b"\x08GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nxx",
+    b"\x05GET / HTTP/1.0\r\n\r\nGET / HTTP/1.1\r\nHost: y\r\nConnection: close\r\n\r\n",
+]
+
+
+def test_atheris_coverage_guided(tmp_path) -> None:
+    """libFuzzer through atheris from a few valid requests, bounded in runs and time;
+    skipped where atheris is missing."""
+    pytest.importorskip("atheris")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i, seed in enumerate(SEEDS):
+        (corpus / f"seed{i}").write_bytes(seed)
+    harness = Path(__file__).with_name("atheris_codec.py")
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(harness),
+            "-runs=50000",
+            "-max_total_time=20",
+            "-max_len=1024",
+            "-seed=1",
+            str(corpus),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Done " in done.stderr, done.stderr[-3000:]
