@@ -774,6 +774,35 @@ class RouteLimits(RateLimitFields):
     """Rate limit and IP lists of one route, checked after the listener's."""
 
 
+def _filter_body_limit(value: int) -> int:
+    if value > MAX_FILTER_BODY_LIMIT:
+        raise ValueError(f"must be at most 1MiB ({MAX_FILTER_BODY_LIMIT} bytes)")
+    return value
+
+
+def _request_id(value: object) -> bool | str:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return _header_name(value)
+    raise ValueError(f"must be true, false or a header name, not {value!r}")
+
+
+RequestIdSetting = Annotated[
+    bool | str,
+    PlainValidator(_request_id),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "boolean"},
+                {"type": "string", "pattern": r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$"},
+            ],
+            "description": "true (X-Request-ID), false, or the header name to use.",
+        }
+    ),
+]
+
+
 def _rule_name(value: str) -> str:
     if not _POOL_NAME.fullmatch(value):
         raise ValueError(f"invalid rule name {value!r} (letters, digits and _.- only)")
@@ -851,10 +880,9 @@ class Route(_Model):
     filters: list[FilterRule] = Field(
         default=[], description="Request filter rules, tried in order: the first deny wins."
     )
-    filter_body_limit: ByteSize = Field(
+    filter_body_limit: Annotated[ByteSize, AfterValidator(_filter_body_limit)] = Field(
         default=DEFAULT_FILTER_BODY_LIMIT,
         gt=0,
-        le=MAX_FILTER_BODY_LIMIT,
         description="`body` rules read at most this much of a body (held back from the backend "
         "until decided); the rest is not inspected. At most 1MiB.",
     )
@@ -935,8 +963,8 @@ class ListenerLimits(RateLimitFields):
     max_pipelined: int = Field(
         default=DEFAULT_MAX_PIPELINED,
         gt=0,
-        description="Most requests a client may send ahead of their answers on one connection; "
-        "the next gets 429 and the connection closes after the answers before it.",
+        description="Most requests outstanding on one connection (the one being answered "
+        "included); the next gets 429 and the connection closes after the answers before it.",
     )
 
 
@@ -989,7 +1017,7 @@ class Listener(_Model):
         "rightmost hop outside these networks (for limits, IP lists, logs and X-Real-IP). "
         "Anyone else's X-Forwarded-For is never used.",
     )
-    request_id: bool | _HeaderName = Field(
+    request_id: RequestIdSetting = Field(
         default=False,
         description="`true` or a header name: each request carries an ID in that header "
         "(X-Request-ID for `true`), kept from the client when sane or made up, sent to the "
