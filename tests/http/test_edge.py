@@ -182,6 +182,7 @@ async def test_denied_address_gets_403_at_accept(backends, balancer):
     assert answer.status == 403 and closed
     assert server.requests_total == 0
     assert rejected(lb, "ip_denied") == 1
+    assert '"- -" 403' in lb.log.getvalue()  # logged, as nginx logs a refused connection
 
 
 async def test_allow_list_lets_listed_networks_in(backends, balancer):
@@ -347,6 +348,7 @@ async def test_pipelined_requests_over_the_cap_are_refused(backends, balancer):
     assert [a.status for a in answers] == [200, 200, 200, 429]
     assert closed
     assert server.requests_total == 3
+    assert rejected(lb, "pipelined") == 1
 
 
 async def test_body_below_the_rate_floor_gets_408(raw_backend, balancer):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from usher.acl import IpList, NetworkSet, forwarded_client
 from usher.errors import ClientError
 from usher.limits import BodyRateMeter, ConnectionLimiter, LocalRateStore, RateStore, retry_after
+from usher.logs import AccessRecord
 from usher.routing import split_target
 from usher.waf import RequestFilter, Verdict
 
@@ -184,6 +185,7 @@ class ListenerGuard:
         "rate",
         "request_id",
         "routes",
+        "screens",
         "trusted",
     )
 
@@ -213,6 +215,15 @@ class ListenerGuard:
         self.request_id = (
             None if rid is False else (DEFAULT_ID if rid is True else str(rid).encode("latin-1"))
         )
+        # Whether requests need looking at, or only connections (then `screen` is a no-op).
+        self.screens = (
+            self.trusted is not None
+            or self.rate is not None
+            or any(r is not None for r in self.routes)
+            or self.max_requests is not None
+            or self.min_body_rate is not None
+            or self.request_id is not None
+        )
 
     @property
     def limits_connections(self) -> bool:
@@ -220,16 +231,7 @@ class ListenerGuard:
         return limiter.max_total is not None or limiter.per_address is not None
 
     def needed(self) -> bool:
-        return (
-            self.trusted is not None
-            or self.ips is not None
-            or self.rate is not None
-            or any(r is not None for r in self.routes)
-            or self.max_requests is not None
-            or self.min_body_rate is not None
-            or self.request_id is not None
-            or self.limits_connections
-        )
+        return self.screens or self.ips is not None or self.limits_connections
 
     # Connections
 
@@ -254,6 +256,8 @@ class ListenerGuard:
 
     def screen(self, exchange: Exchange, route: Route | None) -> bool:
         """Check a routed request; True when it was answered here (refused)."""
+        if not self.screens:
+            return False
         conn = exchange.client
         request = exchange.request
         peer = conn.client_ip
@@ -366,10 +370,14 @@ def refuse_connection(
     """Answer a connection that will not be served and close it, after a short linger unless
     told not to (when descriptors run out, they matter more than the answer)."""
     listener = conn.listener
-    listener.metrics.rejected(listener.name, reason)
+    record = AccessRecord.now(conn.client_ip, b"-", b"-", listener.name)
     conn.refused = linger  # close() lingers then: the request may be on its way already
-    conn.send_error(status, detail, keep_alive=False)
+    sent = conn.send_error(status, detail, keep_alive=False)
     conn.close()
+    record.finish(status, sent, None, None, 0.0)
+    listener.access_log.write(record)
+    listener.metrics.request(listener.name, None, None, status, 0.0)
+    listener.metrics.rejected(listener.name, reason)
 
 
 class FdGuard:

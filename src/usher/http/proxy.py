@@ -68,6 +68,7 @@ REJECTION_REASONS = {
     405: "bad_request",
     505: "bad_request",
     408: "timeout",
+    429: "pipelined",
     413: "too_large",
     414: "too_large",
     431: "too_large",
