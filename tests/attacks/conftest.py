@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import resource
 import signal
 import subprocess
@@ -98,6 +99,11 @@ class Usher(Process):
         line = self.wait_for("usher: listener web on ")
         self.port = int(line.rsplit(":", 1)[1])
 
+    def cpu_seconds(self) -> float:
+        """usher's user + system CPU time so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
 
 @pytest.fixture
 def backend_port() -> Iterator[int]:
@@ -176,6 +182,20 @@ def normal_traffic() -> Iterator[Callable[[int, float], NormalTraffic]]:
             traffic.proc.kill()
         with contextlib.suppress(Exception):
             traffic.proc.communicate(timeout=5)
+
+
+@pytest.fixture
+def remote_attacker() -> Iterator[None]:
+    """The attacker is this test process, on the same two cores as usher: a real one would be
+    on other machines. Lowering this process's priority during the attack stands for that
+    (usher, the backend and the normal client were started before, at normal priority)."""
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    os.setpriority(os.PRIO_PROCESS, 0, 19)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(PermissionError):  # only root may raise it back
+            os.setpriority(os.PRIO_PROCESS, 0, before)
 
 
 @pytest.fixture(scope="session")
