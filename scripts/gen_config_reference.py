@@ -29,6 +29,9 @@ VALUE_TYPES = [
     ("size", config.ByteSize),
     ("address", config.Address),
     ("address", config.BackendAddress),
+    ("rate", config.Rate),
+    ("byte rate", config.ByteRate),
+    ("network", config.Cidr),
 ]
 
 INTRO = """\
@@ -70,6 +73,13 @@ VALUE_TYPE_ROWS = [
         "address",
         "`127.0.0.1:8080`, `localhost:80`, `[::1]:80`",
         "IPv6 in brackets; port 0 (listeners only) picks a free port",
+    ),
+    ("rate", "`100/s`, `600/m`, `1000/h`, or a number per second", ""),
+    ("byte rate", "`1KiB/s`, `500/s`, `60KiB/m`, or a number of bytes per second", ""),
+    (
+        "network",
+        "`10.0.0.0/8`, `2001:db8::/32`, `192.0.2.7`",
+        "CIDR, IPv4 or IPv6; a bare address is a one-address network",
     ),
 ]
 

@@ -175,7 +175,7 @@ def test_full_config_really_has_every_key() -> None:
     text = (CONFIGS / "full.yaml").read_text()
     schema = config_schema()
     models = {"Config": schema, **schema["$defs"]}
-    assert len(models) == 25
+    assert len(models) == 27
     missing = [
         f"{name}.{key}"
         for name, model in models.items()
@@ -653,6 +653,71 @@ BAD_FILES = {
         "listeners[0].timeouts.idle",
         "must be > 0",
     ),
+    "bad rate": (
+        listener("pool: web\nlimits: {rate: 100/d}"),
+        "listeners[0].limits.rate",
+        "invalid rate '100/d' (use e.g. 100/s, 600/m, 1000/h; > 0)",
+    ),
+    "zero rate": (
+        listener("pool: web\nlimits: {rate: 0/s}"),
+        "listeners[0].limits.rate",
+        "invalid rate '0/s' (use e.g. 100/s, 600/m, 1000/h; > 0)",
+    ),
+    "burst without rate": (
+        listener("pool: web\nlimits: {burst: 10}"),
+        "listeners[0].limits.burst",
+        "needs rate",
+    ),
+    "bad rate key": (
+        listener("pool: web\nlimits: {rate: 1/s, key: 'header:'}"),
+        "listeners[0].limits.key",
+        "invalid rate limit key 'header:' (source_ip, route, header:<Name> or cookie:<name>)",
+    ),
+    "bad network": (
+        listener("pool: web\nlimits: {deny: [10.0.0.0/33]}"),
+        "listeners[0].limits.deny[0]",
+        "invalid network '10.0.0.0/33' (use CIDR such as 10.0.0.0/8 or 2001:db8::/32)",
+    ),
+    "bad trusted proxy": (
+        listener("pool: web\ntrusted_proxies: [localhost]"),
+        "listeners[0].trusted_proxies[0]",
+        "invalid network 'localhost' (use CIDR such as 10.0.0.0/8 or 2001:db8::/32)",
+    ),
+    "bad byte rate": (
+        listener("pool: web\nlimits: {min_body_rate: 1KiB}"),
+        "listeners[0].limits.min_body_rate",
+        "invalid byte rate '1KiB' (use e.g. 1KiB/s, 500/s, 60KiB/m; > 0)",
+    ),
+    "bad request id header": (
+        listener("pool: web\nrequest_id: 'X Id'"),
+        "listeners[0].request_id",
+        "invalid header name 'X Id' (letters, digits and !#$%&'*+-.^_`|~)",
+    ),
+    "route rate": (
+        listener("routes:\n  - {pool: web, limits: {rate: fast}}"),
+        "listeners[0].routes[0].limits.rate",
+        "invalid rate 'fast' (use e.g. 100/s, 600/m, 1000/h; > 0)",
+    ),
+    "filter with two patterns": (
+        listener("routes:\n  - {pool: web, filters: [{name: a, on: path, equals: /, regex: x}]}"),
+        "listeners[0].routes[0].filters[0]",
+        "a filter rule needs exactly one of equals, contains, regex",
+    ),
+    "filter on nothing": (
+        listener("routes:\n  - {pool: web, filters: [{name: a, on: cookie, equals: x}]}"),
+        "listeners[0].routes[0].filters[0].on",
+        "invalid filter field 'cookie' (method, path, query, header:<Name>, body)",
+    ),
+    "filter bad regex": (
+        listener("routes:\n  - {pool: web, filters: [{name: a, on: path, regex: '(('}]}"),
+        "listeners[0].routes[0].filters[0].regex",
+        "invalid regex '((': missing ), unterminated subpattern at position 1",
+    ),
+    "filter body limit too big": (
+        listener("routes:\n  - {pool: web, filter_body_limit: 2MiB}"),
+        "listeners[0].routes[0].filter_body_limit",
+        "must be at most 1MiB (1048576 bytes)",
+    ),
     "no listeners": ("listeners: []\n" + GOOD_POOLS, "listeners", "needs at least 1 item"),
     "missing listeners": (GOOD_POOLS, "listeners", "required"),
     "listeners not a list": ("listeners: web\n", "listeners", "must be a list, not 'web'"),
@@ -668,6 +733,28 @@ BAD_FILES = {
 @pytest.mark.parametrize(("text", "path", "message"), BAD_FILES.values(), ids=BAD_FILES.keys())
 def test_bad_file(text: str, path: str, message: str) -> None:
     assert problems(text) == [(path, message)]
+
+
+@pytest.mark.parametrize(
+    ("text", "per_second"), [("100/s", 100.0), ("600/m", 10.0), ("3600/h", 1.0), ("0.5/s", 0.5)]
+)
+def test_rates(text: str, per_second: float) -> None:
+    config = parse_config(listener(f"pool: web\nlimits: {{rate: {text}}}"))
+    assert config.listeners[0].limits.rate == per_second
+
+
+def test_security_keys_parse() -> None:
+    config = parse_config(
+        listener(
+            "pool: web\nlimits: {min_body_rate: 1KiB/s, allow: ['::1', 10.0.0.0/8]}\n"
+            "trusted_proxies: [192.0.2.1]\nrequest_id: true"
+        )
+    )
+    web = config.listeners[0]
+    assert web.limits.min_body_rate == 1024.0
+    assert web.limits.allow == ["::1/128", "10.0.0.0/8"]
+    assert web.trusted_proxies == ["192.0.2.1/32"] and web.request_id is True
+    assert web.strip_response_headers == ["Server", "X-Powered-By"]
 
 
 def test_each_listener_fixture_is_good_without_its_fault() -> None:

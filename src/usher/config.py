@@ -100,6 +100,15 @@ DEFAULT_REDIRECT_STATUS: Final = 302
 DEFAULT_CLIENT_CERT_HEADER: Final = "X-Client-Cert-Subject"
 DEFAULT_MAX_SESSIONS: Final = 10_000
 L4_PROTOCOLS: Final = frozenset({"tcp", "udp", "tls_passthrough"})
+DEFAULT_RATE_KEY: Final = "source_ip"
+DEFAULT_RATE_TABLE_SIZE: Final = 100_000
+DEFAULT_BODY_RATE_WINDOW: Final = 10.0
+DEFAULT_MAX_PIPELINED: Final = 100
+DEFAULT_STRIP_RESPONSE_HEADERS: Final = ("Server", "X-Powered-By")
+DEFAULT_REQUEST_ID_HEADER: Final = "X-Request-ID"
+DEFAULT_FILTER_BODY_LIMIT: Final = 64 * 1024
+MAX_FILTER_BODY_LIMIT: Final = 1024 * 1024
+DEFAULT_FILTER_TAG_HEADER: Final = "X-Usher-Filter"
 
 # Pool defaults.
 DEFAULT_ALGORITHM: Final = "round_robin"
@@ -198,6 +207,51 @@ def parse_size(value: object) -> int:
         if match and match[2] in _SIZE_UNITS:
             return int(match[1]) * _SIZE_UNITS[match[2]]
     raise ValueError(f"invalid size {value!r} (use e.g. 512, 64KiB, 10MiB)")
+
+
+_RATE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*/\s*(s|m|h)\s*")
+_RATE_PATTERN = r"^\s*[0-9]+(\.[0-9]+)?\s*/\s*(s|m|h)\s*$"
+_PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_rate(value: object) -> float:
+    """Events per second from `"100/s"`, `"600/m"`, `"1000/h"` or a number (per second)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if math.isfinite(value) and value > 0:
+            return float(value)
+    elif isinstance(value, str) and (match := _RATE.fullmatch(value)):
+        rate = float(match[1]) / _PER[match[2]]
+        if rate > 0:
+            return rate
+    raise ValueError(f"invalid rate {value!r} (use e.g. 100/s, 600/m, 1000/h; > 0)")
+
+
+def parse_byte_rate(value: object) -> float:
+    """Bytes per second from `"1KiB/s"`, `"500/s"`, `"60KiB/m"` or a number (per second)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if math.isfinite(value) and value > 0:
+            return float(value)
+    elif isinstance(value, str) and "/" in value:
+        size, _, per = value.rpartition("/")
+        if per.strip() in _PER:
+            try:
+                rate = parse_size(size) / _PER[per.strip()]
+            except ValueError:
+                pass
+            else:
+                if rate > 0:
+                    return rate
+    raise ValueError(f"invalid byte rate {value!r} (use e.g. 1KiB/s, 500/s, 60KiB/m; > 0)")
+
+
+def parse_cidr(value: object) -> str:
+    """A network in CIDR form (`10.0.0.0/8`, `2001:db8::/32`); a bare address is a /32 or /128."""
+    if isinstance(value, str):
+        try:
+            return str(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            pass
+    raise ValueError(f"invalid network {value!r} (use CIDR such as 10.0.0.0/8 or 2001:db8::/32)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,6 +434,58 @@ def _pool_name(value: str) -> str:
 
 
 _HeaderName = Annotated[str, AfterValidator(_header_name)]
+
+Rate = Annotated[
+    float,
+    BeforeValidator(parse_rate),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": _RATE_PATTERN},
+                {"type": "number", "exclusiveMinimum": 0},
+            ],
+            "description": "Events per time unit: 100/s, 600/m, 1000/h, or a number per second.",
+        }
+    ),
+]
+"""Events per second, written `100/s`, `600/m` or `1000/h`."""
+
+ByteRate = Annotated[
+    float,
+    BeforeValidator(parse_byte_rate),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^\s*[0-9]+\s*[A-Za-z]*\s*/\s*(s|m|h)\s*$"},
+                {"type": "number", "exclusiveMinimum": 0},
+            ],
+            "description": "Bytes per time unit: 1KiB/s, 500/s, 60KiB/m, or a number per second.",
+        }
+    ),
+]
+"""Bytes per second, written `1KiB/s`, `500/s` or `60KiB/m`."""
+
+Cidr = Annotated[
+    str,
+    BeforeValidator(parse_cidr),
+    WithJsonSchema(
+        {"type": "string", "description": "A network: 10.0.0.0/8, 2001:db8::/32, 192.0.2.7."}
+    ),
+]
+"""An IPv4 or IPv6 network in CIDR form; a bare address is a one-address network."""
+
+_RATE_KEY = re.compile(r"source_ip|route|(header|cookie):[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _rate_key(value: str) -> str:
+    if not _RATE_KEY.fullmatch(value):
+        raise ValueError(
+            f"invalid rate limit key {value!r} (source_ip, route, header:<Name> or cookie:<name>)"
+        )
+    return value
+
+
+_RateKey = Annotated[str, AfterValidator(_rate_key)]
 _Method = Annotated[str, AfterValidator(_method)]
 _ServerName = Annotated[str, AfterValidator(_server_name)]
 _PoolName = Annotated[str, AfterValidator(_pool_name)]
@@ -654,6 +760,122 @@ class HeaderRewrite(_Model):
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "upgrade"})
 
 
+class RateLimitFields(_Model):
+    """A token bucket and the access lists; shared by listener and route `limits`."""
+
+    rate: Rate | None = Field(
+        default=None,
+        description="Requests allowed per key, refilled continuously (`100/s`, `600/m`); "
+        "over it: 429 with Retry-After. null: no rate limit. With `--workers N` each worker "
+        "allows rate/N.",
+    )
+    burst: int | None = Field(
+        default=None,
+        gt=0,
+        description="Bucket size: requests allowed at once after a quiet spell. "
+        "null: one second of `rate` (at least 1).",
+    )
+    key: _RateKey = Field(
+        default=DEFAULT_RATE_KEY,
+        description="What a bucket is kept per: `source_ip` (the client address), "
+        "`header:<Name>`, `cookie:<name>` (falling back to the client address when absent) "
+        "or `route` (one bucket for the route or listener).",
+    )
+    allow: list[Cidr] | None = Field(
+        default=None,
+        description="Only clients in these networks are served (403 otherwise). null: all.",
+    )
+    deny: list[Cidr] = Field(
+        default=[], description="Clients in these networks get 403; deny wins over allow."
+    )
+
+    @classmethod
+    def _rules(cls, data: Mapping[str, Any]) -> list[_Problem]:
+        if _get(data, "burst") is not None and _get(data, "rate") is None:
+            return [(("burst",), "needs rate")]
+        return []
+
+
+class RouteLimits(RateLimitFields):
+    """Rate limit and IP lists of one route, checked after the listener's."""
+
+
+def _filter_body_limit(value: int) -> int:
+    if value > MAX_FILTER_BODY_LIMIT:
+        raise ValueError(f"must be at most 1MiB ({MAX_FILTER_BODY_LIMIT} bytes)")
+    return value
+
+
+def _request_id(value: object) -> bool | str:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return _header_name(value)
+    raise ValueError(f"must be true, false or a header name, not {value!r}")
+
+
+RequestIdSetting = Annotated[
+    bool | str,
+    PlainValidator(_request_id),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "boolean"},
+                {"type": "string", "pattern": r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$"},
+            ],
+            "description": "true (X-Request-ID), false, or the header name to use.",
+        }
+    ),
+]
+
+
+def _rule_name(value: str) -> str:
+    if not _POOL_NAME.fullmatch(value):
+        raise ValueError(f"invalid rule name {value!r} (letters, digits and _.- only)")
+    return value
+
+
+_FILTER_ON = re.compile(r"method|path|query|body|(header):[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _filter_on(value: str) -> str:
+    if not _FILTER_ON.fullmatch(value):
+        raise ValueError(
+            f"invalid filter field {value!r} (method, path, query, header:<Name>, body)"
+        )
+    return value
+
+
+class FilterRule(_Model):
+    """One request filter rule: a field, a pattern, and what to do on a match."""
+
+    name: Annotated[str, AfterValidator(_rule_name)] = Field(
+        description="Names the rule in logs, metrics and the tag header (letters, digits, _.-)."
+    )
+    on: Annotated[str, AfterValidator(_filter_on)] = Field(
+        description="What to look at: `method`, `path`, `query` (both percent-decoded), "
+        "`header:<Name>` "
+        "(every value) or `body` (the first `filter_body_limit` bytes)."
+    )
+    equals: str | None = Field(default=None, description="Match when the field is exactly this.")
+    contains: str | None = Field(default=None, description="Match when the field contains this.")
+    regex: Annotated[str, AfterValidator(_regex)] | None = Field(
+        default=None, description="Match when this Python regular expression is found (search)."
+    )
+    action: Literal["deny", "tag"] = Field(
+        default="deny",
+        description="`deny`: answer 403; `tag`: forward with the rule's name added to the "
+        "`tag_header` of the upstream request.",
+    )
+
+    @classmethod
+    def _rules(cls, data: Mapping[str, Any]) -> list[_Problem]:
+        given = [k for k in ("equals", "contains", "regex") if _get(data, k) is not None]
+        if len(given) != 1:
+            return [((), "a filter rule needs exactly one of equals, contains, regex")]
+        return []
+
+
 class Route(_Model):
     """Where matching requests go: one pool, a weighted split, or a redirect."""
 
@@ -678,6 +900,22 @@ class Route(_Model):
             "(`/api` -> `/` sends `/api/users` as `/users`)."
         ),
     )
+    limits: RouteLimits | None = Field(
+        default=None, description="Rate limit and IP lists for this route (after the listener's)."
+    )
+    filters: list[FilterRule] = Field(
+        default=[], description="Request filter rules, tried in order: the first deny wins."
+    )
+    filter_body_limit: Annotated[ByteSize, AfterValidator(_filter_body_limit)] = Field(
+        default=DEFAULT_FILTER_BODY_LIMIT,
+        gt=0,
+        description="`body` rules read at most this much of a body (held back from the backend "
+        "until decided); the rest is not inspected. At most 1MiB.",
+    )
+    filter_tag_header: _HeaderName = Field(
+        default=DEFAULT_FILTER_TAG_HEADER,
+        description="The request header `tag` rules add their names to.",
+    )
 
     @classmethod
     def _rules(cls, data: Mapping[str, Any]) -> list[_Problem]:
@@ -695,8 +933,9 @@ class Route(_Model):
         return problems
 
 
-class ListenerLimits(_Model):
-    """Size limits on client requests; beyond them the request is refused (413, 414, 431)."""
+class ListenerLimits(RateLimitFields):
+    """Limits on clients: sizes (413, 414, 431), rates (429), connections (503), IP lists (403),
+    slow bodies (408) and keep-alive use."""
 
     max_body_size: Annotated[ByteSize, Gt(0)] | None = Field(
         default=DEFAULT_MAX_BODY_SIZE,
@@ -714,6 +953,44 @@ class ListenerLimits(_Model):
     )
     max_headers: int = Field(
         default=DEFAULT_MAX_HEADERS, gt=0, description="Most header fields in a request."
+    )
+    max_connections: int | None = Field(
+        default=None,
+        gt=0,
+        description="Most open client connections; over it new ones get 503 and are closed. "
+        "null: no limit. Per worker: limit/N with `--workers N`.",
+    )
+    connections_per_ip: int | None = Field(
+        default=None,
+        gt=0,
+        description="Most open connections from one client address; over it: 503 and closed. "
+        "null: no limit. Per worker: limit/N (rounded up) with `--workers N`.",
+    )
+    rate_table_size: int = Field(
+        default=DEFAULT_RATE_TABLE_SIZE,
+        gt=0,
+        description="Most rate-limit buckets kept (least recently used go first; a full "
+        "bucket is the same as none).",
+    )
+    min_body_rate: ByteRate | None = Field(
+        default=None,
+        description="Slowest request body accepted, averaged over `body_rate_window` (408 "
+        "below it; time spent waiting on the backend does not count). null: no floor.",
+    )
+    body_rate_window: Duration = Field(
+        default=DEFAULT_BODY_RATE_WINDOW, gt=0, description="Window of `min_body_rate`."
+    )
+    max_requests_per_connection: int | None = Field(
+        default=None,
+        gt=0,
+        description="After this many requests a connection's answer says Connection: close. "
+        "null: no limit.",
+    )
+    max_pipelined: int = Field(
+        default=DEFAULT_MAX_PIPELINED,
+        gt=0,
+        description="Most requests outstanding on one connection (the one being answered "
+        "included); the next gets 429 and the connection closes after the answers before it.",
     )
 
 
@@ -760,7 +1037,26 @@ class Listener(_Model):
     pool: str | None = Field(
         default=None, description="Shorthand for one route sending everything to this pool."
     )
-    limits: ListenerLimits = Field(default=ListenerLimits(), description="Request size limits.")
+    limits: ListenerLimits = Field(
+        default=ListenerLimits(), description="Limits on clients: sizes, rates, connections."
+    )
+    trusted_proxies: list[Cidr] = Field(
+        default=[],
+        description="Peers whose X-Forwarded-For is believed: the client address is then its "
+        "rightmost hop outside these networks (for limits, IP lists, logs and X-Real-IP). "
+        "Anyone else's X-Forwarded-For is never used.",
+    )
+    request_id: RequestIdSetting = Field(
+        default=False,
+        description="`true` or a header name: each request carries an ID in that header "
+        "(X-Request-ID for `true`), kept from the client when sane or made up, sent to the "
+        "backend, returned to the client and written in the access log.",
+    )
+    strip_response_headers: list[_HeaderName] = Field(
+        default=list(DEFAULT_STRIP_RESPONSE_HEADERS),
+        description="Backend response headers never passed to clients (they name the backend's "
+        "software); `[]` keeps them.",
+    )
     timeouts: ListenerTimeouts = Field(
         default=ListenerTimeouts(), description="Client-side timeouts."
     )
@@ -813,7 +1109,43 @@ class Listener(_Model):
         sessions = _get(data, "max_sessions")
         if sessions is not None and sessions != DEFAULT_MAX_SESSIONS and protocol != "udp":
             problems.append((("max_sessions",), "only for protocol udp"))
+        if protocol in L4_PROTOCOLS:
+            problems += _layer4_limit_rules(data, protocol)
         return problems
+
+
+# What layer-4 listeners can enforce: IP lists for all three, connection limits for the two
+# that have connections. The rest needs HTTP requests to work on.
+_L4_LIMITS: Final = frozenset({"allow", "deny", "max_connections", "connections_per_ip"})
+_L7_LISTENER_KEYS: Final = ("trusted_proxies", "request_id", "strip_response_headers")
+
+
+def _layer4_limit_rules(data: Mapping[str, Any], protocol: str) -> list[_Problem]:
+    problems: list[_Problem] = []
+
+    def is_set(model: type[BaseModel], key: str, value: Any) -> bool:
+        # A value equal to the default is not a setting (a dumped config writes them all).
+        field = model.model_fields.get(key)
+        default = None if field is None else field.get_default(call_default_factory=True)
+        if isinstance(default, tuple):
+            default = list(default)
+        return value is not None and value != default
+
+    limits = _get(data, "limits")
+    if isinstance(limits, Mapping):
+        for key, value in limits.items():
+            if not is_set(ListenerLimits, key, value):
+                continue
+            if key not in _L4_LIMITS:
+                problems.append(
+                    (("limits", key), f"works on HTTP requests: not for protocol {protocol}")
+                )
+            elif protocol == "udp" and key in ("max_connections", "connections_per_ip"):
+                problems.append((("limits", key), "udp has no connections: use max_sessions"))
+    for key in _L7_LISTENER_KEYS:
+        if is_set(Listener, key, _get(data, key)):
+            problems.append(((key,), f"works on HTTP requests: not for protocol {protocol}"))
+    return problems
 
 
 def _route_rules(data: Mapping[str, Any], protocol: str) -> list[_Problem]:

@@ -115,7 +115,7 @@ class ControlBalancer(Balancer):
         access_log: AccessLog,
         config_path: Path | None = None,
     ) -> None:
-        super().__init__(config, access_log=access_log, config_path=config_path)
+        super().__init__(config, access_log=access_log, config_path=config_path, workers=workers)
         self.count = workers
         self.table = SharedTable.create(workers)
         self.rows = RowIndex(self.table.capacity)

@@ -52,13 +52,16 @@ def build_listener(
     clock: Clock,
     access_log: AccessLog,
     metrics: Metrics,
+    workers: int = 1,
 ) -> AnyListener:
     kind: type[AnyListener] = HttpListener
     if config.protocol in ("tcp", "tls_passthrough"):
         kind = TcpListener
     elif config.protocol == "udp":
         kind = UdpListener
-    return kind(config, router, clock=clock, access_log=access_log, metrics=metrics)
+    return kind(
+        config, router, clock=clock, access_log=access_log, metrics=metrics, workers=workers
+    )
 
 
 async def bind_listener(

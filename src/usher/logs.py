@@ -21,6 +21,7 @@ class AccessRecord:
         "listener",
         "method",
         "pool",
+        "request_id",
         "status",
         "target",
         "time",
@@ -41,6 +42,7 @@ class AccessRecord:
         self.backend: str | None = None
         self.duration = 0.0
         self.upstream_time: float | None = None
+        self.request_id: bytes | None = None
 
     @classmethod
     def now(cls, client: bytes, method: bytes, target: bytes, listener: str) -> AccessRecord:
@@ -78,6 +80,7 @@ class AccessRecord:
             "upstream_ms": None
             if self.upstream_time is None
             else round(self.upstream_time * 1000, 3),
+            **({} if self.request_id is None else {"request_id": self.request_id.decode()}),
         }
 
     def as_text(self) -> str:
@@ -87,6 +90,7 @@ class AccessRecord:
             f'"{self.method.decode("latin-1")} {self.target.decode("latin-1")}" '
             f"{self.status} {self.bytes}B {self.duration * 1000:.1f}ms "
             f"pool={self.pool or '-'} backend={self.backend or '-'} upstream={upstream}"
+            + ("" if self.request_id is None else f" id={self.request_id.decode()}")
         )
 
 

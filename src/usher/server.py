@@ -94,8 +94,10 @@ class Balancer:
         seed: int = 0,
         reuse_port: bool = False,
         config_path: str | Path | None = None,
+        workers: int = 1,
     ) -> None:
         self.config = config
+        self.worker_count = workers  # each enforces its share of the rate and connection limits
         self.config_path = Path(config_path) if config_path is not None else None
         self.clock = clock or MonotonicClock()
         self.access_log = access_log or AccessLog(enabled=False)
@@ -145,7 +147,12 @@ class Balancer:
     def _listener(self, lc: Listener) -> AnyListener:
         router = Router(lc.effective_routes(), self.pools)
         return build_listener(
-            lc, router, clock=self.clock, access_log=self.access_log, metrics=self.metrics
+            lc,
+            router,
+            clock=self.clock,
+            access_log=self.access_log,
+            metrics=self.metrics,
+            workers=self.worker_count,
         )
 
     def _checker(self, pool: Pool) -> HealthChecker:
@@ -408,6 +415,7 @@ class Balancer:
                         clock=self.clock,
                         access_log=self.access_log,
                         metrics=self.metrics,
+                        workers=self.worker_count,
                     )
                     server, bound = await self._bind(listener)
                     fresh[lc.name] = (listener, server, bound)

@@ -40,7 +40,9 @@ class WorkerBalancer(Balancer):
     def __init__(
         self, config: Config, table: SharedTable, number: int, access_log: AccessLog
     ) -> None:
-        super().__init__(config, access_log=access_log, seed=number, reuse_port=True)
+        super().__init__(
+            config, access_log=access_log, seed=number, reuse_port=True, workers=table.workers
+        )
         self.table = table
         self.number = number
         self.checkers = {}

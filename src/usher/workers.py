@@ -5,6 +5,8 @@ N worker processes (usher.control, usher.worker) that share the listeners with S
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -26,17 +28,29 @@ def run_balancer(
     config_path: Path | None = None,
 ) -> None:
     fmt: LogFormat = "json" if log_format == "json" else "text"
+    raise_open_file_limit()
     Balancer(config)  # certificates load here, once, so a bad one is a config error (exit 1)
     log = AccessLog(enabled=access_log, format=fmt)
     if workers <= 1:
         _install_uvloop()
-        asyncio.run(_serve(config, log, seed=0, reuse_port=False, config_path=config_path))
+        asyncio.run(
+            _serve(config, log, seed=0, reuse_port=False, config_path=config_path, workers=1)
+        )
         return
     # A control process (health checks, admin API, metrics, reloads) and N workers.
     from usher.control import run_control
 
     _install_uvloop()
     asyncio.run(run_control(config, workers=workers, access_log=log, config_path=config_path))
+
+
+def raise_open_file_limit() -> None:
+    """Every client and backend connection is a descriptor: take the soft limit up to the hard
+    one, as nginx's worker_rlimit_nofile does (the hard limit is the administrator's)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _install_uvloop() -> None:
@@ -52,9 +66,15 @@ async def _serve(
     seed: int,
     reuse_port: bool,
     config_path: Path | None,
+    workers: int,
 ) -> None:
     balancer = Balancer(
-        config, access_log=access_log, seed=seed, reuse_port=reuse_port, config_path=config_path
+        config,
+        access_log=access_log,
+        seed=seed,
+        reuse_port=reuse_port,
+        config_path=config_path,
+        workers=workers,
     )
     await balancer.start()
     for bound in balancer.bound.values():

@@ -4,7 +4,7 @@ affinity, expiry on the injected clock, the session cap, health."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -39,21 +39,6 @@ class Client(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.inbox.put_nowait(data)
-
-
-@pytest.fixture
-async def udp() -> AsyncIterator[Callable[..., Awaitable[Any]]]:
-    transports: list[asyncio.BaseTransport] = []
-    loop = asyncio.get_running_loop()
-
-    async def start(protocol: Any, **kwargs: Any) -> Any:
-        transport, _ = await loop.create_datagram_endpoint(lambda: protocol, **kwargs)
-        transports.append(transport)
-        return transport
-
-    yield start
-    for transport in transports:
-        transport.close()
 
 
 def udp_config(*ports: int, **pool: Any) -> dict[str, Any]:

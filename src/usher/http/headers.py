@@ -75,8 +75,10 @@ def forward_request_headers(
     scheme: bytes,
     chunked: bool,
     upgrade: bytes | None,
+    real_ip: bytes | None = None,
 ) -> Headers:
-    """The headers a backend receives for a client's request."""
+    """The headers a backend receives for a client's request. `client_ip` is the peer, added to
+    X-Forwarded-For; `real_ip` the client behind trusted proxies (default: the peer)."""
     listed = connection_tokens(headers)
     out: Headers = []
     xff = b""
@@ -99,7 +101,7 @@ def forward_request_headers(
     out.append((b"X-Forwarded-Proto", scheme))
     if host:
         out.append((b"X-Forwarded-Host", host))
-    out.append((b"X-Real-IP", client_ip))
+    out.append((b"X-Real-IP", client_ip if real_ip is None else real_ip))
     mine = VIA_REQUEST.get(version, b"1.1 usher")
     out.append((b"Via", via + b", " + mine if via else mine))
     if chunked:
@@ -116,8 +118,15 @@ def transfer_codings(headers: Headers) -> bytes:
     return b", ".join(v for n, v in headers if n.lower() == b"transfer-encoding")
 
 
-def forward_response_headers(headers: Headers, *, version: bytes, upgrade: bool) -> Headers:
-    """A backend's response headers without the hop-by-hop ones (framing is added by the caller).
+def forward_response_headers(
+    headers: Headers,
+    *,
+    version: bytes,
+    upgrade: bool,
+    strip: frozenset[bytes] = frozenset(),
+) -> Headers:
+    """A backend's response headers without the hop-by-hop ones (framing is added by the caller)
+    and without those in `strip` (lower-case names: Server, X-Powered-By by default).
 
     For a 101 answer the Upgrade header is kept: it names the protocol switched to.
     """
@@ -132,7 +141,7 @@ def forward_response_headers(headers: Headers, *, version: bytes, upgrade: bool)
         if lname == b"upgrade":
             upgrade_value = value
             continue
-        if _is_hop_by_hop(lname, listed):
+        if _is_hop_by_hop(lname, listed) or lname in strip:
             continue
         if lname == b"via":
             via = via + b", " + value if via else value

@@ -20,6 +20,7 @@ from usher.http.codec import (
     Data,
     EndOfMessage,
     Event,
+    Headers,
     HeadLimits,
     Request,
     RequestReader,
@@ -30,12 +31,14 @@ from usher.http.codec import (
     encode_request_head,
     encode_response_head,
 )
+from usher.http.edge import EdgeState, FdGuard, ListenerGuard
 from usher.http.headers import (
     forward_request_headers,
     forward_response_headers,
     transfer_codings,
 )
 from usher.http.upstream import PendingConnect, UpstreamConnection, release, take_idle
+from usher.limits import ConnectionLimiter, share
 from usher.logs import AccessLog, AccessRecord
 from usher.metrics import Metrics
 from usher.pool import Backend, Pool, Selection
@@ -53,6 +56,8 @@ BLOCK_BUFFERING = 2  # body bytes wait for a backend connection
 BLOCK_PIPELINE = 4  # a pipelined request waits for the one before it
 BLOCK_UPGRADE = 8  # an upgrade request waits for the backend's answer
 
+# How long a connection closed mid-request keeps reading (and dropping) the client's bytes.
+LINGER = 2.0
 # Body bytes held while the backend connection is being made; past this, stop reading.
 BODY_BUFFER_LIMIT = 64 * 1024
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
@@ -65,6 +70,7 @@ REJECTION_REASONS = {
     405: "bad_request",
     505: "bad_request",
     408: "timeout",
+    429: "pipelined",
     413: "too_large",
     414: "too_large",
     431: "too_large",
@@ -84,6 +90,7 @@ class HttpListener:
         clock: Clock,
         access_log: AccessLog,
         metrics: Metrics | None = None,
+        workers: int = 1,
     ) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
@@ -97,6 +104,34 @@ class HttpListener:
         self.cert_header = _cert_header(config)
         self.connections: set[ClientConnection] = set()
         self.draining = False
+        self.workers = workers
+        # Kept across reloads: open connections are counted in it until they close.
+        self.connection_limiter = ConnectionLimiter(None, None)
+        self.fd_guard = FdGuard(clock)
+        self._apply_edge(config)
+
+    def _apply_edge(self, config: ListenerConfig) -> None:
+        limits = config.limits
+        workers = self.workers
+        limiter = self.connection_limiter
+        limiter.max_total = (
+            share(limits.max_connections, workers) if limits.max_connections else None
+        )
+        limiter.per_address = (
+            share(limits.connections_per_ip, workers) if limits.connections_per_ip else None
+        )
+        self.strip_response = frozenset(
+            name.lower().encode("latin-1") for name in config.strip_response_headers
+        )
+        self.max_pipelined = limits.max_pipelined
+        guard = ListenerGuard(
+            config,
+            clock=self.clock,
+            metrics=self.metrics,
+            connections=limiter,
+            workers=workers,
+        )
+        self.guard: ListenerGuard | None = guard if guard.needed() else None
 
     def apply(self, config: ListenerConfig, router: Router) -> None:
         """A reload: new routes, limits and timeouts for the next requests and connections;
@@ -107,6 +142,7 @@ class HttpListener:
         self.timeouts = config.timeouts
         self.cert_header = _cert_header(config)
         self.draining = False
+        self._apply_edge(config)
 
     def __call__(self) -> ClientConnection:
         return ClientConnection(self)
@@ -147,6 +183,7 @@ class ClientConnection(asyncio.Protocol):
         "client_ip",
         "client_port",
         "closed",
+        "edge_ip",
         "exchange",
         "inbox",
         "listener",
@@ -155,6 +192,7 @@ class ClientConnection(asyncio.Protocol):
         "peer",
         "reader",
         "refused",
+        "served",
         "transport",
         "tunnel",
         "write_paused",
@@ -184,6 +222,8 @@ class ClientConnection(asyncio.Protocol):
         self.closed = False
         self.refused = False
         self.write_paused = False
+        self.edge_ip: str | None = None  # counted in the listener's connection limits
+        self.served = 0  # requests, counted when max_requests_per_connection is set
         self._blocks = 0
         self._pumping = False
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -201,10 +241,20 @@ class ClientConnection(asyncio.Protocol):
             subject = client_subject(transport.get_extra_info("peercert"))
             self.cert_subject = subject.encode("utf-8") if subject is not None else None
         sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.listener.connections.add(self)
-        self._arm_read_timer(self.listener.timeouts.header)
+        listener = self.listener
+        listener.connections.add(self)
+        if sock is not None:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # Descriptors are numbered lowest-free first: this one's number is a count.
+            fd = sock.fileno()
+            if fd >= listener.fd_guard.ceiling:
+                listener.fd_guard.refuse(self, fd)
+                return
+        guard = listener.guard
+        if guard is not None and not guard.admit(self):
+            return
+        self._arm_read_timer(listener.timeouts.header)
 
     def data_received(self, data: bytes) -> None:
         self.listener.metrics.bytes(self.listener.name, "in", len(data))
@@ -233,8 +283,26 @@ class ClientConnection(asyncio.Protocol):
             self._pump()
             return
         if events:
-            self.inbox.extend(events)
+            inbox = self.inbox
+            inbox.extend(events)
+            if len(inbox) > self.listener.max_pipelined:
+                self._cap_pipeline()
             self._pump()
+
+    def _cap_pipeline(self) -> None:
+        """Too many requests sent ahead of their answers: those past the cap are refused."""
+        cap = self.listener.max_pipelined
+        seen = 0 if self.exchange is None else 1
+        for index, event in enumerate(self.inbox):
+            if type(event) is Request:
+                seen += 1
+                if seen > cap:
+                    kept = list(self.inbox)[:index]
+                    self.inbox.clear()
+                    self.inbox.extend(kept)
+                    self.inbox.append(ClientError(429, "too many pipelined requests"))
+                    self.refused = True
+                    return
 
     def eof_received(self) -> bool | None:
         tunnel = self.tunnel
@@ -246,6 +314,9 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.listener.connections.discard(self)
+        if self.edge_ip is not None:
+            self.listener.connection_limiter.release(self.edge_ip)
+            self.edge_ip = None
         self._cancel_timers()
         exchange = self.exchange
         if exchange is not None:
@@ -340,11 +411,14 @@ class ClientConnection(asyncio.Protocol):
         if not self.closed:
             self.transport.write(data)
 
-    def send_error(self, status: int, detail: str, *, keep_alive: bool) -> int:
+    def send_error(
+        self, status: int, detail: str, *, keep_alive: bool, headers: Headers | None = None
+    ) -> int:
         """Write a short text error page; returns the body length."""
         reason = REASONS.get(status, b"Error")
         body = b"%d %s: %s\n" % (status, reason, detail.encode())
         headers = [
+            *(headers or ()),
             (b"Content-Type", b"text/plain; charset=utf-8"),
             (b"Content-Length", b"%d" % len(body)),
         ]
@@ -357,7 +431,22 @@ class ClientConnection(asyncio.Protocol):
         if not self.closed:
             self.closed = True
             self._cancel_timers()
-            self.transport.close()
+            transport = self.transport
+            if (self.refused or not self.reader.idle) and transport.can_write_eof():
+                self._linger(transport)
+            else:
+                transport.close()
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Close a connection the client may still be sending on, as nginx's lingering close:
+        closing at once would answer its next bytes with a reset, which can destroy our answer
+        before the client reads it. Send our FIN, read and drop what comes, close soon."""
+        self.refused = True  # data_received drops everything from now on
+        transport.write_eof()
+        if self._blocks:
+            self._blocks = 0
+            transport.resume_reading()
+        self._idle_timer = self.loop.call_later(LINGER, transport.close)
 
     def abort(self) -> None:
         self.closed = True
@@ -441,6 +530,7 @@ class Exchange:
         "chunked_out",
         "client",
         "conn",
+        "edge",
         "finished",
         "keep_alive",
         "last_error",
@@ -503,6 +593,7 @@ class Exchange:
         self._read_timer: asyncio.TimerHandle | None = None
         self._read_activity = 0.0
         self._send_timer: asyncio.TimerHandle | None = None
+        self.edge: EdgeState | None = None  # set by the listener's guard, when it has one
 
     # Phases
 
@@ -511,6 +602,9 @@ class Exchange:
         client = self.client
         listener = client.listener
         route = self.route = listener.router.route(request)
+        guard = listener.guard
+        if guard is not None and guard.screen(self, route):
+            return
         if route is None:
             self.respond_error(404, "no route matches this request")
             return
@@ -519,6 +613,8 @@ class Exchange:
             return
         pool = self.pool = route.pick_pool()
         assert pool is not None
+        edge = self.edge
+        client_ip = client.client_ip if edge is None else edge.client_ip
         headers = forward_request_headers(
             request.headers,
             version=request.version,
@@ -527,6 +623,7 @@ class Exchange:
             scheme=listener.scheme,
             chunked=request.chunked,
             upgrade=request.upgrade,
+            real_ip=client_ip,
         )
         cert_header = listener.cert_header
         if cert_header is not None:
@@ -537,13 +634,25 @@ class Exchange:
                 headers.append((cert_header, client.cert_subject))
         if route.request_rules is not None:
             headers = route.request_rules.apply(headers)
-        self.upstream_head = encode_request_head(
-            request.method, route.rewrite_target(request.target), headers
-        )
+        target = route.rewrite_target(request.target)
+        if edge is not None and edge.request_headers:
+            headers += edge.request_headers
+        self.upstream_head = encode_request_head(request.method, target, headers)
         self.attempts_left = pool.config.retries.attempts + 1
         self.selection = Selection(
-            client.client_ip.decode(), pool.clock.now(), pool.hash_key(request, client.client_ip)
+            client_ip.decode(), pool.clock.now(), pool.hash_key(request, client_ip)
         )
+        if edge is not None and edge.inspect is not None:
+            edge.head = (request.method, target, headers)
+            return  # the body rules decide first (EdgeState.decide)
+        self._attempt()
+
+    def reencode_head(self, method: bytes, target: bytes, headers: Headers) -> None:
+        self.upstream_head = encode_request_head(method, target, headers)
+
+    def resume_after_inspection(self) -> None:
+        """The body rules let the request through: now choose a backend and send it."""
+        self.client.unblock(BLOCK_BUFFERING)
         self._attempt()
 
     def _attempt(self) -> None:
@@ -702,6 +811,8 @@ class Exchange:
             chunk = encode_chunk(event.data) if request.chunked else event.data
             self._send_body(chunk)
             self.client._arm_read_timer(self.client.listener.timeouts.body)
+            if self.edge is not None:
+                self.edge.body_data(self, event.data)
         elif kind is EndOfMessage:
             assert isinstance(event, EndOfMessage)
             if request.chunked:
@@ -709,6 +820,11 @@ class Exchange:
             self.request_done = True
             self._read_activity = self.client.loop.time()  # the read timeout counts from here
             self.client._cancel_read_timer()
+            edge = self.edge
+            if edge is not None:
+                edge.cancel()
+                if edge.inspect is not None:
+                    edge.decide(self)
             if self.response_done:
                 self._finish(True)
         elif kind is Upgraded:
@@ -729,7 +845,9 @@ class Exchange:
             return
         buffer.append(chunk)
         self.body_buffered += len(chunk)
-        if self.body_buffered > BODY_BUFFER_LIMIT:
+        if self.body_buffered > BODY_BUFFER_LIMIT and (
+            self.edge is None or self.edge.inspect is None  # body rules need up to their limit
+        ):
             self.client.block(BLOCK_BUFFERING)
 
     def client_tunnel_bytes(self, data: bytes) -> None:
@@ -869,8 +987,13 @@ class Exchange:
         self.status = status
         upgrade = status == 101 and request.upgrade is not None
         headers = forward_response_headers(
-            response.headers, version=response.version, upgrade=upgrade
+            response.headers,
+            version=response.version,
+            upgrade=upgrade,
+            strip=self.client.listener.strip_response,
         )
+        if self.edge is not None and self.edge.response_headers:
+            headers += self.edge.response_headers
         route = self.route
         if route is not None and route.response_rules is not None:
             headers = route.response_rules.apply(headers)
@@ -964,16 +1087,29 @@ class Exchange:
 
     # Answers made by usher itself
 
-    def respond_error(self, status: int, detail: str) -> None:
+    def respond_error(
+        self,
+        status: int,
+        detail: str,
+        *,
+        reason: str | None = None,
+        headers: Headers | None = None,
+    ) -> None:
         listener = self.client.listener
-        if status in (404, 503) or 400 <= status < 500:
-            reason = REJECTION_REASONS.get(status, "bad_request")
-            listener.metrics.rejected(listener.name, reason)
+        if reason is not None or status in (404, 503) or 400 <= status < 500:
+            listener.metrics.rejected(
+                listener.name, reason or REJECTION_REASONS.get(status, "bad_request")
+            )
         self.status = status
         if not self.request_done or self.request.upgrade is not None:
             self.keep_alive = False
         self.keep_alive = self.keep_alive and not self.client.listener.draining
-        self.bytes_out = self.client.send_error(status, detail, keep_alive=self.keep_alive)
+        edge = self.edge
+        if edge is not None and edge.response_headers:
+            headers = [*(headers or ()), *edge.response_headers]
+        self.bytes_out = self.client.send_error(
+            status, detail, keep_alive=self.keep_alive, headers=headers
+        )
         self.response_started = self.response_done = True
         self._finish(status < 500, close=not self.keep_alive)
 
@@ -1098,6 +1234,8 @@ class Exchange:
             return
         self.finished = True
         self._cancel_upstream_timers()
+        if self.edge is not None:
+            self.edge.cancel()
         client = self.client
         conn = self.conn
         if conn is not None:

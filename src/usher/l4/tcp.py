@@ -14,10 +14,12 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from usher.acl import IpList
 from usher.l4.accept import Acceptor, connect, listening_socket, read_proxy_header
 from usher.l4.relay import ABORTED, StreamRelay
 from usher.l4.sni import ClientHelloReader, Hello, Malformed, NotTls
 from usher.l4.splice import SpliceRelay
+from usher.limits import ConnectionLimiter, share
 from usher.logs import AccessLog, ConnectionRecord
 from usher.metrics import Metrics
 from usher.pool import Backend, Pool, Selection
@@ -87,12 +89,16 @@ class TcpListener:
         clock: Clock,
         access_log: AccessLog,
         metrics: Metrics | None = None,
+        workers: int = 1,
     ) -> None:
         self.clock = clock
         self.access_log = access_log
         self.metrics = metrics or Metrics()
         self.connections: set[TcpSession] = set()
         self.draining = False
+        self.workers = workers
+        # Kept across reloads: open connections are counted in it until they close.
+        self.limiter = ConnectionLimiter(None, None)
         self.apply(config, router)
 
     def apply(self, config: ListenerConfig, router: Router) -> None:
@@ -101,6 +107,17 @@ class TcpListener:
         self.name = config.name
         self.router = SniRouter(config.effective_routes(), [r.pool for r in router.routes])
         self.draining = False
+        limits = config.limits
+        self.ips = IpList.build(limits.allow, limits.deny)
+        self.limiter.max_total = (
+            share(limits.max_connections, self.workers) if limits.max_connections else None
+        )
+        self.limiter.per_address = (
+            share(limits.connections_per_ip, self.workers) if limits.connections_per_ip else None
+        )
+        self.limits_connections = (
+            self.limiter.max_total is not None or self.limiter.per_address is not None
+        )
 
     def drain(self) -> None:
         """Relayed connections are not cut on drain: they end on their own, or at the stop
@@ -127,6 +144,7 @@ class TcpSession:
         "backend_sock",
         "client",
         "connect_time",
+        "counted_ip",
         "ended",
         "listener",
         "local",
@@ -150,6 +168,7 @@ class TcpSession:
         self.task: asyncio.Task[None] | None = None
         self.started = time.perf_counter()
         self.connect_time = 0.0
+        self.counted_ip: str | None = None  # counted in the listener's connection limits
         self.ended = False
         self.record = ConnectionRecord(_label(client), listener.name, listener.config.protocol)
 
@@ -186,6 +205,8 @@ class TcpSession:
             return
         except OSError:
             self.end("client_closed")
+            return
+        if not self._admit():
             return
         pool = listener.router.route(self.record.sni)
         if pool is None:
@@ -317,6 +338,22 @@ class TcpSession:
             record.bytes_out += n
             self.listener.metrics.bytes(self.listener.name, "out", n)
 
+    def _admit(self) -> bool:
+        """IP lists and connection limits, on the client address after any PROXY header:
+        a refused connection is closed at once, with a log line."""
+        listener = self.listener
+        ip = self.client[0]
+        if listener.ips is not None and not listener.ips.permits(ip):
+            self._refuse("ip_denied", "address not allowed")
+            return False
+        if listener.limits_connections:
+            why = listener.limiter.admit(ip)
+            if why is not None:
+                self._refuse(why, why.replace("_", " ") + " reached")
+                return False
+            self.counted_ip = ip
+        return True
+
     def _refuse(self, result: str, reason: str) -> None:
         log.warning(
             "listener %s: closing connection from %s: %s",
@@ -339,6 +376,9 @@ class TcpSession:
             return
         self.ended = True
         listener = self.listener
+        if self.counted_ip is not None:
+            listener.limiter.release(self.counted_ip)
+            self.counted_ip = None
         if self.relay is None:
             self.sock.close()
             if self.backend_sock is not None:

@@ -16,6 +16,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
+from usher.acl import IpList
 from usher.l4.accept import DatagramServer, listening_socket
 from usher.logs import AccessLog, ConnectionRecord
 from usher.metrics import Metrics
@@ -61,7 +62,9 @@ class UdpListener:
         clock: Clock,
         access_log: AccessLog,
         metrics: Metrics | None = None,
+        workers: int = 1,
     ) -> None:
+        self.workers = workers
         self.clock = clock
         self.access_log = access_log
         self.metrics = metrics or Metrics()
@@ -77,6 +80,7 @@ class UdpListener:
         self.name = config.name
         self.pool: Pool | None = router.routes[0].pool if router.routes else None
         self.draining = False
+        self.ips = IpList.build(config.limits.allow, config.limits.deny)
 
     def drain(self) -> None:
         self.draining = True
@@ -106,6 +110,9 @@ class UdpListener:
     def _open(self, client: Address, now: float) -> UdpSession | None:
         pool = self.pool
         if self.draining or pool is None:
+            return None
+        if self.ips is not None and not self.ips.permits(client[0]):
+            self.metrics.rejected(self.name, "ip_denied")  # dropped: UDP has nothing to close
             return None
         if len(self.sessions) >= self.config.max_sessions:
             self.metrics.rejected(self.name, "max_sessions")
