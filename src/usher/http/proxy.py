@@ -469,8 +469,11 @@ class Exchange:
         self.set_cookie: bytes | None = None
         self.retried_status = 0
         self._queue_timer: asyncio.TimerHandle | None = None
-        self.record = AccessRecord.now(
-            client.client_ip, request.method, request.target, client.listener.name
+        # The access-log line's start time, taken only when there will be a line to write.
+        self.record = (
+            AccessRecord.now(client.client_ip, request.method, request.target, client.listener.name)
+            if client.listener.access_log.enabled
+            else None
         )
         self._read_timer: asyncio.TimerHandle | None = None
         self._read_activity = 0.0
@@ -1090,6 +1093,15 @@ class Exchange:
         if not access_log.enabled:
             return
         record = self.record
+        if record is None:  # logging was switched on during this request
+            request = self.request
+            record = AccessRecord(
+                time.time() - duration,
+                self.client.client_ip,
+                request.method,
+                request.target,
+                listener.name,
+            )
         record.finish(
             self.status, self.bytes_out, pool, backend, duration, upstream_time=self.upstream_time
         )
