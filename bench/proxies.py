@@ -46,6 +46,8 @@ from harness import (
 
 USHER = [sys.executable, "-m", "usher"]
 CANDIDATES = ["direct", "nginx", "haproxy", "usher"]
+# --usher-baseline: other copies of usher's source, run as the extra candidates "usher@NAME".
+USHER_BASELINES: dict[str, str] = {}
 SMALL_BODY = "hello, world\n"
 MIB = 1024 * 1024
 # Connections each balancer accepts: room for the memory scenario's idle clients.
@@ -307,9 +309,13 @@ class Running:
                 proc.wait()
 
 
-def spawn(cmd: list[str], cpus: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+def spawn(
+    cmd: list[str], cpus: str, port: int, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
-        proc = subprocess.Popen(["taskset", "-c", cpus, *cmd], stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            ["taskset", "-c", cpus, *cmd], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
     try:
         wait_for(port, proc, log)
     except BaseException:
@@ -340,10 +346,17 @@ def start_candidate(name: str, mode: str, backends: list[int], work: Path, cpus:
     else:
         cfg = cfg.with_suffix(".yaml")
         cfg.write_text(usher_config(mode, port, backends, work))
-        check = subprocess.run([*USHER, "check", "-c", str(cfg)], capture_output=True, text=True)
+        check = subprocess.run(
+            [*USHER, "check", "-c", str(cfg)], capture_output=True, text=True, check=False
+        )
         if check.returncode != 0:
             raise Unsupported("usher: " + (check.stdout + check.stderr).strip().splitlines()[-1])
         cmd = [*USHER, "run", "-c", str(cfg), "--workers", "1", "--no-access-log"]
+        if name in USHER_BASELINES:
+            # Another copy of usher's source (e.g. `git archive` of an older commit) first on
+            # the path: before/after figures for a change, from one interleaved run.
+            env = {**os.environ, "PYTHONPATH": USHER_BASELINES[name]}
+            return Running(name, port, spawn(cmd, cpus, port, log, env))
     return Running(name, port, spawn(cmd, cpus, port, log))
 
 
@@ -426,7 +439,11 @@ def run_scenario(
     work: Path,
     log: Callable[[str], None],
 ) -> dict[str, dict[str, Any]]:
-    names = [c for c in scenario.candidates if c in args.candidates]
+    names = [
+        c
+        for c in args.candidates
+        if c in scenario.candidates or (c in USHER_BASELINES and "usher" in scenario.candidates)
+    ]
     skipped: dict[str, str] = {}
     samples: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     fresh_each_round = scenario.name == "memory"  # RSS from a clean start, not after the last run
@@ -558,6 +575,14 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=5, help="seconds per measurement")
     parser.add_argument("--idle-connections", type=int, default=10_000)
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument(
+        "--usher-baseline",
+        metavar="NAME=SRC",
+        action="append",
+        default=[],
+        help="also run the usher in SRC (a src/ dir, e.g. from `git archive`) as usher@NAME; "
+        "repeatable: before/after figures of a change from one interleaved run",
+    )
     args = parser.parse_args()
 
     missing = [
@@ -573,7 +598,13 @@ def main() -> int:
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = [s for s in scenarios if s not in SCENARIOS]
     args.candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
-    unknown += [c for c in args.candidates if c not in CANDIDATES]
+    for spec in args.usher_baseline:
+        label, sep, src = spec.partition("=")
+        if not sep or not Path(src, "usher", "__init__.py").is_file():
+            parser.error(f"--usher-baseline {spec}: expected NAME=SRC, SRC holding usher/")
+        USHER_BASELINES[f"usher@{label}"] = str(Path(src).resolve())
+        args.candidates.append(f"usher@{label}")
+    unknown += [c for c in args.candidates if c not in CANDIDATES and c not in USHER_BASELINES]
     if unknown or args.rounds < 1 or args.duration <= 0:
         parser.error(
             f"unknown scenario or candidate: {', '.join(unknown)}"
