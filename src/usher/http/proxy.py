@@ -130,7 +130,9 @@ class ClientConnection(asyncio.Protocol):
         "_blocks",
         "_idle_timer",
         "_pumping",
+        "_read_deadline",
         "_send_timer",
+        "_timer_at",
         "client_ip",
         "client_port",
         "closed",
@@ -162,6 +164,8 @@ class ClientConnection(asyncio.Protocol):
         self._blocks = 0
         self._pumping = False
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._read_deadline = 0.0  # when the current wait for the client ends; 0: none
+        self._timer_at = 0.0  # when _idle_timer fires
         self._send_timer: asyncio.TimerHandle | None = None
 
     # asyncio.Protocol
@@ -359,25 +363,40 @@ class ClientConnection(asyncio.Protocol):
     # Timers
 
     def _arm_read_timer(self, delay: float) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        self._idle_timer = self.loop.call_later(delay, self._read_timed_out)
+        # One lazy timer per connection: arming moves a deadline, and a new timer handle is
+        # made only when the deadline comes before the pending timer. Re-armed for every
+        # request and every body chunk, it would otherwise cost a handle each time.
+        loop = self.loop
+        deadline = self._read_deadline = loop.time() + delay
+        timer = self._idle_timer
+        if timer is None or self._timer_at > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._idle_timer = loop.call_at(deadline, self._read_timed_out)
+            self._timer_at = deadline
 
     def _cancel_read_timer(self) -> None:
+        self._read_deadline = 0.0  # the timer stays and finds nothing to do, or is re-armed
+
+    def _cancel_timers(self) -> None:
+        self._read_deadline = 0.0
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
-
-    def _cancel_timers(self) -> None:
-        self._cancel_read_timer()
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
 
     def _read_timed_out(self) -> None:
         self._idle_timer = None
-        if self.closed:
+        deadline = self._read_deadline
+        if self.closed or not deadline:
             return
+        if self.loop.time() < deadline:  # the deadline moved since the timer was made
+            self._idle_timer = self.loop.call_at(deadline, self._read_timed_out)
+            self._timer_at = deadline
+            return
+        self._read_deadline = 0.0
         exchange = self.exchange
         if exchange is not None:
             # Only a body we were willing to read counts against the client.
