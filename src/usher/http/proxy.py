@@ -9,7 +9,6 @@ log. Bodies stream both ways; a full write buffer on one side pauses reading on 
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -176,9 +175,8 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(peer, tuple):
             self.client_ip = peer[0].encode()
             self.client_port = peer[1]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # No setsockopt(TCP_NODELAY) here: uvloop and asyncio set it on every TCP transport, and
+        # get_extra_info("socket") plus the call cost two syscalls and an object per connection.
         self.listener.connections.add(self)
         self._arm_read_timer(self.listener.timeouts.header)
 
