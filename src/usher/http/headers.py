@@ -65,15 +65,24 @@ def _listed(values: list[bytes]) -> frozenset[bytes]:
     return frozenset(tokens - NEVER_CONNECTION_SPECIFIC)
 
 
+_NOTHING: Final[frozenset[bytes]] = frozenset()
+_CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive"})
+
+
+def _named(values: list[bytes]) -> frozenset[bytes]:
+    """The other headers the Connection header(s) name, leaving out the ones that are dropped
+    anyway (hop-by-hop) and the `close` / `keep-alive` options: for the common
+    `Connection: close` or `keep-alive` alone, nothing, without splitting."""
+    if len(values) == 1 and values[0].lower() in _CONNECTION_OPTIONS:
+        return _NOTHING
+    return _listed(values) - HOP_BY_HOP - _CONNECTION_OPTIONS
+
+
 def _drop_listed(out: Headers, listed: frozenset[bytes]) -> Headers:
-    """Remove the headers a Connection header named. Names that are hop-by-hop anyway, and the
-    `close` / `keep-alive` options, are left out of the look-up first: `Connection: keep-alive`
-    is common and then costs no second pass."""
-    listed = listed - HOP_BY_HOP - _CONNECTION_OPTIONS
+    """Remove the headers a Connection header named."""
     return [h for h in out if h[0].lower() not in listed] if listed else out
 
 
-_CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive"})
 # One set lookup per header on the common path: a name in here needs a closer look.
 _REQUEST_SPECIAL: Final = HOP_BY_HOP | FORWARDED_SET | {b"x-forwarded-for", b"via"}
 _RESPONSE_SPECIAL: Final = HOP_BY_HOP | {b"content-length", b"via"}
@@ -111,7 +120,7 @@ def forward_request_headers(
             continue
         out.append((name, value))
     if connection:
-        listed = _listed(connection)
+        listed = _named(connection)
         out = _drop_listed(out, listed)
         xff = b"" if b"x-forwarded-for" in listed else xff
         via = b"" if b"via" in listed else via
@@ -160,7 +169,7 @@ def forward_response_headers(headers: Headers, *, version: bytes, upgrade: bool)
             continue
         out.append((name, value))
     if connection:
-        listed = _listed(connection)
+        listed = _named(connection)
         out = _drop_listed(out, listed)
         via = b"" if b"via" in listed else via
     mine = VIA_REQUEST.get(version, b"1.1 usher")
