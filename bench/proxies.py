@@ -585,13 +585,17 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    missing = [
-        tool for tool in ("nginx", "haproxy", "wrk", "taskset") if shutil.which(tool) is None
-    ]
-    missing += [] if shutil.which("openssl") else ["openssl"]
+    # The package that brings each tool, for the install line.
+    packages = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk"}
+    packages |= {"taskset": "util-linux", "openssl": "openssl"}
+    missing = [tool for tool in packages if shutil.which(tool) is None]
     if missing:
+        extra = " ".join(
+            packages[t] for t in missing if packages[t] not in ("nginx", "haproxy", "wrk")
+        )
         print(
-            f"missing: {', '.join(missing)}. Install them with: apt-get install nginx haproxy wrk",
+            f"missing: {', '.join(missing)}. Install them with: "
+            f"apt-get install nginx haproxy wrk{' ' + extra if extra else ''}",
             file=sys.stderr,
         )
         return 1
