@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v p
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-.PHONY: demo test lint fmt docs screenshot clean system-tools bench-algorithms bench-failover bench-tcp
+.PHONY: demo test lint fmt docs screenshot clean system-tools bench bench-algorithms bench-failover bench-tcp
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,13 +32,17 @@ test: $(STAMP) system-tools
 	$(BIN)/python scripts/gen_config_reference.py --check
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests scripts
-	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/ruff check src tests scripts bench
+	$(BIN)/ruff format --check src tests scripts bench
 	$(BIN)/mypy
 
 fmt: $(STAMP)
-	$(BIN)/ruff format src tests scripts
-	$(BIN)/ruff check --fix src tests scripts
+	$(BIN)/ruff format src tests scripts bench
+	$(BIN)/ruff check --fix src tests scripts bench
+
+# usher against nginx and HAProxy (docs/performance.md). Options: make bench ARGS="--rounds 5".
+bench: $(STAMP)
+	$(BIN)/python bench/proxies.py $(ARGS)
 
 bench-algorithms: $(STAMP)
 	$(BIN)/python bench/algorithms.py
@@ -46,9 +50,9 @@ bench-algorithms: $(STAMP)
 bench-failover: $(STAMP)
 	$(BIN)/python bench/failover.py
 
-# TCP bulk transfer: usher plain vs splice vs HAProxy mode tcp (one benchmark at a time).
+# TCP bulk transfer: usher plain vs splice vs HAProxy mode tcp.
 bench-tcp: $(STAMP)
-	flock /tmp/bench.lock $(BIN)/python bench/tcp.py
+	$(BIN)/python bench/tcp.py
 
 docs: $(STAMP)
 	$(BIN)/python scripts/gen_config_reference.py

@@ -267,7 +267,8 @@ class ListenerGuard:
         if trusted is not None and trusted.contains(ip):
             ip = forwarded_client(ip, request.headers, trusted)
             state.client_ip = ip.encode("latin-1")
-            exchange.record.client = state.client_ip
+            if exchange.record is not None:  # None when the access log is off
+                exchange.record.client = state.client_ip
             if self.ips is not None and not self.ips.permits(ip):
                 return self._refuse(exchange, 403, "your address is not allowed here", "ip_denied")
         if self.max_requests is not None:
@@ -310,7 +311,8 @@ class ListenerGuard:
             ]
             exchange.request.headers.append((name, value))
         state.response_headers.append((name, value))
-        exchange.record.request_id = value
+        if exchange.record is not None:
+            exchange.record.request_id = value
 
     def _limited(self, exchange: Exchange, limiter: RateLimiter, ip: str, now: float) -> bool:
         wait = limiter.store.take(limiter.key(exchange.request, ip), now)

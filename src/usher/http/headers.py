@@ -55,15 +55,37 @@ NEVER_CONNECTION_SPECIFIC: Final = frozenset({b"host", b"content-length"})
 
 def connection_tokens(headers: Headers) -> frozenset[bytes]:
     """The header names listed in Connection, which are hop-by-hop too."""
+    return _listed([value for name, value in headers if name.lower() == b"connection"])
+
+
+def _listed(values: list[bytes]) -> frozenset[bytes]:
     tokens: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b","))
+    for value in values:
+        tokens.update(t.strip().lower() for t in value.split(b","))
     return frozenset(tokens - NEVER_CONNECTION_SPECIFIC)
 
 
-def _is_hop_by_hop(lname: bytes, listed: frozenset[bytes]) -> bool:
-    return lname in HOP_BY_HOP or lname.startswith(b"proxy-") or lname in listed
+_NOTHING: Final[frozenset[bytes]] = frozenset()
+_CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive"})
+
+
+def _named(values: list[bytes]) -> frozenset[bytes]:
+    """The other headers the Connection header(s) name, leaving out the ones that are dropped
+    anyway (hop-by-hop) and the `close` / `keep-alive` options: for the common
+    `Connection: close` or `keep-alive` alone, nothing, without splitting."""
+    if len(values) == 1 and values[0].lower() in _CONNECTION_OPTIONS:
+        return _NOTHING
+    return _listed(values) - HOP_BY_HOP - _CONNECTION_OPTIONS
+
+
+def _drop_listed(out: Headers, listed: frozenset[bytes]) -> Headers:
+    """Remove the headers a Connection header named."""
+    return [h for h in out if h[0].lower() not in listed] if listed else out
+
+
+# One set lookup per header on the common path: a name in here needs a closer look.
+_REQUEST_SPECIAL: Final = HOP_BY_HOP | FORWARDED_SET | {b"x-forwarded-for", b"via"}
+_RESPONSE_SPECIAL: Final = HOP_BY_HOP | {b"content-length", b"via"}
 
 
 def forward_request_headers(
@@ -79,24 +101,31 @@ def forward_request_headers(
 ) -> Headers:
     """The headers a backend receives for a client's request. `client_ip` is the peer, added to
     X-Forwarded-For; `real_ip` the client behind trusted proxies (default: the peer)."""
-    listed = connection_tokens(headers)
     out: Headers = []
+    connection: list[bytes] = []
     xff = b""
     via = b""
     codings = b""
     for name, value in headers:
         lname = name.lower()
-        if lname == b"transfer-encoding":
-            codings = codings + b", " + value if codings else value
+        if lname in _REQUEST_SPECIAL:
+            if lname == b"transfer-encoding":
+                codings = codings + b", " + value if codings else value
+            elif lname == b"x-forwarded-for":
+                xff = xff + b", " + value if xff else value
+            elif lname == b"via":
+                via = via + b", " + value if via else value
+            elif lname == b"connection":
+                connection.append(value)
+            continue  # hop-by-hop, or an X-Forwarded-* usher sets itself
+        if lname.startswith(b"proxy-"):
             continue
-        if _is_hop_by_hop(lname, listed) or lname in FORWARDED_SET:
-            continue
-        if lname == b"x-forwarded-for":
-            xff = xff + b", " + value if xff else value
-        elif lname == b"via":
-            via = via + b", " + value if via else value
-        else:
-            out.append((name, value))
+        out.append((name, value))
+    if connection:
+        listed = _named(connection)
+        out = _drop_listed(out, listed)
+        xff = b"" if b"x-forwarded-for" in listed else xff
+        via = b"" if b"via" in listed else via
     out.append((b"X-Forwarded-For", xff + b", " + client_ip if xff else client_ip))
     out.append((b"X-Forwarded-Proto", scheme))
     if host:
@@ -130,23 +159,28 @@ def forward_response_headers(
 
     For a 101 answer the Upgrade header is kept: it names the protocol switched to.
     """
-    listed = connection_tokens(headers)
     out: Headers = []
+    connection: list[bytes] = []
     via = b""
     upgrade_value = b""
     for name, value in headers:
         lname = name.lower()
-        if lname == b"content-length":
-            continue  # re-added by the caller, which decides the framing
-        if lname == b"upgrade":
-            upgrade_value = value
+        if lname in _RESPONSE_SPECIAL:
+            # Content-Length is re-added by the caller, which decides the framing.
+            if lname == b"upgrade":
+                upgrade_value = value
+            elif lname == b"via":
+                via = via + b", " + value if via else value
+            elif lname == b"connection":
+                connection.append(value)
             continue
-        if _is_hop_by_hop(lname, listed) or lname in strip:
+        if lname.startswith(b"proxy-") or lname in strip:
             continue
-        if lname == b"via":
-            via = via + b", " + value if via else value
-        else:
-            out.append((name, value))
+        out.append((name, value))
+    if connection:
+        listed = _named(connection)
+        out = _drop_listed(out, listed)
+        via = b"" if b"via" in listed else via
     mine = VIA_REQUEST.get(version, b"1.1 usher")
     out.append((b"Via", via + b", " + mine if via else mine))
     if upgrade and upgrade_value:

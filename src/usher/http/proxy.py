@@ -9,7 +9,6 @@ log. Bodies stream both ways; a full write buffer on one side pauses reading on 
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -178,7 +177,9 @@ class ClientConnection(asyncio.Protocol):
         "_blocks",
         "_idle_timer",
         "_pumping",
+        "_read_deadline",
         "_send_timer",
+        "_timer_at",
         "cert_subject",
         "client_ip",
         "client_port",
@@ -227,6 +228,8 @@ class ClientConnection(asyncio.Protocol):
         self._blocks = 0
         self._pumping = False
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._read_deadline = 0.0  # when the current wait for the client ends; 0: none
+        self._timer_at = 0.0  # when _idle_timer fires
         self._send_timer: asyncio.TimerHandle | None = None
 
     # asyncio.Protocol
@@ -240,12 +243,11 @@ class ClientConnection(asyncio.Protocol):
         if self.listener.cert_header is not None:
             subject = client_subject(transport.get_extra_info("peercert"))
             self.cert_subject = subject.encode("utf-8") if subject is not None else None
-        sock = transport.get_extra_info("socket")
+        # No setsockopt(TCP_NODELAY) here: uvloop and asyncio set it on every TCP transport.
         listener = self.listener
         listener.connections.add(self)
+        sock = transport.get_extra_info("socket")
         if sock is not None:
-            if sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # Descriptors are numbered lowest-free first: this one's number is a count.
             fd = sock.fileno()
             if fd >= listener.fd_guard.ceiling:
@@ -476,25 +478,40 @@ class ClientConnection(asyncio.Protocol):
     # Timers
 
     def _arm_read_timer(self, delay: float) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        self._idle_timer = self.loop.call_later(delay, self._read_timed_out)
+        # One lazy timer per connection: arming moves a deadline, and a new timer handle is
+        # made only when the deadline comes before the pending timer. Re-armed for every
+        # request and every body chunk, it would otherwise cost a handle each time.
+        loop = self.loop
+        deadline = self._read_deadline = loop.time() + delay
+        timer = self._idle_timer
+        if timer is None or self._timer_at > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._idle_timer = loop.call_at(deadline, self._read_timed_out)
+            self._timer_at = deadline
 
     def _cancel_read_timer(self) -> None:
+        self._read_deadline = 0.0  # the timer stays and finds nothing to do, or is re-armed
+
+    def _cancel_timers(self) -> None:
+        self._read_deadline = 0.0
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
-
-    def _cancel_timers(self) -> None:
-        self._cancel_read_timer()
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
 
     def _read_timed_out(self) -> None:
         self._idle_timer = None
-        if self.closed:
+        deadline = self._read_deadline
+        if self.closed or not deadline:
             return
+        if self.loop.time() < deadline:  # the deadline moved since the timer was made
+            self._idle_timer = self.loop.call_at(deadline, self._read_timed_out)
+            self._timer_at = deadline
+            return
+        self._read_deadline = 0.0
         exchange = self.exchange
         if exchange is not None:
             # Only a body we were willing to read counts against the client.
@@ -587,8 +604,11 @@ class Exchange:
         self.set_cookie: bytes | None = None
         self.retried_status = 0
         self._queue_timer: asyncio.TimerHandle | None = None
-        self.record = AccessRecord.now(
-            client.client_ip, request.method, request.target, client.listener.name
+        # The access-log line's start time, taken only when there will be a line to write.
+        self.record = (
+            AccessRecord.now(client.client_ip, request.method, request.target, client.listener.name)
+            if client.listener.access_log.enabled
+            else None
         )
         self._read_timer: asyncio.TimerHandle | None = None
         self._read_activity = 0.0
@@ -1281,6 +1301,15 @@ class Exchange:
         if not access_log.enabled:
             return
         record = self.record
+        if record is None:  # logging was switched on during this request
+            request = self.request
+            record = AccessRecord(
+                time.time() - duration,
+                self.client.client_ip,
+                request.method,
+                request.target,
+                listener.name,
+            )
         record.finish(
             self.status, self.bytes_out, pool, backend, duration, upstream_time=self.upstream_time
         )

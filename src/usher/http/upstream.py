@@ -37,7 +37,9 @@ class UpstreamUser(Protocol):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
+        "_idle_deadline",
         "_idle_timer",
+        "_timer_at",
         "backend",
         "closed",
         "owner",
@@ -59,6 +61,8 @@ class UpstreamConnection(asyncio.Protocol):
         # The client connection whose PROXY header opened this one: reused for it alone.
         self.owner: object | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_deadline = 0.0  # when a parked connection expires; 0: not parked
+        self._timer_at = 0.0  # when _idle_timer fires
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
@@ -141,10 +145,29 @@ class UpstreamConnection(asyncio.Protocol):
         """Put this connection on its backend's idle list until it is reused or expires."""
         self.user = None
         self.backend.idle.append(self)
-        self._idle_timer = loop.call_later(idle_timeout, self.close)
+        # The expiry timer is made lazily: a busy connection is parked after every answer,
+        # and a timer that fires early and re-arms once per timeout costs less than one timer
+        # handle per request.
+        deadline = self._idle_deadline = loop.time() + idle_timeout
+        if self._idle_timer is None or self._timer_at > deadline:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+            self._idle_timer = loop.call_at(deadline, self._idle_check, loop)
+            self._timer_at = deadline
 
     def unpark(self) -> None:
-        self._cancel_idle_timer()
+        self._idle_deadline = 0.0  # the timer stays; it will find the connection busy
+
+    def _idle_check(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._idle_timer = None
+        deadline = self._idle_deadline
+        if not deadline or self.closed:
+            return
+        if loop.time() < deadline:
+            self._idle_timer = loop.call_at(deadline, self._idle_check, loop)
+            self._timer_at = deadline
+            return
+        self.close()
 
 
 def take_idle(backend: Backend, owner: object | None = None) -> UpstreamConnection | None:
