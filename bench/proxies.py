@@ -8,7 +8,8 @@ all doing plain round robin over 3 backends with access logs off. Rounds are int
 
     python bench/proxies.py [--scenarios get,close,...] [--rounds 3] [--duration 5] [--json]
 
-Needs nginx, haproxy and wrk: `apt-get install nginx haproxy wrk`.
+Needs nginx, haproxy and wrk: `apt-get install nginx haproxy wrk` (and libnginx-mod-stream for
+nginx in the tcp scenario).
 """
 
 from __future__ import annotations
@@ -96,9 +97,9 @@ SCENARIOS = {
             "http",
             candidates=("nginx", "haproxy", "usher"),
         ),
-        # L4: HTTP through a TCP proxy. Off by default until usher has tcp listeners; a
+        # L4: HTTP through a TCP proxy (nginx needs its stream module, libnginx-mod-stream); a
         # candidate that cannot do it is skipped with the reason.
-        Scenario("tcp", "L4 TCP (HTTP through it)", "tcp", default=False),
+        Scenario("tcp", "L4 TCP (HTTP through it)", "tcp"),
     ]
 }
 
