@@ -467,24 +467,14 @@ async def run_control(
 ) -> None:
     """Serve until SIGTERM/SIGINT; SIGHUP reloads. Raises UsherError when the workers cannot
     start (the first one's message) or keep failing at start."""
-    from usher.workers import _flush_logs, _reload
+    from usher.workers import flush_logs, handle_signals
 
     balancer = ControlBalancer(
         config, workers=workers, access_log=access_log, config_path=config_path
     )
     # Signals are ours from the start: a SIGHUP while the workers start reloads (they start
     # with the new config), a SIGTERM stops them as soon as they are up.
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, balancer.done.set)
-    reloading: set[asyncio.Task[None]] = set()
-
-    def on_sighup() -> None:
-        task = loop.create_task(_reload(balancer))
-        reloading.add(task)
-        task.add_done_callback(reloading.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    handle_signals(balancer, balancer.done.set)
     await balancer.start()
     try:
         await balancer.start_workers(
@@ -501,7 +491,7 @@ async def run_control(
         )
     pids = ", ".join(str(w.pid) for w in sorted(balancer.workers.values(), key=_number))
     print(f"usher: {workers} workers serving (pids {pids})", file=sys.stderr, flush=True)
-    flusher = loop.create_task(_flush_logs())
+    flusher = asyncio.get_running_loop().create_task(flush_logs())
     await balancer.done.wait()
     failure = balancer.failure
     if failure is None:

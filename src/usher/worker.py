@@ -25,10 +25,10 @@ from usher.pool import Backend, Pool
 from usher.server import Balancer, ReloadReport
 from usher.shared import SharedTable
 from usher.sync import PoolsState, apply_state, detach, quiet_state_log
+from usher.workers import flush_logs
 
 # How often the worker tells the control process its open client connections per listener.
 CONNECTIONS_INTERVAL = 1.0
-LOG_FLUSH_INTERVAL = 1.0
 EXIT_RUNTIME = 2
 
 
@@ -95,7 +95,7 @@ async def serve(channel: Channel, table: SharedTable, number: int) -> int:
     tasks = [
         loop.create_task(_listen(channel, balancer, stop)),
         loop.create_task(_report_connections(channel, balancer)),
-        loop.create_task(_flush_logs()),
+        loop.create_task(flush_logs()),
     ]
     await stop.wait()
     await balancer.stop()
@@ -146,12 +146,6 @@ async def _report_connections(channel: Channel, balancer: WorkerBalancer) -> Non
         while True:
             await asyncio.sleep(CONNECTIONS_INTERVAL)
             channel.send("connections", balancer.connections())
-
-
-async def _flush_logs() -> None:
-    while True:
-        await asyncio.sleep(LOG_FLUSH_INTERVAL)
-        sys.stdout.flush()
 
 
 async def _main(channel_fd: int, table_fd: int, number: int, workers: int, capacity: int) -> int:

@@ -9,6 +9,7 @@ import contextlib
 import resource
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from usher.config import Config, HostPort
@@ -84,9 +85,21 @@ async def _serve(
             f"usher: admin API and dashboard on {balancer.admin_url}", file=sys.stderr, flush=True
         )
     stop = asyncio.Event()
+    handle_signals(balancer, stop.set)
+    flusher = asyncio.get_running_loop().create_task(flush_logs())
+    await stop.wait()
+    print("usher: draining", file=sys.stderr, flush=True)
+    await balancer.stop()
+    flusher.cancel()
+    sys.stdout.flush()
+
+
+def handle_signals(balancer: Balancer, stop: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT call `stop`; SIGHUP reloads the config file (Balancer.reload runs one
+    reload at a time)."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stop)
     reloading: set[asyncio.Task[None]] = set()
 
     def on_sighup() -> None:
@@ -94,13 +107,9 @@ async def _serve(
         reloading.add(task)
         task.add_done_callback(reloading.discard)
 
+    # The handler holds `reloading`, which holds the reloads under way (the loop keeps only
+    # weak references to tasks).
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
-    flusher = loop.create_task(_flush_logs())
-    await stop.wait()
-    print("usher: draining", file=sys.stderr, flush=True)
-    await balancer.stop()
-    flusher.cancel()
-    sys.stdout.flush()
 
 
 async def _reload(balancer: Balancer) -> None:
@@ -114,7 +123,7 @@ async def _reload(balancer: Balancer) -> None:
     print(f"usher: reloaded ({changes or 'no changes'})", file=sys.stderr, flush=True)
 
 
-async def _flush_logs() -> None:
+async def flush_logs() -> None:
     """Access log lines are written buffered (one syscall per line costs throughput); this
     bounds how late they reach a file or pipe."""
     while True:
