@@ -8,12 +8,14 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from tests.conftest import RunningBalancer
+from usher.l4.relay import StreamRelay
 from usher.proxy_protocol import parse
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -316,3 +318,83 @@ def test_config_names_what_cannot_work_at_layer_4() -> None:
     assert "pools.p.hash.key: only source_ip can be hashed at layer 4" in text
     assert "pools.p.sticky.type: only source_ip persistence works at layer 4" in text
     assert "pools.p.tls: zero_copy cannot encrypt" in text
+
+
+async def _source(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Sends 64 MiB, far more than the socket buffers between it and a client that never reads."""
+    block = os.urandom(1 << 20)
+    for _ in range(64):
+        writer.write(block)
+        await writer.drain()
+
+
+async def test_idle_timeout_with_a_client_that_never_reads(
+    raw_backend: StartBackend, balancer: StartBalancer
+) -> None:
+    # A graceful close waits for the write buffer to drain, which a zero window never does.
+    port = await raw_backend(_source)
+    b = await balancer(tcp_config(port, timeouts={"tunnel": "300ms"}))
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", b.port))
+        await wait_for(lambda: "idle_timeout" in b.log.getvalue())
+        assert not b.balancer.listeners["db"].connections
+        assert b.pools["p"].backends[0].active == 0
+    finally:
+        client.close()
+
+
+class _StuckTransport(asyncio.Transport):
+    """A transport whose peer never reads: close() never completes, abort() does."""
+
+    def __init__(self, protocol: asyncio.Protocol) -> None:
+        super().__init__()
+        self.protocol = protocol
+        self.closing = False
+        self.aborted = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True  # waits for a drain that never comes
+
+    def abort(self) -> None:
+        self.closing = self.aborted = True
+        self.protocol.connection_lost(None)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+async def test_backend_gone_and_a_client_that_never_reads() -> None:
+    # What is buffered for the client once the backend has gone gets `linger` seconds.
+    loop = asyncio.get_running_loop()
+    results: list[str] = []
+    relay = StreamRelay(loop, 60.0, lambda _c, _n: None, results.append, linger=0.1)
+    client, backend = _StuckTransport(relay.client), _StuckTransport(relay.backend)
+    relay.client.connection_made(client)
+    relay.backend.connection_made(backend)
+    relay.start(b"")
+    relay.backend.data_received(b"answer")
+    relay.backend.connection_lost(ConnectionResetError())  # the backend is gone
+    assert client.closing and not client.aborted and not results
+    await wait_for(lambda: results == ["backend_reset"], timeout=2)
+    assert client.aborted

@@ -295,7 +295,8 @@ class TcpSession:
             if self.listener.config.zero_copy:
                 self.backend_sock = sock
                 return SpliceRelay(loop, self.sock, sock, idle, self._moved, self.end)
-            relay = StreamRelay(loop, idle, self._moved, self.end)
+            # What is left for a side once the other has gone may take one send timeout.
+            relay = StreamRelay(loop, idle, self._moved, self.end, config.timeouts.send)
             tls = config.tls
             await loop.create_connection(
                 relay.backend_side,
