@@ -1,7 +1,10 @@
 """TLS termination: one server context per listener, picking a certificate by SNI.
 
-A listener's `ServerTls` can take new certificates on reload without a new socket: the
-listening socket keeps its context object, whose certificate and SNI table are replaced.
+A listener's `ServerTls` can take new certificates and client CAs on reload without a new
+socket: the listening socket keeps its context object, but every handshake is switched by the
+SNI callback (which runs with or without a server name) to a context built fresh by the latest
+load. A fresh context is needed because `load_verify_locations` only adds to a context's trust
+store: reloading into the old one would keep trusting a removed client CA.
 """
 
 from __future__ import annotations
@@ -22,11 +25,16 @@ def _context(cert: str, key: str, tls: ListenerTls) -> ssl.SSLContext:
     ctx.set_alpn_protocols(["http/1.1"])
     ctx.load_cert_chain(cert, key)
     if tls.client_ca is not None:
-        # Every SNI context asks too: the handshake verifies with the context SNI picked.
+        # The handshake verifies against the trust store of the context SNI picked.
         ctx.load_verify_locations(cafile=tls.client_ca)
-        required = tls.client_auth == "required"
-        ctx.verify_mode = ssl.CERT_REQUIRED if required else ssl.CERT_OPTIONAL
+    ctx.verify_mode = _verify_mode(tls)
     return ctx
+
+
+def _verify_mode(tls: ListenerTls) -> ssl.VerifyMode:
+    if tls.client_ca is None:
+        return ssl.CERT_NONE
+    return ssl.CERT_REQUIRED if tls.client_auth == "required" else ssl.CERT_OPTIONAL
 
 
 class ServerTls:
@@ -37,28 +45,28 @@ class ServerTls:
     """
 
     def __init__(self, tls: ListenerTls, path: str) -> None:
-        self._exact: dict[str, ssl.SSLContext] = {}
-        self._wildcard: list[tuple[str, ssl.SSLContext]] = []
-        default_files, self._exact, self._wildcard = self._load(tls, path)
-        self.context = _context(*default_files, tls)
+        self._default, self._exact, self._wildcard = self._load(tls, path)
+        # The listening context trusts no client CA of its own: each handshake is moved to a
+        # context of the latest load. What stays with the connection is only what OpenSSL
+        # copies when the connection is created: the verify mode.
+        first = tls.certificates[0]
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.context.set_alpn_protocols(["http/1.1"])
+        self.context.load_cert_chain(first.cert, first.key)
+        self.context.verify_mode = _verify_mode(tls)
         self.context.sni_callback = self._choose
 
     def update(self, tls: ListenerTls, path: str) -> None:
         """Take new certificates (a reload); raises ConfigError and changes nothing if one fails."""
-        default_files, exact, wildcard = self._load(tls, path)
-        self.context.load_cert_chain(*default_files)
-        if tls.client_ca is not None:
-            self.context.load_verify_locations(cafile=tls.client_ca)
-            required = tls.client_auth == "required"
-            self.context.verify_mode = ssl.CERT_REQUIRED if required else ssl.CERT_OPTIONAL
-        else:
-            self.context.verify_mode = ssl.CERT_NONE
-        self._exact, self._wildcard = exact, wildcard
+        default, exact, wildcard = self._load(tls, path)
+        self.context.verify_mode = _verify_mode(tls)
+        self._default, self._exact, self._wildcard = default, exact, wildcard
 
     @staticmethod
     def _load(
         tls: ListenerTls, path: str
-    ) -> tuple[tuple[str, str], dict[str, ssl.SSLContext], list[tuple[str, ssl.SSLContext]]]:
+    ) -> tuple[ssl.SSLContext, dict[str, ssl.SSLContext], list[tuple[str, ssl.SSLContext]]]:
         issues: list[ConfigIssue] = []
         if tls.client_ca is not None:
             try:
@@ -71,7 +79,8 @@ class ServerTls:
                 raise ConfigError(issues) from None
         exact: dict[str, ssl.SSLContext] = {}
         wildcard: list[tuple[str, ssl.SSLContext]] = []
-        default: tuple[str, str] | None = None
+        default: ssl.SSLContext | None = None
+        first: ssl.SSLContext | None = None
         for i, certificate in enumerate(tls.certificates):
             try:
                 ctx = _context(certificate.cert, certificate.key, tls)
@@ -85,8 +94,9 @@ class ServerTls:
                     )
                 )
                 continue
+            first = first or ctx
             if not certificate.sni and default is None:
-                default = (certificate.cert, certificate.key)
+                default = ctx
             for name in certificate.sni:
                 if name.startswith("*."):
                     wildcard.append((name[1:], ctx))
@@ -94,23 +104,22 @@ class ServerTls:
                     exact.setdefault(name, ctx)
         if issues:
             raise ConfigError(issues)
-        if default is None:
-            first = tls.certificates[0]
-            default = (first.cert, first.key)
+        default = default or first
+        assert default is not None  # validation requires at least one certificate
         return default, exact, wildcard
 
     def _choose(self, sock: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
-        if server_name is None:
-            return
-        name = server_name.lower()
-        chosen = self._exact.get(name)
-        if chosen is None:
-            for suffix, candidate in self._wildcard:
-                if name.endswith(suffix) and "." not in name[: -len(suffix)]:
-                    chosen = candidate
-                    break
-        if chosen is not None:
-            sock.context = chosen
+        chosen = None
+        if server_name is not None:
+            name = server_name.lower()
+            chosen = self._exact.get(name)
+            if chosen is None:
+                for suffix, candidate in self._wildcard:
+                    if name.endswith(suffix) and "." not in name[: -len(suffix)]:
+                        chosen = candidate
+                        break
+        # Always switch, even to the default: the listening context is never reloaded.
+        sock.context = chosen if chosen is not None else self._default
 
 
 def server_context(tls: ListenerTls, path: str) -> ssl.SSLContext:
