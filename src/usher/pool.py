@@ -58,6 +58,7 @@ class Backend:
         "fails",
         "fails_5xx",
         "failures_total",
+        "generation",
         "healthy",
         "host",
         "idle",
@@ -113,6 +114,9 @@ class Backend:
         self.shared: Slot | None = None
         # Idle keep-alive connections to this backend, most recently used last.
         self.idle: list[Any] = []
+        # Connections remember the generation they were opened in; a reload that changes how
+        # connections are made (tls, PROXY header) starts a new one and the old are not reused.
+        self.generation = 0
 
     def ready(self, now: float) -> bool:
         """May take a new request: enabled, healthy and not ejected."""
@@ -135,6 +139,11 @@ class Backend:
     def close_idle(self) -> None:
         while self.idle:
             self.idle.pop().close()
+
+    def renew_connections(self) -> None:
+        """Connections opened so far must not carry another request (their settings changed)."""
+        self.generation += 1
+        self.close_idle()
 
     def __repr__(self) -> str:
         return f"<Backend {self.label} w={self.weight} {self.state} active={self.active}>"
@@ -545,6 +554,12 @@ class Pool:
             kept.append(backend)
         dropped = list(by_label.values())
         sticky_changed = config.sticky != self.config.sticky
+        if (config.tls, config.send_proxy_protocol) != (
+            self.config.tls,
+            self.config.send_proxy_protocol,
+        ):
+            for backend in kept:
+                backend.renew_connections()
         self.config = config
         self._algorithm_cls = get_algorithm(config.algorithm)
         self.backends = kept + dropped

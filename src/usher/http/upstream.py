@@ -42,6 +42,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_timer_at",
         "backend",
         "closed",
+        "generation",
         "owner",
         "reader",
         "transport",
@@ -57,6 +58,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.user: UpstreamUser | None = None
         self.tunnel = False
         self.closed = False
+        self.generation = backend.generation  # see Backend.renew_connections
         self.used = 0  # requests carried so far
         # The client connection whose PROXY header opened this one: reused for it alone.
         self.owner: object | None = None
@@ -194,7 +196,13 @@ def release(
 ) -> None:
     """Give a connection back after a complete exchange: park it if it can be reused."""
     conn.user = None
-    if conn.closed or not conn.reader.reusable or len(conn.backend.idle) >= max_idle:
+    backend = conn.backend
+    if (
+        conn.closed
+        or not conn.reader.reusable
+        or conn.generation != backend.generation
+        or len(backend.idle) >= max_idle
+    ):
         conn.close()
     else:
         conn.park(loop, idle_timeout)
@@ -209,9 +217,12 @@ async def _open(
 ) -> tuple[asyncio.BaseTransport, UpstreamConnection]:
     """Connect; a PROXY header (`preamble`) goes first, in the clear, before any TLS."""
 
+    generation = backend.generation  # the settings this connection is made with
+
     def protocol() -> UpstreamConnection:
         conn = UpstreamConnection(backend)
         conn.owner = owner
+        conn.generation = generation
         return conn
 
     context = upstream_context(tls) if tls is not None else None
