@@ -36,7 +36,13 @@ from usher.http.headers import (
     forward_response_headers,
     transfer_codings,
 )
-from usher.http.upstream import PendingConnect, UpstreamConnection, release, take_idle
+from usher.http.upstream import (
+    PendingConnect,
+    UpstreamConnection,
+    close_owned,
+    release,
+    take_idle,
+)
 from usher.limits import ConnectionLimiter, share
 from usher.logs import AccessLog, AccessRecord
 from usher.metrics import Metrics
@@ -190,6 +196,7 @@ class ClientConnection(asyncio.Protocol):
         "listener",
         "local",
         "loop",
+        "owned",
         "peer",
         "reader",
         "refused",
@@ -220,6 +227,8 @@ class ClientConnection(asyncio.Protocol):
         self.inbox: deque[Event | ClientError] = deque()
         self.exchange: Exchange | None = None
         self.tunnel: UpstreamConnection | None = None
+        # Idle backend connections opened with this client's PROXY header (upstream.Owner).
+        self.owned: list[UpstreamConnection] | None = None
         self.closed = False
         self.refused = False
         self.write_paused = False
@@ -324,6 +333,8 @@ class ClientConnection(asyncio.Protocol):
         if exchange is not None:
             self.exchange = None
             exchange.client_lost()
+        if self.owned is not None:
+            close_owned(self)
 
     def pause_writing(self) -> None:
         self.write_paused = True

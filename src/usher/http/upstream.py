@@ -3,7 +3,9 @@
 An `UpstreamConnection` moves bytes between a backend socket and its current user (the
 exchange that borrowed it); it parses responses with the sans-IO `ResponseReader`. When an
 exchange is done with a connection that can carry another request, it goes back on its
-backend's idle list (most recent last) until `timeouts.idle` expires it.
+backend's idle list (most recent last) until `timeouts.idle` expires it. A connection that
+began with one client's PROXY header can serve that client only: it is parked on the client's
+own list instead (not counted in `max_idle_connections`), and closed when the client leaves.
 """
 
 from __future__ import annotations
@@ -21,6 +23,13 @@ from usher.tls import upstream_context, upstream_server_name
 if TYPE_CHECKING:
     from usher.config import UpstreamTls
     from usher.pool import Backend
+
+
+class Owner(Protocol):
+    """A client whose PROXY header opened connections that serve it alone."""
+
+    owned: list[UpstreamConnection] | None
+    closed: bool  # the client has gone
 
 
 class UpstreamUser(Protocol):
@@ -61,7 +70,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.generation = backend.generation  # see Backend.renew_connections
         self.used = 0  # requests carried so far
         # The client connection whose PROXY header opened this one: reused for it alone.
-        self.owner: object | None = None
+        self.owner: Owner | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._idle_deadline = 0.0  # when a parked connection expires; 0: not parked
         self._timer_at = 0.0  # when _idle_timer fires
@@ -146,7 +155,13 @@ class UpstreamConnection(asyncio.Protocol):
     def park(self, loop: asyncio.AbstractEventLoop, idle_timeout: float) -> None:
         """Put this connection on its backend's idle list until it is reused or expires."""
         self.user = None
-        self.backend.idle.append(self)
+        owner = self.owner
+        if owner is None:
+            self.backend.idle.append(self)
+        elif owner.owned is None:
+            owner.owned = [self]
+        else:
+            owner.owned.append(self)
         # The expiry timer is made lazily: a busy connection is parked after every answer,
         # and a timer that fires early and re-arms once per timeout costs less than one timer
         # handle per request.
@@ -172,19 +187,35 @@ class UpstreamConnection(asyncio.Protocol):
         self.close()
 
 
-def take_idle(backend: Backend, owner: object | None = None) -> UpstreamConnection | None:
+def take_idle(backend: Backend, owner: Owner | None = None) -> UpstreamConnection | None:
     """The most recently parked live connection to `backend` that belongs to `owner` (None:
     the shared ones), if any."""
-    idle = backend.idle
+    if owner is None:
+        idle = backend.idle
+    elif owner.owned is None:
+        return None
+    else:
+        idle = owner.owned
+    generation = backend.generation
     for index in range(len(idle) - 1, -1, -1):
         conn: UpstreamConnection = idle[index]
         if conn.closed or conn.transport is None or conn.transport.is_closing():
             del idle[index]
-        elif conn.owner is owner:
+        elif conn.generation != generation:  # made with settings a reload changed
+            del idle[index]
+            conn.close()
+        elif conn.backend is backend:
             del idle[index]
             conn.unpark()
             return conn
     return None
+
+
+def close_owned(owner: Owner) -> None:
+    """The client has gone: the connections that could serve only it are of no more use."""
+    owned, owner.owned = owner.owned, None
+    for conn in owned or ():
+        conn.close()
 
 
 def release(
@@ -201,7 +232,8 @@ def release(
         conn.closed
         or not conn.reader.reusable
         or conn.generation != backend.generation
-        or len(backend.idle) >= max_idle
+        or (conn.owner is None and len(backend.idle) >= max_idle)
+        or (conn.owner is not None and conn.owner.closed)
     ):
         conn.close()
     else:
@@ -213,7 +245,7 @@ async def _open(
     backend: Backend,
     tls: UpstreamTls | None,
     preamble: bytes | None,
-    owner: object | None,
+    owner: Owner | None,
 ) -> tuple[asyncio.BaseTransport, UpstreamConnection]:
     """Connect; a PROXY header (`preamble`) goes first, in the clear, before any TLS."""
 
@@ -256,7 +288,7 @@ class PendingConnect:
         *,
         tls: UpstreamTls | None = None,
         preamble: bytes | None = None,
-        owner: object | None = None,
+        owner: Owner | None = None,
     ) -> None:
         self.timed_out = False
         self._dropped = False
