@@ -8,10 +8,12 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trustme
 
-from usher.config import ListenerTls
-from usher.tls import ServerTls
+from usher.config import ListenerTls, PoolConfig, UpstreamTls
+from usher.errors import ConfigError
+from usher.tls import ServerTls, check_upstream_tls, load_upstream_contexts, upstream_context
 
 
 async def _handshake(
@@ -94,3 +96,23 @@ async def test_reload_without_client_ca_stops_asking(tmp_path: Path) -> None:
     assert not await _handshake(tls.context, anonymous)
     tls.update(required.model_copy(update={"client_ca": None}), "t")
     assert await _handshake(tls.context, anonymous)
+
+
+def test_upstream_files_are_read_each_time(tmp_path: Path) -> None:
+    # No cache on the config value: a rotated or deleted file is seen by the next load.
+    ca_path = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca_path))
+    tls = UpstreamTls.model_validate({"ca": str(ca_path)})
+    first = upstream_context(tls)
+    assert upstream_context(tls) is not first
+    assert check_upstream_tls(tls, "pools.p.tls") == []
+    ca_path.unlink()
+    (issue,) = check_upstream_tls(tls, "pools.p.tls")
+    assert issue.path == "pools.p.tls"
+    pools = {
+        "p": PoolConfig.model_validate(
+            {"backends": [{"address": "127.0.0.1:1"}], "tls": {"ca": str(ca_path)}}
+        )
+    }
+    with pytest.raises(ConfigError, match=r"pools\.p\.tls"):
+        load_upstream_contexts(pools)

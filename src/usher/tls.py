@@ -9,14 +9,14 @@ store: reloading into the old one would keep trusting a removed client CA.
 
 from __future__ import annotations
 
-import functools
 import ssl
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from usher.errors import ConfigError, ConfigIssue
 
 if TYPE_CHECKING:
-    from usher.config import ListenerTls, UpstreamTls
+    from usher.config import ListenerTls, PoolConfig, UpstreamTls
 
 
 def _context(cert: str, key: str, tls: ListenerTls) -> ssl.SSLContext:
@@ -127,10 +127,10 @@ def server_context(tls: ListenerTls, path: str) -> ssl.SSLContext:
     return ServerTls(tls, path).context
 
 
-@functools.lru_cache(maxsize=128)
 def upstream_context(tls: UpstreamTls) -> ssl.SSLContext:
-    """The client context for re-encrypting to a pool's backends (one per distinct `tls`
-    section: building one reads files). Raises OSError or ssl.SSLError when a file is bad."""
+    """A new client context for re-encrypting to a pool's backends. It reads the files: the
+    balancer builds one per pool at start and on each reload (`load_upstream_contexts`), so
+    rotated files are picked up by a reload. Raises OSError or ssl.SSLError when a file is bad."""
     ctx = ssl.create_default_context(cafile=tls.ca)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if not tls.verify:
@@ -146,9 +146,30 @@ def check_upstream_tls(tls: UpstreamTls, path: str) -> list[ConfigIssue]:
     try:
         upstream_context(tls)
     except (OSError, ssl.SSLError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return [ConfigIssue(path, f"cannot load the CA or client certificate: {reason}")]
+        return [_upstream_issue(exc, path)]
     return []
+
+
+def load_upstream_contexts(pools: Mapping[str, PoolConfig]) -> dict[str, ssl.SSLContext]:
+    """The client context of every pool with `tls`, by pool name, read from the files now.
+    Raises ConfigError naming each pool whose files cannot be loaded."""
+    contexts: dict[str, ssl.SSLContext] = {}
+    issues: list[ConfigIssue] = []
+    for name, pool in pools.items():
+        if pool.tls is None:
+            continue
+        try:
+            contexts[name] = upstream_context(pool.tls)
+        except (OSError, ssl.SSLError) as exc:
+            issues.append(_upstream_issue(exc, f"pools.{name}.tls"))
+    if issues:
+        raise ConfigError(issues)
+    return contexts
+
+
+def _upstream_issue(exc: OSError | ssl.SSLError, path: str) -> ConfigIssue:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return ConfigIssue(path, f"cannot load the CA or client certificate: {reason}")
 
 
 def upstream_server_name(tls: UpstreamTls, host: str) -> str:

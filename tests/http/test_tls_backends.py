@@ -269,3 +269,26 @@ def test_missing_client_ca_is_a_config_error(tmp_path: Path) -> None:
     config["listeners"][0]["tls"]["client_ca"] = str(tmp_path / "missing.pem")
     with pytest.raises(ConfigError, match=r"listeners\[0\]\.tls\.client_ca: cannot load"):
         Balancer(parse_config(json.dumps(config)))
+
+
+async def test_a_reload_rereads_a_rotated_ca_file(
+    tls_server: TlsServerFactory, balancer: StartBalancer, tmp_path: Path
+) -> None:
+    # docs/tls.md: the files are loaded at start and on reload, even when their paths stay.
+    from usher.config import parse_config
+    from usher.errors import ConfigError
+
+    ca, old = trustme.CA(), trustme.CA()
+    port = await tls_server(server_context(ca, "backend.internal"), "secure")
+    cafile = write_ca(old, tmp_path / "ca.pem")  # not yet the backend's CA
+    config = http_to(port, {"ca": cafile, "server_name": "backend.internal"})
+    b = await balancer(config)
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(b.url("/"))).status_code == 502
+        write_ca(ca, tmp_path / "ca.pem")  # rotated in place, then a reload
+        await b.balancer.reload(parse_config(json.dumps(config)))
+        assert (await client.get(b.url("/"))).status_code == 200
+        (tmp_path / "ca.pem").unlink()  # a file that cannot be read fails the reload
+        with pytest.raises(ConfigError, match=r"pools\.p\.tls: cannot load the CA"):
+            await b.balancer.reload(parse_config(json.dumps(config)))
+        assert (await client.get(b.url("/"))).status_code == 200  # nothing changed

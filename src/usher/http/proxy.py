@@ -771,6 +771,7 @@ class Exchange:
             config.timeouts.connect,
             self._connected,
             tls=config.tls,
+            context=self.pool.tls_context(),
             preamble=preamble,
             owner=client if preamble is not None else None,
         )

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from usher.errors import ConnectError, UpstreamProtocolError
 from usher.http.codec import Event, ResponseReader
 from usher.l4.accept import connect
-from usher.tls import upstream_context, upstream_server_name
+from usher.tls import upstream_server_name
 
 if TYPE_CHECKING:
     from usher.config import UpstreamTls
@@ -244,6 +245,7 @@ async def _open(
     loop: asyncio.AbstractEventLoop,
     backend: Backend,
     tls: UpstreamTls | None,
+    context: ssl.SSLContext | None,
     preamble: bytes | None,
     owner: Owner | None,
 ) -> tuple[asyncio.BaseTransport, UpstreamConnection]:
@@ -257,7 +259,6 @@ async def _open(
         conn.generation = generation
         return conn
 
-    context = upstream_context(tls) if tls is not None else None
     server_name = upstream_server_name(tls, backend.host) if tls is not None else None
     if preamble is None:
         return await loop.create_connection(
@@ -287,12 +288,13 @@ class PendingConnect:
         done: Callable[[UpstreamConnection | None, Exception | None], None],
         *,
         tls: UpstreamTls | None = None,
+        context: ssl.SSLContext | None = None,
         preamble: bytes | None = None,
         owner: Owner | None = None,
     ) -> None:
         self.timed_out = False
         self._dropped = False
-        self._task = loop.create_task(_open(loop, backend, tls, preamble, owner))
+        self._task = loop.create_task(_open(loop, backend, tls, context, preamble, owner))
         self._timer: asyncio.TimerHandle | None = loop.call_later(timeout, self._on_timeout)
 
         def finished(task: asyncio.Task[tuple[asyncio.BaseTransport, UpstreamConnection]]) -> None:

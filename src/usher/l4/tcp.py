@@ -24,7 +24,7 @@ from usher.logs import AccessLog, ConnectionRecord
 from usher.metrics import Metrics
 from usher.pool import Backend, Pool, Selection
 from usher.proxy_protocol import ProxyProtocolError, encode
-from usher.tls import upstream_context, upstream_server_name
+from usher.tls import upstream_server_name
 
 if TYPE_CHECKING:
     from usher.clock import Clock
@@ -301,7 +301,7 @@ class TcpSession:
             await loop.create_connection(
                 relay.backend_side,
                 sock=sock,
-                ssl=upstream_context(tls) if tls is not None else None,
+                ssl=pool.tls_context(),
                 server_hostname=(
                     upstream_server_name(tls, backend.host) if tls is not None else None
                 ),
