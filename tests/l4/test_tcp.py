@@ -398,3 +398,26 @@ async def test_backend_gone_and_a_client_that_never_reads() -> None:
     assert client.closing and not client.aborted and not results
     await wait_for(lambda: results == ["backend_reset"], timeout=2)
     assert client.aborted
+
+
+async def test_running_out_of_descriptors_is_not_the_backends_fault(
+    raw_backend: StartBackend, balancer: StartBalancer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from usher.l4 import tcp
+
+    port = await raw_backend(echo)
+    b = await balancer(tcp_config(port, passive_health={"max_fails": 1}))
+
+    async def no_descriptor(*_args: Any) -> Any:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(tcp, "connect", no_descriptor)
+    reader, _writer = await asyncio.open_connection("127.0.0.1", b.port)
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # refused
+    _writer.close()
+    pool = b.pools["p"]
+    assert b.balancer.metrics.rejected_total[("db", "out_of_files")] == 1
+    assert all(x.failures_total == 0 and x.active == 0 for x in pool.backends)
+    assert "out_of_files" in b.log.getvalue()

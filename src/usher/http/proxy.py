@@ -48,6 +48,7 @@ from usher.logs import AccessLog, AccessRecord
 from usher.metrics import Metrics
 from usher.pool import Backend, Pool, Selection
 from usher.proxy_protocol import encode as encode_proxy_header
+from usher.shortage import local_reason, report
 from usher.tls import client_subject
 
 if TYPE_CHECKING:
@@ -820,6 +821,12 @@ class Exchange:
         self.backend = None
         self.conn = None
         self._cancel_upstream_timers()
+        shortage = local_reason(exc)
+        if shortage is not None:  # no socket for us: neither this backend's fault nor others'
+            pool.on_abandon(backend)
+            report(f"listener {self.client.listener.name}", shortage, exc)
+            self.respond_error(503, "the balancer is out of resources", reason=shortage)
+            return
         pool.on_finish(backend, time.perf_counter() - self.t_attempt, False, str(exc))
         self.last_error = exc
         if isinstance(exc, ConnectError) and not self.body_started:

@@ -311,7 +311,9 @@ class PendingConnect:
                 return
             exc = task.exception()
             if exc is not None:
-                done(None, ConnectError(f"connect to {backend.label} failed: {exc}"))
+                error = ConnectError(f"connect to {backend.label} failed: {exc}")
+                error.__cause__ = exc  # shortage.local_reason looks for our own EMFILE there
+                done(None, error)
             else:
                 done(task.result()[1], None)
 

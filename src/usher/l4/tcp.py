@@ -24,6 +24,7 @@ from usher.logs import AccessLog, ConnectionRecord
 from usher.metrics import Metrics
 from usher.pool import Backend, Pool, Selection
 from usher.proxy_protocol import ProxyProtocolError, encode
+from usher.shortage import local_reason, report
 from usher.tls import upstream_server_name
 
 if TYPE_CHECKING:
@@ -253,6 +254,15 @@ class TcpSession:
                 async with asyncio.timeout(config.timeouts.connect):
                     relay = await self._open(loop, pool, backend)
             except (OSError, TimeoutError) as exc:
+                reason = local_reason(exc)
+                if reason is not None:
+                    # No socket or pipe for us: not the backend's fault, nor would another
+                    # backend fare better.
+                    pool.on_abandon(backend)
+                    report(f"listener {listener.name}", reason, exc)
+                    listener.metrics.rejected(listener.name, reason)
+                    self.end(reason)
+                    return
                 error = str(exc) or "connect timed out"
                 pool.on_finish(backend, time.perf_counter() - t0, False, f"connect: {error}")
                 if attempts > 0:
