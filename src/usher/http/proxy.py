@@ -108,6 +108,7 @@ class HttpListener:
         self.timeouts = config.timeouts
         self.scheme = b"https" if config.protocol == "https" else b"http"
         self.cert_header = _cert_header(config)
+        self.cert_strip = _cert_strip(config)
         self.connections: set[ClientConnection] = set()
         self.draining = False
         self.workers = workers
@@ -147,6 +148,7 @@ class HttpListener:
         self.limits = _head_limits(config)
         self.timeouts = config.timeouts
         self.cert_header = _cert_header(config)
+        self.cert_strip = _cert_strip(config)
         self.draining = False
         self._apply_edge(config)
 
@@ -159,6 +161,21 @@ class HttpListener:
         for conn in list(self.connections):
             if conn.exchange is None:
                 conn.close()
+
+
+def _cert_strip(config: ListenerConfig) -> bytes | None:
+    """The client-cert header as `_header_key` gives it, on every listener with TLS: whether or
+    not it asks for certificates, a client never sets that header itself."""
+    tls = config.tls
+    if tls is None:
+        return None
+    return _header_key(tls.client_cert_header.encode("latin-1"))
+
+
+def _header_key(name: bytes) -> bytes:
+    # CGI, WSGI and PHP read X_Client_Cert_Subject and X-Client-Cert-Subject as the same
+    # HTTP_X_CLIENT_CERT_SUBJECT: compare names the way they do.
+    return name.lower().replace(b"_", b"-")
 
 
 def _cert_header(config: ListenerConfig) -> bytes | None:
@@ -657,12 +674,14 @@ class Exchange:
             upgrade=request.upgrade,
             real_ip=client_ip,
         )
-        cert_header = listener.cert_header
-        if cert_header is not None:
-            # Only usher says who the client certificate names: a client's own copy goes.
-            lowered = cert_header.lower()
-            headers = [h for h in headers if h[0].lower() != lowered]
-            if client.cert_subject is not None:
+        cert_strip = listener.cert_strip
+        if cert_strip is not None:
+            # Only usher says who the client certificate names: a client's own copy goes,
+            # under any spelling a backend would read as the same name.
+            n = len(cert_strip)
+            headers = [h for h in headers if len(h[0]) != n or _header_key(h[0]) != cert_strip]
+            cert_header = listener.cert_header
+            if cert_header is not None and client.cert_subject is not None:
                 headers.append((cert_header, client.cert_subject))
         if route.request_rules is not None:
             headers = route.request_rules.apply(headers)
