@@ -421,3 +421,62 @@ async def test_running_out_of_descriptors_is_not_the_backends_fault(
     assert b.balancer.metrics.rejected_total[("db", "out_of_files")] == 1
     assert all(x.failures_total == 0 and x.active == 0 for x in pool.backends)
     assert "out_of_files" in b.log.getvalue()
+
+
+async def test_client_eof_towards_a_tls_backend_ends_after_the_send_timeout(
+    balancer: StartBalancer, tmp_path: Any
+) -> None:
+    # The EOF cannot be passed on over TLS; the backend waiting for it must not hold the
+    # connection for timeouts.tunnel (1h by default), only for timeouts.send without traffic.
+    import trustme
+
+    from tests.tls_helpers import server_context, write_ca
+
+    ca = trustme.CA()
+    waited: list[bytes] = []
+
+    async def until_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        waited.append(await reader.read())
+        writer.close()
+
+    server = await asyncio.start_server(
+        until_eof, "127.0.0.1", 0, ssl=server_context(ca, "backend.internal")
+    )
+    port = server.sockets[0].getsockname()[1]
+    tls = {"ca": write_ca(ca, tmp_path / "ca.pem"), "server_name": "backend.internal"}
+    b = await balancer(tcp_config(port, tls=tls, timeouts={"send": "300ms"}))
+    reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
+    try:
+        writer.write(b"hello")
+        await writer.drain()
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # not an hour
+        await wait_for(lambda: not b.balancer.listeners["db"].connections)
+        assert b.pools["p"].backends[0].active == 0
+    finally:
+        writer.close()
+        server.close()
+
+
+async def test_a_client_socket_that_cannot_be_attached_is_closed(
+    raw_backend: StartBackend, balancer: StartBalancer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    port = await raw_backend(echo)
+    b = await balancer(tcp_config(port))
+
+    def refuse(_relay: StreamRelay) -> asyncio.Protocol:
+        raise OSError(errno.EBADF, "cannot attach")
+
+    monkeypatch.setattr(StreamRelay, "client_side", refuse)
+    before = len(os.listdir("/proc/self/fd"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
+    try:
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, not left open
+        await wait_for(lambda: not b.balancer.listeners["db"].connections)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    await wait_for(lambda: len(os.listdir("/proc/self/fd")) <= before)
+    assert b.pools["p"].backends[0].active == 0

@@ -102,6 +102,7 @@ class StreamRelay:
         self.loop = loop
         self.idle = idle
         self.linger = linger
+        self.limit = idle  # how long without traffic ends the connection
         self.on_bytes = on_bytes
         self.on_done = on_done
         self.client = _Side(self, True)
@@ -135,7 +136,7 @@ class StreamRelay:
             self.lost(self.backend, None)
         elif self.backend.eof:
             self.half_closed(self.backend)
-        self._timer = self.loop.call_later(self.idle, self._check_idle)
+        self._timer = self.loop.call_later(self.limit, self._check_idle)
 
     def moved(self, from_client: bool, n: int) -> None:
         self.last_activity = self.loop.time()
@@ -149,8 +150,19 @@ class StreamRelay:
             return  # start() passes it on once the other side exists
         if side.eof and peer.eof:
             self._close_both(OK)
-        elif transport.can_write_eof() and not transport.is_closing():
+        elif transport.is_closing():
+            pass
+        elif transport.can_write_eof():
             transport.write_eof()
+        elif self.limit > self.linger:
+            # A TLS peer cannot be half-closed (its close_notify would end our reading too):
+            # the EOF stays with us, and a peer that waits for it would wait for the whole
+            # idle timeout. From now on `linger` without traffic ends the connection.
+            self.limit = self.linger
+            if self._timer is not None:
+                self._timer.cancel()
+                quiet = self.loop.time() - self.last_activity
+                self._timer = self.loop.call_later(max(self.limit - quiet, 0.0), self._check_idle)
 
     def lost(self, side: _Side, exc: Exception | None) -> None:
         if exc is not None and self.result is None:
@@ -194,7 +206,7 @@ class StreamRelay:
     def _check_idle(self) -> None:
         self._timer = None
         quiet = self.loop.time() - self.last_activity
-        if quiet >= self.idle:
+        if quiet >= self.limit:
             # abort, not close: close() would wait for a write buffer that a peer which
             # stopped reading never drains.
             self.result = self.result or IDLE
@@ -202,7 +214,7 @@ class StreamRelay:
                 if side.transport is not None:
                     side.transport.abort()
         else:
-            self._timer = self.loop.call_later(self.idle - quiet, self._check_idle)
+            self._timer = self.loop.call_later(self.limit - quiet, self._check_idle)
 
     def _finish(self) -> None:
         if self._done:

@@ -336,6 +336,8 @@ class TcpSession:
         try:
             await loop.connect_accepted_socket(relay.client_side, self.sock)
         except OSError:
+            # end() leaves the client socket to the relay, which never got it.
+            self.sock.close()
             relay.abort()
             return
         relay.start(first)
