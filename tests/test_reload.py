@@ -11,9 +11,11 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import pool_of, simple_config
+from tests.conftest import pool_of, read_response, simple_config
+from tests.l4.test_tcp import wait_for as wait_until
 from usher.config import parse_config
 from usher.errors import ConfigError
+from usher.proxy_protocol import parse as parse_proxy
 from usher.server import BindError
 
 
@@ -165,3 +167,69 @@ async def test_an_admin_change_is_reported_until_the_restart_that_applies_it(bac
         assert report.notes == ["admin settings change at the next restart"]
     assert lb.balancer.config.admin is not None
     assert lb.balancer.config.admin.token is None
+
+
+async def test_a_reload_that_turns_tls_on_sends_nothing_more_in_the_clear(backends, balancer):
+    # An idle plaintext connection parked before the reload must not carry the next request.
+    (backend,) = await backends(1)  # plain HTTP: with tls on, it cannot answer
+    config = {
+        "listeners": [{"name": "web", "bind": "127.0.0.1:0", "pool": "p"}],
+        "pools": {"p": {"backends": [{"address": f"127.0.0.1:{backend.port}"}]}},
+    }
+    b = await balancer(config)
+    async with httpx.AsyncClient() as c:
+        assert (await c.get(b.url("/"))).status_code == 200
+        config["pools"]["p"]["tls"] = {"verify": True}
+        await b.balancer.reload(cfg(config))
+        statuses = [(await c.get(b.url("/"))).status_code for _ in range(3)]
+    assert statuses == [502, 502, 502]
+
+
+async def test_a_reload_that_changes_the_proxy_header_renews_busy_and_idle_connections(balancer):
+    # Connections record the PROXY header they began with: "v1" or "v2".
+    kinds: list[str] = []
+    hold = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        buf = b""
+        while (parsed := parse_proxy(buf)) is None:
+            buf += await reader.read(4096)
+        kinds.append("v1" if buf.startswith(b"PROXY ") else "v2")
+        buf = buf[parsed[1] :]
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    more = await reader.read(4096)
+                    if not more:
+                        return
+                    buf += more
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                if b"/slow" in head:
+                    await hold.wait()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = {"backends": [{"address": f"127.0.0.1:{port}"}], "send_proxy_protocol": "v1"}
+    config = {
+        "listeners": [{"name": "web", "bind": "127.0.0.1:0", "pool": "p"}],
+        "pools": {"p": pool},
+    }
+    b = await balancer(config)
+    reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
+    try:
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        await wait_until(lambda: kinds == ["v1"])
+        pool["send_proxy_protocol"] = "v2"
+        await b.balancer.reload(cfg(config))
+        hold.set()  # the busy connection finishes after the reload
+        assert (await asyncio.wait_for(read_response(reader), 5)).status == 200
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(read_response(reader), 5)).status == 200
+        assert kinds == ["v1", "v2"], "a connection made with the old header was reused"
+    finally:
+        writer.close()
+        server.close()

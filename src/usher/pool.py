@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from usher.balancing import Algorithm, get_algorithm
 from usher.clock import Clock
 from usher.persistence import Persistence, build_persistence, request_cookie, request_header
+from usher.tls import upstream_context
 
 if TYPE_CHECKING:
     from usher.config import BackendConfig, HostPort, PoolConfig
@@ -58,6 +60,7 @@ class Backend:
         "fails",
         "fails_5xx",
         "failures_total",
+        "generation",
         "healthy",
         "host",
         "idle",
@@ -113,6 +116,9 @@ class Backend:
         self.shared: Slot | None = None
         # Idle keep-alive connections to this backend, most recently used last.
         self.idle: list[Any] = []
+        # Connections remember the generation they were opened in; a reload that changes how
+        # connections are made (tls, PROXY header) starts a new one and the old are not reused.
+        self.generation = 0
 
     def ready(self, now: float) -> bool:
         """May take a new request: enabled, healthy and not ejected."""
@@ -135,6 +141,11 @@ class Backend:
     def close_idle(self) -> None:
         while self.idle:
             self.idle.pop().close()
+
+    def renew_connections(self) -> None:
+        """Connections opened so far must not carry another request (their settings changed)."""
+        self.generation += 1
+        self.close_idle()
 
     def __repr__(self) -> str:
         return f"<Backend {self.label} w={self.weight} {self.state} active={self.active}>"
@@ -198,6 +209,9 @@ class Pool:
             name, config.sticky, clock, self.backends
         )
         self.retry_budget = RetryBudget(config.retries.budget)
+        # The client TLS context of `config.tls`, handed over by the balancer at start and on
+        # each reload (it reads files); built on first use when nobody did.
+        self._tls_context: ssl.SSLContext | None = None
         self.waiters: deque[Callable[[], None]] = deque()
         self.panicking = False
         self._cap_warned = False
@@ -545,6 +559,13 @@ class Pool:
             kept.append(backend)
         dropped = list(by_label.values())
         sticky_changed = config.sticky != self.config.sticky
+        if (config.tls, config.send_proxy_protocol) != (
+            self.config.tls,
+            self.config.send_proxy_protocol,
+        ):
+            self._tls_context = None
+            for backend in kept:
+                backend.renew_connections()
         self.config = config
         self._algorithm_cls = get_algorithm(config.algorithm)
         self.backends = kept + dropped
@@ -554,6 +575,25 @@ class Pool:
             self.retry_budget = RetryBudget(config.retries.budget)
         self._rebuild()
         return dropped
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The context for TLS to the backends; None without `tls`. Raises OSError or
+        ssl.SSLError when it has to be built and its files are bad."""
+        if self.config.tls is None:
+            return None
+        if self._tls_context is None:
+            self._tls_context = upstream_context(self.config.tls)
+        return self._tls_context
+
+    def use_tls_context(self, context: ssl.SSLContext | None) -> None:
+        """Take a context freshly built from the files (a reload re-reads them): connections
+        made with the previous one (its CA, its client certificate) are not reused."""
+        if context is None and self._tls_context is None:
+            return
+        previous, self._tls_context = self._tls_context, context
+        if previous is not None:
+            for backend in self.backends:
+                backend.renew_connections()
 
     # Views
 

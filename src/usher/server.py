@@ -26,7 +26,7 @@ from usher.logs import AccessLog
 from usher.metrics import Metrics, build_registry
 from usher.pool import Backend, Pool, State
 from usher.routing import Router
-from usher.tls import ServerTls, check_upstream_tls
+from usher.tls import ServerTls, load_upstream_contexts
 
 if TYPE_CHECKING:
     import uvicorn
@@ -115,7 +115,9 @@ class Balancer:
         )
         # Active checks and agent polls, one task per backend; idle for pools without them.
         self.checkers = {name: self._checker(pool) for name, pool in self.pools.items()}
-        self._tls = self._load_tls(config)
+        self._tls, upstream_tls = self._load_tls(config)
+        for name, pool in self.pools.items():
+            pool.use_tls_context(upstream_tls.get(name))
         self.listeners: dict[str, AnyListener] = {
             lc.name: self._listener(lc) for lc in config.listeners
         }
@@ -128,7 +130,8 @@ class Balancer:
         self._admin_task: asyncio.Task[Any] | None = None
         self.admin_url: str | None = None
 
-    def _load_tls(self, config: Config) -> dict[str, ServerTls]:
+    def _load_tls(self, config: Config) -> tuple[dict[str, ServerTls], dict[str, ssl.SSLContext]]:
+        """Every TLS file of `config`, read now: the listeners' and the pools' contexts."""
         tls: dict[str, ServerTls] = {}
         issues: list[ConfigIssue] = []
         for i, lc in enumerate(config.listeners):
@@ -137,12 +140,14 @@ class Balancer:
                     tls[lc.name] = ServerTls(lc.tls, f"listeners[{i}].tls")
                 except ConfigError as exc:
                     issues.extend(exc.issues)
-        for name, pool in config.pools.items():
-            if pool.tls is not None:
-                issues += check_upstream_tls(pool.tls, f"pools.{name}.tls")
+        upstream: dict[str, ssl.SSLContext] = {}
+        try:
+            upstream = load_upstream_contexts(config.pools)
+        except ConfigError as exc:
+            issues.extend(exc.issues)
         if issues:
             raise ConfigError(issues)
-        return tls
+        return tls, upstream
 
     def _listener(self, lc: Listener) -> AnyListener:
         router = Router(lc.effective_routes(), self.pools)
@@ -391,7 +396,8 @@ class Balancer:
                 raise ChangeError(400, "this balancer was not started from a config file")
             config = load_config(self.config_path)
         report = ReloadReport()
-        new_tls = self._load_tls(config)  # a certificate that fails to load stops us here
+        # A certificate or CA that fails to load stops us here: nothing has changed yet.
+        new_tls, upstream_tls = self._load_tls(config)
         old_by_name = {lc.name: self._as_bound(lc) for lc in self.config.listeners}
         old_configured = {lc.name: lc for lc in self.config.listeners}
         kept = {
@@ -429,10 +435,13 @@ class Balancer:
             pool = self.pools.get(name)
             if pool is None:
                 self.pools[name] = Pool(name, pool_config, self.clock, seed=self.seed)
+                self.pools[name].use_tls_context(upstream_tls.get(name))
                 report.pools_added.append(name)
                 continue
             before = {b.label for b in pool.backends}
-            for backend in pool.reconfigure(pool_config):
+            dropped = pool.reconfigure(pool_config)
+            pool.use_tls_context(upstream_tls.get(name))
+            for backend in dropped:
                 report.backends_draining.append(f"{name}/{backend.label}")
                 self._spawn(self._drain_out(name, backend))
             report.backends_added += [

@@ -1,19 +1,22 @@
 """TLS termination: one server context per listener, picking a certificate by SNI.
 
-A listener's `ServerTls` can take new certificates on reload without a new socket: the
-listening socket keeps its context object, whose certificate and SNI table are replaced.
+A listener's `ServerTls` can take new certificates and client CAs on reload without a new
+socket: the listening socket keeps its context object, but every handshake is switched by the
+SNI callback (which runs with or without a server name) to a context built fresh by the latest
+load. A fresh context is needed because `load_verify_locations` only adds to a context's trust
+store: reloading into the old one would keep trusting a removed client CA.
 """
 
 from __future__ import annotations
 
-import functools
 import ssl
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from usher.errors import ConfigError, ConfigIssue
 
 if TYPE_CHECKING:
-    from usher.config import ListenerTls, UpstreamTls
+    from usher.config import ListenerTls, PoolConfig, UpstreamTls
 
 
 def _context(cert: str, key: str, tls: ListenerTls) -> ssl.SSLContext:
@@ -22,11 +25,16 @@ def _context(cert: str, key: str, tls: ListenerTls) -> ssl.SSLContext:
     ctx.set_alpn_protocols(["http/1.1"])
     ctx.load_cert_chain(cert, key)
     if tls.client_ca is not None:
-        # Every SNI context asks too: the handshake verifies with the context SNI picked.
+        # The handshake verifies against the trust store of the context SNI picked.
         ctx.load_verify_locations(cafile=tls.client_ca)
-        required = tls.client_auth == "required"
-        ctx.verify_mode = ssl.CERT_REQUIRED if required else ssl.CERT_OPTIONAL
+    ctx.verify_mode = _verify_mode(tls)
     return ctx
+
+
+def _verify_mode(tls: ListenerTls) -> ssl.VerifyMode:
+    if tls.client_ca is None:
+        return ssl.CERT_NONE
+    return ssl.CERT_REQUIRED if tls.client_auth == "required" else ssl.CERT_OPTIONAL
 
 
 class ServerTls:
@@ -37,28 +45,28 @@ class ServerTls:
     """
 
     def __init__(self, tls: ListenerTls, path: str) -> None:
-        self._exact: dict[str, ssl.SSLContext] = {}
-        self._wildcard: list[tuple[str, ssl.SSLContext]] = []
-        default_files, self._exact, self._wildcard = self._load(tls, path)
-        self.context = _context(*default_files, tls)
+        self._default, self._exact, self._wildcard = self._load(tls, path)
+        # The listening context trusts no client CA of its own: each handshake is moved to a
+        # context of the latest load. What stays with the connection is only what OpenSSL
+        # copies when the connection is created: the verify mode.
+        first = tls.certificates[0]
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.context.set_alpn_protocols(["http/1.1"])
+        self.context.load_cert_chain(first.cert, first.key)
+        self.context.verify_mode = _verify_mode(tls)
         self.context.sni_callback = self._choose
 
     def update(self, tls: ListenerTls, path: str) -> None:
         """Take new certificates (a reload); raises ConfigError and changes nothing if one fails."""
-        default_files, exact, wildcard = self._load(tls, path)
-        self.context.load_cert_chain(*default_files)
-        if tls.client_ca is not None:
-            self.context.load_verify_locations(cafile=tls.client_ca)
-            required = tls.client_auth == "required"
-            self.context.verify_mode = ssl.CERT_REQUIRED if required else ssl.CERT_OPTIONAL
-        else:
-            self.context.verify_mode = ssl.CERT_NONE
-        self._exact, self._wildcard = exact, wildcard
+        default, exact, wildcard = self._load(tls, path)
+        self.context.verify_mode = _verify_mode(tls)
+        self._default, self._exact, self._wildcard = default, exact, wildcard
 
     @staticmethod
     def _load(
         tls: ListenerTls, path: str
-    ) -> tuple[tuple[str, str], dict[str, ssl.SSLContext], list[tuple[str, ssl.SSLContext]]]:
+    ) -> tuple[ssl.SSLContext, dict[str, ssl.SSLContext], list[tuple[str, ssl.SSLContext]]]:
         issues: list[ConfigIssue] = []
         if tls.client_ca is not None:
             try:
@@ -71,7 +79,8 @@ class ServerTls:
                 raise ConfigError(issues) from None
         exact: dict[str, ssl.SSLContext] = {}
         wildcard: list[tuple[str, ssl.SSLContext]] = []
-        default: tuple[str, str] | None = None
+        default: ssl.SSLContext | None = None
+        first: ssl.SSLContext | None = None
         for i, certificate in enumerate(tls.certificates):
             try:
                 ctx = _context(certificate.cert, certificate.key, tls)
@@ -85,8 +94,9 @@ class ServerTls:
                     )
                 )
                 continue
+            first = first or ctx
             if not certificate.sni and default is None:
-                default = (certificate.cert, certificate.key)
+                default = ctx
             for name in certificate.sni:
                 if name.startswith("*."):
                     wildcard.append((name[1:], ctx))
@@ -94,23 +104,22 @@ class ServerTls:
                     exact.setdefault(name, ctx)
         if issues:
             raise ConfigError(issues)
-        if default is None:
-            first = tls.certificates[0]
-            default = (first.cert, first.key)
+        default = default or first
+        assert default is not None  # validation requires at least one certificate
         return default, exact, wildcard
 
     def _choose(self, sock: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
-        if server_name is None:
-            return
-        name = server_name.lower()
-        chosen = self._exact.get(name)
-        if chosen is None:
-            for suffix, candidate in self._wildcard:
-                if name.endswith(suffix) and "." not in name[: -len(suffix)]:
-                    chosen = candidate
-                    break
-        if chosen is not None:
-            sock.context = chosen
+        chosen = None
+        if server_name is not None:
+            name = server_name.lower()
+            chosen = self._exact.get(name)
+            if chosen is None:
+                for suffix, candidate in self._wildcard:
+                    if name.endswith(suffix) and "." not in name[: -len(suffix)]:
+                        chosen = candidate
+                        break
+        # Always switch, even to the default: the listening context is never reloaded.
+        sock.context = chosen if chosen is not None else self._default
 
 
 def server_context(tls: ListenerTls, path: str) -> ssl.SSLContext:
@@ -118,10 +127,10 @@ def server_context(tls: ListenerTls, path: str) -> ssl.SSLContext:
     return ServerTls(tls, path).context
 
 
-@functools.lru_cache(maxsize=128)
 def upstream_context(tls: UpstreamTls) -> ssl.SSLContext:
-    """The client context for re-encrypting to a pool's backends (one per distinct `tls`
-    section: building one reads files). Raises OSError or ssl.SSLError when a file is bad."""
+    """A new client context for re-encrypting to a pool's backends. It reads the files: the
+    balancer builds one per pool at start and on each reload (`load_upstream_contexts`), so
+    rotated files are picked up by a reload. Raises OSError or ssl.SSLError when a file is bad."""
     ctx = ssl.create_default_context(cafile=tls.ca)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if not tls.verify:
@@ -137,9 +146,30 @@ def check_upstream_tls(tls: UpstreamTls, path: str) -> list[ConfigIssue]:
     try:
         upstream_context(tls)
     except (OSError, ssl.SSLError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return [ConfigIssue(path, f"cannot load the CA or client certificate: {reason}")]
+        return [_upstream_issue(exc, path)]
     return []
+
+
+def load_upstream_contexts(pools: Mapping[str, PoolConfig]) -> dict[str, ssl.SSLContext]:
+    """The client context of every pool with `tls`, by pool name, read from the files now.
+    Raises ConfigError naming each pool whose files cannot be loaded."""
+    contexts: dict[str, ssl.SSLContext] = {}
+    issues: list[ConfigIssue] = []
+    for name, pool in pools.items():
+        if pool.tls is None:
+            continue
+        try:
+            contexts[name] = upstream_context(pool.tls)
+        except (OSError, ssl.SSLError) as exc:
+            issues.append(_upstream_issue(exc, f"pools.{name}.tls"))
+    if issues:
+        raise ConfigError(issues)
+    return contexts
+
+
+def _upstream_issue(exc: OSError | ssl.SSLError, path: str) -> ConfigIssue:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return ConfigIssue(path, f"cannot load the CA or client certificate: {reason}")
 
 
 def upstream_server_name(tls: UpstreamTls, host: str) -> str:

@@ -529,3 +529,33 @@ async def test_a_client_stalling_mid_upload_is_its_own_fault(raw_backend, balanc
     assert data.startswith(b"HTTP/1.1 408 ")  # not a 504 from the backend's read timeout
     backend = lb.pools["web"].backends[0]
     assert backend.failures_total == 0
+
+
+async def test_running_out_of_descriptors_is_a_503_not_a_backend_failure(
+    backends, balancer, monkeypatch
+):
+    import errno
+
+    from usher.http import upstream
+
+    (backend,) = await backends(1)
+    pools = {
+        "p": {
+            "backends": [{"address": f"127.0.0.1:{backend.port}"}],
+            "passive_health": {"max_fails": 1},
+            "max_idle_connections": 0,
+        }
+    }
+    b = await balancer(simple_config(pools))
+
+    async def no_descriptor(*_args):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    async with httpx.AsyncClient() as client:
+        with monkeypatch.context() as patch:
+            patch.setattr(upstream, "_open", no_descriptor)
+            assert (await client.get(b.url("/"))).status_code == 503
+        assert b.balancer.metrics.rejected_total[("web", "out_of_files")] == 1
+        (state,) = b.pools["p"].backends
+        assert state.failures_total == 0 and state.active == 0
+        assert (await client.get(b.url("/"))).status_code == 200  # not ejected

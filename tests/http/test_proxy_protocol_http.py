@@ -211,3 +211,74 @@ async def test_http_health_checks_send_a_local_header(version: str) -> None:
         await checker.stop()
         server.close()
         await server.wait_closed()
+
+
+async def test_connections_owned_by_a_client_close_when_it_leaves(balancer: StartBalancer) -> None:
+    # Connections that carry one client's PROXY header are of no use once it has gone; they
+    # must neither stay open nor crowd shared ones out of max_idle_connections.
+    accepted = 0
+    open_now = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted, open_now
+        accepted += 1
+        open_now += 1
+        buf = b""
+        try:
+            while (parsed := parse(buf)) is None:
+                more = await reader.read(4096)
+                if not more:
+                    return
+                buf += more
+            buf = buf[parsed[1] :]
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    more = await reader.read(4096)
+                    if not more:
+                        return
+                    buf += more
+                buf = buf.split(b"\r\n\r\n", 1)[1]
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            open_now -= 1
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        b = await balancer(
+            {
+                "listeners": [{"name": "web", "bind": "127.0.0.1:0", "pool": "p"}],
+                "pools": {
+                    "p": {
+                        "backends": [{"address": f"127.0.0.1:{port}"}],
+                        "send_proxy_protocol": "v1",
+                        "max_idle_connections": 4,
+                    }
+                },
+            }
+        )
+        for _ in range(10):  # short-lived clients: one request each
+            reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await asyncio.wait_for(read_response(reader), 5)
+            writer.close()
+            await writer.wait_closed()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while open_now and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        assert open_now == 0, "backend connections of departed clients are still open"
+        assert not b.balancer.pools["p"].backends[0].idle
+        before = accepted
+        reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
+        for _ in range(3):  # a keep-alive client needs one backend connection
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await asyncio.wait_for(read_response(reader), 5)
+        writer.close()
+        assert accepted - before == 1
+    finally:
+        server.close()

@@ -269,3 +269,47 @@ def test_missing_client_ca_is_a_config_error(tmp_path: Path) -> None:
     config["listeners"][0]["tls"]["client_ca"] = str(tmp_path / "missing.pem")
     with pytest.raises(ConfigError, match=r"listeners\[0\]\.tls\.client_ca: cannot load"):
         Balancer(parse_config(json.dumps(config)))
+
+
+async def test_a_reload_rereads_a_rotated_ca_file(
+    tls_server: TlsServerFactory, balancer: StartBalancer, tmp_path: Path
+) -> None:
+    # docs/tls.md: the files are loaded at start and on reload, even when their paths stay.
+    from usher.config import parse_config
+    from usher.errors import ConfigError
+
+    ca, old = trustme.CA(), trustme.CA()
+    port = await tls_server(server_context(ca, "backend.internal"), "secure")
+    cafile = write_ca(old, tmp_path / "ca.pem")  # not yet the backend's CA
+    config = http_to(port, {"ca": cafile, "server_name": "backend.internal"})
+    b = await balancer(config)
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(b.url("/"))).status_code == 502
+        write_ca(ca, tmp_path / "ca.pem")  # rotated in place, then a reload
+        await b.balancer.reload(parse_config(json.dumps(config)))
+        assert (await client.get(b.url("/"))).status_code == 200
+        (tmp_path / "ca.pem").unlink()  # a file that cannot be read fails the reload
+        with pytest.raises(ConfigError, match=r"pools\.p\.tls: cannot load the CA"):
+            await b.balancer.reload(parse_config(json.dumps(config)))
+        assert (await client.get(b.url("/"))).status_code == 200  # nothing changed
+
+
+@pytest.mark.parametrize("asks_for_certificates", [True, False])
+async def test_no_spelling_of_the_cert_header_gets_through(
+    backends: StartBackends, balancer: StartBalancer, tmp_path: Path, asks_for_certificates: bool
+) -> None:
+    # CGI/WSGI/PHP backends read X_Client_Cert_Subject as HTTP_X_CLIENT_CERT_SUBJECT too; and
+    # a listener that does not ask for certificates must not let a client set the header.
+    ca, clients = trustme.CA(), trustme.CA()
+    (backend,) = await backends(1)
+    config = https_config(tmp_path, ca, clients, backend.port, "optional")
+    if not asks_for_certificates:
+        del config["listeners"][0]["tls"]["client_ca"]
+        del config["listeners"][0]["tls"]["client_auth"]
+    b = await balancer(config)
+    url = b.url("/headers").replace("127.0.0.1", "localhost")
+    for name in ("X_Client_Cert_Subject", "x-client_cert-SUBJECT", "X-Client-Cert-Subject"):
+        seen = await get_headers(url, client_context(ca, None), **{name: "CN=root"})
+        assert "CN=root" not in json.dumps(seen), name
+    seen = await get_headers(url, client_context(ca, None), **{"X-Client-Cert": "kept"})
+    assert seen["x-client-cert"] == "kept"  # other names are not touched

@@ -16,6 +16,11 @@ import trustme
 from tests.conftest import RunningBalancer
 from tests.l4.test_tcp import wait_for
 from tests.tls_helpers import TlsServerFactory, server_context
+from usher.clock import ManualClock
+from usher.config import PoolConfig
+from usher.config import Route as RouteConfig
+from usher.l4.tcp import SniRouter
+from usher.pool import Pool
 
 StartBalancer = Callable[..., Awaitable[RunningBalancer]]
 
@@ -84,11 +89,17 @@ async def test_routes_on_sni_and_client_verifies_end_to_end(
         "default",
         "default.example.com",
     )
-    # One label only: a.b.shop.example.com is not covered by the wildcard route.
-    with pytest.raises(ssl.SSLCertVerificationError):
-        await fetch(b.port, client, "a.b.shop.example.com")
+    # One label only: a.b.shop.example.com is not covered by the wildcard route; it goes to
+    # the default pool (whose certificate does not name it: the client is told not to check).
+    lax = ssl.create_default_context()
+    ca.configure_trust(lax)
+    lax.check_hostname = False
+    assert await fetch(b.port, lax, "a.b.shop.example.com") == ("default", "default.example.com")
     await wait_for(lambda: b.log.getvalue().count("sni=") >= 4)
-    assert "sni=eu.shop.example.com" in b.log.getvalue()
+    lines = b.log.getvalue().splitlines()
+    (deep,) = [line for line in lines if "sni=a.b.shop.example.com" in line]
+    assert "pool=fallback" in deep
+    assert any("sni=eu.shop.example.com" in line and "pool=shop" in line for line in lines)
 
 
 async def test_no_default_route_closes(
@@ -156,3 +167,46 @@ def test_config_rejects_http_matches_on_passthrough(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"routes\[0\]\.match\.path_prefix: tls_passthrough"):
         parse_config(json.dumps(config))
+
+
+def _router(*routes: dict[str, Any]) -> tuple[SniRouter, dict[str, Pool]]:
+    configs = [RouteConfig.model_validate(r) for r in routes]
+    pools = {
+        str(r["pool"]): Pool(
+            str(r["pool"]),
+            PoolConfig.model_validate({"backends": [{"address": "127.0.0.1:1"}]}),
+            ManualClock(),
+        )
+        for r in routes
+    }
+    return SniRouter(configs, [pools[str(r["pool"])] for r in routes]), pools
+
+
+def test_sni_router_exact_wildcard_and_default() -> None:
+    router, pools = _router(
+        {"match": {"sni": "*.shop.example.com"}, "pool": "shop"},
+        {"match": {"sni": "api.example.com"}, "pool": "api"},
+        {"match": {"sni": "eu.shop.example.com"}, "pool": "eu"},
+        {"pool": "fallback"},
+        {"pool": "second_default"},
+    )
+    assert router.route("api.example.com") is pools["api"]
+    assert router.route("API.Example.COM") is pools["api"]  # names are case-insensitive
+    # An exact name wins over a wildcard written before it.
+    assert router.route("eu.shop.example.com") is pools["eu"]
+    assert router.route("us.shop.example.com") is pools["shop"]
+    # One label only: deeper names, and the bare suffix, are not covered.
+    assert router.route("a.b.shop.example.com") is pools["fallback"]
+    assert router.route("shop.example.com") is pools["fallback"]
+    assert router.route("xshop.example.com") is pools["fallback"]
+    # No SNI and unknown names take the first route without match.
+    assert router.route(None) is pools["fallback"]
+    assert router.route("other.example.com") is pools["fallback"]
+
+
+def test_sni_router_without_default_routes_nothing_else() -> None:
+    router, pools = _router({"match": {"sni": "*.example.com"}, "pool": "any"})
+    assert router.route("a.example.com") is pools["any"]
+    assert router.route("a.b.example.com") is None
+    assert router.route("example.com") is None
+    assert router.route(None) is None

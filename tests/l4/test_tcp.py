@@ -8,12 +8,14 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from tests.conftest import RunningBalancer
+from usher.l4.relay import StreamRelay
 from usher.proxy_protocol import parse
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -316,3 +318,165 @@ def test_config_names_what_cannot_work_at_layer_4() -> None:
     assert "pools.p.hash.key: only source_ip can be hashed at layer 4" in text
     assert "pools.p.sticky.type: only source_ip persistence works at layer 4" in text
     assert "pools.p.tls: zero_copy cannot encrypt" in text
+
+
+async def _source(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Sends 64 MiB, far more than the socket buffers between it and a client that never reads."""
+    block = os.urandom(1 << 20)
+    for _ in range(64):
+        writer.write(block)
+        await writer.drain()
+
+
+async def test_idle_timeout_with_a_client_that_never_reads(
+    raw_backend: StartBackend, balancer: StartBalancer
+) -> None:
+    # A graceful close waits for the write buffer to drain, which a zero window never does.
+    port = await raw_backend(_source)
+    b = await balancer(tcp_config(port, timeouts={"tunnel": "300ms"}))
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", b.port))
+        await wait_for(lambda: "idle_timeout" in b.log.getvalue())
+        assert not b.balancer.listeners["db"].connections
+        assert b.pools["p"].backends[0].active == 0
+    finally:
+        client.close()
+
+
+class _StuckTransport(asyncio.Transport):
+    """A transport whose peer never reads: close() never completes, abort() does."""
+
+    def __init__(self, protocol: asyncio.Protocol) -> None:
+        super().__init__()
+        self.protocol = protocol
+        self.closing = False
+        self.aborted = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True  # waits for a drain that never comes
+
+    def abort(self) -> None:
+        self.closing = self.aborted = True
+        self.protocol.connection_lost(None)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+async def test_backend_gone_and_a_client_that_never_reads() -> None:
+    # What is buffered for the client once the backend has gone gets `linger` seconds.
+    loop = asyncio.get_running_loop()
+    results: list[str] = []
+    relay = StreamRelay(loop, 60.0, lambda _c, _n: None, results.append, linger=0.1)
+    client, backend = _StuckTransport(relay.client), _StuckTransport(relay.backend)
+    relay.client.connection_made(client)
+    relay.backend.connection_made(backend)
+    relay.start(b"")
+    relay.backend.data_received(b"answer")
+    relay.backend.connection_lost(ConnectionResetError())  # the backend is gone
+    assert client.closing and not client.aborted and not results
+    await wait_for(lambda: results == ["backend_reset"], timeout=2)
+    assert client.aborted
+
+
+async def test_running_out_of_descriptors_is_not_the_backends_fault(
+    raw_backend: StartBackend, balancer: StartBalancer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from usher.l4 import tcp
+
+    port = await raw_backend(echo)
+    b = await balancer(tcp_config(port, passive_health={"max_fails": 1}))
+
+    async def no_descriptor(*_args: Any) -> Any:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(tcp, "connect", no_descriptor)
+    reader, _writer = await asyncio.open_connection("127.0.0.1", b.port)
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # refused
+    _writer.close()
+    pool = b.pools["p"]
+    assert b.balancer.metrics.rejected_total[("db", "out_of_files")] == 1
+    assert all(x.failures_total == 0 and x.active == 0 for x in pool.backends)
+    assert "out_of_files" in b.log.getvalue()
+
+
+async def test_client_eof_towards_a_tls_backend_ends_after_the_send_timeout(
+    balancer: StartBalancer, tmp_path: Any
+) -> None:
+    # The EOF cannot be passed on over TLS; the backend waiting for it must not hold the
+    # connection for timeouts.tunnel (1h by default), only for timeouts.send without traffic.
+    import trustme
+
+    from tests.tls_helpers import server_context, write_ca
+
+    ca = trustme.CA()
+    waited: list[bytes] = []
+
+    async def until_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        waited.append(await reader.read())
+        writer.close()
+
+    server = await asyncio.start_server(
+        until_eof, "127.0.0.1", 0, ssl=server_context(ca, "backend.internal")
+    )
+    port = server.sockets[0].getsockname()[1]
+    tls = {"ca": write_ca(ca, tmp_path / "ca.pem"), "server_name": "backend.internal"}
+    b = await balancer(tcp_config(port, tls=tls, timeouts={"send": "300ms"}))
+    reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
+    try:
+        writer.write(b"hello")
+        await writer.drain()
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # not an hour
+        await wait_for(lambda: not b.balancer.listeners["db"].connections)
+        assert b.pools["p"].backends[0].active == 0
+    finally:
+        writer.close()
+        server.close()
+
+
+async def test_a_client_socket_that_cannot_be_attached_is_closed(
+    raw_backend: StartBackend, balancer: StartBalancer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    port = await raw_backend(echo)
+    b = await balancer(tcp_config(port))
+
+    def refuse(_relay: StreamRelay) -> asyncio.Protocol:
+        raise OSError(errno.EBADF, "cannot attach")
+
+    monkeypatch.setattr(StreamRelay, "client_side", refuse)
+    before = len(os.listdir("/proc/self/fd"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
+    try:
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, not left open
+        await wait_for(lambda: not b.balancer.listeners["db"].connections)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    await wait_for(lambda: len(os.listdir("/proc/self/fd")) <= before)
+    assert b.pools["p"].backends[0].active == 0

@@ -4,6 +4,8 @@ affinity, expiry on the injected clock, the session cap, health."""
 from __future__ import annotations
 
 import asyncio
+import resource
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -153,3 +155,36 @@ def test_udp_config_rules() -> None:
         parse_config(json.dumps(config))
     assert "listeners[0].accept_proxy_protocol: not for protocol udp" in str(info.value)
     assert "pools.p.send_proxy_protocol: not for udp" in str(info.value)
+
+
+async def test_running_out_of_descriptors_is_not_the_backends_fault(
+    udp: Callable[..., Awaitable[Any]], balancer: StartBalancer
+) -> None:
+    # Every new client costs usher one socket; when none is left, the client is refused
+    # (out_of_files) and the healthy backends stay in.
+    ports = []
+    for name in "ab":
+        t = await udp(Echo(name), local_addr=("127.0.0.1", 0))
+        ports.append(t.get_extra_info("sockname")[1])
+    b = await balancer(udp_config(*ports))
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(60)]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    top = max(s.fileno() for s in clients)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (top + 20, hard))
+        for s in clients:  # 60 clients, each from its own port: more than 20 sockets
+            s.sendto(b"q", ("127.0.0.1", b.port))
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.3)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for s in clients:
+            s.close()
+    pool = b.pools["p"]
+    now = pool.clock.now()
+    assert b.balancer.metrics.rejected_total[("dns", "out_of_files")] > 0
+    assert "out_of_files" in b.log.getvalue()
+    assert all(x.ready(now) and x.failures_total == 0 for x in pool.backends)
+    one = Client()
+    t1 = await udp(one, remote_addr=("127.0.0.1", b.port))
+    assert (await ask(one, t1, b"again")).endswith(b":again")

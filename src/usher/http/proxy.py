@@ -36,12 +36,19 @@ from usher.http.headers import (
     forward_response_headers,
     transfer_codings,
 )
-from usher.http.upstream import PendingConnect, UpstreamConnection, release, take_idle
+from usher.http.upstream import (
+    PendingConnect,
+    UpstreamConnection,
+    close_owned,
+    release,
+    take_idle,
+)
 from usher.limits import ConnectionLimiter, share
 from usher.logs import AccessLog, AccessRecord
 from usher.metrics import Metrics
 from usher.pool import Backend, Pool, Selection
 from usher.proxy_protocol import encode as encode_proxy_header
+from usher.shortage import local_reason, report
 from usher.tls import client_subject
 
 if TYPE_CHECKING:
@@ -101,6 +108,7 @@ class HttpListener:
         self.timeouts = config.timeouts
         self.scheme = b"https" if config.protocol == "https" else b"http"
         self.cert_header = _cert_header(config)
+        self.cert_strip = _cert_strip(config)
         self.connections: set[ClientConnection] = set()
         self.draining = False
         self.workers = workers
@@ -140,6 +148,7 @@ class HttpListener:
         self.limits = _head_limits(config)
         self.timeouts = config.timeouts
         self.cert_header = _cert_header(config)
+        self.cert_strip = _cert_strip(config)
         self.draining = False
         self._apply_edge(config)
 
@@ -152,6 +161,21 @@ class HttpListener:
         for conn in list(self.connections):
             if conn.exchange is None:
                 conn.close()
+
+
+def _cert_strip(config: ListenerConfig) -> bytes | None:
+    """The client-cert header as `_header_key` gives it, on every listener with TLS: whether or
+    not it asks for certificates, a client never sets that header itself."""
+    tls = config.tls
+    if tls is None:
+        return None
+    return _header_key(tls.client_cert_header.encode("latin-1"))
+
+
+def _header_key(name: bytes) -> bytes:
+    # CGI, WSGI and PHP read X_Client_Cert_Subject and X-Client-Cert-Subject as the same
+    # HTTP_X_CLIENT_CERT_SUBJECT: compare names the way they do.
+    return name.lower().replace(b"_", b"-")
 
 
 def _cert_header(config: ListenerConfig) -> bytes | None:
@@ -190,6 +214,7 @@ class ClientConnection(asyncio.Protocol):
         "listener",
         "local",
         "loop",
+        "owned",
         "peer",
         "reader",
         "refused",
@@ -220,6 +245,8 @@ class ClientConnection(asyncio.Protocol):
         self.inbox: deque[Event | ClientError] = deque()
         self.exchange: Exchange | None = None
         self.tunnel: UpstreamConnection | None = None
+        # Idle backend connections opened with this client's PROXY header (upstream.Owner).
+        self.owned: list[UpstreamConnection] | None = None
         self.closed = False
         self.refused = False
         self.write_paused = False
@@ -324,6 +351,8 @@ class ClientConnection(asyncio.Protocol):
         if exchange is not None:
             self.exchange = None
             exchange.client_lost()
+        if self.owned is not None:
+            close_owned(self)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -645,12 +674,14 @@ class Exchange:
             upgrade=request.upgrade,
             real_ip=client_ip,
         )
-        cert_header = listener.cert_header
-        if cert_header is not None:
-            # Only usher says who the client certificate names: a client's own copy goes.
-            lowered = cert_header.lower()
-            headers = [h for h in headers if h[0].lower() != lowered]
-            if client.cert_subject is not None:
+        cert_strip = listener.cert_strip
+        if cert_strip is not None:
+            # Only usher says who the client certificate names: a client's own copy goes,
+            # under any spelling a backend would read as the same name.
+            n = len(cert_strip)
+            headers = [h for h in headers if len(h[0]) != n or _header_key(h[0]) != cert_strip]
+            cert_header = listener.cert_header
+            if cert_header is not None and client.cert_subject is not None:
                 headers.append((cert_header, client.cert_subject))
         if route.request_rules is not None:
             headers = route.request_rules.apply(headers)
@@ -760,6 +791,7 @@ class Exchange:
             config.timeouts.connect,
             self._connected,
             tls=config.tls,
+            context=self.pool.tls_context(),
             preamble=preamble,
             owner=client if preamble is not None else None,
         )
@@ -808,6 +840,12 @@ class Exchange:
         self.backend = None
         self.conn = None
         self._cancel_upstream_timers()
+        shortage = local_reason(exc)
+        if shortage is not None:  # no socket for us: neither this backend's fault nor others'
+            pool.on_abandon(backend)
+            report(f"listener {self.client.listener.name}", shortage, exc)
+            self.respond_error(503, "the balancer is out of resources", reason=shortage)
+            return
         pool.on_finish(backend, time.perf_counter() - self.t_attempt, False, str(exc))
         self.last_error = exc
         if isinstance(exc, ConnectError) and not self.body_started:

@@ -3,24 +3,34 @@
 An `UpstreamConnection` moves bytes between a backend socket and its current user (the
 exchange that borrowed it); it parses responses with the sans-IO `ResponseReader`. When an
 exchange is done with a connection that can carry another request, it goes back on its
-backend's idle list (most recent last) until `timeouts.idle` expires it.
+backend's idle list (most recent last) until `timeouts.idle` expires it. A connection that
+began with one client's PROXY header can serve that client only: it is parked on the client's
+own list instead (not counted in `max_idle_connections`), and closed when the client leaves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from usher.errors import ConnectError, UpstreamProtocolError
 from usher.http.codec import Event, ResponseReader
 from usher.l4.accept import connect
-from usher.tls import upstream_context, upstream_server_name
+from usher.tls import upstream_server_name
 
 if TYPE_CHECKING:
     from usher.config import UpstreamTls
     from usher.pool import Backend
+
+
+class Owner(Protocol):
+    """A client whose PROXY header opened connections that serve it alone."""
+
+    owned: list[UpstreamConnection] | None
+    closed: bool  # the client has gone
 
 
 class UpstreamUser(Protocol):
@@ -42,6 +52,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_timer_at",
         "backend",
         "closed",
+        "generation",
         "owner",
         "reader",
         "transport",
@@ -57,9 +68,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.user: UpstreamUser | None = None
         self.tunnel = False
         self.closed = False
+        self.generation = backend.generation  # see Backend.renew_connections
         self.used = 0  # requests carried so far
         # The client connection whose PROXY header opened this one: reused for it alone.
-        self.owner: object | None = None
+        self.owner: Owner | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._idle_deadline = 0.0  # when a parked connection expires; 0: not parked
         self._timer_at = 0.0  # when _idle_timer fires
@@ -144,7 +156,13 @@ class UpstreamConnection(asyncio.Protocol):
     def park(self, loop: asyncio.AbstractEventLoop, idle_timeout: float) -> None:
         """Put this connection on its backend's idle list until it is reused or expires."""
         self.user = None
-        self.backend.idle.append(self)
+        owner = self.owner
+        if owner is None:
+            self.backend.idle.append(self)
+        elif owner.owned is None:
+            owner.owned = [self]
+        else:
+            owner.owned.append(self)
         # The expiry timer is made lazily: a busy connection is parked after every answer,
         # and a timer that fires early and re-arms once per timeout costs less than one timer
         # handle per request.
@@ -170,19 +188,35 @@ class UpstreamConnection(asyncio.Protocol):
         self.close()
 
 
-def take_idle(backend: Backend, owner: object | None = None) -> UpstreamConnection | None:
+def take_idle(backend: Backend, owner: Owner | None = None) -> UpstreamConnection | None:
     """The most recently parked live connection to `backend` that belongs to `owner` (None:
     the shared ones), if any."""
-    idle = backend.idle
+    if owner is None:
+        idle = backend.idle
+    elif owner.owned is None:
+        return None
+    else:
+        idle = owner.owned
+    generation = backend.generation
     for index in range(len(idle) - 1, -1, -1):
         conn: UpstreamConnection = idle[index]
         if conn.closed or conn.transport is None or conn.transport.is_closing():
             del idle[index]
-        elif conn.owner is owner:
+        elif conn.generation != generation:  # made with settings a reload changed
+            del idle[index]
+            conn.close()
+        elif conn.backend is backend:
             del idle[index]
             conn.unpark()
             return conn
     return None
+
+
+def close_owned(owner: Owner) -> None:
+    """The client has gone: the connections that could serve only it are of no more use."""
+    owned, owner.owned = owner.owned, None
+    for conn in owned or ():
+        conn.close()
 
 
 def release(
@@ -194,7 +228,14 @@ def release(
 ) -> None:
     """Give a connection back after a complete exchange: park it if it can be reused."""
     conn.user = None
-    if conn.closed or not conn.reader.reusable or len(conn.backend.idle) >= max_idle:
+    backend = conn.backend
+    if (
+        conn.closed
+        or not conn.reader.reusable
+        or conn.generation != backend.generation
+        or (conn.owner is None and len(backend.idle) >= max_idle)
+        or (conn.owner is not None and conn.owner.closed)
+    ):
         conn.close()
     else:
         conn.park(loop, idle_timeout)
@@ -204,17 +245,20 @@ async def _open(
     loop: asyncio.AbstractEventLoop,
     backend: Backend,
     tls: UpstreamTls | None,
+    context: ssl.SSLContext | None,
     preamble: bytes | None,
-    owner: object | None,
+    owner: Owner | None,
 ) -> tuple[asyncio.BaseTransport, UpstreamConnection]:
     """Connect; a PROXY header (`preamble`) goes first, in the clear, before any TLS."""
+
+    generation = backend.generation  # the settings this connection is made with
 
     def protocol() -> UpstreamConnection:
         conn = UpstreamConnection(backend)
         conn.owner = owner
+        conn.generation = generation
         return conn
 
-    context = upstream_context(tls) if tls is not None else None
     server_name = upstream_server_name(tls, backend.host) if tls is not None else None
     if preamble is None:
         return await loop.create_connection(
@@ -244,12 +288,13 @@ class PendingConnect:
         done: Callable[[UpstreamConnection | None, Exception | None], None],
         *,
         tls: UpstreamTls | None = None,
+        context: ssl.SSLContext | None = None,
         preamble: bytes | None = None,
-        owner: object | None = None,
+        owner: Owner | None = None,
     ) -> None:
         self.timed_out = False
         self._dropped = False
-        self._task = loop.create_task(_open(loop, backend, tls, preamble, owner))
+        self._task = loop.create_task(_open(loop, backend, tls, context, preamble, owner))
         self._timer: asyncio.TimerHandle | None = loop.call_later(timeout, self._on_timeout)
 
         def finished(task: asyncio.Task[tuple[asyncio.BaseTransport, UpstreamConnection]]) -> None:
@@ -266,7 +311,9 @@ class PendingConnect:
                 return
             exc = task.exception()
             if exc is not None:
-                done(None, ConnectError(f"connect to {backend.label} failed: {exc}"))
+                error = ConnectError(f"connect to {backend.label} failed: {exc}")
+                error.__cause__ = exc  # shortage.local_reason looks for our own EMFILE there
+                done(None, error)
             else:
                 done(task.result()[1], None)
 

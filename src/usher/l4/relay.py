@@ -3,7 +3,10 @@
 Back-pressure: when one side's write buffer passes its high-water mark (`pause_writing`), the
 other side stops reading until it drains. Half-close passes through: an EOF from one side
 becomes a `write_eof` on the other, and the connection closes once both directions are done.
-No traffic either way for `idle` seconds closes both.
+No traffic either way for `idle` seconds aborts both (a graceful close would wait for a peer
+that does not read). Once one side is gone, what is buffered for the other gets `linger`
+seconds to drain before that side is aborted too, so a peer that never reads cannot hold the
+connection, its sockets and its backend count for ever.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ IDLE: Final = "idle_timeout"
 CLIENT_RESET: Final = "client_reset"
 BACKEND_RESET: Final = "backend_reset"
 ABORTED: Final = "aborted"
+
+# How long bytes still buffered for a side may take to drain once the connection is closing.
+DEFAULT_LINGER: Final = 5.0
 
 
 class _Side(asyncio.Protocol):
@@ -91,9 +97,12 @@ class StreamRelay:
         idle: float,
         on_bytes: Callable[[bool, int], None],
         on_done: Callable[[str], None],
+        linger: float = DEFAULT_LINGER,
     ) -> None:
         self.loop = loop
         self.idle = idle
+        self.linger = linger
+        self.limit = idle  # how long without traffic ends the connection
         self.on_bytes = on_bytes
         self.on_done = on_done
         self.client = _Side(self, True)
@@ -103,6 +112,7 @@ class StreamRelay:
         self.result: str | None = None
         self.last_activity = loop.time()
         self._timer: asyncio.TimerHandle | None = None
+        self._linger: asyncio.TimerHandle | None = None
         self._done = False
 
     def backend_side(self) -> _Side:
@@ -126,7 +136,7 @@ class StreamRelay:
             self.lost(self.backend, None)
         elif self.backend.eof:
             self.half_closed(self.backend)
-        self._timer = self.loop.call_later(self.idle, self._check_idle)
+        self._timer = self.loop.call_later(self.limit, self._check_idle)
 
     def moved(self, from_client: bool, n: int) -> None:
         self.last_activity = self.loop.time()
@@ -140,8 +150,19 @@ class StreamRelay:
             return  # start() passes it on once the other side exists
         if side.eof and peer.eof:
             self._close_both(OK)
-        elif transport.can_write_eof() and not transport.is_closing():
+        elif transport.is_closing():
+            pass
+        elif transport.can_write_eof():
             transport.write_eof()
+        elif self.limit > self.linger:
+            # A TLS peer cannot be half-closed (its close_notify would end our reading too):
+            # the EOF stays with us, and a peer that waits for it would wait for the whole
+            # idle timeout. From now on `linger` without traffic ends the connection.
+            self.limit = self.linger
+            if self._timer is not None:
+                self._timer.cancel()
+                quiet = self.loop.time() - self.last_activity
+                self._timer = self.loop.call_later(max(self.limit - quiet, 0.0), self._check_idle)
 
     def lost(self, side: _Side, exc: Exception | None) -> None:
         if exc is not None and self.result is None:
@@ -149,8 +170,9 @@ class StreamRelay:
         peer = side.peer
         assert peer is not None
         if peer.transport is not None and not peer.transport.is_closing():
-            # What is still buffered for the peer is sent before it closes.
+            # What is still buffered for the peer is sent before it closes, if it reads.
             peer.transport.close()
+            self._start_linger()
         if peer.closed or peer.transport is None:
             self._finish()
 
@@ -168,20 +190,38 @@ class StreamRelay:
         for side in (self.client, self.backend):
             if side.transport is not None and not side.transport.is_closing():
                 side.transport.close()
+        self._start_linger()
+
+    def _start_linger(self) -> None:
+        if self._linger is None and not self._done:
+            self._linger = self.loop.call_later(self.linger, self._linger_over)
+
+    def _linger_over(self) -> None:
+        """A side closed gracefully has not drained in time: its reader is not reading."""
+        self._linger = None
+        for side in (self.client, self.backend):
+            if side.transport is not None and not side.closed:
+                side.transport.abort()
 
     def _check_idle(self) -> None:
         self._timer = None
         quiet = self.loop.time() - self.last_activity
-        if quiet >= self.idle:
-            self._close_both(IDLE)
+        if quiet >= self.limit:
+            # abort, not close: close() would wait for a write buffer that a peer which
+            # stopped reading never drains.
+            self.result = self.result or IDLE
+            for side in (self.client, self.backend):
+                if side.transport is not None:
+                    side.transport.abort()
         else:
-            self._timer = self.loop.call_later(self.idle - quiet, self._check_idle)
+            self._timer = self.loop.call_later(self.limit - quiet, self._check_idle)
 
     def _finish(self) -> None:
         if self._done:
             return
         self._done = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._linger):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._linger = None
         self.on_done(self.result or OK)

@@ -24,7 +24,8 @@ from usher.logs import AccessLog, ConnectionRecord
 from usher.metrics import Metrics
 from usher.pool import Backend, Pool, Selection
 from usher.proxy_protocol import ProxyProtocolError, encode
-from usher.tls import upstream_context, upstream_server_name
+from usher.shortage import local_reason, report
+from usher.tls import upstream_server_name
 
 if TYPE_CHECKING:
     from usher.clock import Clock
@@ -253,6 +254,15 @@ class TcpSession:
                 async with asyncio.timeout(config.timeouts.connect):
                     relay = await self._open(loop, pool, backend)
             except (OSError, TimeoutError) as exc:
+                reason = local_reason(exc)
+                if reason is not None:
+                    # No socket or pipe for us: not the backend's fault, nor would another
+                    # backend fare better.
+                    pool.on_abandon(backend)
+                    report(f"listener {listener.name}", reason, exc)
+                    listener.metrics.rejected(listener.name, reason)
+                    self.end(reason)
+                    return
                 error = str(exc) or "connect timed out"
                 pool.on_finish(backend, time.perf_counter() - t0, False, f"connect: {error}")
                 if attempts > 0:
@@ -295,12 +305,13 @@ class TcpSession:
             if self.listener.config.zero_copy:
                 self.backend_sock = sock
                 return SpliceRelay(loop, self.sock, sock, idle, self._moved, self.end)
-            relay = StreamRelay(loop, idle, self._moved, self.end)
+            # What is left for a side once the other has gone may take one send timeout.
+            relay = StreamRelay(loop, idle, self._moved, self.end, config.timeouts.send)
             tls = config.tls
             await loop.create_connection(
                 relay.backend_side,
                 sock=sock,
-                ssl=upstream_context(tls) if tls is not None else None,
+                ssl=pool.tls_context(),
                 server_hostname=(
                     upstream_server_name(tls, backend.host) if tls is not None else None
                 ),
@@ -325,6 +336,8 @@ class TcpSession:
         try:
             await loop.connect_accepted_socket(relay.client_side, self.sock)
         except OSError:
+            # end() leaves the client socket to the relay, which never got it.
+            self.sock.close()
             relay.abort()
             return
         relay.start(first)

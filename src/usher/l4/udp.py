@@ -21,6 +21,7 @@ from usher.l4.accept import DatagramServer, listening_socket
 from usher.logs import AccessLog, ConnectionRecord
 from usher.metrics import Metrics
 from usher.pool import Backend, Pool, Selection
+from usher.shortage import local_reason, report
 
 if TYPE_CHECKING:
     from usher.clock import Clock
@@ -212,7 +213,20 @@ class UdpSession(asyncio.DatagramProtocol):
             return
         exc = task.exception()
         if exc is not None:
-            self.close("connect_failed", f"udp socket: {exc}")
+            self._failed(exc, "udp socket")
+
+    def _failed(self, exc: BaseException, what: str) -> None:
+        reason = local_reason(exc)
+        if reason is None:
+            self.close(
+                "connect_failed" if what == "udp socket" else "backend_error", f"{what}: {exc}"
+            )
+            return
+        # Our own shortage, not the backend's fault: refused, and no failure counted.
+        listener = self.listener
+        report(f"listener {listener.name}", reason, exc)
+        listener.metrics.rejected(listener.name, reason)
+        self.close(reason, local=True)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         datagrams: asyncio.DatagramTransport = transport  # type: ignore[assignment]
@@ -239,8 +253,8 @@ class UdpSession(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable: nothing listens there. A failure on real traffic, as a
-        # refused TCP connect is; the client's next datagram picks again.
-        self.close("backend_error", f"udp: {exc}")
+        # refused TCP connect is; the client's next datagram picks again. (ENOBUFS is ours.)
+        self._failed(exc, "udp")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -248,7 +262,9 @@ class UdpSession(asyncio.DatagramProtocol):
     def abort(self) -> None:
         self.close("aborted")
 
-    def close(self, result: str, detail: str = "") -> None:
+    def close(self, result: str, detail: str = "", *, local: bool = False) -> None:
+        """End the session; `detail` says what the backend did wrong (a failure), `local` that
+        it ended for a reason of our own that says nothing of the backend."""
         if self.closed:
             return
         self.closed = True
@@ -260,7 +276,10 @@ class UdpSession(asyncio.DatagramProtocol):
             self._task.cancel()
         if self.transport is not None:
             self.transport.close()
-        self.pool.on_finish(self.backend, 0.0, not detail, detail)
+        if local:
+            self.pool.on_abandon(self.backend)
+        else:
+            self.pool.on_finish(self.backend, 0.0, not detail, detail)
         record = self.record
         record.result = result
         record.duration = time.perf_counter() - self.started
