@@ -531,6 +531,54 @@ async def test_a_client_stalling_mid_upload_is_its_own_fault(raw_backend, balanc
     assert backend.failures_total == 0
 
 
+async def test_a_head_promising_a_body_then_silence_times_out(raw_backend, balancer):
+    """timeouts.body runs from the head, not only from the first body chunk."""
+
+    async def patient(reader, writer):
+        await read_request_head(reader)
+        await reader.read()
+
+    port = await raw_backend(patient)
+    lb = await balancer(
+        simple_config({"web": pool_of(f"127.0.0.1:{port}")}, timeouts={"body": "300ms"})
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", lb.port)
+    writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+    try:
+        answer = await asyncio.wait_for(read_response(reader), 3)
+    finally:
+        writer.close()
+    assert answer.status == 408
+
+
+async def test_the_body_clock_waits_for_the_backends_100_continue(raw_backend, balancer):
+    """A client that sent Expect: 100-continue is not timed out while the backend has not
+    yet said 100 Continue; once it has, timeouts.body runs."""
+
+    async def slow_continue(reader, writer):
+        await read_request_head(reader)
+        await asyncio.sleep(0.6)  # longer than timeouts.body
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    port = await raw_backend(slow_continue)
+    lb = await balancer(
+        simple_config({"web": pool_of(f"127.0.0.1:{port}")}, timeouts={"body": "300ms"})
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", lb.port)
+    writer.write(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n"
+    )
+    try:
+        first = await asyncio.wait_for(read_response(reader), 3)
+        assert first.status == 100
+        final = await asyncio.wait_for(read_response(reader), 3)  # then silence: 408
+    finally:
+        writer.close()
+    assert final.status == 408
+
+
 async def test_running_out_of_descriptors_is_a_503_not_a_backend_failure(
     backends, balancer, monkeypatch
 ):

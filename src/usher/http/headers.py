@@ -142,6 +142,14 @@ def forward_request_headers(
     return out
 
 
+def expects_continue(headers: Headers) -> bool:
+    """Whether a request says `Expect: 100-continue` (the client waits before its body)."""
+    for name, value in headers:
+        if len(name) == 6 and name.lower() == b"expect" and b"100-continue" in value.lower():
+            return True
+    return False
+
+
 def transfer_codings(headers: Headers) -> bytes:
     """The Transfer-Encoding of a message, all its headers joined (b"" when none)."""
     return b", ".join(v for n, v in headers if n.lower() == b"transfer-encoding")

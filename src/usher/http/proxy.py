@@ -32,6 +32,7 @@ from usher.http.codec import (
 )
 from usher.http.edge import EdgeState, FdGuard, ListenerGuard
 from usher.http.headers import (
+    expects_continue,
     forward_request_headers,
     forward_response_headers,
     transfer_codings,
@@ -401,6 +402,8 @@ class ClientConnection(asyncio.Protocol):
                         inbox.popleft()
                         exchange.request_done = True
                     exchange.start()
+                    if event.has_body and not exchange.expects_continue:
+                        exchange.open_body_clock()
                 else:
                     inbox.popleft()
                     exchange = self.exchange
@@ -571,12 +574,14 @@ class Exchange:
         "backend",
         "body_buffer",
         "body_buffered",
+        "body_clock",
         "body_started",
         "bytes_out",
         "chunked_out",
         "client",
         "conn",
         "edge",
+        "expects_continue",
         "finished",
         "keep_alive",
         "last_error",
@@ -643,6 +648,9 @@ class Exchange:
         self._read_activity = 0.0
         self._send_timer: asyncio.TimerHandle | None = None
         self.edge: EdgeState | None = None  # set by the listener's guard, when it has one
+        # The client waits for a 100 Continue before it sends the body (HTTP/1.1 only).
+        self.expects_continue = request.version == b"1.1" and expects_continue(request.headers)
+        self.body_clock = False  # timeouts.body runs for this request's body
 
     # Phases
 
@@ -697,6 +705,16 @@ class Exchange:
             edge.head = (request.method, target, headers)
             return  # the body rules decide first (EdgeState.decide)
         self._attempt()
+
+    def open_body_clock(self) -> None:
+        """The client may send the body now (no Expect, a 100 Continue went out, or the body
+        began): timeouts.body counts from here, so a head that promises a body and then goes
+        silent is answered 408 instead of holding the connection as long as the backend waits."""
+        if self.body_clock or self.finished or self.request_done:
+            return
+        self.body_clock = True
+        client = self.client
+        client._arm_read_timer(client.listener.timeouts.body)
 
     def reencode_head(self, method: bytes, target: bytes, headers: Headers) -> None:
         self.upstream_head = encode_request_head(method, target, headers)
@@ -868,6 +886,8 @@ class Exchange:
             assert isinstance(event, Data)
             chunk = encode_chunk(event.data) if request.chunked else event.data
             self._send_body(chunk)
+            if not self.body_clock:
+                self.open_body_clock()  # the body began without a 100 Continue
             self.client._arm_read_timer(self.client.listener.timeouts.body)
             if self.edge is not None:
                 self.edge.body_data(self, event.data)
@@ -974,6 +994,8 @@ class Exchange:
                             event.headers, version=event.version, upgrade=False
                         )
                         out.append(encode_response_head(event.status, event.reason, headers))
+                        if event.status == 100:
+                            self.open_body_clock()  # the client was told to send the body
                     continue
                 if self._retry_on_status(event):
                     return
