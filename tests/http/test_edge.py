@@ -477,3 +477,37 @@ async def test_bodies_pass_through_body_rules_intact(backends, balancer, size):
     body = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
     (answer,), _ = await raw_exchange(lb.port, post(body))
     assert answer.status == 200 and answer.body == body
+
+
+async def test_body_rules_with_expect_100_continue_get_usher_s_100(raw_backend, balancer):
+    """The body rules read the body before a backend is chosen: usher itself says 100 Continue
+    (no backend could), and the backend gets the request without the Expect."""
+    heads: list[bytes] = []
+
+    async def backend(reader, writer):
+        heads.append(await read_request_head(reader))
+        body = await reader.readexactly(10)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n" + body)
+        await writer.drain()
+
+    port = await raw_backend(backend)
+    routes = [{"pool": "web", "filters": FILTERS}]
+    lb = await balancer(simple_config({"web": pool_of(f"127.0.0.1:{port}")}, routes=routes))
+
+    async def send(body: bytes) -> tuple[int, int]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", lb.port)
+        try:
+            writer.write(
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n"
+            )
+            first = await asyncio.wait_for(read_response(reader), 3)
+            writer.write(body)  # only after the 100, as a client honouring Expect does
+            final = await asyncio.wait_for(read_response(reader), 3)
+            return first.status, final.status
+        finally:
+            writer.close()
+
+    assert await send(b"0123456789") == (100, 200)
+    assert b"expect" not in heads[0].lower()
+    assert await send(b"<script>xx") == (100, 403)
+    assert len(heads) == 1

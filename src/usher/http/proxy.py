@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from usher.errors import ClientError, ConnectError, UpstreamError, UpstreamTimeout
 from usher.http.codec import (
@@ -162,6 +162,10 @@ class HttpListener:
         for conn in list(self.connections):
             if conn.exchange is None:
                 conn.close()
+
+
+# Sent by usher itself when it, not a backend, must read the body first.
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 def _cert_strip(config: ListenerConfig) -> bytes | None:
@@ -696,13 +700,22 @@ class Exchange:
         target = route.rewrite_target(request.target)
         if edge is not None and edge.request_headers:
             headers += edge.request_headers
+        inspecting = edge is not None and edge.inspect is not None
+        if inspecting and self.expects_continue:
+            # The body rules read the body before a backend is chosen, so no backend can say
+            # 100 Continue: usher says it, and the backend gets the body without the Expect.
+            headers = [h for h in headers if len(h[0]) != 6 or h[0].lower() != b"expect"]
         self.upstream_head = encode_request_head(request.method, target, headers)
         self.attempts_left = pool.config.retries.attempts + 1
         self.selection = Selection(
             client_ip.decode(), pool.clock.now(), pool.hash_key(request, client_ip)
         )
-        if edge is not None and edge.inspect is not None:
+        if inspecting:
+            assert edge is not None
             edge.head = (request.method, target, headers)
+            if self.expects_continue:
+                client.write(CONTINUE)
+                self.open_body_clock()
             return  # the body rules decide first (EdgeState.decide)
         self._attempt()
 
