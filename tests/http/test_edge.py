@@ -312,6 +312,35 @@ async def test_request_id_is_made_passed_returned_and_logged(backends, balancer)
     assert sent == [answer.header("X-Request-ID")]
 
 
+async def test_request_id_survives_a_connection_header_naming_it(raw_backend, balancer):
+    """`Connection: close, X-Request-ID` drops the client's copy of a hop-by-hop header, never
+    the ID usher adds: the backend sees the ID the client and the access log get."""
+    heads: list[bytes] = []
+
+    async def backend(reader, writer):
+        heads.append(await read_request_head(reader))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+
+    port = await raw_backend(backend)
+    lb = await balancer(simple_config({"web": pool_of(f"127.0.0.1:{port}")}, request_id=True))
+    for extra in ("", "X-Request-ID: abc-123\r\n"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", lb.port)
+        writer.write(
+            f"GET / HTTP/1.1\r\nHost: x\r\n{extra}Connection: close, X-Request-ID\r\n\r\n".encode()
+        )
+        try:
+            answer = await asyncio.wait_for(read_response(reader), 5)
+        finally:
+            writer.close()
+        rid = answer.header("X-Request-ID")
+        assert rid is not None
+        sent = [
+            line for line in heads[-1].lower().split(b"\r\n") if line.startswith(b"x-request-id")
+        ]
+        assert sent == [f"x-request-id: {rid}".lower().encode()], heads[-1]
+
+
 async def test_request_id_on_refusals_too(backends, balancer):
     (server,) = await backends(1)
     lb = await balancer(

@@ -159,9 +159,10 @@ class EdgeState:
             )
             return
         if verdict.tags:
-            method, target, headers = self.head
-            self.request_headers = [(self.filter.tag_header, ",".join(verdict.tags).encode())]
-            exchange.reencode_head(method, target, headers + self.request_headers)
+            method, target, headers = self.head  # edge.request_headers are in it already
+            tag = (self.filter.tag_header, ",".join(verdict.tags).encode())
+            self.request_headers.append(tag)
+            exchange.reencode_head(method, target, [*headers, tag])
         exchange.resume_after_inspection()
 
     def cancel(self) -> None:
@@ -305,11 +306,12 @@ class ListenerGuard:
                 break
         if value is None:
             value = secrets.token_hex(16).encode()
-            # Ours replaces a missing or unusable one on the way to the backend.
-            exchange.request.headers = [
-                (n, v) for n, v in exchange.request.headers if n.lower() != lname
-            ]
-            exchange.request.headers.append((name, value))
+        # The client's copy goes and the ID is added after the header forwarding, as filter
+        # tags are: a client's `Connection: X-Request-ID` cannot strip it from the backend's.
+        exchange.request.headers = [
+            (n, v) for n, v in exchange.request.headers if n.lower() != lname
+        ]
+        state.request_headers.append((name, value))
         state.response_headers.append((name, value))
         if exchange.record is not None:
             exchange.record.request_id = value
