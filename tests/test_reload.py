@@ -233,3 +233,36 @@ async def test_a_reload_that_changes_the_proxy_header_renews_busy_and_idle_conne
     finally:
         writer.close()
         server.close()
+
+
+async def test_a_reload_keeps_rate_limit_buckets_it_does_not_change(backends, balancer):
+    """Buckets outlive a reload that keeps their limiter (the listener's, and a route's by
+    position); a limiter whose rate changed starts afresh."""
+    (server,) = await backends(1)
+    limited = {"match": {"path_prefix": "/r"}, "pool": "web", "limits": {"rate": "1/m", "burst": 1}}
+
+    def config(rate: str, **extra: Any) -> dict[str, Any]:
+        return simple_config(
+            {"web": pool_of(server)},
+            limits={"rate": rate, "burst": 2},
+            routes=[limited, {"pool": "web"}],
+            **extra,
+        )
+
+    lb = await balancer(config("1/m"))
+    bind = f"127.0.0.1:{lb.port}"
+
+    async def refused(path: str) -> bool:
+        r, w = await asyncio.open_connection("127.0.0.1", lb.port)
+        w.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        try:
+            return (await asyncio.wait_for(read_response(r), 5)).status == 429
+        finally:
+            w.close()
+
+    # The listener's 2 tokens go to the first two; the route's one to the first.
+    assert [await refused("/r"), await refused("/r"), await refused("/")] == [False, True, True]
+    await lb.balancer.reload(cfg(config("1/m", bind=bind)))  # nothing changed
+    assert await refused("/")
+    await lb.balancer.reload(cfg(config("2/m", bind=bind)))  # the listener's rate changed
+    assert [await refused("/r"), await refused("/")] == [True, False]

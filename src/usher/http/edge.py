@@ -47,20 +47,33 @@ FD_BURST_QUIET = 5.0
 class RateLimiter:
     """One token bucket per key, for a listener or a route."""
 
-    __slots__ = ("kind", "name", "store")
+    __slots__ = ("kind", "name", "signature", "store")
 
-    def __init__(self, key: str, store: RateStore) -> None:
+    def __init__(self, key: str, store: RateStore, signature: tuple[object, ...] = ()) -> None:
         self.kind, _, name = key.partition(":")
         self.name = name.lower().encode("latin-1")
         self.store = store
+        self.signature = signature  # what the buckets depend on: equal means reusable
 
     @classmethod
-    def build(cls, fields: RateLimitFields, workers: int, table_size: int) -> RateLimiter | None:
+    def build(
+        cls,
+        fields: RateLimitFields,
+        workers: int,
+        table_size: int,
+        previous: RateLimiter | None = None,
+    ) -> RateLimiter | None:
+        """The limiter `fields` configure; `previous` itself (its buckets full or empty as they
+        are) when a reload left its rate, burst, key and table size as they were."""
         if fields.rate is None:
             return None
         rate = fields.rate / workers
         burst = fields.burst if fields.burst is not None else max(1.0, fields.rate)
-        return cls(fields.key, LocalRateStore(rate, max(1.0, burst / workers), table_size))
+        burst = max(1.0, burst / workers)
+        signature = (fields.key, rate, burst, table_size)
+        if previous is not None and previous.signature == signature:
+            return previous
+        return cls(fields.key, LocalRateStore(rate, burst, table_size), signature)
 
     def key(self, request: Request, client_ip: str) -> str:
         kind = self.kind
@@ -90,10 +103,18 @@ class RouteGuard:
 
     __slots__ = ("filter", "ips", "rate")
 
-    def __init__(self, config: RouteConfig, workers: int, table_size: int) -> None:
+    def __init__(
+        self,
+        config: RouteConfig,
+        workers: int,
+        table_size: int,
+        previous: RateLimiter | None = None,
+    ) -> None:
         limits = config.limits
         self.ips = IpList.build(limits.allow, limits.deny) if limits is not None else None
-        self.rate = RateLimiter.build(limits, workers, table_size) if limits is not None else None
+        self.rate = (
+            RateLimiter.build(limits, workers, table_size, previous) if limits is not None else None
+        )
         self.filter = (
             RequestFilter(config.filters, config.filter_body_limit, config.filter_tag_header)
             if config.filters
@@ -101,8 +122,14 @@ class RouteGuard:
         )
 
     @classmethod
-    def build(cls, config: RouteConfig, workers: int, table_size: int) -> RouteGuard | None:
-        guard = cls(config, workers, table_size)
+    def build(
+        cls,
+        config: RouteConfig,
+        workers: int,
+        table_size: int,
+        previous: RateLimiter | None = None,
+    ) -> RouteGuard | None:
+        guard = cls(config, workers, table_size, previous)
         if guard.ips is None and guard.rate is None and guard.filter is None:
             return None
         return guard
@@ -198,7 +225,11 @@ class ListenerGuard:
         metrics: Metrics,
         connections: ConnectionLimiter,
         workers: int,
+        previous: ListenerGuard | None = None,
     ) -> None:
+        """`previous`: the guard this one replaces on a reload. Its rate limiters are kept
+        where they are configured as before (a route's by position), so a reload does not
+        hand every client a fresh burst."""
         limits = config.limits
         table = limits.rate_table_size
         self.name = config.name
@@ -207,8 +238,15 @@ class ListenerGuard:
         self.connections = connections
         self.trusted = NetworkSet(config.trusted_proxies) if config.trusted_proxies else None
         self.ips = IpList.build(limits.allow, limits.deny)
-        self.rate = RateLimiter.build(limits, workers, table)
-        self.routes = [RouteGuard.build(r, workers, table) for r in config.effective_routes()]
+        before: list[RouteGuard | None] = []
+        kept: RateLimiter | None = None
+        if previous is not None:
+            before, kept = previous.routes, previous.rate
+        self.rate: RateLimiter | None = RateLimiter.build(limits, workers, table, kept)
+        self.routes: list[RouteGuard | None] = [
+            RouteGuard.build(r, workers, table, _route_rate(before, i))
+            for i, r in enumerate(config.effective_routes())
+        ]
         self.max_requests = limits.max_requests_per_connection
         self.min_body_rate = limits.min_body_rate
         self.body_window = limits.body_rate_window
@@ -366,6 +404,11 @@ class ListenerGuard:
 
 
 DEFAULT_ID = b"X-Request-ID"
+
+
+def _route_rate(routes: list[RouteGuard | None], index: int) -> RateLimiter | None:
+    guard = routes[index] if index < len(routes) else None
+    return guard.rate if guard is not None else None
 
 
 def refuse_connection(

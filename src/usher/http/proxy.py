@@ -116,6 +116,7 @@ class HttpListener:
         # Kept across reloads: open connections are counted in it until they close.
         self.connection_limiter = ConnectionLimiter(None, None)
         self.fd_guard = FdGuard(clock)
+        self.built_guard: ListenerGuard | None = None  # also when not needed: its rate buckets
         self._apply_edge(config)
 
     def _apply_edge(self, config: ListenerConfig) -> None:
@@ -138,7 +139,9 @@ class HttpListener:
             metrics=self.metrics,
             connections=limiter,
             workers=workers,
+            previous=self.built_guard,
         )
+        self.built_guard = guard
         self.guard: ListenerGuard | None = guard if guard.needed() else None
 
     def apply(self, config: ListenerConfig, router: Router) -> None:
