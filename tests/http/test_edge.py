@@ -427,6 +427,40 @@ async def test_body_above_the_rate_floor_passes(backends, balancer):
     writer.close()
 
 
+async def test_the_rate_floor_does_not_count_waiting_for_the_backends_100(raw_backend, balancer):
+    """A client honouring Expect: 100-continue sends nothing until the backend says 100
+    Continue: that wait is not a slow body."""
+
+    async def slow_continue(reader, writer):
+        await read_request_head(reader)
+        await asyncio.sleep(0.6)  # three windows of the floor
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await writer.drain()
+        await reader.readexactly(10)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    port = await raw_backend(slow_continue)
+    lb = await balancer(
+        simple_config(
+            {"web": pool_of(f"127.0.0.1:{port}")},
+            limits={"min_body_rate": "1KiB/s", "body_rate_window": "200ms"},
+        )
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", lb.port)
+    try:
+        writer.write(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n"
+        )
+        first = await asyncio.wait_for(read_response(reader), 5)
+        assert first.status == 100
+        writer.write(b"0123456789")
+        final = await asyncio.wait_for(read_response(reader), 5)
+    finally:
+        writer.close()
+    assert final.status == 200 and final.body == b"ok"
+
+
 # --- Filter rules ------------------------------------------------------------------------------
 
 

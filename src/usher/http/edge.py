@@ -141,6 +141,7 @@ class EdgeState:
     __slots__ = (
         "client_ip",
         "filter",
+        "floor",
         "head",
         "inspect",
         "meter",
@@ -159,6 +160,8 @@ class EdgeState:
         self.inspect: bytearray | None = None
         self.head: tuple[bytes, bytes, Headers] | None = None
         self.meter: BodyRateMeter | None = None
+        # The guard whose min_body_rate this body must keep, once the body clock opens.
+        self.floor: ListenerGuard | None = None
         self.timer: asyncio.TimerHandle | None = None
 
     def body_data(self, exchange: Exchange, data: bytes) -> None:
@@ -328,9 +331,18 @@ class ListenerGuard:
             if guard.filter is not None and self._filter(exchange, state, guard.filter):
                 return True
         if self.min_body_rate is not None and request.has_body:
-            state.meter = BodyRateMeter(self.min_body_rate, self.body_window, now)
-            state.timer = conn.loop.call_later(self.body_window, self._check_body_rate, exchange)
+            state.floor = self  # metered from Exchange.open_body_clock
         return False
+
+    def start_meter(self, exchange: Exchange, state: EdgeState) -> None:
+        """The client may send the body now: the rate floor counts from here, not while it
+        waits, as Expect: 100-continue tells it to, for a 100 Continue."""
+        assert self.min_body_rate is not None
+        state.floor = None
+        state.meter = BodyRateMeter(self.min_body_rate, self.body_window, self.clock.now())
+        state.timer = exchange.client.loop.call_later(
+            self.body_window, self._check_body_rate, exchange
+        )
 
     def _request_id(self, exchange: Exchange, state: EdgeState) -> None:
         name = self.request_id

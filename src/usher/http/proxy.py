@@ -724,13 +724,17 @@ class Exchange:
 
     def open_body_clock(self) -> None:
         """The client may send the body now (no Expect, a 100 Continue went out, or the body
-        began): timeouts.body counts from here, so a head that promises a body and then goes
-        silent is answered 408 instead of holding the connection as long as the backend waits."""
+        began): timeouts.body and min_body_rate count from here, so a head that promises a body
+        and then goes silent is answered 408 instead of holding the connection as long as the
+        backend waits."""
         if self.body_clock or self.finished or self.request_done:
             return
         self.body_clock = True
         client = self.client
         client._arm_read_timer(client.listener.timeouts.body)
+        edge = self.edge
+        if edge is not None and edge.floor is not None:
+            edge.floor.start_meter(self, edge)
 
     def reencode_head(self, method: bytes, target: bytes, headers: Headers) -> None:
         self.upstream_head = encode_request_head(method, target, headers)
