@@ -1075,7 +1075,8 @@ class Listener(_Model):
         default=DEFAULT_MAX_SESSIONS,
         gt=0,
         description="`udp`: most client sessions at once; datagrams of new clients beyond "
-        "are dropped (and counted in usher_rejected_total{reason=max_sessions}).",
+        "are dropped (and counted in usher_rejected_total{reason=max_sessions}). With "
+        "`--workers N` each worker allows max_sessions/N (rounded up).",
     )
 
     def effective_routes(self) -> list[Route]:

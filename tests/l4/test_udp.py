@@ -127,6 +127,24 @@ async def test_max_sessions_drops_and_counts(
     assert two.inbox.empty()
 
 
+async def test_each_worker_keeps_its_share_of_max_sessions(
+    udp: Callable[..., Awaitable[Any]], balancer: StartBalancer
+) -> None:
+    """With N workers each allows max_sessions/N (rounded up), as max_connections does."""
+    a = Echo("A")
+    ta = await udp(a, local_addr=("127.0.0.1", 0))
+    config = udp_config(ta.get_extra_info("sockname")[1])
+    config["listeners"][0]["max_sessions"] = 3
+    b = await balancer(config, workers=2)  # this worker's share: 2
+    clients = [Client() for _ in range(3)]
+    transports = [await udp(c, remote_addr=("127.0.0.1", b.port)) for c in clients]
+    assert await ask(clients[0], transports[0], b"1") == b"A:1"
+    assert await ask(clients[1], transports[1], b"2") == b"A:2"
+    transports[2].sendto(b"dropped")
+    await wait_for(lambda: b.balancer.metrics.rejected_total.get(("dns", "max_sessions")) == 1)
+    assert clients[2].inbox.empty()
+
+
 async def test_unreachable_backend_is_ejected_and_next_one_used(
     udp: Callable[..., Awaitable[Any]],
     balancer: StartBalancer,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from usher.acl import IpList
 from usher.l4.accept import DatagramServer, listening_socket
+from usher.limits import share
 from usher.logs import AccessLog, ConnectionRecord
 from usher.metrics import Metrics
 from usher.pool import Backend, Pool, Selection
@@ -82,6 +83,8 @@ class UdpListener:
         self.pool: Pool | None = router.routes[0].pool if router.routes else None
         self.draining = False
         self.ips = IpList.build(config.limits.allow, config.limits.deny)
+        # Each worker has its own sessions: it keeps its share, as max_connections does.
+        self.max_sessions = share(config.max_sessions, self.workers)
 
     def drain(self) -> None:
         self.draining = True
@@ -115,7 +118,7 @@ class UdpListener:
         if self.ips is not None and not self.ips.permits(client[0]):
             self.metrics.rejected(self.name, "ip_denied")  # dropped: UDP has nothing to close
             return None
-        if len(self.sessions) >= self.config.max_sessions:
+        if len(self.sessions) >= self.max_sessions:
             self.metrics.rejected(self.name, "max_sessions")
             return None
         key = client[0].encode() if pool.config.algorithm == "consistent_hash" else None
