@@ -550,6 +550,8 @@ async def test_body_rules_with_expect_100_continue_get_usher_s_100(raw_backend, 
     async def backend(reader, writer):
         heads.append(await read_request_head(reader))
         body = await reader.readexactly(10)
+        # A 100 nobody asked it for: the client already had usher's, and gets no second one.
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n" + body)
         await writer.drain()
 

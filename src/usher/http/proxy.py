@@ -587,6 +587,7 @@ class Exchange:
         "chunked_out",
         "client",
         "conn",
+        "continued",
         "edge",
         "expects_continue",
         "finished",
@@ -658,6 +659,7 @@ class Exchange:
         # The client waits for a 100 Continue before it sends the body (HTTP/1.1 only).
         self.expects_continue = request.version == b"1.1" and expects_continue(request.headers)
         self.body_clock = False  # timeouts.body runs for this request's body
+        self.continued = False  # a 100 Continue went to the client (one is enough)
 
     # Phases
 
@@ -718,6 +720,7 @@ class Exchange:
             edge.head = (request.method, target, headers)
             if self.expects_continue:
                 client.write(CONTINUE)
+                self.continued = True  # a backend's own 100 later is not passed on
                 self.open_body_clock()
             return  # the body rules decide first (EdgeState.decide)
         self._attempt()
@@ -1009,12 +1012,14 @@ class Exchange:
             elif kind is Response:
                 assert isinstance(event, Response)
                 if event.interim:
-                    if self.request.version == b"1.1":
+                    status = event.status
+                    if self.request.version == b"1.1" and not (status == 100 and self.continued):
                         headers = forward_response_headers(
                             event.headers, version=event.version, upgrade=False
                         )
-                        out.append(encode_response_head(event.status, event.reason, headers))
-                        if event.status == 100:
+                        out.append(encode_response_head(status, event.reason, headers))
+                        if status == 100:
+                            self.continued = True
                             self.open_body_clock()  # the client was told to send the body
                     continue
                 if self._retry_on_status(event):
