@@ -657,7 +657,9 @@ class Exchange:
         self._send_timer: asyncio.TimerHandle | None = None
         self.edge: EdgeState | None = None  # set by the listener's guard, when it has one
         # The client waits for a 100 Continue before it sends the body (HTTP/1.1 only).
-        self.expects_continue = request.version == b"1.1" and expects_continue(request.headers)
+        self.expects_continue = (
+            request.has_body and request.version == b"1.1" and expects_continue(request.headers)
+        )
         self.body_clock = False  # timeouts.body runs for this request's body
         self.continued = False  # a 100 Continue went to the client (one is enough)
 
