@@ -101,6 +101,17 @@ class ConnectionLimiter:
         self.total = 0
         self.by_address: dict[str, int] = {}
 
+    def configure(self, max_total: int | None, per_address: int | None, workers: int) -> None:
+        """Set the limits (at start and on reload; open connections stay counted): with
+        `workers` processes, each allows its share."""
+        self.max_total = share(max_total, workers) if max_total else None
+        self.per_address = share(per_address, workers) if per_address else None
+
+    @property
+    def active(self) -> bool:
+        """Whether there is any limit to count connections against."""
+        return self.max_total is not None or self.per_address is not None
+
     def admit(self, address: str) -> str | None:
         """Count a new connection in, or say why not ("max_connections", "connections_per_ip")."""
         if self.max_total is not None and self.total >= self.max_total:

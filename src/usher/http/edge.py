@@ -267,13 +267,8 @@ class ListenerGuard:
             or self.request_id is not None
         )
 
-    @property
-    def limits_connections(self) -> bool:
-        limiter = self.connections
-        return limiter.max_total is not None or limiter.per_address is not None
-
     def needed(self) -> bool:
-        return self.screens or self.ips is not None or self.limits_connections
+        return self.screens or self.ips is not None or self.connections.active
 
     # Connections
 
@@ -286,7 +281,7 @@ class ListenerGuard:
         if ips is not None and judged_here and not ips.permits(ip):
             refuse_connection(conn, 403, "your address is not allowed here", "ip_denied")
             return False
-        if self.limits_connections:
+        if self.connections.active:
             why = self.connections.admit(ip)
             if why is not None:
                 refuse_connection(conn, 503, "too many connections", why)

@@ -44,7 +44,7 @@ from usher.http.upstream import (
     release,
     take_idle,
 )
-from usher.limits import ConnectionLimiter, share
+from usher.limits import ConnectionLimiter
 from usher.logs import AccessLog, AccessRecord
 from usher.metrics import Metrics
 from usher.pool import Backend, Pool, Selection
@@ -123,12 +123,7 @@ class HttpListener:
         limits = config.limits
         workers = self.workers
         limiter = self.connection_limiter
-        limiter.max_total = (
-            share(limits.max_connections, workers) if limits.max_connections else None
-        )
-        limiter.per_address = (
-            share(limits.connections_per_ip, workers) if limits.connections_per_ip else None
-        )
+        limiter.configure(limits.max_connections, limits.connections_per_ip, workers)
         self.strip_response = frozenset(
             name.lower().encode("latin-1") for name in config.strip_response_headers
         )

@@ -19,7 +19,7 @@ from usher.l4.accept import Acceptor, connect, listening_socket, read_proxy_head
 from usher.l4.relay import ABORTED, StreamRelay
 from usher.l4.sni import ClientHelloReader, Hello, Malformed, NotTls
 from usher.l4.splice import SpliceRelay
-from usher.limits import ConnectionLimiter, share
+from usher.limits import ConnectionLimiter
 from usher.logs import AccessLog, ConnectionRecord
 from usher.metrics import Metrics
 from usher.pool import Backend, Pool, Selection
@@ -110,15 +110,7 @@ class TcpListener:
         self.draining = False
         limits = config.limits
         self.ips = IpList.build(limits.allow, limits.deny)
-        self.limiter.max_total = (
-            share(limits.max_connections, self.workers) if limits.max_connections else None
-        )
-        self.limiter.per_address = (
-            share(limits.connections_per_ip, self.workers) if limits.connections_per_ip else None
-        )
-        self.limits_connections = (
-            self.limiter.max_total is not None or self.limiter.per_address is not None
-        )
+        self.limiter.configure(limits.max_connections, limits.connections_per_ip, self.workers)
 
     def drain(self) -> None:
         """Relayed connections are not cut on drain: they end on their own, or at the stop
@@ -359,7 +351,7 @@ class TcpSession:
         if listener.ips is not None and not listener.ips.permits(ip):
             self._refuse("ip_denied", "address not allowed")
             return False
-        if listener.limits_connections:
+        if listener.limiter.active:
             why = listener.limiter.admit(ip)
             if why is not None:
                 self._refuse(why, why.replace("_", " ") + " reached")
