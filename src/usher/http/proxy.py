@@ -419,7 +419,9 @@ class ClientConnection(asyncio.Protocol):
         if not keep_alive or self.listener.draining:
             self.close()
             return
-        self.unblock(BLOCK_PIPELINE)
+        # Whatever the finished exchange held the client back for is over, even if the event
+        # that would have said so (the backend's resume_writing) comes after it.
+        self.unblock(BLOCK_PIPELINE | BLOCK_UPSTREAM_FULL | BLOCK_BUFFERING | BLOCK_UPGRADE)
         if self.inbox:
             self._pump()
         if self.exchange is None and not self.closed:
@@ -867,6 +869,8 @@ class Exchange:
         self.body_buffer = None
         self.body_buffered = 0
         self.client.unblock(BLOCK_BUFFERING)
+        if conn.write_paused:  # a reused connection whose last request is still being sent
+            self.upstream_pause_writing()
         if self.client.write_paused:
             transport.pause_reading()
         self._arm_read_timeout()

@@ -59,6 +59,7 @@ class UpstreamConnection(asyncio.Protocol):
         "tunnel",
         "used",
         "user",
+        "write_paused",
     )
 
     def __init__(self, backend: Backend) -> None:
@@ -70,6 +71,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.generation = backend.generation  # see Backend.renew_connections
         self.used = 0  # requests carried so far
+        self.write_paused = False  # our send buffer is over its high-water mark
         # The client connection whose PROXY header opened this one: reused for it alone.
         self.owner: Owner | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -124,10 +126,12 @@ class UpstreamConnection(asyncio.Protocol):
             user.upstream_lost(exc)
 
     def pause_writing(self) -> None:
+        self.write_paused = True
         if self.user is not None:
             self.user.upstream_pause_writing()
 
     def resume_writing(self) -> None:
+        self.write_paused = False
         if self.user is not None:
             self.user.upstream_resume_writing()
 
@@ -156,6 +160,11 @@ class UpstreamConnection(asyncio.Protocol):
     def park(self, loop: asyncio.AbstractEventLoop, idle_timeout: float) -> None:
         """Put this connection on its backend's idle list until it is reused or expires."""
         self.user = None
+        transport = self.transport
+        if transport is not None and not transport.is_reading():
+            # Reading stopped for a client that read slowly; an idle connection must read,
+            # to see the backend close it, and the next user expects the answer to flow.
+            transport.resume_reading()
         owner = self.owner
         if owner is None:
             self.backend.idle.append(self)
