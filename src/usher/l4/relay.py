@@ -129,9 +129,10 @@ class StreamRelay:
         if first:
             backend.write(first)
         if self.backend.pending:
+            # Resume first: writing may fill the client's buffer, and its pause_writing must win.
+            _resume(backend)
             client.writelines(self.backend.pending)
             self.backend.pending.clear()
-            _resume(backend)
         if self.backend.closed:
             self.lost(self.backend, None)
         elif self.backend.eof:
