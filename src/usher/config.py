@@ -1015,7 +1015,10 @@ class ListenerTimeouts(_Model):
     send: Duration = Field(
         default=DEFAULT_WRITE_TIMEOUT,
         gt=0,
-        description="For a client that does not read our response (between two writes).",
+        description=(
+            "For a client that does not read our response (between two writes); also the"
+            " most a closing connection waits for the client to take what it still holds."
+        ),
     )
 
 
@@ -1246,7 +1249,10 @@ class PoolTimeouts(_Model):
     send: Duration = Field(
         default=DEFAULT_SEND_TIMEOUT,
         gt=0,
-        description="Between two writes of a request to a backend that does not read it.",
+        description=(
+            "Between two writes of a request to a backend that does not read it; also the"
+            " most a closing connection waits for the backend to take what it still holds."
+        ),
     )
     idle: Duration = Field(
         default=DEFAULT_UPSTREAM_IDLE_TIMEOUT,

@@ -44,6 +44,7 @@ from usher.http.upstream import (
     release,
     take_idle,
 )
+from usher.l4.accept import reset
 from usher.limits import ConnectionLimiter
 from usher.logs import AccessLog, AccessRecord
 from usher.metrics import Metrics
@@ -473,7 +474,15 @@ class ClientConnection(asyncio.Protocol):
             if (self.refused or not self.reader.idle) and transport.can_write_eof():
                 self._linger(transport)
             else:
-                transport.close()
+                self._close_transport()
+
+    def _close_transport(self) -> None:
+        """Close once what is buffered has gone out, but give a client that stopped reading no
+        longer than the send timeout to take it: it must not hold its connection for ever."""
+        transport = self.transport
+        transport.close()
+        if transport.get_write_buffer_size():
+            self._idle_timer = self.loop.call_later(self.listener.timeouts.send, reset, transport)
 
     def _linger(self, transport: asyncio.Transport) -> None:
         """Close a connection the client may still be sending on, as nginx's lingering close:
@@ -484,7 +493,7 @@ class ClientConnection(asyncio.Protocol):
         if self._blocks:
             self._blocks = 0
             transport.resume_reading()
-        self._idle_timer = self.loop.call_later(LINGER, transport.close)
+        self._idle_timer = self.loop.call_later(LINGER, self._close_transport)
 
     def abort(self) -> None:
         self.closed = True
@@ -834,6 +843,7 @@ class Exchange:
             context=self.pool.tls_context(),
             preamble=preamble,
             owner=client if preamble is not None else None,
+            send_timeout=config.timeouts.send,
         )
 
     def _connected(self, conn: UpstreamConnection | None, exc: Exception | None) -> None:
@@ -872,8 +882,10 @@ class Exchange:
         if conn.write_paused:  # a reused connection whose last request is still being sent
             self.upstream_pause_writing()
         if self.client.write_paused:
+            # Not reading the backend is our doing: its read timeout starts on resume.
             transport.pause_reading()
-        self._arm_read_timeout()
+        else:
+            self._arm_read_timeout()
 
     def _attempt_failed(self, exc: Exception) -> None:
         """The current attempt failed before any answer: try another backend if allowed."""

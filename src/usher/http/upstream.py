@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from usher.errors import ConnectError, UpstreamProtocolError
 from usher.http.codec import Event, ResponseReader
-from usher.l4.accept import connect
+from usher.l4.accept import connect, reset
 from usher.tls import upstream_server_name
 
 if TYPE_CHECKING:
@@ -55,6 +55,7 @@ class UpstreamConnection(asyncio.Protocol):
         "generation",
         "owner",
         "reader",
+        "send_timeout",
         "transport",
         "tunnel",
         "used",
@@ -72,6 +73,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.generation = backend.generation  # see Backend.renew_connections
         self.used = 0  # requests carried so far
         self.write_paused = False  # our send buffer is over its high-water mark
+        self.send_timeout = 60.0  # the pool's timeouts.send: the most a close waits to flush
         # The client connection whose PROXY header opened this one: reused for it alone.
         self.owner: Owner | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -143,8 +145,14 @@ class UpstreamConnection(asyncio.Protocol):
         if not self.closed:
             self.closed = True
             self._cancel_idle_timer()
-            if self.transport is not None:
-                self.transport.close()
+            transport = self.transport
+            if transport is not None:
+                transport.close()
+                if transport.get_write_buffer_size():
+                    # close() waits for the buffer to drain; a backend that stopped reading
+                    # must not keep the socket and its buffer for ever.
+                    loop = asyncio.get_running_loop()
+                    self._idle_timer = loop.call_later(self.send_timeout, reset, transport)
 
     def abort(self) -> None:
         self.closed = True
@@ -257,6 +265,7 @@ async def _open(
     context: ssl.SSLContext | None,
     preamble: bytes | None,
     owner: Owner | None,
+    send_timeout: float,
 ) -> tuple[asyncio.BaseTransport, UpstreamConnection]:
     """Connect; a PROXY header (`preamble`) goes first, in the clear, before any TLS."""
 
@@ -264,6 +273,7 @@ async def _open(
 
     def protocol() -> UpstreamConnection:
         conn = UpstreamConnection(backend)
+        conn.send_timeout = send_timeout
         conn.owner = owner
         conn.generation = generation
         return conn
@@ -300,10 +310,13 @@ class PendingConnect:
         context: ssl.SSLContext | None = None,
         preamble: bytes | None = None,
         owner: Owner | None = None,
+        send_timeout: float = 60.0,
     ) -> None:
         self.timed_out = False
         self._dropped = False
-        self._task = loop.create_task(_open(loop, backend, tls, context, preamble, owner))
+        self._task = loop.create_task(
+            _open(loop, backend, tls, context, preamble, owner, send_timeout)
+        )
         self._timer: asyncio.TimerHandle | None = loop.call_later(timeout, self._on_timeout)
 
         def finished(task: asyncio.Task[tuple[asyncio.BaseTransport, UpstreamConnection]]) -> None:

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import logging
 import socket
+import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,6 +26,16 @@ _ACCEPT_PAUSE = 0.1
 _TRANSIENT = frozenset(
     {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED, errno.EPROTO}
 )
+
+
+def reset(transport: asyncio.Transport) -> None:
+    """Abort a connection with a reset, so that the kernel drops what it still holds for a
+    peer that stopped reading, rather than keep it (as a plain close would) for minutes."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def listening_socket(
