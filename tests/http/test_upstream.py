@@ -219,3 +219,30 @@ async def test_a_backend_connection_closed_with_unsent_body_ends_by_the_send_tim
         with contextlib.suppress(asyncio.CancelledError):
             await uploading
         writer.close()
+
+
+async def test_a_client_that_stops_reading_is_reset_by_the_send_timeout(backends, balancer):
+    (server,) = await backends(1)
+    lb = await balancer(simple_config({"web": pool_of(server)}, timeouts={"send": "500ms"}))
+    listener = lb.balancer.listeners["web"]
+    client = StalledClient(lb.port)
+    try:
+        client.sock.sendall(b"GET /bytes/%d HTTP/1.1\r\nHost: x\r\n\r\n" % (256 << 20))
+        await asyncio.sleep(0.2)
+        assert len(listener.connections) == 1
+        deadline = asyncio.get_running_loop().time() + 3.0
+        while listener.connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert not listener.connections, "a client that reads nothing kept its connection"
+        # What the kernel still held for it is dropped too: the client sees a reset.
+        client.sock.settimeout(2.0)
+        received = 0
+        reset = False
+        try:
+            while chunk := client.sock.recv(1 << 20):
+                received += len(chunk)
+        except ConnectionResetError:
+            reset = True
+        assert reset and received < 256 << 20
+    finally:
+        client.close()

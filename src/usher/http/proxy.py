@@ -495,10 +495,15 @@ class ClientConnection(asyncio.Protocol):
             transport.resume_reading()
         self._idle_timer = self.loop.call_later(LINGER, self._close_transport)
 
-    def abort(self) -> None:
+    def abort(self, *, with_reset: bool = False) -> None:
+        """Cut the connection now; `with_reset` also drops what the kernel still holds for a
+        client that stopped reading."""
         self.closed = True
         self._cancel_timers()
-        self.transport.abort()
+        if with_reset:
+            reset(self.transport)
+        else:
+            self.transport.abort()
 
     # Reading control
 
@@ -572,7 +577,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _send_timed_out(self) -> None:
         self._send_timer = None
-        self.abort()  # the client stopped reading; nothing more can be said to it
+        self.abort(with_reset=True)  # the client stopped reading; nothing more can be said to it
 
 
 class Exchange:
