@@ -165,7 +165,7 @@ def in_flight(cluster: Cluster, pool: ThreadPoolExecutor, n: int, path: str) -> 
 
 def test_requests_in_flight_are_summed_over_the_workers(cluster: Cluster) -> None:
     with ThreadPoolExecutor(8) as pool:
-        futures = in_flight(cluster, pool, 8, "/sleep/2")
+        futures = in_flight(cluster, pool, 8, "/sleep/5")  # long enough for a loaded machine
         # least_connections reads the sum: each new request went to the backend with fewer in
         # flight over both workers, whichever worker took it.
         assert cluster.backend("A")["active"] == cluster.backend("B")["active"] == 4
@@ -253,7 +253,7 @@ def test_a_killed_worker_is_restarted_with_its_slots_cleared(cluster: Cluster) -
     pids = cluster.worker_pids()
     victim = pids[0]
     with ThreadPoolExecutor(12) as pool:
-        futures = in_flight(cluster, pool, 12, "/sleep/3")
+        futures = in_flight(cluster, pool, 12, "/sleep/8")  # none ends before the count
         os.kill(victim, signal.SIGKILL)
         wait_until(
             lambda: cluster.worker_pids().get(0) not in (None, victim), 15, "worker 0 restarted"
