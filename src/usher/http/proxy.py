@@ -44,7 +44,7 @@ from usher.http.upstream import (
     release,
     take_idle,
 )
-from usher.l4.accept import reset
+from usher.l4.accept import close_within, reset
 from usher.limits import ConnectionLimiter
 from usher.logs import AccessLog, AccessRecord
 from usher.metrics import Metrics
@@ -477,12 +477,7 @@ class ClientConnection(asyncio.Protocol):
                 self._close_transport()
 
     def _close_transport(self) -> None:
-        """Close once what is buffered has gone out, but give a client that stopped reading no
-        longer than the send timeout to take it: it must not hold its connection for ever."""
-        transport = self.transport
-        transport.close()
-        if transport.get_write_buffer_size():
-            self._idle_timer = self.loop.call_later(self.listener.timeouts.send, reset, transport)
+        self._idle_timer = close_within(self.loop, self.transport, self.listener.timeouts.send)
 
     def _linger(self, transport: asyncio.Transport) -> None:
         """Close a connection the client may still be sending on, as nginx's lingering close:

@@ -16,9 +16,10 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from usher.config import DEFAULT_SEND_TIMEOUT
 from usher.errors import ConnectError, UpstreamProtocolError
 from usher.http.codec import Event, ResponseReader
-from usher.l4.accept import connect, reset
+from usher.l4.accept import close_within, connect
 from usher.tls import upstream_server_name
 
 if TYPE_CHECKING:
@@ -73,7 +74,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.generation = backend.generation  # see Backend.renew_connections
         self.used = 0  # requests carried so far
         self.write_paused = False  # our send buffer is over its high-water mark
-        self.send_timeout = 60.0  # the pool's timeouts.send: the most a close waits to flush
+        # The pool's timeouts.send (set by _open): the most a close waits for its buffer to go.
+        self.send_timeout = DEFAULT_SEND_TIMEOUT
         # The client connection whose PROXY header opened this one: reused for it alone.
         self.owner: Owner | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -145,14 +147,9 @@ class UpstreamConnection(asyncio.Protocol):
         if not self.closed:
             self.closed = True
             self._cancel_idle_timer()
-            transport = self.transport
-            if transport is not None:
-                transport.close()
-                if transport.get_write_buffer_size():
-                    # close() waits for the buffer to drain; a backend that stopped reading
-                    # must not keep the socket and its buffer for ever.
-                    loop = asyncio.get_running_loop()
-                    self._idle_timer = loop.call_later(self.send_timeout, reset, transport)
+            if self.transport is not None:
+                loop = asyncio.get_running_loop()
+                self._idle_timer = close_within(loop, self.transport, self.send_timeout)
 
     def abort(self) -> None:
         self.closed = True
@@ -310,7 +307,7 @@ class PendingConnect:
         context: ssl.SSLContext | None = None,
         preamble: bytes | None = None,
         owner: Owner | None = None,
-        send_timeout: float = 60.0,
+        send_timeout: float,
     ) -> None:
         self.timed_out = False
         self._dropped = False

@@ -38,6 +38,18 @@ def reset(transport: asyncio.Transport) -> None:
     transport.abort()
 
 
+def close_within(
+    loop: asyncio.AbstractEventLoop, transport: asyncio.Transport, limit: float
+) -> asyncio.TimerHandle | None:
+    """Close once what is buffered has gone out, but reset the connection if the peer has not
+    taken it within `limit` seconds: a peer that stopped reading must not hold it for ever.
+    Returns the timer to cancel when the connection is lost."""
+    transport.close()
+    if transport.get_write_buffer_size():
+        return loop.call_later(limit, reset, transport)
+    return None
+
+
 def listening_socket(
     host: str, port: int, *, kind: int = socket.SOCK_STREAM, reuse_port: bool = False
 ) -> socket.socket:
