@@ -292,3 +292,10 @@ async def test_a_good_request_after_a_normalised_one_keeps_the_connection(rig) -
         (b"GET /a/b HTTP/1.1", b"public.example"),
         (b"GET /c HTTP/1.1", b"public.example"),
     ]
+
+
+async def test_the_access_log_keeps_the_target_as_sent(rig) -> None:
+    lb, recorder = await rig()
+    response, _ = await ask(lb.port, get(b"/x/./y//z"))
+    assert response.status == 200 and recorder.seen == [(b"GET /x/y/z HTTP/1.1", b"public.example")]
+    assert '"GET /x/./y//z"' in lb.log.getvalue()
