@@ -107,6 +107,7 @@ CORPUS = [
     Case("dot-dot above the root", get(b"/.."), 400),
     Case("dot-dot above the root, later", get(b"/a/../../admin"), 400),
     Case("a lone percent", get(b"/a%zz"), 400),
+    Case("a backslash, which some backends read as a slash", get(b"/\\admin"), 400),
     Case(
         "what reaches the backend: normalised path, query untouched",
         get(b"//public///x/./y/../a.css?q=/../%2e//z"),

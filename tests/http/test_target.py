@@ -53,6 +53,8 @@ def test_paths_are_normalised_as_nginx_does(path: bytes, normalised: bytes) -> N
         (b"/%zz", "two hex digits"),
         (b"/a%4", "two hex digits"),
         (b"/a%", "two hex digits"),
+        (b"/\\admin", "backslash"),
+        (b"/a/b\\..\\..\\admin", "backslash"),
     ],
 )
 def test_bad_paths_are_refused(path: bytes, detail: str) -> None:

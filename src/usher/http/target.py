@@ -33,9 +33,10 @@ _HOST: Final = re.compile(
 )
 _ABSOLUTE: Final = re.compile(rb"(?i:https?)://(?P<authority>[^/?#]*)(?P<rest>.*)", re.DOTALL)
 # An origin-form target with nothing to decode, merge or resolve (segments neither empty nor
-# starting with a dot nor holding a %) and no fragment: most requests, checked in one call.
+# starting with a dot nor holding a % or a backslash) and no fragment: most requests, checked
+# in one call.
 _PLAIN_ORIGIN: Final = re.compile(
-    rb"/(?:[^/%?#.][^/%?#]*(?:/[^/%?#.][^/%?#]*)*/?)?(?:\?[^#]*)?", re.DOTALL
+    rb"/(?:[^/%?#.\\][^/%?#\\]*(?:/[^/%?#.\\][^/%?#\\]*)*/?)?(?:\?[^#]*)?", re.DOTALL
 )
 _FRAGMENT: Final = "a request target may not carry a #fragment"
 # Host values already checked, and what they became: a busy listener sees few distinct ones.
@@ -103,7 +104,10 @@ def normalise_path(path: bytes, encoded_slashes: EncodedSlashes) -> bytes:
     """An absolute path as nginx sees it before matching a location: unreserved characters
     percent-decoded (`%2e` is `.`, `%41` is `A`), other escapes kept with upper-case hex,
     `%2F` as `encoded_slashes` says, repeated slashes merged and `.`/`..` segments resolved
-    (RFC 3986 §5.2.4). A `..` that would climb above the root is refused."""
+    (RFC 3986 §5.2.4). A `..` that would climb above the root is refused, and so is a raw
+    backslash, which no URI may hold and some backends (IIS, WHATWG URL parsers) read as `/`."""
+    if path.find(b"\\") >= 0:
+        raise ClientError(400, "a backslash in the path")
     if path.find(b"%") >= 0:
         path = _decode(path, encoded_slashes)
     segments = path.split(b"/")[1:]
