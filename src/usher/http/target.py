@@ -2,7 +2,7 @@
 filters, `prefix_rewrite` and the backend's request line all see the same origin-form path.
 
 Pure functions on bytes. Each refusal is a `ClientError(400, why)`. What is normalised and why
-is in docs/security.md ("What usher normalises, refuses and forwards").
+is in docs/security.md ("Request targets and Host").
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from usher.http.codec import Headers
 # What a `%2F` in a path becomes: refused (400), a `/` like any other, or kept encoded as part
 # of its segment (for backends that route on it, e.g. GitLab's `projects/group%2Fname`).
 EncodedSlashes = Literal["refuse", "decode", "keep"]
-ENCODED_SLASHES: Final[tuple[EncodedSlashes, ...]] = ("refuse", "decode", "keep")
 
 # RFC 3986 §2.3: decoding these never changes what a URI means (§6.2.2.2).
 _UNRESERVED: Final = frozenset(
