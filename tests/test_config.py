@@ -1089,3 +1089,18 @@ def test_framing_headers_cannot_be_rewritten(name: str) -> None:
         "listeners[0].routes[0].request_headers.remove[0]"
     ]
     assert "managed by usher" in caught.value.issues[0].message
+
+
+def test_encoded_slashes_is_an_http_listener_option() -> None:
+    pools = "pools: {p: {backends: [{address: 127.0.0.1:1}]}}\n"
+    listener = "listeners: [{name: t, bind: 127.0.0.1:0, protocol: %s, pool: p, %s}]\n"
+    web = parse_config(listener % ("http", "encoded_slashes: keep") + pools).listeners[0]
+    assert web.encoded_slashes == "keep"
+    assert (
+        parse_config(listener % ("http", "zero_copy: false") + pools).listeners[0].encoded_slashes
+        == "refuse"
+    )
+    with pytest.raises(ConfigError, match=r"listeners\[0\]\.encoded_slashes"):
+        parse_config(listener % ("http", "encoded_slashes: allow") + pools)
+    with pytest.raises(ConfigError, match="encoded_slashes: works on HTTP requests"):
+        parse_config(listener % ("tcp", "encoded_slashes: decode") + pools)

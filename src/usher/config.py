@@ -105,6 +105,7 @@ DEFAULT_RATE_TABLE_SIZE: Final = 100_000
 DEFAULT_BODY_RATE_WINDOW: Final = 10.0
 DEFAULT_MAX_PIPELINED: Final = 100
 DEFAULT_STRIP_RESPONSE_HEADERS: Final = ("Server", "X-Powered-By")
+DEFAULT_ENCODED_SLASHES: Final = "refuse"
 DEFAULT_REQUEST_ID_HEADER: Final = "X-Request-ID"
 DEFAULT_FILTER_BODY_LIMIT: Final = 64 * 1024
 MAX_FILTER_BODY_LIMIT: Final = 1024 * 1024
@@ -1060,6 +1061,13 @@ class Listener(_Model):
         description="Backend response headers never passed to clients (they name the backend's "
         "software); `[]` keeps them.",
     )
+    encoded_slashes: Literal["refuse", "decode", "keep"] = Field(
+        default=DEFAULT_ENCODED_SLASHES,
+        description="What a `%2F` in a request path becomes: `refuse` answers 400; `decode` "
+        "makes it a `/` before the path is normalised (as nginx does); `keep` leaves it "
+        "encoded, part of its segment, for backends that read it as data (Apache's "
+        "`AllowEncodedSlashes NoDecode`). See docs/security.md.",
+    )
     timeouts: ListenerTimeouts = Field(
         default=ListenerTimeouts(), description="Client-side timeouts."
     )
@@ -1121,7 +1129,12 @@ class Listener(_Model):
 # What layer-4 listeners can enforce: IP lists for all three, connection limits for the two
 # that have connections. The rest needs HTTP requests to work on.
 _L4_LIMITS: Final = frozenset({"allow", "deny", "max_connections", "connections_per_ip"})
-_L7_LISTENER_KEYS: Final = ("trusted_proxies", "request_id", "strip_response_headers")
+_L7_LISTENER_KEYS: Final = (
+    "trusted_proxies",
+    "request_id",
+    "strip_response_headers",
+    "encoded_slashes",
+)
 
 
 def _layer4_limit_rules(data: Mapping[str, Any], protocol: str) -> list[_Problem]:

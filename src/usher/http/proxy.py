@@ -37,6 +37,7 @@ from usher.http.headers import (
     forward_response_headers,
     transfer_codings,
 )
+from usher.http.target import authority, request_target, with_host
 from usher.http.upstream import (
     PendingConnect,
     UpstreamConnection,
@@ -108,6 +109,7 @@ class HttpListener:
         self.access_log = access_log
         self.limits = _head_limits(config)
         self.timeouts = config.timeouts
+        self.encoded_slashes = config.encoded_slashes
         self.scheme = b"https" if config.protocol == "https" else b"http"
         self.cert_header = _cert_header(config)
         self.cert_strip = _cert_strip(config)
@@ -147,6 +149,7 @@ class HttpListener:
         self.router = router
         self.limits = _head_limits(config)
         self.timeouts = config.timeouts
+        self.encoded_slashes = config.encoded_slashes
         self.cert_header = _cert_header(config)
         self.cert_strip = _cert_strip(config)
         self.draining = False
@@ -675,6 +678,8 @@ class Exchange:
         request = self.request
         client = self.client
         listener = client.listener
+        if not self._normalise_target():
+            return
         route = self.route = listener.router.route(request)
         guard = listener.guard
         if guard is not None and guard.screen(self, route):
@@ -732,6 +737,31 @@ class Exchange:
                 self.open_body_clock()
             return  # the body rules decide first (EdgeState.decide)
         self._attempt()
+
+    def _normalise_target(self) -> bool:
+        """Make the request's target origin-form with a normalised path, and its Host the one
+        it is routed on, before anything reads them; False when it was refused (400)."""
+        request = self.request
+        client = self.client
+        try:
+            target, host = request_target(
+                request.method,
+                request.target,
+                request.version,
+                request.host,
+                client.listener.encoded_slashes,
+            )
+        except ClientError as exc:
+            self.keep_alive = False
+            self.respond_error(exc.status, exc.detail)
+            return False
+        request.target = target
+        if not host:  # HTTP/1.0 without Host: the address the client connected to
+            host = authority(client.local or client.transport.get_extra_info("sockname"))
+        if host != request.host:
+            request.host = host
+            request.headers = with_host(request.headers, host)
+        return True
 
     def open_body_clock(self) -> None:
         """The client may send the body now (no Expect, a 100 Continue went out, or the body
