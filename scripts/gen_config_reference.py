@@ -266,6 +266,8 @@ def default_text(hint: Any, field: FieldInfo) -> str:
         return f"`{format_size(value)}`"
     if isinstance(value, bool):
         return "`true`" if value else "`false`"
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return "`[" + ", ".join(value) + "]`"
     if isinstance(value, list | dict):
         return "`[]`" if isinstance(value, list) else "`{}`"
     return f"`{value}`"
