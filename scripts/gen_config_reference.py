@@ -26,6 +26,7 @@ OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 # alias built on them (e.g. a duration with `gt=0`).
 VALUE_TYPES = [
     ("duration", config.Duration),
+    ("max age", config.MaxAge),
     ("size", config.ByteSize),
     ("address", config.Address),
     ("address", config.BackendAddress),
@@ -73,6 +74,11 @@ VALUE_TYPE_ROWS = [
         "address",
         "`127.0.0.1:8080`, `localhost:80`, `[::1]:80`",
         "IPv6 in brackets; port 0 (listeners only) picks a free port",
+    ),
+    (
+        "max age",
+        "`1y`, `180d`, `12h`, or any duration",
+        "whole seconds; a year is 365 days",
     ),
     ("rate", "`100/s`, `600/m`, `1000/h`, or a number per second", ""),
     ("byte rate", "`1KiB/s`, `500/s`, `60KiB/m`, or a number of bytes per second", ""),

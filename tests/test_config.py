@@ -118,6 +118,8 @@ def test_full_config_reads_every_key() -> None:
     assert public.accept_proxy_protocol and not plain.accept_proxy_protocol
     assert public.tls is not None and public.tls.client_ca == "clients-ca.pem"
     assert (public.tls.client_auth, public.tls.client_cert_header) == ("optional", "X-Client-DN")
+    assert (public.tls.min_version, public.tls.ciphers) == ("1.2", "ECDHE+AESGCM:ECDHE+CHACHA20")
+    assert (public.tls.curves, public.tls.hsts) == (["X25519", "P-256"], 365 * 86400)
     assert (db.protocol, dns.protocol, edge.protocol) == ("tcp", "udp", "tls_passthrough")
     assert dns.max_sessions == 500 and edge.zero_copy and not db.zero_copy
     assert edge.routes[0].match is not None and edge.routes[0].match.sni == "*.example.com"
@@ -362,6 +364,8 @@ def pool(body: str) -> str:
     return head + indent(dedent(body).strip(), "    ") + "\n"
 
 
+HTTPS = "protocol: https\ntls:\n  certificates: [{cert: a.pem, key: a.key}]"
+
 BAD_FILES = {
     "unknown key": (
         pool("backends: [{address: 127.0.0.1:9001, wieght: 2}]"),
@@ -542,6 +546,56 @@ BAD_FILES = {
         ),
         "listeners[0].tls.certificates[0].sni[0]",
         "invalid host name 'a..b' (expected e.g. example.com, *.example.com)",
+    ),
+    "bad cipher string": (
+        listener(f"{HTTPS}\n  ciphers: 'ECDHE+AESGCM:ECDHE-RSA-AES-NONE'\npool: web"),
+        "listeners[0].tls.ciphers",
+        "'ECDHE-RSA-AES-NONE' names no cipher suite OpenSSL knows (see `openssl ciphers`)",
+    ),
+    "cipher string selecting nothing": (
+        listener(f"{HTTPS}\n  ciphers: '!ALL'\npool: web"),
+        "listeners[0].tls.ciphers",
+        "'!ALL' leaves no TLS 1.2 cipher suite",
+    ),
+    "a TLS 1.3 suite in ciphers": (
+        listener(f"{HTTPS}\n  ciphers: TLS_AES_128_GCM_SHA256\npool: web"),
+        "listeners[0].tls.ciphers",
+        "'TLS_AES_128_GCM_SHA256' is a TLS 1.3 suite: `ciphers` sets TLS 1.2 suites only",
+    ),
+    "ciphers with TLS 1.3 only": (
+        listener(f"{HTTPS}\n  min_version: '1.3'\n  ciphers: ECDHE+AESGCM\npool: web"),
+        "listeners[0].tls.ciphers",
+        'sets TLS 1.2 suites: not with min_version "1.3"',
+    ),
+    "unknown curve": (
+        listener(f"{HTTPS}\n  curves: [X25519, curve9000]\npool: web"),
+        "listeners[0].tls.curves[1]",
+        "unknown curve 'curve9000' (e.g. X25519, prime256v1, secp384r1)",
+    ),
+    "repeated curve": (
+        listener(f"{HTTPS}\n  curves: [X25519, x25519]\npool: web"),
+        "listeners[0].tls.curves",
+        "each curve may be listed once",
+    ),
+    "no curves": (
+        listener(f"{HTTPS}\n  curves: []\npool: web"),
+        "listeners[0].tls.curves",
+        "needs at least 1 item",
+    ),
+    "TLS 1.1": (
+        listener(f"{HTTPS}\n  min_version: 1.1\npool: web"),
+        "listeners[0].tls.min_version",
+        "must be one of: 1.2, 1.3",
+    ),
+    "bad hsts": (
+        listener(f"{HTTPS}\n  hsts: forever\npool: web"),
+        "listeners[0].tls.hsts",
+        "invalid max age 'forever' (use e.g. 1y, 180d, 12h)",
+    ),
+    "hsts on http": (
+        listener("tls: {certificates: [{cert: a.pem, key: a.key}], hsts: 1y}\npool: web"),
+        "listeners[0].tls",
+        "only allowed with protocol https",
     ),
     "listener with neither routes nor pool": (
         listener("routes: []"),

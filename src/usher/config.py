@@ -33,6 +33,12 @@ from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from usher.balancing import registered_names
 from usher.errors import ConfigError, ConfigIssue
+from usher.tls_profile import (
+    DEFAULT_CURVES,
+    INTERMEDIATE_CIPHERS,
+    check_cipher_string,
+    check_curves,
+)
 
 __all__ = [
     "DEFAULT_ALGORITHM",
@@ -68,6 +74,7 @@ __all__ = [
     "ListenerLimits",
     "ListenerTimeouts",
     "ListenerTls",
+    "MaxAge",
     "PassiveHealth",
     "PoolConfig",
     "PoolTimeouts",
@@ -82,6 +89,7 @@ __all__ = [
     "parse_address",
     "parse_config",
     "parse_duration",
+    "parse_max_age",
     "parse_size",
 ]
 
@@ -325,6 +333,38 @@ Duration = Annotated[
 ]
 """Seconds, written `250ms`, `5s`, `2m`, `1h` or as a plain number of seconds."""
 
+# Days and years, for what lasts that long: a year is 365 days, as HSTS's max-age=31536000.
+_LONG_UNITS = {"d": 86400, "y": 365 * 86400}
+_LONG = re.compile(r"([0-9]+)(d|y)")
+
+
+def parse_max_age(value: object) -> int:
+    """Whole seconds from `"1y"` (365 days), `"180d"` or anything `parse_duration` reads."""
+    if isinstance(value, str) and (match := _LONG.fullmatch(value.strip())):
+        return int(match[1]) * _LONG_UNITS[match[2]]
+    try:
+        return int(parse_duration(value))
+    except ValueError:
+        raise ValueError(f"invalid max age {value!r} (use e.g. 1y, 180d, 12h)") from None
+
+
+MaxAge = Annotated[
+    int,
+    BeforeValidator(parse_max_age),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^[0-9]+(d|y)$"},
+                {"type": "string", "pattern": _DURATION_PATTERN},
+                {"type": "number", "minimum": 0},
+            ],
+            "description": "A long duration in whole seconds: 1y (365 days), 180d, 12h, or "
+            "anything a duration takes.",
+        }
+    ),
+]
+"""Whole seconds, written `1y` (365 days), `180d` or as a `Duration`."""
+
 ByteSize = Annotated[
     int,
     BeforeValidator(parse_size),
@@ -553,6 +593,34 @@ def _port(value: int) -> int:
 _Port = Annotated[int, AfterValidator(_port)]
 
 
+def _cipher_string(value: str) -> str:
+    if problem := check_cipher_string(value):
+        raise ValueError(problem)
+    return value
+
+
+def _curve(value: str) -> str:
+    if problem := check_curves([value]):
+        raise ValueError(problem)
+    return value
+
+
+def _curve_list(value: list[str]) -> list[str]:
+    if problem := check_curves(value):
+        raise ValueError(problem)
+    return value
+
+
+def _tls_version(value: object) -> object:
+    # YAML reads an unquoted 1.2 as a number.
+    return str(value) if isinstance(value, float) else value
+
+
+_CipherString = Annotated[str, AfterValidator(_cipher_string)]
+_Curves = Annotated[list[Annotated[str, AfterValidator(_curve)]], AfterValidator(_curve_list)]
+_TlsVersion = Annotated[Literal["1.2", "1.3"], BeforeValidator(_tls_version)]
+
+
 # --- Models ------------------------------------------------------------------------------------
 
 # Issues found by `_rules` travel through pydantic under this error type, message intact.
@@ -666,6 +734,35 @@ class ListenerTls(_Model):
         "certificate's subject (RFC 4514) to the backends. Usher removes any such header sent by "
         "the client, so it cannot be forged.",
     )
+    min_version: _TlsVersion = Field(
+        default="1.2",
+        description='Oldest TLS version accepted: `"1.2"` or `"1.3"` (quoted or not).',
+    )
+    ciphers: _CipherString | None = Field(
+        default=None,
+        description="OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are OpenSSL's, all "
+        "AEAD); every name must be known to OpenSSL. null: Mozilla's intermediate profile, "
+        f"`{INTERMEDIATE_CIPHERS}` (ECDHE with AES-GCM or ChaCha20-Poly1305: no CBC, no DHE). "
+        "The client's order of preference wins.",
+    )
+    curves: _Curves = Field(
+        default=list(DEFAULT_CURVES),
+        min_length=1,
+        description="Key-exchange groups accepted, for TLS 1.2 and 1.3, as OpenSSL names "
+        "them (X25519, prime256v1 or P-256, secp384r1 or P-384, X448, secp521r1, ffdhe2048...).",
+    )
+    hsts: MaxAge | None = Field(
+        default=None,
+        description="Add `Strict-Transport-Security: max-age=N` (N: this in whole seconds, e.g. "
+        "`1y`) to every response of this listener, replacing a backend's own. null: none.",
+    )
+
+    @classmethod
+    def _rules(cls, data: Mapping[str, Any]) -> list[_Problem]:
+        version = _tls_version(_get(data, "min_version"))
+        if _get(data, "ciphers") is not None and version == "1.3":
+            return [(("ciphers",), 'sets TLS 1.2 suites: not with min_version "1.3"')]
+        return []
 
     def default_certificate(self) -> TlsCertificate:
         """The certificate for clients whose server name matches no `sni` list."""
