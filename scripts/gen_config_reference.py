@@ -73,7 +73,7 @@ VALUE_TYPE_ROWS = [
     (
         "address",
         "`127.0.0.1:8080`, `localhost:80`, `[::1]:80`",
-        "IPv6 in brackets; port 0 (listeners only) picks a free port",
+        "IPv6 in brackets; no leading zeros in the port; port 0 (listeners only) picks a free port",
     ),
     (
         "max age",
@@ -251,7 +251,8 @@ def constraint_text(constraints: list[Any], base: Any) -> str:
             else:
                 count = constraint.min_length
                 texts.append(f", at least {count} item" + ("" if count == 1 else "s"))
-    return "".join(texts)
+    # A constraint of an Annotated alias shows up both in the hint and in the field's metadata.
+    return "".join(dict.fromkeys(texts))
 
 
 def default_text(hint: Any, field: FieldInfo) -> str:

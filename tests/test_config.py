@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import subprocess
@@ -12,8 +13,11 @@ from textwrap import dedent, indent
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from usher import config as config_module
 from usher.balancing import registered_names
 from usher.config import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -1143,3 +1147,61 @@ def test_framing_headers_cannot_be_rewritten(name: str) -> None:
         "listeners[0].routes[0].request_headers.remove[0]"
     ]
     assert "managed by usher" in caught.value.issues[0].message
+
+
+# --- Addresses: the published pattern and the parser agree -------------------------------------
+
+_ADDRESS_CHARS = "0123456789abcdefABCDEF:.[]%_-xyz K\n"
+
+
+def _ipv6_texts() -> st.SearchStrategy[str]:
+    def forms(number: int, tail: int, upper: bool) -> list[str]:
+        address = ipaddress.IPv6Address(number)
+        v4 = ipaddress.IPv4Address(tail)
+        texts = [address.compressed, address.exploded, f"::{v4}", f"::ffff:{v4}"]
+        texts.append(address.exploded.rsplit(":", 2)[0] + f":{v4}")
+        return [t.upper() if upper else t for t in texts]
+
+    numbers = st.one_of(st.integers(0, 2**128 - 1), st.integers(0, 2**32), st.just(0))
+    lists = st.builds(forms, numbers, st.integers(0, 2**32 - 1), st.booleans())
+    return lists.flatmap(st.sampled_from)
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(st.from_regex(config_module._ADDRESS_PATTERN, fullmatch=True))
+def test_every_address_the_listener_pattern_allows_parses(text: str) -> None:
+    parse_address(text)
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(st.from_regex(config_module._BACKEND_ADDRESS_PATTERN, fullmatch=True))
+def test_every_address_the_backend_pattern_allows_parses(text: str) -> None:
+    parse_address(text, allow_port_zero=False)
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(
+    st.one_of(
+        st.text(_ADDRESS_CHARS, max_size=24),
+        st.builds("[{}]:{}".format, _ipv6_texts(), st.integers(0, 70000)),
+        st.builds("{}:{}".format, st.text(_ADDRESS_CHARS, max_size=12), st.integers(0, 70000)),
+        st.text(max_size=12),
+    )
+)
+def test_every_address_that_parses_matches_the_patterns(text: str) -> None:
+    try:
+        address = parse_address(text)
+    except ValueError:
+        assert not re.search(config_module._ADDRESS_PATTERN, text) or text.endswith("\n")
+        return
+    assert re.search(config_module._ADDRESS_PATTERN, text)
+    assert bool(re.search(config_module._BACKEND_ADDRESS_PATTERN, text)) == (address.port > 0)
+
+
+@pytest.mark.parametrize(
+    "text", ["127.0.0.1:080", " 127.0.0.1:80", "[fe80::1%eth 0]:80", "\u212a.example:80"]
+)
+def test_addresses_the_pattern_refuses_are_refused(text: str) -> None:
+    assert not re.search(config_module._ADDRESS_PATTERN, text)
+    with pytest.raises(ValueError, match="expected host:port"):
+        parse_address(text)
