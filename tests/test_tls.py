@@ -294,3 +294,18 @@ def test_curves_that_cannot_be_set_are_a_config_error(monkeypatch: pytest.Monkey
     monkeypatch.setattr(tls_profile, "_libssl", unreachable)
     monkeypatch.delattr(ssl.SSLContext, "set_groups", raising=False)
     assert check_curves(["X25519"]) == "setting TLS curves needs CPython (or Python 3.14+)"
+
+
+def test_a_python_that_cannot_set_curves_is_a_config_error_even_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreachable() -> None:
+        raise GroupsUnreachable("setting TLS curves needs CPython (or Python 3.14+)")
+
+    monkeypatch.setattr(tls_profile, "_libssl", unreachable)
+    monkeypatch.delattr(ssl.SSLContext, "set_groups", raising=False)
+    with pytest.raises(ConfigError) as caught:
+        ServerTls(_tls(tmp_path, None), "listeners[0].tls")
+    (issue,) = caught.value.issues
+    assert issue.path == "listeners[0].tls.curves"
+    assert "needs CPython" in issue.message

@@ -14,15 +14,15 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from usher.errors import ConfigError, ConfigIssue
-from usher.tls_profile import set_server_protocol
+from usher.tls_profile import GroupsUnreachable, set_server_protocol
 
 if TYPE_CHECKING:
     from usher.config import ListenerTls, PoolConfig, UpstreamTls
 
 
-def _context(cert: str, key: str, tls: ListenerTls) -> ssl.SSLContext:
+def _context(cert: str, key: str, tls: ListenerTls, path: str) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    _set_protocol(ctx, tls)
+    _set_protocol(ctx, tls, path)
     ctx.set_alpn_protocols(["http/1.1"])
     ctx.load_cert_chain(cert, key)
     if tls.client_ca is not None:
@@ -32,8 +32,13 @@ def _context(cert: str, key: str, tls: ListenerTls) -> ssl.SSLContext:
     return ctx
 
 
-def _set_protocol(ctx: ssl.SSLContext, tls: ListenerTls) -> None:
-    set_server_protocol(ctx, min_version=tls.min_version, ciphers=tls.ciphers, curves=tls.curves)
+def _set_protocol(ctx: ssl.SSLContext, tls: ListenerTls, path: str) -> None:
+    try:
+        set_server_protocol(
+            ctx, min_version=tls.min_version, ciphers=tls.ciphers, curves=tls.curves
+        )
+    except GroupsUnreachable as exc:  # the default curves too: say so rather than crash
+        raise ConfigError([ConfigIssue(f"{path}.curves", str(exc))]) from None
 
 
 def _verify_mode(tls: ListenerTls) -> ssl.VerifyMode:
@@ -57,7 +62,7 @@ class ServerTls:
         # groups (the SNI switch keeps the connection's), so these are set here too.
         first = tls.certificates[0]
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        _set_protocol(self.context, tls)
+        _set_protocol(self.context, tls, path)
         self.context.set_alpn_protocols(["http/1.1"])
         self.context.load_cert_chain(first.cert, first.key)
         self.context.verify_mode = _verify_mode(tls)
@@ -67,7 +72,7 @@ class ServerTls:
         """Take new certificates and settings (a reload) for the connections accepted from now
         on; raises ConfigError and changes nothing if a file fails to load."""
         default, exact, wildcard = self._load(tls, path)
-        _set_protocol(self.context, tls)
+        _set_protocol(self.context, tls, path)
         self.context.verify_mode = _verify_mode(tls)
         self._default, self._exact, self._wildcard = default, exact, wildcard
 
@@ -91,7 +96,7 @@ class ServerTls:
         first: ssl.SSLContext | None = None
         for i, certificate in enumerate(tls.certificates):
             try:
-                ctx = _context(certificate.cert, certificate.key, tls)
+                ctx = _context(certificate.cert, certificate.key, tls, path)
             except (OSError, ssl.SSLError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 issues.append(
