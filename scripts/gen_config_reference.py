@@ -26,6 +26,7 @@ OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 # alias built on them (e.g. a duration with `gt=0`).
 VALUE_TYPES = [
     ("duration", config.Duration),
+    ("max age", config.MaxAge),
     ("size", config.ByteSize),
     ("address", config.Address),
     ("address", config.BackendAddress),
@@ -72,7 +73,12 @@ VALUE_TYPE_ROWS = [
     (
         "address",
         "`127.0.0.1:8080`, `localhost:80`, `[::1]:80`",
-        "IPv6 in brackets; port 0 (listeners only) picks a free port",
+        "IPv6 in brackets; no leading zeros in the port; port 0 (listeners only) picks a free port",
+    ),
+    (
+        "max age",
+        "`1y`, `180d`, `12h`, or any duration",
+        "whole seconds; a year is 365 days",
     ),
     ("rate", "`100/s`, `600/m`, `1000/h`, or a number per second", ""),
     ("byte rate", "`1KiB/s`, `500/s`, `60KiB/m`, or a number of bytes per second", ""),
@@ -245,7 +251,8 @@ def constraint_text(constraints: list[Any], base: Any) -> str:
             else:
                 count = constraint.min_length
                 texts.append(f", at least {count} item" + ("" if count == 1 else "s"))
-    return "".join(texts)
+    # A constraint of an Annotated alias shows up both in the hint and in the field's metadata.
+    return "".join(dict.fromkeys(texts))
 
 
 def default_text(hint: Any, field: FieldInfo) -> str:
@@ -266,6 +273,8 @@ def default_text(hint: Any, field: FieldInfo) -> str:
         return f"`{format_size(value)}`"
     if isinstance(value, bool):
         return "`true`" if value else "`false`"
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return "`[" + ", ".join(value) + "]`"
     if isinstance(value, list | dict):
         return "`[]`" if isinstance(value, list) else "`{}`"
     return f"`{value}`"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import subprocess
@@ -12,8 +13,11 @@ from textwrap import dedent, indent
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from usher import config as config_module
 from usher.balancing import registered_names
 from usher.config import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -118,6 +122,8 @@ def test_full_config_reads_every_key() -> None:
     assert public.accept_proxy_protocol and not plain.accept_proxy_protocol
     assert public.tls is not None and public.tls.client_ca == "clients-ca.pem"
     assert (public.tls.client_auth, public.tls.client_cert_header) == ("optional", "X-Client-DN")
+    assert (public.tls.min_version, public.tls.ciphers) == ("1.2", "ECDHE+AESGCM:ECDHE+CHACHA20")
+    assert (public.tls.curves, public.tls.hsts) == (["X25519", "P-256"], 365 * 86400)
     assert (db.protocol, dns.protocol, edge.protocol) == ("tcp", "udp", "tls_passthrough")
     assert dns.max_sessions == 500 and edge.zero_copy and not db.zero_copy
     assert edge.routes[0].match is not None and edge.routes[0].match.sni == "*.example.com"
@@ -362,6 +368,8 @@ def pool(body: str) -> str:
     return head + indent(dedent(body).strip(), "    ") + "\n"
 
 
+HTTPS = "protocol: https\ntls:\n  certificates: [{cert: a.pem, key: a.key}]"
+
 BAD_FILES = {
     "unknown key": (
         pool("backends: [{address: 127.0.0.1:9001, wieght: 2}]"),
@@ -542,6 +550,56 @@ BAD_FILES = {
         ),
         "listeners[0].tls.certificates[0].sni[0]",
         "invalid host name 'a..b' (expected e.g. example.com, *.example.com)",
+    ),
+    "bad cipher string": (
+        listener(f"{HTTPS}\n  ciphers: 'ECDHE+AESGCM:ECDHE-RSA-AES-NONE'\npool: web"),
+        "listeners[0].tls.ciphers",
+        "'ECDHE-RSA-AES-NONE' names no cipher suite OpenSSL knows (see `openssl ciphers`)",
+    ),
+    "cipher string selecting nothing": (
+        listener(f"{HTTPS}\n  ciphers: '!ALL'\npool: web"),
+        "listeners[0].tls.ciphers",
+        "'!ALL' leaves no TLS 1.2 cipher suite",
+    ),
+    "a TLS 1.3 suite in ciphers": (
+        listener(f"{HTTPS}\n  ciphers: TLS_AES_128_GCM_SHA256\npool: web"),
+        "listeners[0].tls.ciphers",
+        "'TLS_AES_128_GCM_SHA256' is a TLS 1.3 suite: `ciphers` sets TLS 1.2 suites only",
+    ),
+    "ciphers with TLS 1.3 only": (
+        listener(f"{HTTPS}\n  min_version: '1.3'\n  ciphers: ECDHE+AESGCM\npool: web"),
+        "listeners[0].tls.ciphers",
+        'sets TLS 1.2 suites: not with min_version "1.3"',
+    ),
+    "unknown curve": (
+        listener(f"{HTTPS}\n  curves: [X25519, curve9000]\npool: web"),
+        "listeners[0].tls.curves[1]",
+        "unknown curve 'curve9000' (e.g. X25519, prime256v1, secp384r1)",
+    ),
+    "repeated curve": (
+        listener(f"{HTTPS}\n  curves: [X25519, x25519]\npool: web"),
+        "listeners[0].tls.curves",
+        "each curve may be listed once",
+    ),
+    "no curves": (
+        listener(f"{HTTPS}\n  curves: []\npool: web"),
+        "listeners[0].tls.curves",
+        "needs at least 1 item",
+    ),
+    "TLS 1.1": (
+        listener(f"{HTTPS}\n  min_version: 1.1\npool: web"),
+        "listeners[0].tls.min_version",
+        "must be one of: 1.2, 1.3",
+    ),
+    "bad hsts": (
+        listener(f"{HTTPS}\n  hsts: forever\npool: web"),
+        "listeners[0].tls.hsts",
+        "invalid max age 'forever' (use e.g. 1y, 180d, 12h)",
+    ),
+    "hsts on http": (
+        listener("tls: {certificates: [{cert: a.pem, key: a.key}], hsts: 1y}\npool: web"),
+        "listeners[0].tls",
+        "only allowed with protocol https",
     ),
     "listener with neither routes nor pool": (
         listener("routes: []"),
@@ -1104,3 +1162,61 @@ def test_encoded_slashes_is_an_http_listener_option() -> None:
         parse_config(listener % ("http", "encoded_slashes: allow") + pools)
     with pytest.raises(ConfigError, match="encoded_slashes: works on HTTP requests"):
         parse_config(listener % ("tcp", "encoded_slashes: decode") + pools)
+
+
+# --- Addresses: the published pattern and the parser agree -------------------------------------
+
+_ADDRESS_CHARS = "0123456789abcdefABCDEF:.[]%_-xyz K\n"
+
+
+def _ipv6_texts() -> st.SearchStrategy[str]:
+    def forms(number: int, tail: int, upper: bool) -> list[str]:
+        address = ipaddress.IPv6Address(number)
+        v4 = ipaddress.IPv4Address(tail)
+        texts = [address.compressed, address.exploded, f"::{v4}", f"::ffff:{v4}"]
+        texts.append(address.exploded.rsplit(":", 2)[0] + f":{v4}")
+        return [t.upper() if upper else t for t in texts]
+
+    numbers = st.one_of(st.integers(0, 2**128 - 1), st.integers(0, 2**32), st.just(0))
+    lists = st.builds(forms, numbers, st.integers(0, 2**32 - 1), st.booleans())
+    return lists.flatmap(st.sampled_from)
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(st.from_regex(config_module._ADDRESS_PATTERN, fullmatch=True))
+def test_every_address_the_listener_pattern_allows_parses(text: str) -> None:
+    parse_address(text)
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(st.from_regex(config_module._BACKEND_ADDRESS_PATTERN, fullmatch=True))
+def test_every_address_the_backend_pattern_allows_parses(text: str) -> None:
+    parse_address(text, allow_port_zero=False)
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(
+    st.one_of(
+        st.text(_ADDRESS_CHARS, max_size=24),
+        st.builds("[{}]:{}".format, _ipv6_texts(), st.integers(0, 70000)),
+        st.builds("{}:{}".format, st.text(_ADDRESS_CHARS, max_size=12), st.integers(0, 70000)),
+        st.text(max_size=12),
+    )
+)
+def test_every_address_that_parses_matches_the_patterns(text: str) -> None:
+    try:
+        address = parse_address(text)
+    except ValueError:
+        assert not re.search(config_module._ADDRESS_PATTERN, text) or text.endswith("\n")
+        return
+    assert re.search(config_module._ADDRESS_PATTERN, text)
+    assert bool(re.search(config_module._BACKEND_ADDRESS_PATTERN, text)) == (address.port > 0)
+
+
+@pytest.mark.parametrize(
+    "text", ["127.0.0.1:080", " 127.0.0.1:80", "[fe80::1%eth 0]:80", "\u212a.example:80"]
+)
+def test_addresses_the_pattern_refuses_are_refused(text: str) -> None:
+    assert not re.search(config_module._ADDRESS_PATTERN, text)
+    with pytest.raises(ValueError, match="expected host:port"):
+        parse_address(text)

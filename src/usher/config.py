@@ -33,6 +33,12 @@ from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from usher.balancing import registered_names
 from usher.errors import ConfigError, ConfigIssue
+from usher.tls_profile import (
+    DEFAULT_CURVES,
+    INTERMEDIATE_CIPHERS,
+    check_cipher_string,
+    check_curves,
+)
 
 __all__ = [
     "DEFAULT_ALGORITHM",
@@ -68,20 +74,25 @@ __all__ = [
     "ListenerLimits",
     "ListenerTimeouts",
     "ListenerTls",
+    "MaxAge",
     "PassiveHealth",
     "PoolConfig",
     "PoolTimeouts",
+    "PositiveInteger",
     "Redirect",
     "Retries",
     "Route",
     "RouteMatch",
     "SplitTarget",
     "TlsCertificate",
+    "backend_address_schema",
     "config_schema",
+    "duration_pattern",
     "load_config",
     "parse_address",
     "parse_config",
     "parse_duration",
+    "parse_max_age",
     "parse_size",
 ]
 
@@ -271,7 +282,49 @@ _PLAIN = re.compile(r"([^:\[\]\s]+):([0-9]{1,5})")
 _HOSTNAME = re.compile(
     r"(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*"
 )
-_ADDRESS_PATTERN = r"^(\[[0-9A-Fa-f:.]+(%[A-Za-z0-9_.-]+)?\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$"
+_ZONE = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _address_pattern(port: str) -> str:
+    """A regular expression for exactly the `host:port` texts `parse_address` takes, in the
+    subset of syntax Python and JSON Schema (ECMA 262) read alike, for the published schemas.
+    `_check_address_text` holds the parser to it."""
+    hextet = "[0-9A-Fa-f]{1,4}"
+    octet = "(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+    ipv4 = rf"{octet}(\.{octet}){{3}}"
+    # What ipaddress.IPv6Address reads: 8 groups, or 6 and an IPv4 tail; `::` stands for 1+.
+    forms = [rf"({hextet}:){{7}}{hextet}", rf"({hextet}:){{6}}{ipv4}"]
+    for left in range(8):
+        head = "" if left == 0 else hextet + (rf"(:{hextet}){{{left - 1}}}" if left > 1 else "")
+        right = 7 - left
+        tail = "" if right == 0 else rf"({hextet}(:{hextet}){{0,{right - 1}}})?"
+        forms.append(f"{head}::{tail}")
+        if left <= 5:
+            forms.append(f"{head}::({hextet}:){{0,{5 - left}}}{ipv4}")
+    ipv6 = "(" + "|".join(forms) + ")(%[A-Za-z0-9_.-]+)?"
+    label = "[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+    # A name has a character no IPv4 address has; digits and dots alone must be an IPv4.
+    name = rf"(?=[^:]{{1,253}}:)(?=[^:]*[A-Za-z_-]){label}(\.{label})*"
+    return rf"^(\[{ipv6}\]|{ipv4}|{name}):{port}$"
+
+
+_PORT_TEXT = "(0|[1-9][0-9]{0,4})"  # no leading zeros; the range is checked on the number
+_PORT_PATTERN = (
+    "(0|[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+)
+_ADDRESS_TEXT = re.compile(_address_pattern(_PORT_TEXT))
+_ADDRESS_PATTERN = _address_pattern(_PORT_PATTERN)
+_BACKEND_ADDRESS_PATTERN = _address_pattern(_PORT_PATTERN.replace("(0|", "(", 1))
+
+
+def duration_pattern() -> str:
+    """The JSON Schema pattern of a duration written as text."""
+    return _DURATION_PATTERN
+
+
+def backend_address_schema() -> dict[str, str]:
+    """The JSON Schema of a backend's `host:port` (port 1..65535)."""
+    return dict(_BACKEND_ADDRESS_SCHEMA)
 
 
 def parse_address(value: object, *, allow_port_zero: bool = True) -> HostPort:
@@ -285,16 +338,18 @@ def parse_address(value: object, *, allow_port_zero: bool = True) -> HostPort:
 
 def _parse_host_port(value: object) -> HostPort:
     bad = ValueError(f"invalid address {value!r} (expected host:port, [v6]:port for IPv6)")
-    if not isinstance(value, str):
+    # ASCII only: "\u212a".lower() is a "k", and no schema pattern would see it as one.
+    if not isinstance(value, str) or not value.isascii():
         raise bad
-    text = value.strip()
-    if match := _BRACKETED.fullmatch(text):
+    if match := _BRACKETED.fullmatch(value):
         try:
-            host = str(ipaddress.IPv6Address(match[1]))
+            parsed = ipaddress.IPv6Address(match[1])
         except ValueError:
             raise bad from None
-        return HostPort(host, int(match[2]))
-    if match := _PLAIN.fullmatch(text):
+        if parsed.scope_id is not None and not _ZONE.fullmatch(parsed.scope_id):
+            raise bad
+        address = HostPort(str(parsed), int(match[2]))
+    elif match := _PLAIN.fullmatch(value):
         host = match[1].lower()
         if re.fullmatch(r"[0-9.]+", host):
             try:
@@ -303,8 +358,14 @@ def _parse_host_port(value: object) -> HostPort:
                 raise bad from None
         elif not _HOSTNAME.fullmatch(host):
             raise bad
-        return HostPort(host, int(match[2]))
-    raise bad
+        address = HostPort(host, int(match[2]))
+    else:
+        raise bad
+    # The published pattern is the last word (no leading zeros in the port, say), so that what
+    # the schema refuses is refused here too; the range is checked by the caller.
+    if not _ADDRESS_TEXT.fullmatch(value):
+        raise bad
+    return address
 
 
 def _parse_backend_address(value: object) -> HostPort:
@@ -326,6 +387,38 @@ Duration = Annotated[
 ]
 """Seconds, written `250ms`, `5s`, `2m`, `1h` or as a plain number of seconds."""
 
+# Days and years, for what lasts that long: a year is 365 days, as HSTS's max-age=31536000.
+_LONG_UNITS = {"d": 86400, "y": 365 * 86400}
+_LONG = re.compile(r"([0-9]+)(d|y)")
+
+
+def parse_max_age(value: object) -> int:
+    """Whole seconds from `"1y"` (365 days), `"180d"` or anything `parse_duration` reads."""
+    if isinstance(value, str) and (match := _LONG.fullmatch(value.strip())):
+        return int(match[1]) * _LONG_UNITS[match[2]]
+    try:
+        return int(parse_duration(value))
+    except ValueError:
+        raise ValueError(f"invalid max age {value!r} (use e.g. 1y, 180d, 12h)") from None
+
+
+MaxAge = Annotated[
+    int,
+    BeforeValidator(parse_max_age),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^[0-9]+(d|y)$"},
+                {"type": "string", "pattern": _DURATION_PATTERN},
+                {"type": "number", "minimum": 0},
+            ],
+            "description": "A long duration in whole seconds: 1y (365 days), 180d, 12h, or "
+            "anything a duration takes.",
+        }
+    ),
+]
+"""Whole seconds, written `1y` (365 days), `180d` or as a `Duration`."""
+
 ByteSize = Annotated[
     int,
     BeforeValidator(parse_size),
@@ -344,7 +437,14 @@ ByteSize = Annotated[
 _ADDRESS_SCHEMA = {
     "type": "string",
     "pattern": _ADDRESS_PATTERN,
-    "description": "host:port, or [v6]:port for IPv6.",
+    "description": "host:port, or [v6]:port for IPv6: a host name, an IPv4 address or a "
+    "bracketed IPv6 address, and a port 0..65535 (0: any free port) without leading zeros.",
+}
+_BACKEND_ADDRESS_SCHEMA = {
+    "type": "string",
+    "pattern": _BACKEND_ADDRESS_PATTERN,
+    "description": "host:port, or [v6]:port for IPv6: a host name, an IPv4 address or a "
+    "bracketed IPv6 address, and a port 1..65535 without leading zeros.",
 }
 
 # A plain validator, not a before one: HostPort is a dataclass, and pydantic would otherwise
@@ -361,7 +461,7 @@ BackendAddress = Annotated[
     HostPort,
     PlainValidator(_parse_backend_address),
     PlainSerializer(str, return_type=str, when_used="json"),
-    WithJsonSchema(_ADDRESS_SCHEMA),
+    WithJsonSchema(_BACKEND_ADDRESS_SCHEMA),
 ]
 """An `Address` that must name a real port, 1..65535."""
 
@@ -554,6 +654,45 @@ def _port(value: int) -> int:
 _Port = Annotated[int, AfterValidator(_port)]
 
 
+def _json_integer(value: object) -> object:
+    # JSON Schema's integer: 5 or 5.0, but neither true nor "5", which pydantic would convert.
+    if isinstance(value, bool | str):
+        raise ValueError(f"must be an integer, not {value!r}")
+    return value
+
+
+PositiveInteger = Annotated[int, Gt(0), BeforeValidator(_json_integer)]
+"""An integer > 0 as JSON Schema has it: `5` or `5.0`, never `true` or `"5"`."""
+
+
+def _cipher_string(value: str) -> str:
+    if problem := check_cipher_string(value):
+        raise ValueError(problem)
+    return value
+
+
+def _curve(value: str) -> str:
+    if problem := check_curves([value]):
+        raise ValueError(problem)
+    return value
+
+
+def _curve_list(value: list[str]) -> list[str]:
+    if problem := check_curves(value):
+        raise ValueError(problem)
+    return value
+
+
+def _tls_version(value: object) -> object:
+    # YAML reads an unquoted 1.2 as a number.
+    return str(value) if isinstance(value, float) else value
+
+
+_CipherString = Annotated[str, AfterValidator(_cipher_string)]
+_Curves = Annotated[list[Annotated[str, AfterValidator(_curve)]], AfterValidator(_curve_list)]
+_TlsVersion = Annotated[Literal["1.2", "1.3"], BeforeValidator(_tls_version)]
+
+
 # --- Models ------------------------------------------------------------------------------------
 
 # Issues found by `_rules` travel through pydantic under this error type, message intact.
@@ -667,6 +806,35 @@ class ListenerTls(_Model):
         "certificate's subject (RFC 4514) to the backends. Usher removes any such header sent by "
         "the client, so it cannot be forged.",
     )
+    min_version: _TlsVersion = Field(
+        default="1.2",
+        description='Oldest TLS version accepted: `"1.2"` or `"1.3"` (quoted or not).',
+    )
+    ciphers: _CipherString | None = Field(
+        default=None,
+        description="OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are OpenSSL's, all "
+        "AEAD); every name must be known to OpenSSL. null: Mozilla's intermediate profile, "
+        f"`{INTERMEDIATE_CIPHERS}` (ECDHE with AES-GCM or ChaCha20-Poly1305: no CBC, no DHE). "
+        "The client's order of preference wins.",
+    )
+    curves: _Curves = Field(
+        default=list(DEFAULT_CURVES),
+        min_length=1,
+        description="Key-exchange groups accepted, for TLS 1.2 and 1.3, as OpenSSL names "
+        "them (X25519, prime256v1 or P-256, secp384r1 or P-384, X448, secp521r1, ffdhe2048...).",
+    )
+    hsts: MaxAge | None = Field(
+        default=None,
+        description="Add `Strict-Transport-Security: max-age=N` (N: this in whole seconds, e.g. "
+        "`1y`) to every response of this listener, replacing a backend's own. null: none.",
+    )
+
+    @classmethod
+    def _rules(cls, data: Mapping[str, Any]) -> list[_Problem]:
+        version = _tls_version(_get(data, "min_version"))
+        if _get(data, "ciphers") is not None and version == "1.3":
+            return [(("ciphers",), 'sets TLS 1.2 suites: not with min_version "1.3"')]
+        return []
 
     def default_certificate(self) -> TlsCertificate:
         """The certificate for clients whose server name matches no `sni` list."""
@@ -1194,18 +1362,22 @@ def _route_rules(data: Mapping[str, Any], protocol: str) -> list[_Problem]:
 
 
 class BackendConfig(_Model):
-    """One server of a pool."""
+    """One server of a pool; also the body of the admin API's POST of a backend.
+
+    Strict types: `backup: 0` or `weight: "5"` are refused rather than read as `false` and 5,
+    as the published schema (boolean, integer) says."""
 
     address: BackendAddress = Field(description="host:port of the server (port 1..65535).")
-    weight: int = Field(
-        default=DEFAULT_BACKEND_WEIGHT, gt=0, description="Relative share of the traffic."
+    weight: PositiveInteger = Field(
+        default=DEFAULT_BACKEND_WEIGHT, description="Relative share of the traffic."
     )
     backup: bool = Field(
-        default=False, description="Only used when no non-backup backend is available."
+        default=False,
+        strict=True,
+        description="Only used when no non-backup backend is available: `true` or `false`.",
     )
-    max_connections: int | None = Field(
+    max_connections: PositiveInteger | None = Field(
         default=None,
-        gt=0,
         description=(
             "Most requests in flight to this backend (per worker process); more wait in the "
             "pool's `queue` (or get 503 without one). null: no limit."

@@ -14,14 +14,15 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from usher.errors import ConfigError, ConfigIssue
+from usher.tls_profile import GroupsUnreachable, set_server_protocol
 
 if TYPE_CHECKING:
     from usher.config import ListenerTls, PoolConfig, UpstreamTls
 
 
-def _context(cert: str, key: str, tls: ListenerTls) -> ssl.SSLContext:
+def _context(cert: str, key: str, tls: ListenerTls, path: str) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    _set_protocol(ctx, tls, path)
     ctx.set_alpn_protocols(["http/1.1"])
     ctx.load_cert_chain(cert, key)
     if tls.client_ca is not None:
@@ -29,6 +30,15 @@ def _context(cert: str, key: str, tls: ListenerTls) -> ssl.SSLContext:
         ctx.load_verify_locations(cafile=tls.client_ca)
     ctx.verify_mode = _verify_mode(tls)
     return ctx
+
+
+def _set_protocol(ctx: ssl.SSLContext, tls: ListenerTls, path: str) -> None:
+    try:
+        set_server_protocol(
+            ctx, min_version=tls.min_version, ciphers=tls.ciphers, curves=tls.curves
+        )
+    except GroupsUnreachable as exc:  # the default curves too: say so rather than crash
+        raise ConfigError([ConfigIssue(f"{path}.curves", str(exc))]) from None
 
 
 def _verify_mode(tls: ListenerTls) -> ssl.VerifyMode:
@@ -47,19 +57,22 @@ class ServerTls:
     def __init__(self, tls: ListenerTls, path: str) -> None:
         self._default, self._exact, self._wildcard = self._load(tls, path)
         # The listening context trusts no client CA of its own: each handshake is moved to a
-        # context of the latest load. What stays with the connection is only what OpenSSL
-        # copies when the connection is created: the verify mode.
+        # context of the latest load. What stays with the connection is what OpenSSL copies
+        # when the connection is created: the verify mode, and the versions, ciphers and
+        # groups (the SNI switch keeps the connection's), so these are set here too.
         first = tls.certificates[0]
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        _set_protocol(self.context, tls, path)
         self.context.set_alpn_protocols(["http/1.1"])
         self.context.load_cert_chain(first.cert, first.key)
         self.context.verify_mode = _verify_mode(tls)
         self.context.sni_callback = self._choose
 
     def update(self, tls: ListenerTls, path: str) -> None:
-        """Take new certificates (a reload); raises ConfigError and changes nothing if one fails."""
+        """Take new certificates and settings (a reload) for the connections accepted from now
+        on; raises ConfigError and changes nothing if a file fails to load."""
         default, exact, wildcard = self._load(tls, path)
+        _set_protocol(self.context, tls, path)
         self.context.verify_mode = _verify_mode(tls)
         self._default, self._exact, self._wildcard = default, exact, wildcard
 
@@ -83,7 +96,7 @@ class ServerTls:
         first: ssl.SSLContext | None = None
         for i, certificate in enumerate(tls.certificates):
             try:
-                ctx = _context(certificate.cert, certificate.key, tls)
+                ctx = _context(certificate.cert, certificate.key, tls, path)
             except (OSError, ssl.SSLError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 issues.append(

@@ -214,6 +214,18 @@ async def test_added_backend_takes_the_options_given(start: Start, backends: Any
         ({"weight": 2}, "address"),
         ({"address": "127.0.0.1:9004", "max_connections": 0}, "max_connections"),
         ({"address": "127.0.0.1:9004", "colour": "red"}, "colour"),
+        # Strict JSON types: the schema says boolean and integer, and means it.
+        ({"address": "127.0.0.1:9004", "backup": 0}, "backup"),
+        ({"address": "127.0.0.1:9004", "backup": 1}, "backup"),
+        ({"address": "127.0.0.1:9004", "backup": "true"}, "backup"),
+        ({"address": "127.0.0.1:9004", "weight": True}, "weight"),
+        ({"address": "127.0.0.1:9004", "weight": "5"}, "weight"),
+        ({"address": "127.0.0.1:9004", "max_connections": "5"}, "max_connections"),
+        # The address pattern of the schema is the parser's.
+        ({"address": "127.0.0.1:09004"}, "address"),
+        ({"address": " 127.0.0.1:9004"}, "address"),
+        ({"address": "[fe80::1%eth 0]:9004"}, "address"),
+        ({"address": "1.2.3:9004"}, "address"),
     ],
 )
 async def test_add_refuses_bad_values_naming_the_field(
@@ -250,6 +262,66 @@ async def test_add_to_an_unknown_pool_or_twice(start: Start, backends: Any) -> N
     duplicate = {"address": a.address.replace("127.0.0.1", "127.000.0.1")}
     assert_error(await api.post("/api/pools/web/backends", json=duplicate), 400, "address")
     assert_error(await api.post("/api/pools/web/backends", json={"address": a.address}), 409)
+
+
+async def test_addresses_the_schema_allows_are_accepted(start: Start, backends: Any) -> None:
+    servers = await backends(1)
+    _, api = await start(simple_config({"web": pool_of(*servers)}))
+    for address, shown in [
+        ("[::ffff:10.0.0.1]:80", "[::ffff:a00:1]:80"),
+        ("[FE80::1%eth0]:443", "[fe80::1%eth0]:443"),
+        ("Backend_1.Internal:65535", "backend_1.internal:65535"),
+        ("10.0.0.1:1", "10.0.0.1:1"),
+    ]:
+        response = await api.post("/api/pools/web/backends", json={"address": address})
+        assert response.status_code == 201, response.text
+        assert response.json()["address"] == shown
+    listed = await api.get("/api/pools/web/backends")
+    assert listed.status_code == 200
+    assert [b["address"] for b in listed.json()][1:] == [
+        "[::ffff:a00:1]:80",
+        "[fe80::1%eth0]:443",
+        "backend_1.internal:65535",
+        "10.0.0.1:1",
+    ]
+    assert_error(await api.get("/api/pools/nope/backends"), 404, "nope")
+
+
+async def test_openapi_publishes_the_formats(start: Start, backends: Any) -> None:
+    servers = await backends(1)
+    _, api = await start(simple_config({"web": pool_of(*servers)}))
+    schema = (await api.get("/openapi.json")).json()
+    body = schema["components"]["schemas"]["BackendConfig"]["properties"]
+    assert body["address"]["pattern"].startswith("^(")
+    assert body["address"]["description"]
+    assert body["backup"]["type"] == "boolean"
+    item = schema["paths"]["/api/pools/{pool}/backends/{address}"]
+    (address,) = [p for p in item["delete"]["parameters"] if p["name"] == "address"]
+    assert address["schema"]["pattern"] == body["address"]["pattern"]
+    (timeout,) = [p for p in item["delete"]["parameters"] if p["name"] == "timeout"]
+    text = next(s for s in timeout["schema"]["anyOf"] if s.get("type") == "string")
+    assert text["pattern"].startswith("^") and "ms|s|m|h" in text["pattern"]
+
+
+async def test_options_and_405_list_every_method_of_the_resource(
+    start: Start, backends: Any
+) -> None:
+    (a,) = await backends(1)
+    _, api = await start(simple_config({"web": pool_of(a)}))
+    backend = f"/api/pools/web/backends/{a.address}"
+    for path, allow in [
+        (backend, "DELETE, OPTIONS, PATCH"),
+        ("/api/pools/web/backends", "GET, OPTIONS, POST"),
+        ("/api/pools/web", "GET, OPTIONS"),
+        ("/api/reload", "OPTIONS, POST"),
+    ]:
+        options = await api.options(path)
+        assert (options.status_code, options.headers["allow"]) == (204, allow), path
+        not_allowed = await api.put(path)
+        assert_error(not_allowed, 405)
+        assert not_allowed.headers["allow"] == allow
+    assert_error(await api.options("/api/nothing"), 404)
+    assert (await backend_view(api, a.address))["state"] == "healthy"
 
 
 # Changing
@@ -320,6 +392,8 @@ async def test_drain_via_patch_lets_requests_in_flight_finish(start: Start, back
         ({"weight": None, "state": None}, 400, ["weight", "state"]),
         ({"weight": 0}, 400, ["weight"]),
         ({"weight": 2.5}, 400, ["weight"]),
+        ({"weight": True}, 400, ["weight"]),
+        ({"weight": "2"}, 400, ["weight"]),
         ({"state": "sleeping"}, 400, ["state"]),
         ({"state": "healthy"}, 400, ["state"]),
         ({"wieght": 2}, 400, ["wieght"]),
@@ -482,7 +556,7 @@ async def test_every_error_is_json_with_an_error_key(start: Start, backends: Any
     assert_error(await api.get("/nothing/at/all"), 404)
     not_allowed = await api.put("/api/pools")
     assert_error(not_allowed, 405)
-    assert "GET" in not_allowed.headers["allow"]
+    assert not_allowed.headers["allow"] == "GET, OPTIONS"
     assert_error(await api.post("/api/pools/web/backends/127.0.0.1:1"), 405)
 
 

@@ -20,10 +20,14 @@ import uvloop
 import yaml
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import (
+    allow_header_conformance,
     content_type_conformance,
+    negative_data_rejection,
     not_a_server_error,
+    positive_data_acceptance,
     response_schema_conformance,
     status_code_conformance,
+    unsupported_method,
 )
 
 from tests.conftest import pool_of, simple_config
@@ -128,5 +132,10 @@ def test_admin_api_never_fails_on_any_input(case: schemathesis.Case, admin_url: 
             status_code_conformance,
             content_type_conformance,
             response_schema_conformance,
+            # What the schema allows is accepted and what it does not is refused.
+            positive_data_acceptance,
+            negative_data_rejection,
+            unsupported_method,
+            allow_header_conformance,
         ],
     )

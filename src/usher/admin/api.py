@@ -18,12 +18,20 @@ from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from usher import __version__
-from usher.config import BackendConfig, Duration, parse_address
+from usher.config import (
+    BackendConfig,
+    PositiveInteger,
+    backend_address_schema,
+    duration_pattern,
+    parse_address,
+    parse_duration,
+)
 from usher.errors import ChangeError, ConfigError, UsherError
 from usher.metrics import render
 from usher.pool import State
@@ -126,7 +134,7 @@ class BackendChange(BaseModel):
         json_schema_extra={"minProperties": 1, "examples": [{"weight": 5}, {"state": "draining"}]},
     )
 
-    weight: Annotated[int, Field(gt=0)] | None = Field(
+    weight: PositiveInteger | None = Field(
         default=None, description="Relative share of the traffic, as in the config file."
     )
     state: State | None = Field(
@@ -151,11 +159,34 @@ PoolName = Annotated[
     str, PathParam(description="A pool's name, as in the config file.", examples=["web"])
 ]
 # The default converter takes anything but "/", so host:port and [v6]:port (URL-encoded) pass.
+# One that does not parse names no backend: 404, as for any other unknown backend.
 BackendAddress = Annotated[
     str,
+    WithJsonSchema(backend_address_schema()),
     PathParam(
         description="host:port of the backend; [v6]:port (URL-encoded) for IPv6.",
         examples=["127.0.0.1:9001"],
+    ),
+]
+
+
+def _query_duration(value: object) -> float:
+    # A query value is always text: exactly the schema's pattern, without the config file's
+    # tolerance for surrounding spaces.
+    if isinstance(value, str) and value != value.strip():
+        raise ValueError(f"invalid duration {value!r} (use e.g. 250ms, 5s, 2m)")
+    return parse_duration(value)
+
+
+QueryDuration = Annotated[
+    float,
+    BeforeValidator(_query_duration),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": duration_pattern(),
+            "description": "A duration: 250ms, 5s, 2m, 1h, 1m30s, or a number of seconds.",
+        }
     ),
 ]
 
@@ -198,6 +229,18 @@ async def list_pools(balancer: BalancerDep) -> dict[str, Any]:
 @api.get("/pools/{pool}", response_model=PoolView, summary="One pool")
 async def get_pool(pool: PoolName, balancer: BalancerDep) -> dict[str, Any]:
     return balancer.pool(pool).describe(balancer.wall_offset())
+
+
+@api.get(
+    "/pools/{pool}/backends",
+    response_model=list[BackendView],
+    summary="The backends of one pool",
+)
+async def list_backends(pool: PoolName, balancer: BalancerDep) -> list[dict[str, Any]]:
+    backends: list[dict[str, Any]] = balancer.pool(pool).describe(balancer.wall_offset())[
+        "backends"
+    ]
+    return backends
 
 
 @api.post(
@@ -247,7 +290,7 @@ async def remove_backend(
     request: Request,
     balancer: BalancerDep,
     timeout: Annotated[
-        Duration | None,
+        QueryDuration | None,
         Query(
             description="How long requests in flight may take (default: the pool's "
             "drain_timeout); the backend goes either way.",
@@ -324,7 +367,25 @@ def _request_issue(error: Mapping[str, Any]) -> dict[str, Any]:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        # Starlette's Allow names the methods of the first route of the path only (PATCH, not
+        # DELETE): list every route's, and answer OPTIONS with them.
+        allow = ", ".join(_allowed_methods(request))
+        if request.method == "OPTIONS":
+            return Response(status_code=204, headers={"Allow": allow})
+        return _error(405, str(exc.detail), {"Allow": allow})
     return _error(exc.status_code, str(exc.detail), exc.headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app takes on the request's path, and OPTIONS."""
+    methods = {"OPTIONS"}
+    # The routers' own routes: the app's list holds them wrapped (FastAPI's include_router).
+    for route in [*request.app.router.routes, *public.routes, *api.routes]:
+        route_methods = getattr(route, "methods", None)
+        if route_methods and route.matches(request.scope)[0] is not Match.NONE:
+            methods.update(route_methods)
+    return sorted(methods)
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:

@@ -127,9 +127,11 @@ class HttpListener:
         workers = self.workers
         limiter = self.connection_limiter
         limiter.configure(limits.max_connections, limits.connections_per_ip, workers)
-        self.strip_response = frozenset(
-            name.lower().encode("latin-1") for name in config.strip_response_headers
-        )
+        self.hsts = _hsts_header(config)
+        strip = {name.lower().encode("latin-1") for name in config.strip_response_headers}
+        if self.hsts is not None:
+            strip.add(b"strict-transport-security")  # one policy: the listener's, not the backend's
+        self.strip_response = frozenset(strip)
         self.max_pipelined = limits.max_pipelined
         guard = ListenerGuard(
             config,
@@ -177,6 +179,14 @@ def _cert_strip(config: ListenerConfig) -> bytes | None:
     if tls is None:
         return None
     return _header_key(tls.client_cert_header.encode("latin-1"))
+
+
+def _hsts_header(config: ListenerConfig) -> tuple[bytes, bytes] | None:
+    """The Strict-Transport-Security header of every answer on an https listener with `hsts`."""
+    tls = config.tls
+    if tls is None or tls.hsts is None:
+        return None
+    return (b"Strict-Transport-Security", b"max-age=%d" % tls.hsts)
 
 
 def _header_key(name: bytes) -> bytes:
@@ -464,6 +474,8 @@ class ClientConnection(asyncio.Protocol):
             (b"Content-Type", b"text/plain; charset=utf-8"),
             (b"Content-Length", b"%d" % len(body)),
         ]
+        if self.listener.hsts is not None:
+            headers.append(self.listener.hsts)
         if not keep_alive:
             headers.append((b"Connection", b"close"))
         self.write(encode_response_head(status, reason, headers) + body)
@@ -1142,6 +1154,10 @@ class Exchange:
         )
         if self.edge is not None and self.edge.response_headers:
             headers += self.edge.response_headers
+        if self.client.listener.hsts is not None:
+            headers.append(
+                self.client.listener.hsts
+            )  # before the route's rules: they may change it
         route = self.route
         if route is not None and route.response_rules is not None:
             headers = route.response_rules.apply(headers)
@@ -1266,6 +1282,8 @@ class Exchange:
         if not self.request_done:
             self.keep_alive = False
         headers = [(b"Location", location), (b"Content-Length", b"0")]
+        if self.client.listener.hsts is not None:
+            headers.append(self.client.listener.hsts)
         if not self.keep_alive:
             headers.append((b"Connection", b"close"))
         self.client.write(encode_response_head(status, b"", headers))
