@@ -37,6 +37,7 @@ from usher.http.headers import (
     forward_response_headers,
     transfer_codings,
 )
+from usher.http.tunnel import TunnelEnds, keeps_half_open
 from usher.http.upstream import (
     PendingConnect,
     UpstreamConnection,
@@ -338,10 +339,10 @@ class ClientConnection(asyncio.Protocol):
                     return
 
     def eof_received(self) -> bool | None:
-        tunnel = self.tunnel
-        if tunnel is not None and tunnel.transport is not None and tunnel.transport.can_write_eof():
-            tunnel.transport.write_eof()
-            return True
+        exchange = self.exchange
+        if self.tunnel is not None and exchange is not None:
+            exchange.tunnel_client_eof()
+            return keeps_half_open(self.transport)
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -615,6 +616,7 @@ class Exchange:
         "t_attempt",
         "t_connect",
         "t_start",
+        "tunnel_ends",
         "tunnel_tail",
         "upstream_head",
         "upstream_time",
@@ -635,6 +637,7 @@ class Exchange:
         self.body_buffered = 0
         self.body_started = False  # some body bytes went to a backend: no more retries
         self.tunnel_tail: list[bytes] = []
+        self.tunnel_ends: TunnelEnds | None = None  # set when the tunnel starts
         self.request_done = False
         self.response_started = False
         self.response_done = False
@@ -1199,9 +1202,29 @@ class Exchange:
         self._read_activity = self.client.loop.time()
 
     def tunnel_eof(self) -> None:
-        transport = self.client.transport
-        if transport.can_write_eof():
-            transport.write_eof()
+        """The backend ended its direction of the tunnel."""
+        client = self.client
+        ends = self.tunnel_ends
+        receiver = None if client.closed else client.transport
+        if ends is None or ends.ended(from_client=False, receiver=receiver):
+            self._end_tunnel()
+
+    def tunnel_client_eof(self) -> None:
+        """The client ended its direction of the tunnel."""
+        conn = self.conn
+        ends = self.tunnel_ends
+        receiver = None if conn is None or conn.closed else conn.transport
+        if ends is None or ends.ended(from_client=True, receiver=receiver):
+            self._end_tunnel()
+
+    def _end_tunnel(self) -> None:
+        """The tunnel is over (both directions ended, or it went idle): close both sides."""
+        if self.finished:
+            return
+        self.client.close()
+        if self.conn is not None:
+            self.conn.close()
+        self._finish(True, close=True)
 
     # Answers made by usher itself
 
@@ -1252,6 +1275,7 @@ class Exchange:
             client.write(upstream_tail)
         conn.tunnel = True
         client.tunnel = conn
+        self.tunnel_ends = TunnelEnds()
         for chunk in self.tunnel_tail:
             conn.write(chunk)
         self.tunnel_tail = []
@@ -1291,11 +1315,7 @@ class Exchange:
             self._read_timer = loop.call_later(max(left, self._idle_limit()), self._read_check)
             return
         if self.client.tunnel is not None:
-            # An idle tunnel ends quietly, like a closed one.
-            self.client.close()
-            if self.conn is not None:
-                self.conn.close()
-            self._finish(True, close=True)
+            self._end_tunnel()  # an idle tunnel ends quietly, like a closed one
             return
         self._upstream_timed_out()
 

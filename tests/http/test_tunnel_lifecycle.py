@@ -1,0 +1,113 @@
+"""Upgraded (101) connections end cleanly: however a WebSocket tunnel closes, both of usher's
+sockets close and `usher_active_connections` comes back down (issue 12, item 1)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+
+from websockets.asyncio.client import connect as ws_connect
+
+from tests.conftest import pool_of, simple_config
+from tests.http.tunnel_helpers import (
+    RawWebSocket,
+    active_connections,
+    open_descriptors,
+    settled,
+    ws_frame,
+)
+
+
+async def close_normally(port: int) -> None:
+    """The WebSocket closing handshake; the backend then closes TCP first (RFC 6455 §7.1.1)."""
+    async with ws_connect(f"ws://127.0.0.1:{port}/ws", ping_interval=None) as ws:
+        await ws.send("hello")
+        assert await ws.recv() == "hello"
+
+
+async def client_aborts(port: int) -> None:
+    ws = await ws_connect(f"ws://127.0.0.1:{port}/ws", ping_interval=None)
+    await ws.send("hello")
+    assert await ws.recv() == "hello"
+    ws.transport.abort()
+    await ws.wait_closed()
+
+
+async def client_resets(port: int) -> None:
+    ws = await RawWebSocket.open(port)
+    await ws.echo(b"hello")
+    sock = ws.writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    ws.writer.transport.abort()
+
+
+async def client_half_closes(port: int) -> None:
+    """The client's EOF reaches the backend, which closes; usher then closes towards us."""
+    ws = await RawWebSocket.open(port)
+    await ws.echo(b"hello")
+    ws.writer.write_eof()
+    assert await ws.read_to_eof() == b""
+    ws.close()
+
+
+async def backend_closes_first(port: int) -> None:
+    """A frame with RSV bits set: the backend sends close 1002 and ends the connection."""
+    ws = await RawWebSocket.open(port)
+    await ws.echo(b"hello")
+    ws.writer.write(ws_frame(0x1, b"bad", rsv=0x40))
+    assert await ws.read_to_eof() == b"\x88\x02\x03\xea"
+    ws.close()
+
+
+async def both_close_at_once(port: int) -> None:
+    """A close frame and the client's FIN in one go, and the client gone without reading."""
+    ws = await RawWebSocket.open(port)
+    await ws.echo(b"hello")
+    ws.writer.write(ws_frame(0x8, b"\x03\xe8"))
+    ws.writer.write_eof()
+    ws.close()
+
+
+ENDINGS: list[Callable[[int], Awaitable[None]]] = [
+    close_normally,
+    client_aborts,
+    client_resets,
+    client_half_closes,
+    backend_closes_first,
+    both_close_at_once,
+]
+
+
+async def test_200_websocket_sessions_leave_no_descriptor_or_active_connection(backends, balancer):
+    (server,) = await backends(1)
+    lb = await balancer(simple_config({"web": pool_of(server)}))
+    await close_normally(lb.port)  # the first session loads what later ones reuse
+    descriptors, _ = await settled(lb, open_descriptors())
+    assert active_connections(lb) == 0
+    sessions = [ENDINGS[i % len(ENDINGS)] for i in range(200)]
+    for start in range(0, len(sessions), 10):
+        batch = sessions[start : start + 10]
+        await asyncio.wait_for(asyncio.gather(*(end(lb.port) for end in batch)), 30)
+    assert await settled(lb, descriptors) == (descriptors, 0.0)
+    assert lb.pools["web"].backends[0].active == 0
+    assert lb.log.getvalue().count('"GET /ws" 101') == 201
+
+
+async def test_idle_tunnels_close_both_sides_after_timeouts_tunnel(backends, balancer):
+    (server,) = await backends(1)
+    lb = await balancer(simple_config({"web": pool_of(server, timeouts={"tunnel": "300ms"})}))
+    await close_normally(lb.port)
+    descriptors, _ = await settled(lb, open_descriptors())
+    sockets = [await RawWebSocket.open(lb.port) for _ in range(20)]
+    for ws in sockets:
+        await ws.echo(b"hello")
+    assert active_connections(lb) == 20
+    # Nothing moves: usher closes each tunnel without a word, towards the client...
+    for ws in sockets:
+        assert await ws.read_to_eof(5) == b""
+        ws.close()
+    # ...and towards the backend: nothing of the 40 sockets is left.
+    assert await settled(lb, descriptors) == (descriptors, 0.0)
+    assert lb.pools["web"].backends[0].active == 0
