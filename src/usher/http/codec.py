@@ -488,6 +488,10 @@ class ResponseReader:
         version = parser.get_http_version().encode()
         if version != b"1.1" and version != b"1.0":
             self._fail(f"HTTP version {version.decode()} in a response")
+        if not 100 <= status <= 599:
+            # llhttp takes any three digits: 099 would be relayed as "99" and, being under 200,
+            # wait for a final answer that never comes (RFC 9110 §15: 100-599).
+            self._fail(f"status {status:03d} is outside 100-599")
         chunked = False
         content_length: int | None = None
         for name, value in self._headers:
