@@ -13,7 +13,13 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
-from usher.errors import ClientError, ConnectError, UpstreamError, UpstreamTimeout
+from usher.errors import (
+    ClientError,
+    ConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
 from usher.http.codec import (
     REASONS,
     Data,
@@ -38,6 +44,7 @@ from usher.http.headers import (
     transfer_codings,
 )
 from usher.http.tunnel import TunnelEnds, keeps_half_open
+from usher.http.upgrades import offers_h2c, switches_to_requested, with_h2c_settings
 from usher.http.upstream import (
     PendingConnect,
     UpstreamConnection,
@@ -156,6 +163,16 @@ class HttpListener:
     def __call__(self) -> ClientConnection:
         return ClientConnection(self)
 
+    def forwarded_upgrade(self, request: Request) -> bytes | None:
+        """The reader's upgrade filter: the Upgrade value the request's route lets through
+        (None: no upgrade, the request is read on as plain HTTP/1.1). Decided as the head is
+        parsed, so that a declined upgrade's body is read as a body, not as tunnel bytes."""
+        assert request.upgrade is not None
+        route = self.router.route(request)
+        if route is None:
+            return request.upgrade  # answered 404 without reading on
+        return route.upgrades.forwarded(request.upgrade)
+
     def drain(self) -> None:
         """Stop keeping connections alive: idle ones close now, busy ones after their answer."""
         self.draining = True
@@ -242,7 +259,7 @@ class ClientConnection(asyncio.Protocol):
         self.local = local
         self.cert_subject: bytes | None = None
         self.loop = asyncio.get_running_loop()
-        self.reader = RequestReader(listener.limits)
+        self.reader = RequestReader(listener.limits, upgrade_filter=listener.forwarded_upgrade)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set on connect
         self.client_ip = b""
         self.client_port = 0
@@ -620,6 +637,7 @@ class Exchange:
         "tunnel_tail",
         "upstream_head",
         "upstream_time",
+        "upstream_upgrade",
     )
 
     def __init__(self, client: ClientConnection, request: Request) -> None:
@@ -638,6 +656,8 @@ class Exchange:
         self.body_started = False  # some body bytes went to a backend: no more retries
         self.tunnel_tail: list[bytes] = []
         self.tunnel_ends: TunnelEnds | None = None  # set when the tunnel starts
+        # The Upgrade value forwarded: the request's, less what the route does not allow.
+        self.upstream_upgrade: bytes | None = None
         self.request_done = False
         self.response_started = False
         self.response_done = False
@@ -692,6 +712,13 @@ class Exchange:
         assert pool is not None
         edge = self.edge
         client_ip = client.client_ip if edge is None else edge.client_ip
+        if request.upgrade is not None:
+            upgrade = self.upstream_upgrade = route.upgrades.forwarded(request.upgrade)
+            if upgrade is None and request.has_body:
+                # The reader kept the upgrade for another route (a reload came in between):
+                # the body went to the tunnel bytes and cannot be forwarded as a body.
+                self.respond_error(400, "this route does not allow the upgrade asked for")
+                return
         headers = forward_request_headers(
             request.headers,
             version=request.version,
@@ -699,9 +726,11 @@ class Exchange:
             client_ip=client.client_ip,
             scheme=listener.scheme,
             chunked=request.chunked,
-            upgrade=request.upgrade,
+            upgrade=self.upstream_upgrade,
             real_ip=client_ip,
         )
+        if offers_h2c(self.upstream_upgrade):
+            headers = with_h2c_settings(headers, request.headers)
         cert_strip = listener.cert_strip
         if cert_strip is not None:
             # Only usher says who the client certificate names: a client's own copy goes,
@@ -1038,6 +1067,12 @@ class Exchange:
                             self.continued = True
                             self.open_body_clock()  # the client was told to send the body
                     continue
+                if event.status == 101 and not switches_to_requested(
+                    self.upstream_upgrade, event.headers
+                ):
+                    self._flush(out)  # interim answers before it, if any
+                    self._unasked_switch()
+                    return
                 if self._retry_on_status(event):
                     return
                 out.append(self._response_head(event))
@@ -1070,6 +1105,16 @@ class Exchange:
             client.transport.write(out[0])
         else:
             client.transport.writelines(out)
+
+    def _unasked_switch(self) -> None:
+        """A 101 to a request that asked for no upgrade, or for another protocol: relaying it
+        would turn the connection into a raw tunnel past every rule. The backend is wrong
+        (502), and what it sends after the 101 is never read."""
+        conn = self.conn
+        if conn is not None:
+            conn.user = None
+            conn.close()
+        self.upstream_failed(UpstreamProtocolError("a 101 switching to a protocol not asked for"))
 
     def _retry_on_status(self, response: Response) -> bool:
         """Drop this answer and try another backend, when the pool retries its status."""
@@ -1106,7 +1151,7 @@ class Exchange:
         request = self.request
         status = response.status
         self.status = status
-        upgrade = status == 101 and request.upgrade is not None
+        upgrade = status == 101 and self.upstream_upgrade is not None
         headers = forward_response_headers(
             response.headers,
             version=response.version,
