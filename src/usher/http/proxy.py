@@ -185,6 +185,18 @@ class HttpListener:
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
+def own_refusal(inbox: deque[Event | ClientError]) -> ClientError | None:
+    """The refusal queued for the request at the head of `inbox` itself (one that comes before
+    the request's end), if any; a refusal after its end is for a later request."""
+    for index in range(1, len(inbox)):
+        event = inbox[index]
+        if isinstance(event, ClientError):
+            return event
+        if type(event) is EndOfMessage:
+            return None
+    return None
+
+
 def _cert_strip(config: ListenerConfig) -> bytes | None:
     """The client-cert header as `_header_key` gives it, on every listener with TLS: whether or
     not it asks for certificates, a client never sets that header itself."""
@@ -413,6 +425,13 @@ class ClientConnection(asyncio.Protocol):
                 if type(event) is Request:
                     if self.exchange is not None:
                         self.block(BLOCK_PIPELINE)
+                        return
+                    refusal = own_refusal(inbox) if self.refused else None
+                    if refusal is not None:
+                        # Its own bad bytes came with its head: refused before any of it is
+                        # written to a backend (a kept-alive connection would take it at once).
+                        inbox.clear()
+                        self._refuse(refusal)
                         return
                     inbox.popleft()
                     self._cancel_read_timer()
