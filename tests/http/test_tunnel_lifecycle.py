@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import struct
 from collections.abc import Awaitable, Callable
 
+import trustme
 from websockets.asyncio.client import connect as ws_connect
 
 from tests.conftest import pool_of, simple_config
@@ -109,5 +111,38 @@ async def test_idle_tunnels_close_both_sides_after_timeouts_tunnel(backends, bal
         assert await ws.read_to_eof(5) == b""
         ws.close()
     # ...and towards the backend: nothing of the 40 sockets is left.
+    assert await settled(lb, descriptors) == (descriptors, 0.0)
+    assert lb.pools["web"].backends[0].active == 0
+
+
+async def test_tunnels_over_tls_end_cleanly_too(backends, balancer, tmp_path):
+    """A TLS side cannot be half-closed: an EOF towards it ends the tunnel instead."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "s.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "s.key"))
+    tls = {"certificates": [{"cert": str(tmp_path / "s.pem"), "key": str(tmp_path / "s.key")}]}
+    (server,) = await backends(1)
+    lb = await balancer(simple_config({"web": pool_of(server)}, protocol="https", tls=tls))
+    client_tls = ssl.create_default_context()
+    ca.configure_trust(client_tls)
+    url = f"wss://localhost:{lb.port}/ws"
+
+    async def normally() -> None:
+        async with ws_connect(url, ssl=client_tls, ping_interval=None) as ws:
+            await ws.send("hello")
+            assert await ws.recv() == "hello"
+
+    async def aborting() -> None:
+        ws = await ws_connect(url, ssl=client_tls, ping_interval=None)
+        await ws.send("hello")
+        assert await ws.recv() == "hello"
+        ws.transport.abort()
+        await ws.wait_closed()
+
+    await normally()
+    descriptors, _ = await settled(lb, open_descriptors())
+    for _ in range(10):
+        await asyncio.wait_for(asyncio.gather(normally(), aborting(), normally()), 30)
     assert await settled(lb, descriptors) == (descriptors, 0.0)
     assert lb.pools["web"].backends[0].active == 0
