@@ -146,3 +146,48 @@ async def test_tunnels_over_tls_end_cleanly_too(backends, balancer, tmp_path):
         await asyncio.wait_for(asyncio.gather(normally(), aborting(), normally()), 30)
     assert await settled(lb, descriptors) == (descriptors, 0.0)
     assert lb.pools["web"].backends[0].active == 0
+
+
+async def test_tunnels_to_a_tls_backend_end_cleanly(balancer, tmp_path, caplog):
+    """The backend's EOF over TLS ends the tunnel (TLS cannot stay half open) without asyncio's
+    warning that keeping it open has no effect."""
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("backend.internal").configure_cert(server_tls)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+
+    async def switch_then_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n"
+        )
+        while (data := await reader.read(1024)) not in (b"", b"bye"):
+            writer.write(data)
+        writer.write(b"bye")
+        writer.close()  # the backend ends first
+
+    tls_backend = await asyncio.start_server(switch_then_echo, "127.0.0.1", 0, ssl=server_tls)
+    port = tls_backend.sockets[0].getsockname()[1]
+    tls = {"ca": str(tmp_path / "ca.pem"), "server_name": "backend.internal"}
+    lb = await balancer(simple_config({"web": pool_of(f"127.0.0.1:{port}", tls=tls)}))
+
+    async def session() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", lb.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        writer.write(b"ping")
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"
+        writer.write(b"bye")
+        assert await asyncio.wait_for(reader.read(), 5) == b"bye"
+        writer.close()
+
+    try:
+        await session()
+        descriptors, _ = await settled(lb, open_descriptors())
+        for _ in range(10):
+            await asyncio.gather(session(), session())
+        assert await settled(lb, descriptors) == (descriptors, 0.0)
+    finally:
+        tls_backend.close()
+    assert "has no effect when using ssl" not in caplog.text

@@ -9,7 +9,7 @@ import gc
 from websockets.asyncio.client import connect as ws_connect
 
 from tests.conftest import pool_of, simple_config
-from tests.http.tunnel_helpers import active_connections, open_descriptors, rss_bytes, settled
+from tests.http.tunnel_helpers import open_descriptors, rss_bytes, settled
 
 SESSIONS = 2000
 CONCURRENCY = 25  # sessions open at once
