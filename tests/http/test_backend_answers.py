@@ -20,8 +20,9 @@ async def test_a_status_outside_100_to_599_is_answered_502(raw_backend, balancer
 
     port = await raw_backend(odd_status)
     lb = await balancer(simple_config({"web": pool_of(f"127.0.0.1:{port}")}))
-    (response,), _ = await raw_exchange(lb.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert response.status == 502
+    request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    (response,), closed = await raw_exchange(lb.port, request)
+    assert response.status == 502 and closed
     assert b"HTTP/1.1 " + status not in response.body
 
 
