@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import sys
 from importlib.resources import files
 from pathlib import Path
@@ -276,7 +277,8 @@ def default_text(hint: Any, field: FieldInfo) -> str:
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return "`[" + ", ".join(value) + "]`"
     if isinstance(value, list | dict):
-        return "`[]`" if isinstance(value, list) else "`{}`"
+        # As YAML flow would write it: ["*"] for a list that is not empty.
+        return f"`{json.dumps(value)}`"
     return f"`{value}`"
 
 

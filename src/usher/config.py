@@ -483,6 +483,15 @@ def _method(value: str) -> str:
     return value.upper()
 
 
+def _upgrade_protocol(value: str) -> str:
+    if not _TOKEN.fullmatch(value):
+        raise ValueError(
+            f"invalid upgrade protocol {value!r} (a protocol name such as websocket or h2c, "
+            "or * for any but h2c)"
+        )
+    return value.lower()
+
+
 def _server_name(value: str) -> str:
     name = value.strip().lower()
     bare = name[2:] if name.startswith("*.") else name
@@ -535,6 +544,7 @@ def _pool_name(value: str) -> str:
 
 
 _HeaderName = Annotated[str, AfterValidator(_header_name)]
+_UpgradeProtocol = Annotated[str, AfterValidator(_upgrade_protocol)]
 
 Rate = Annotated[
     float,
@@ -1084,6 +1094,13 @@ class Route(_Model):
     filter_tag_header: _HeaderName = Field(
         default=DEFAULT_FILTER_TAG_HEADER,
         description="The request header `tag` rules add their names to.",
+    )
+    upgrades: list[_UpgradeProtocol] = Field(
+        default=["*"],
+        description="The protocols a request may upgrade to (`Upgrade` header, e.g. websocket): "
+        '`*` is any protocol but h2c, which must be listed by name (`["*", h2c]`), because its '
+        "tunnel would carry HTTP/2 requests past routing and filters. Other protocols are "
+        "removed from the request, which is forwarded as plain HTTP/1.1; `[]`: no upgrades.",
     )
 
     @classmethod

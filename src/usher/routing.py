@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from usher.http.headers import HeaderRules
+from usher.http.upgrades import ANY, DEFAULT_POLICY, UpgradePolicy
 
 if TYPE_CHECKING:
     from usher.config import Route as RouteConfig
@@ -101,6 +102,7 @@ class Route:
         "redirect",
         "request_rules",
         "response_rules",
+        "upgrades",
     )
 
     def __init__(self, index: int, config: RouteConfig, pools: Mapping[str, Pool]) -> None:
@@ -122,6 +124,9 @@ class Route:
         rh, sh = config.request_headers, config.response_headers
         self.request_rules = HeaderRules(rh.set, rh.remove) if rh else None
         self.response_rules = HeaderRules(sh.set, sh.remove) if sh else None
+        self.upgrades = (
+            DEFAULT_POLICY if config.upgrades == [ANY] else UpgradePolicy(config.upgrades)
+        )
 
     def rewrite_target(self, target: bytes) -> bytes:
         """The target to forward: the matched prefix replaced when the route says so."""

@@ -9,6 +9,7 @@ control bytes in headers is a parse error, which is what keeps request smuggling
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 import httptools
@@ -186,14 +187,25 @@ class RequestReader:
         "_limits",
         "_parser",
         "_pending_error",
+        "_replaying",
         "_trailer_bytes",
         "_trailers",
+        "_upgrade_filter",
         "_url",
         "upgraded",
     )
 
-    def __init__(self, limits: HeadLimits | None = None) -> None:
+    def __init__(
+        self,
+        limits: HeadLimits | None = None,
+        *,
+        upgrade_filter: Callable[[Request], bytes | None] | None = None,
+    ) -> None:
         self._limits = limits or HeadLimits()
+        # Given an upgrade request, the Upgrade value to keep, or None to decline the upgrade
+        # and read the request (and its body) as plain HTTP/1.1. None: every upgrade is kept.
+        self._upgrade_filter = upgrade_filter
+        self._replaying = False  # feeding the framing head of a declined upgrade's body
         self._parser = httptools.HttpRequestParser(self)
         self._events: list[Event] = []
         self._headers: Headers = []
@@ -233,10 +245,7 @@ class RequestReader:
         if self._after_chunk_header:
             self._trailer_bytes += len(data)
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self.upgraded = True
-            events.append(Upgraded(data[exc.args[0] :]))
+            self._parse(data)
         except httptools.HttpParserCallbackError:
             raise self._pending_error or ClientError(400, "malformed request") from None
         except httptools.HttpParserError as exc:
@@ -254,9 +263,58 @@ class RequestReader:
             raise ClientError(431, "request trailer fields too large")
         return events
 
+    def _parse(self, data: bytes) -> None:
+        base = 0  # where `data` starts in the bytes given to feed()
+        while True:
+            try:
+                self._parser.feed_data(data)
+                return
+            except httptools.HttpParserUpgrade as exc:
+                tail = data[exc.args[0] :]
+                if not self._decline_upgrade():
+                    self.upgraded = True
+                    self._events.append(Upgraded(tail))
+                    return
+                base += exc.args[0]
+                self._feed_used = base
+                data = tail
+
+    def _decline_upgrade(self) -> bool:
+        """The upgrade request just parsed is not to be upgraded (its route does not allow the
+        protocol): make it a plain request and go on parsing. httptools ended the message at
+        its head, skipping any body; a fresh parser is given a head with the same framing
+        (no Request comes of it) and then reads the body, and whatever follows, as HTTP/1.1."""
+        upgrade_filter = self._upgrade_filter
+        events = self._events
+        if upgrade_filter is None or len(events) < 2 or type(events[-1]) is not EndOfMessage:
+            return False
+        request = events[-2]
+        if type(request) is not Request:
+            return False
+        kept = upgrade_filter(request)
+        if kept is not None:
+            request.upgrade = kept
+            return False
+        request.upgrade = None
+        events.pop()  # the end comes after the body
+        if request.chunked:
+            framing = b"Transfer-Encoding: chunked\r\n"
+        else:
+            framing = b"Content-Length: %d\r\n" % (request.content_length or 0)
+        self._parser = httptools.HttpRequestParser(self)
+        self._replaying = True
+        try:
+            self._parser.feed_data(b"POST / HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n")
+        finally:
+            self._replaying = False
+        return True
+
     # httptools callbacks: they run inside feed().
 
     def on_message_begin(self) -> None:
+        if self._replaying:
+            self._in_message = True
+            return
         self._in_message = True
         self._in_head = True
         self._head_offset = self._feed_used
@@ -268,11 +326,15 @@ class RequestReader:
         self._body_size = 0
 
     def on_url(self, url: bytes) -> None:
+        if self._replaying:
+            return
         self._url += url
         if len(self._url) > self._limits.max_request_line:
             self._fail(414, "request URI too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._replaying:
+            return
         # llhttp leaves trailing whitespace in values; RFC 9112 §5.1 says it is not part of them.
         value = value.rstrip(b" \t")
         if self._in_head:
@@ -288,6 +350,8 @@ class RequestReader:
                 self._fail(431, "too many trailer fields")
 
     def on_headers_complete(self) -> None:
+        if self._replaying:
+            return  # the request was given already; the body follows
         parser = self._parser
         limits = self._limits
         version = parser.get_http_version().encode()
@@ -488,6 +552,10 @@ class ResponseReader:
         version = parser.get_http_version().encode()
         if version != b"1.1" and version != b"1.0":
             self._fail(f"HTTP version {version.decode()} in a response")
+        if not 100 <= status <= 599:
+            # llhttp takes any three digits: 099 would be relayed as "99" and, being under 200,
+            # wait for a final answer that never comes (RFC 9110 §15: 100-599).
+            self._fail(f"status {status:03d} is outside 100-599")
         chunked = False
         content_length: int | None = None
         for name, value in self._headers:

@@ -13,7 +13,13 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
-from usher.errors import ClientError, ConnectError, UpstreamError, UpstreamTimeout
+from usher.errors import (
+    ClientError,
+    ConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
 from usher.http.codec import (
     REASONS,
     Data,
@@ -38,6 +44,8 @@ from usher.http.headers import (
     transfer_codings,
 )
 from usher.http.target import authority, request_target, with_host
+from usher.http.tunnel import TunnelEnds, keeps_half_open
+from usher.http.upgrades import offers_h2c, switches_to_requested, with_h2c_settings
 from usher.http.upstream import (
     PendingConnect,
     UpstreamConnection,
@@ -160,6 +168,16 @@ class HttpListener:
     def __call__(self) -> ClientConnection:
         return ClientConnection(self)
 
+    def forwarded_upgrade(self, request: Request) -> bytes | None:
+        """The reader's upgrade filter: the Upgrade value the request's route lets through
+        (None: no upgrade, the request is read on as plain HTTP/1.1). Decided as the head is
+        parsed, so that a declined upgrade's body is read as a body, not as tunnel bytes."""
+        assert request.upgrade is not None
+        route = self.router.route(request)
+        if route is None:
+            return request.upgrade  # answered 404 without reading on
+        return route.upgrades.forwarded(request.upgrade)
+
     def drain(self) -> None:
         """Stop keeping connections alive: idle ones close now, busy ones after their answer."""
         self.draining = True
@@ -170,6 +188,18 @@ class HttpListener:
 
 # Sent by usher itself when it, not a backend, must read the body first.
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def own_refusal(inbox: deque[Event | ClientError]) -> ClientError | None:
+    """The refusal queued for the request at the head of `inbox` itself (one that comes before
+    the request's end), if any; a refusal after its end is for a later request."""
+    for index in range(1, len(inbox)):
+        event = inbox[index]
+        if isinstance(event, ClientError):
+            return event
+        if type(event) is EndOfMessage:
+            return None
+    return None
 
 
 def _cert_strip(config: ListenerConfig) -> bytes | None:
@@ -254,7 +284,7 @@ class ClientConnection(asyncio.Protocol):
         self.local = local
         self.cert_subject: bytes | None = None
         self.loop = asyncio.get_running_loop()
-        self.reader = RequestReader(listener.limits)
+        self.reader = RequestReader(listener.limits, upgrade_filter=listener.forwarded_upgrade)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set on connect
         self.client_ip = b""
         self.client_port = 0
@@ -351,10 +381,10 @@ class ClientConnection(asyncio.Protocol):
                     return
 
     def eof_received(self) -> bool | None:
-        tunnel = self.tunnel
-        if tunnel is not None and tunnel.transport is not None and tunnel.transport.can_write_eof():
-            tunnel.transport.write_eof()
-            return True
+        exchange = self.exchange
+        if self.tunnel is not None and exchange is not None:
+            exchange.tunnel_client_eof()
+            return keeps_half_open(self.transport)
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -408,6 +438,13 @@ class ClientConnection(asyncio.Protocol):
                 if type(event) is Request:
                     if self.exchange is not None:
                         self.block(BLOCK_PIPELINE)
+                        return
+                    refusal = own_refusal(inbox) if self.refused else None
+                    if refusal is not None:
+                        # Its own bad bytes came with its head: refused before any of it is
+                        # written to a backend (a kept-alive connection would take it at once).
+                        inbox.clear()
+                        self._refuse(refusal)
                         return
                     inbox.popleft()
                     self._cancel_read_timer()
@@ -630,9 +667,11 @@ class Exchange:
         "t_attempt",
         "t_connect",
         "t_start",
+        "tunnel_ends",
         "tunnel_tail",
         "upstream_head",
         "upstream_time",
+        "upstream_upgrade",
     )
 
     def __init__(self, client: ClientConnection, request: Request) -> None:
@@ -650,6 +689,9 @@ class Exchange:
         self.body_buffered = 0
         self.body_started = False  # some body bytes went to a backend: no more retries
         self.tunnel_tail: list[bytes] = []
+        self.tunnel_ends: TunnelEnds | None = None  # set when the tunnel starts
+        # The Upgrade value forwarded: the request's, less what the route does not allow.
+        self.upstream_upgrade: bytes | None = None
         self.request_done = False
         self.response_started = False
         self.response_done = False
@@ -706,6 +748,13 @@ class Exchange:
         assert pool is not None
         edge = self.edge
         client_ip = client.client_ip if edge is None else edge.client_ip
+        if request.upgrade is not None:
+            upgrade = self.upstream_upgrade = route.upgrades.forwarded(request.upgrade)
+            if upgrade is None and request.has_body:
+                # The reader kept the upgrade for another route (a reload came in between):
+                # the body went to the tunnel bytes and cannot be forwarded as a body.
+                self.respond_error(400, "this route does not allow the upgrade asked for")
+                return
         headers = forward_request_headers(
             request.headers,
             version=request.version,
@@ -713,9 +762,11 @@ class Exchange:
             client_ip=client.client_ip,
             scheme=listener.scheme,
             chunked=request.chunked,
-            upgrade=request.upgrade,
+            upgrade=self.upstream_upgrade,
             real_ip=client_ip,
         )
+        if offers_h2c(self.upstream_upgrade):
+            headers = with_h2c_settings(headers, request.headers)
         cert_strip = listener.cert_strip
         if cert_strip is not None:
             # Only usher says who the client certificate names: a client's own copy goes,
@@ -1077,6 +1128,12 @@ class Exchange:
                             self.continued = True
                             self.open_body_clock()  # the client was told to send the body
                     continue
+                if event.status == 101 and not switches_to_requested(
+                    self.upstream_upgrade, event.headers
+                ):
+                    self._flush(out)  # interim answers before it, if any
+                    self._unasked_switch()
+                    return
                 if self._retry_on_status(event):
                     return
                 out.append(self._response_head(event))
@@ -1109,6 +1166,16 @@ class Exchange:
             client.transport.write(out[0])
         else:
             client.transport.writelines(out)
+
+    def _unasked_switch(self) -> None:
+        """A 101 to a request that asked for no upgrade, or for another protocol: relaying it
+        would turn the connection into a raw tunnel past every rule. The backend is wrong
+        (502), and what it sends after the 101 is never read."""
+        conn = self.conn
+        if conn is not None:
+            conn.user = None
+            conn.close()
+        self.upstream_failed(UpstreamProtocolError("a 101 switching to a protocol not asked for"))
 
     def _retry_on_status(self, response: Response) -> bool:
         """Drop this answer and try another backend, when the pool retries its status."""
@@ -1145,7 +1212,7 @@ class Exchange:
         request = self.request
         status = response.status
         self.status = status
-        upgrade = status == 101 and request.upgrade is not None
+        upgrade = status == 101 and self.upstream_upgrade is not None
         headers = forward_response_headers(
             response.headers,
             version=response.version,
@@ -1245,9 +1312,29 @@ class Exchange:
         self._read_activity = self.client.loop.time()
 
     def tunnel_eof(self) -> None:
-        transport = self.client.transport
-        if transport.can_write_eof():
-            transport.write_eof()
+        """The backend ended its direction of the tunnel."""
+        client = self.client
+        ends = self.tunnel_ends
+        receiver = None if client.closed else client.transport
+        if ends is None or ends.ended(from_client=False, receiver=receiver):
+            self._end_tunnel()
+
+    def tunnel_client_eof(self) -> None:
+        """The client ended its direction of the tunnel."""
+        conn = self.conn
+        ends = self.tunnel_ends
+        receiver = None if conn is None or conn.closed else conn.transport
+        if ends is None or ends.ended(from_client=True, receiver=receiver):
+            self._end_tunnel()
+
+    def _end_tunnel(self) -> None:
+        """The tunnel is over (both directions ended, or it went idle): close both sides."""
+        if self.finished:
+            return
+        self.client.close()
+        if self.conn is not None:
+            self.conn.close()
+        self._finish(True, close=True)
 
     # Answers made by usher itself
 
@@ -1300,6 +1387,7 @@ class Exchange:
             client.write(upstream_tail)
         conn.tunnel = True
         client.tunnel = conn
+        self.tunnel_ends = TunnelEnds()
         for chunk in self.tunnel_tail:
             conn.write(chunk)
         self.tunnel_tail = []
@@ -1339,11 +1427,7 @@ class Exchange:
             self._read_timer = loop.call_later(max(left, self._idle_limit()), self._read_check)
             return
         if self.client.tunnel is not None:
-            # An idle tunnel ends quietly, like a closed one.
-            self.client.close()
-            if self.conn is not None:
-                self.conn.close()
-            self._finish(True, close=True)
+            self._end_tunnel()  # an idle tunnel ends quietly, like a closed one
             return
         self._upstream_timed_out()
 

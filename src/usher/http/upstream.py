@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 from usher.config import DEFAULT_SEND_TIMEOUT
 from usher.errors import ConnectError, UpstreamProtocolError
 from usher.http.codec import Event, ResponseReader
+from usher.http.tunnel import keeps_half_open
 from usher.l4.accept import close_within, connect
 from usher.tls import upstream_server_name
 
@@ -110,7 +111,8 @@ class UpstreamConnection(asyncio.Protocol):
         user = self.user
         if user is not None and self.tunnel:
             user.tunnel_eof()
-            return True  # keep our half open: the client may still be sending
+            # Keep our half open, the client may still be sending (not possible over TLS).
+            return self.transport is not None and keeps_half_open(self.transport)
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
