@@ -31,6 +31,9 @@ def forward(
         scheme=scheme,
         chunked=chunked,
         upgrade=upgrade,
+        content_length=next(
+            (int(v) for n, v in headers if n.lower() == b"content-length"), None
+        ),
     )
 
 

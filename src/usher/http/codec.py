@@ -73,6 +73,7 @@ class Response:
 
     __slots__ = (
         "chunked",
+        "codings",
         "content_length",
         "headers",
         "keep_alive",
@@ -91,6 +92,7 @@ class Response:
         keep_alive: bool,
         chunked: bool,
         content_length: int | None,
+        codings: tuple[bytes, ...] = (),
     ) -> None:
         self.status = status
         self.reason = reason
@@ -99,6 +101,8 @@ class Response:
         self.keep_alive = keep_alive
         self.chunked = chunked
         self.content_length = content_length
+        # The Transfer-Encoding as `transfer_codings` reads it; chunked when it ends in chunked.
+        self.codings = codings
 
     @property
     def interim(self) -> bool:
@@ -145,6 +149,36 @@ class Upgraded:
 
 
 Event = Request | Response | Data | EndOfMessage | Upgraded
+
+
+CHUNKED: Final = b"chunked"
+
+
+def transfer_codings(headers: Headers) -> tuple[bytes, ...]:
+    """The transfer codings of a message, lower-cased, from all its Transfer-Encoding headers,
+    without the empty list elements RFC 9110 §5.6.1 says to ignore (`,chunked` is `chunked`)."""
+    codings: list[bytes] = []
+    for name, value in headers:
+        if len(name) == 17 and name.lower() == b"transfer-encoding":
+            codings.extend(c for c in (t.strip(b" \t").lower() for t in value.split(b",")) if c)
+    return tuple(codings)
+
+
+def request_framing_error(codings: tuple[bytes, ...]) -> ClientError | None:
+    """Why a request's Transfer-Encoding is refused, or None when it is plain `chunked`.
+
+    Like nginx, usher takes no transfer coding but chunked (RFC 9112 §6.1: 501 for a coding the
+    server does not understand): a backend then reads the same body usher read, whatever its
+    parser makes of `gzip, chunked`.
+    """
+    if codings == (CHUNKED,):
+        return None
+    if not codings or codings[-1] != CHUNKED:
+        return ClientError(400, "the last transfer coding of a request must be chunked")
+    if codings.count(CHUNKED) > 1:
+        return ClientError(400, "chunked is applied more than once")
+    other = b", ".join(codings[:-1]).decode("latin-1")
+    return ClientError(501, f"transfer coding {other} is not supported")
 
 
 class HeadLimits:
@@ -311,11 +345,16 @@ class RequestReader:
             elif lname == b"content-length":
                 content_length = int(value)  # llhttp has checked its digits and uniqueness
             elif lname == b"transfer-encoding":
-                chunked = True  # llhttp rejects any coding that does not end in chunked
+                chunked = True
             elif lname == b"upgrade":
                 upgrade = value
         if size > limits.max_header_size:
             self._fail(431, "request header fields too large")
+        if chunked:
+            refusal = request_framing_error(transfer_codings(self._headers))
+            if refusal is not None:
+                self._pending_error = refusal
+                raise refusal
         if hosts > 1 or (hosts == 0 and version == b"1.1"):
             self._fail(400, "a request needs exactly one Host header")
         max_body = limits.max_body_size
@@ -488,15 +527,20 @@ class ResponseReader:
         version = parser.get_http_version().encode()
         if version != b"1.1" and version != b"1.0":
             self._fail(f"HTTP version {version.decode()} in a response")
-        chunked = False
         content_length: int | None = None
+        # The status line and the header lines, as they were sent (give or take their spaces).
+        size = 17 + len(self._reason)
         for name, value in self._headers:
-            lname = name.lower()
-            if lname == b"content-length":
+            size += len(name) + len(value) + 4
+            if len(name) == 14 and name.lower() == b"content-length":
                 content_length = int(value)
-            elif lname == b"transfer-encoding":
-                # "gzip" alone (no chunked last) means the body runs to the connection's end.
-                chunked = value.rstrip().lower().endswith(b"chunked")
+        if size > MAX_RESPONSE_HEAD:
+            self._fail("response head too large")
+        codings = transfer_codings(self._headers)
+        # "gzip" or "chunked, gzip" (chunked not last) means the body runs to the connection's end.
+        chunked = bool(codings) and codings[-1] == CHUNKED
+        if codings.count(CHUNKED) > 1:
+            self._fail("chunked is applied more than once")
         no_body = self._method_head or status in (204, 304) or 100 <= status < 200
         self._chunked = chunked and not no_body
         self._content_length = 0 if no_body else content_length
@@ -514,6 +558,7 @@ class ResponseReader:
                 keep_alive=keep_alive,
                 chunked=self._chunked,
                 content_length=content_length,
+                codings=codings,
             )
         )
         if self._method_head and status >= 200:
@@ -575,6 +620,7 @@ REASONS: Final[dict[int, bytes]] = {
     429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
+    501: b"Not Implemented",
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
