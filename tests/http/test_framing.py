@@ -12,7 +12,14 @@ import pytest
 import requests
 import trustme
 
-from tests.conftest import pool_of, raw_exchange, read_request_head, read_response, simple_config
+from tests.conftest import (
+    RawResponse,
+    pool_of,
+    raw_exchange,
+    read_request_head,
+    read_response,
+    simple_config,
+)
 from tests.http.test_tls_backends import client_context, https_config
 from tests.recording_backend import RecordingBackend, forwarded
 from usher.http.codec import MAX_RESPONSE_HEAD
@@ -35,6 +42,16 @@ async def recorded_balancer(balancer: Any, recorder: RecordingBackend, **listene
 def not_ejected(lb: Any) -> bool:
     backend = lb.pools["web"].backends[0]
     return bool(backend.failures_total == 0)
+
+
+async def send(port: int, data: bytes) -> RawResponse:
+    """One write, one answer (without waiting to see whether the connection stays open)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        return await asyncio.wait_for(read_response(reader), 10)
+    finally:
+        writer.close()
 
 
 async def exchange_in_writes(port: int, *writes: bytes) -> tuple[int, bytes]:
@@ -62,7 +79,7 @@ EMPTY_CHUNKED_FORWARDED = forwarded(b"POST /x", [(b"Host", b"x")], chunked=True,
 
 async def test_empty_chunked_body_in_the_same_write_as_the_head(balancer, recorder):
     lb = await recorded_balancer(balancer, recorder)
-    (response,), _ = await raw_exchange(lb.port, CHUNKED_HEAD + b"0\r\n\r\n")
+    response = await send(lb.port, CHUNKED_HEAD + b"0\r\n\r\n")
     assert response.status == 200 and response.body == b"ok"
     assert recorder.received == EMPTY_CHUNKED_FORWARDED
     assert not_ejected(lb)
@@ -95,7 +112,7 @@ async def test_empty_chunked_body_from_requests_with_an_empty_generator(balancer
 async def test_trailers_in_the_same_write_as_the_head(balancer, recorder):
     lb = await recorded_balancer(balancer, recorder)
     body = b"0\r\nX-Checksum: 42\r\n\r\n"
-    (response,), _ = await raw_exchange(lb.port, CHUNKED_HEAD + body)
+    response = await send(lb.port, CHUNKED_HEAD + body)
     assert response.status == 200
     assert recorder.received == forwarded(b"POST /x", [(b"Host", b"x")], chunked=True, body=body)
 
@@ -103,7 +120,7 @@ async def test_trailers_in_the_same_write_as_the_head(balancer, recorder):
 async def test_content_length_body_in_the_same_write_as_the_head(balancer, recorder):
     lb = await recorded_balancer(balancer, recorder)
     head = b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n"
-    (response,), _ = await raw_exchange(lb.port, head + b"abc")
+    response = await send(lb.port, head + b"abc")
     assert response.status == 200
     expected = forwarded(b"POST /x", [(b"Host", b"x"), (b"Content-Length", b"3")], body=b"abc")
     assert recorder.received == expected
@@ -128,7 +145,7 @@ async def test_empty_chunked_body_with_a_404_in_the_same_write(balancer, recorde
 async def test_backend_sees_exactly_transfer_encoding_chunked(balancer, recorder, spelling):
     lb = await recorded_balancer(balancer, recorder)
     head = b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: " + spelling + b"\r\n\r\n"
-    (response,), _ = await raw_exchange(lb.port, head + b"3\r\nabc\r\n0\r\n\r\n")
+    response = await send(lb.port, head + b"3\r\nabc\r\n0\r\n\r\n")
     assert response.status == 200
     expected = forwarded(b"POST /x", [(b"Host", b"x")], chunked=True, body=b"3\r\nabc\r\n0\r\n\r\n")
     assert recorder.received == expected
@@ -138,7 +155,7 @@ async def test_backend_sees_exactly_transfer_encoding_chunked(balancer, recorder
 async def test_backend_sees_the_content_length_usher_parsed(balancer, recorder, spelling):
     lb = await recorded_balancer(balancer, recorder)
     head = b"POST /x HTTP/1.1\r\nHost: x\r\ncontent-length: " + spelling + b"\r\n\r\n"
-    (response,), _ = await raw_exchange(lb.port, head + b"0123456789")
+    response = await send(lb.port, head + b"0123456789")
     assert response.status == 200
     expected = forwarded(
         b"POST /x", [(b"Host", b"x"), (b"Content-Length", b"10")], body=b"0123456789"
@@ -178,7 +195,7 @@ async def test_request_trailers_usher_controls_are_dropped(balancer, recorder):
     )
     trailers = b"X-Checksum: abc\r\n" + REFUSED_TRAILERS + b"X-Request-ID: forged\r\n"
     trailers += b"X-Tenant: red\r\nx_tenant: red\r\nX-Other: 2\r\n"
-    (response,), _ = await raw_exchange(lb.port, CHUNKED_HEAD + b"0\r\n" + trailers + b"\r\n")
+    response = await send(lb.port, CHUNKED_HEAD + b"0\r\n" + trailers + b"\r\n")
     assert response.status == 200
     received = recorder.received
     head, _, body = received.partition(b"\r\n\r\n")
@@ -203,6 +220,43 @@ async def test_request_trailer_cannot_set_the_client_cert_header(
     head, _, body = recorder.received.partition(b"\r\n\r\n")
     assert b"X-Client-Cert-Subject: CN=alice" in head
     assert body == b"0\r\nX-A: 1\r\n\r\n"
+
+
+# --- Item 13: optional whitespace around chunked ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"\tchunked\t", b"chunked\t", b"chunked \t", b"\t chunked\t\t", b"CHUNKED\t", b" chunked,"],
+)
+async def test_tabs_around_chunked_are_accepted(balancer, recorder, value):
+    lb = await recorded_balancer(balancer, recorder)
+    head = b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:" + value + b"\r\n\r\n"
+    response = await send(lb.port, head + b"3\r\nabc\r\n0\r\n\r\n")
+    assert response.status == 200
+    expected = forwarded(b"POST /x", [(b"Host", b"x")], chunked=True, body=b"3\r\nabc\r\n0\r\n\r\n")
+    assert recorder.received == expected
+
+
+async def test_tab_after_chunked_then_a_pipelined_request_in_pieces(balancer, recorder):
+    # The head in small pieces, then the body and the next request: the body comes in a
+    # later read than the head (chunk sizes are usher's own, so the body is one piece).
+    lb = await recorded_balancer(balancer, recorder)
+    head = b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\t\r\n\r\n"
+    pieces = [head[i : i + 7] for i in range(0, len(head), 7)]
+    pieces.append(b"3\r\nabc\r\n0\r\n\r\nGET /y HTTP/1.1\r\nHost: x\r\n\r\n")
+    reader, writer = await asyncio.open_connection("127.0.0.1", lb.port)
+    try:
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.005)  # separate reads, most of the time
+        statuses = [(await asyncio.wait_for(read_response(reader), 10)).status for _ in range(2)]
+    finally:
+        writer.close()
+    assert statuses == [200, 200]
+    first = forwarded(b"POST /x", [(b"Host", b"x")], chunked=True, body=b"3\r\nabc\r\n0\r\n\r\n")
+    assert recorder.received == first + forwarded(b"GET /y", [(b"Host", b"x")])
 
 
 # --- Item 14: the response head limit -----------------------------------------------------------
@@ -232,9 +286,7 @@ async def test_response_head_limit_is_64_kib(raw_backend, balancer, piece, size,
 
     port = await raw_backend(answer)
     lb = await balancer(simple_config({"web": pool_of(f"127.0.0.1:{port}")}))
-    (got,), _ = await raw_exchange(
-        lb.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
+    got = await send(lb.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert got.status == status
 
 
@@ -302,6 +354,6 @@ async def test_transfer_coding_for_an_http_1_0_client_is_502(raw_backend, balanc
     head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
     port = await backend_answering(raw_backend, head + b"2\r\nhi\r\n0\r\n\r\n", close=False)
     lb = await balancer(simple_config({"web": pool_of(f"127.0.0.1:{port}")}))
-    (got,), _ = await raw_exchange(lb.port, b"GET / HTTP/1.0\r\n\r\n")
+    got = await send(lb.port, b"GET / HTTP/1.0\r\n\r\n")
     assert got.status == 502
     assert not_ejected(lb)

@@ -31,9 +31,7 @@ def forward(
         scheme=scheme,
         chunked=chunked,
         upgrade=upgrade,
-        content_length=next(
-            (int(v) for n, v in headers if n.lower() == b"content-length"), None
-        ),
+        content_length=next((int(v) for n, v in headers if n.lower() == b"content-length"), None),
     )
 
 

@@ -218,17 +218,20 @@ class RequestReader:
         "_in_head",
         "_in_message",
         "_limits",
+        "_muted",
         "_parser",
         "_pending_error",
+        "_raw_body",
         "_trailer_bytes",
         "_trailers",
+        "_unframed",
         "_url",
         "upgraded",
     )
 
     def __init__(self, limits: HeadLimits | None = None) -> None:
         self._limits = limits or HeadLimits()
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser = self._new_parser()
         self._events: list[Event] = []
         self._headers: Headers = []
         self._trailers: Headers | None = None
@@ -248,6 +251,22 @@ class RequestReader:
         self._after_chunk_header = False
         self._trailer_bytes = 0
         self.upgraded = False
+        # A chunked request whose body llhttp may not be reading as chunked (see _reframe),
+        # the bytes it took for a body running to the close, and whether the head callbacks
+        # are off (while a fresh parser is given the head again).
+        self._unframed: Request | None = None
+        self._raw_body: list[bytes] = []
+        self._muted = False
+
+    def _new_parser(self) -> httptools.HttpRequestParser:
+        parser = httptools.HttpRequestParser(self)
+        # llhttp refuses `Transfer-Encoding: chunked<TAB>` (it takes only spaces after chunked)
+        # though RFC 9110 §5.6.3 allows any optional whitespace. With this leniency it reads
+        # such a body to the close instead, and usher re-frames it (_reframe). Every other
+        # coding list is refused by on_headers_complete before llhttp reads a body byte, so
+        # nothing but plain chunked is ever taken: the strictness stays usher's.
+        parser.set_dangerous_leniencies(lenient_transfer_encoding=True)
+        return parser
 
     @property
     def idle(self) -> bool:
@@ -266,15 +285,9 @@ class RequestReader:
         self._head_offset = -1
         if self._after_chunk_header:
             self._trailer_bytes += len(data)
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self.upgraded = True
-            events.append(Upgraded(data[exc.args[0] :]))
-        except httptools.HttpParserCallbackError:
-            raise self._pending_error or ClientError(400, "malformed request") from None
-        except httptools.HttpParserError as exc:
-            raise ClientError(400, f"malformed request: {exc}") from None
+        self._parse(data)
+        while self._raw_body:
+            self._parse(self._reframe())
         limit = self._limits.max_header_size
         if self._in_head:
             # httptools holds an unfinished head whole: bound it as it grows.
@@ -288,9 +301,48 @@ class RequestReader:
             raise ClientError(431, "request trailer fields too large")
         return events
 
+    def _parse(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.upgraded = True
+            self._events.append(Upgraded(data[exc.args[0] :]))
+        except httptools.HttpParserCallbackError:
+            raise self._pending_error or ClientError(400, "malformed request") from None
+        except httptools.HttpParserError as exc:
+            raise ClientError(400, f"malformed request: {exc}") from None
+
+    def _reframe(self) -> bytes:
+        """llhttp did not see the chunked that usher saw (`chunked<TAB>`, `chunked,`) and took
+        what followed the head for a body running to the close. Give a fresh parser the head
+        as usher read it, with plain `chunked`, its callbacks off; returns the bytes the old
+        parser took, for the new one to read as the chunked body they are."""
+        request = self._unframed
+        assert request is not None
+        raw = b"".join(self._raw_body)
+        self._raw_body = []
+        self._unframed = None
+        headers = [h for h in request.headers if h[0].lower() != b"transfer-encoding"]
+        headers.append((b"Transfer-Encoding", CHUNKED))
+        head = b"%s %s HTTP/%s\r\n%s\r\n" % (
+            request.method,
+            request.target,
+            request.version,
+            encode_headers(headers),
+        )
+        self._parser = self._new_parser()
+        self._muted = True
+        try:
+            self._parser.feed_data(head)
+        finally:
+            self._muted = False
+        return raw
+
     # httptools callbacks: they run inside feed().
 
     def on_message_begin(self) -> None:
+        if self._muted:
+            return
         self._in_message = True
         self._in_head = True
         self._head_offset = self._feed_used
@@ -302,11 +354,15 @@ class RequestReader:
         self._body_size = 0
 
     def on_url(self, url: bytes) -> None:
+        if self._muted:
+            return
         self._url += url
         if len(self._url) > self._limits.max_request_line:
             self._fail(414, "request URI too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._muted:
+            return
         # llhttp leaves trailing whitespace in values; RFC 9112 §5.1 says it is not part of them.
         value = value.rstrip(b" \t")
         if self._in_head:
@@ -322,6 +378,8 @@ class RequestReader:
                 self._fail(431, "too many trailer fields")
 
     def on_headers_complete(self) -> None:
+        if self._muted:
+            return
         parser = self._parser
         limits = self._limits
         version = parser.get_http_version().encode()
@@ -364,21 +422,23 @@ class RequestReader:
         self._in_head = False
         self._head_bytes = 0
         self._feed_used += size
-        self._events.append(
-            Request(
-                method,
-                self._url,
-                version,
-                self._headers,
-                host=host,
-                keep_alive=parser.should_keep_alive(),
-                chunked=chunked,
-                content_length=content_length,
-                upgrade=upgrade if parser.should_upgrade() else None,
-            )
+        request = Request(
+            method,
+            self._url,
+            version,
+            self._headers,
+            host=host,
+            keep_alive=parser.should_keep_alive(),
+            chunked=chunked,
+            content_length=content_length,
+            upgrade=upgrade if parser.should_upgrade() else None,
         )
+        if chunked:
+            self._unframed = request  # until llhttp shows it reads chunks (on_chunk_header)
+        self._events.append(request)
 
     def on_chunk_header(self) -> None:
+        self._unframed = None
         self._after_chunk_header = True
         self._trailer_bytes = 0
 
@@ -386,6 +446,9 @@ class RequestReader:
         self._after_chunk_header = False
 
     def on_body(self, body: bytes) -> None:
+        if self._unframed is not None:
+            self._raw_body.append(body)  # not a body yet: the bytes after a head (_reframe)
+            return
         self._after_chunk_header = False
         self._feed_used += len(body)
         max_body = self._limits.max_body_size
@@ -421,6 +484,7 @@ class ResponseReader:
         "_pending_error",
         "_reason",
         "_trailers",
+        "_unframed",
         "done",
         "reusable",
     )
@@ -438,6 +502,8 @@ class ResponseReader:
         self._chunked = False
         self._content_length: int | None = None
         self._pending_error: UpstreamProtocolError | None = None
+        # A chunked answer whose first chunk llhttp has not shown yet (see on_body).
+        self._unframed = False
         # `done`: the final response is complete. `reusable`: the connection may carry another.
         self.done = False
         self.reusable = True
@@ -542,7 +608,7 @@ class ResponseReader:
         if codings.count(CHUNKED) > 1:
             self._fail("chunked is applied more than once")
         no_body = self._method_head or status in (204, 304) or 100 <= status < 200
-        self._chunked = chunked and not no_body
+        self._chunked = self._unframed = chunked and not no_body
         self._content_length = 0 if no_body else content_length
         self._in_head = False
         self._head_bytes = 0
@@ -570,10 +636,18 @@ class ResponseReader:
             self.done = True
             self._parser = httptools.HttpResponseParser(self)
 
+    def on_chunk_header(self) -> None:
+        self._unframed = False
+
     def on_body(self, body: bytes) -> None:
         if self.done:
             self.reusable = False
             return
+        if self._unframed:
+            # llhttp read `chunked<TAB>` (or `chunked,`) as no chunked coding, so this is raw
+            # chunked framing it takes for a body running to the close: refuse the answer
+            # rather than relay the framing as content.
+            self._fail("a Transfer-Encoding llhttp does not read as chunked")
         self._events.append(Data(body))
 
     def on_message_complete(self) -> None:

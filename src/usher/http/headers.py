@@ -84,11 +84,15 @@ def _drop_listed(out: Headers, listed: frozenset[bytes]) -> Headers:
 
 
 # One set lookup per header on the common path: a name in here needs a closer look.
-_REQUEST_SPECIAL: Final = HOP_BY_HOP | FORWARDED_SET | {
-    b"x-forwarded-for",
-    b"via",
-    b"content-length",
-}
+_REQUEST_SPECIAL: Final = (
+    HOP_BY_HOP
+    | FORWARDED_SET
+    | {
+        b"x-forwarded-for",
+        b"via",
+        b"content-length",
+    }
+)
 _RESPONSE_SPECIAL: Final = HOP_BY_HOP | {b"content-length", b"via"}
 
 
