@@ -266,8 +266,11 @@ def default_text(hint: Any, field: FieldInfo) -> str:
         return f"`{format_size(value)}`"
     if isinstance(value, bool):
         return "`true`" if value else "`false`"
-    if isinstance(value, list | dict):
-        return "`[]`" if isinstance(value, list) else "`{}`"
+    if isinstance(value, list):
+        # Written as in YAML flow style: `[Server, X-Powered-By]`.
+        return "`[" + ", ".join(str(item) for item in value) + "]`"
+    if isinstance(value, dict):
+        return "`{}`" if not value else f"`{value}`"
     return f"`{value}`"
 
 

@@ -25,7 +25,8 @@ class _Counter:
 
 class RecordingBackend:
     def __init__(self) -> None:
-        self.connections: list[bytearray] = []
+        # What arrived, in arrival order, on whatever connection (usher reuses them).
+        self.log: list[bytes] = []
         self.requests = 0
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -44,23 +45,21 @@ class RecordingBackend:
             await self._server.wait_closed()
 
     def clear(self) -> None:
-        self.connections.clear()
+        self.log.clear()
         self.requests = 0
 
     @property
     def received(self) -> bytes:
-        """Everything received, all connections in the order they opened."""
-        return b"".join(bytes(c) for c in self.connections)
+        """Everything received since the start (or `clear`), in arrival order."""
+        return b"".join(self.log)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        raw = bytearray()
-        self.connections.append(raw)
         self._writers.append(writer)
         counter = _Counter()
         parser = httptools.HttpRequestParser(counter)
         try:
             while data := await reader.read(65536):
-                raw += data
+                self.log.append(data)
                 try:
                     parser.feed_data(data)
                 except httptools.HttpParserError:

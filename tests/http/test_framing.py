@@ -176,12 +176,12 @@ async def test_other_request_transfer_codings_are_501_and_reach_no_backend(
 
 # --- Item 9: request trailers -------------------------------------------------------------------
 
-# (Content-Length and Transfer-Encoding in trailers are refused with 400 by llhttp itself.)
+# (A Content-Length trailer is refused with 400 by llhttp itself.)
 REFUSED_TRAILERS = (
     b"X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Host: evil\r\nX-Forwarded-Proto: https\r\n"
     b"X-Forwarded-Prefix: /admin\r\nX-Real-IP: 6.6.6.6\r\nX_Real_IP: 6.6.6.6\r\n"
     b"Forwarded: for=6.6.6.6\r\nVia: 1.1 evil\r\nHost: internal\r\n"
-    b"TE: trailers\r\nTrailer: X-A\r\nConnection: close\r\n"
+    b"TE: trailers\r\nTrailer: X-A\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n"
     b"Keep-Alive: 1\r\nUpgrade: h2c\r\nProxy-Authorization: x\r\nAuthorization: Basic eA==\r\n"
 )
 

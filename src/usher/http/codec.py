@@ -2,9 +2,10 @@
 
 `RequestReader` parses what a client sends (server side), `ResponseReader` what a backend
 answers (client side). Neither owns a socket. The `encode_*` functions build the bytes to send.
-llhttp is strict (no lenient flags are set): a request with both Content-Length and
-Transfer-Encoding, duplicate Content-Lengths, an obfuscated Transfer-Encoding, bare LF, or
-control bytes in headers is a parse error, which is what keeps request smuggling out.
+llhttp is strict: a request with both Content-Length and Transfer-Encoding, duplicate
+Content-Lengths, an obfuscated Transfer-Encoding, bare LF, or control bytes in headers is a
+parse error, which is what keeps request smuggling out. Its one leniency (on Transfer-Encoding,
+see `RequestReader._new_parser`) leaves that header to usher, which takes plain chunked only.
 """
 
 from __future__ import annotations

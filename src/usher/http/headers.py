@@ -91,6 +91,10 @@ _REQUEST_SPECIAL: Final = (
         b"x-forwarded-for",
         b"via",
         b"content-length",
+        # Not framing for usher, but framing for a backend that reads `_` as `-` (CGI, WSGI,
+        # PHP): dropped, as nginx drops names with underscores by default.
+        b"transfer_encoding",
+        b"content_length",
     }
 )
 _RESPONSE_SPECIAL: Final = HOP_BY_HOP | {b"content-length", b"via"}
