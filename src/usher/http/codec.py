@@ -153,6 +153,7 @@ Event = Request | Response | Data | EndOfMessage | Upgraded
 
 
 CHUNKED: Final = b"chunked"
+_PLAIN_CHUNKED: Final = (CHUNKED,)
 
 
 def transfer_codings(headers: Headers) -> tuple[bytes, ...]:
@@ -394,6 +395,7 @@ class RequestReader:
         chunked = False
         content_length: int | None = None
         upgrade: bytes | None = None
+        coding = b""
         size = len(self._url) + 16
         for name, value in self._headers:
             size += len(name) + len(value) + 4
@@ -404,12 +406,15 @@ class RequestReader:
             elif lname == b"content-length":
                 content_length = int(value)  # llhttp has checked its digits and uniqueness
             elif lname == b"transfer-encoding":
+                # Each value joined (b"" for no other header yet): one plain `chunked` stays
+                # exactly that, and anything else gets the full check below.
+                coding = value if not chunked else coding + b"," + value
                 chunked = True
             elif lname == b"upgrade":
                 upgrade = value
         if size > limits.max_header_size:
             self._fail(431, "request header fields too large")
-        if chunked:
+        if chunked and coding != CHUNKED:
             refusal = request_framing_error(transfer_codings(self._headers))
             if refusal is not None:
                 self._pending_error = refusal
@@ -597,13 +602,23 @@ class ResponseReader:
         content_length: int | None = None
         # The status line and the header lines, as they were sent (give or take their spaces).
         size = 17 + len(self._reason)
+        coding: bytes | None = None
         for name, value in self._headers:
             size += len(name) + len(value) + 4
-            if len(name) == 14 and name.lower() == b"content-length":
+            n = len(name)
+            if n == 14 and name.lower() == b"content-length":
                 content_length = int(value)
+            elif n == 17 and name.lower() == b"transfer-encoding":
+                coding = value if coding is None else coding + b"," + value
         if size > MAX_RESPONSE_HEAD:
             self._fail("response head too large")
-        codings = transfer_codings(self._headers)
+        codings: tuple[bytes, ...] = (
+            ()
+            if coding is None
+            else _PLAIN_CHUNKED
+            if coding == CHUNKED
+            else transfer_codings(self._headers)
+        )
         # "gzip" or "chunked, gzip" (chunked not last) means the body runs to the connection's end.
         chunked = bool(codings) and codings[-1] == CHUNKED
         if codings.count(CHUNKED) > 1:
