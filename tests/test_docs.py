@@ -74,3 +74,19 @@ def test_local_links_and_anchors_resolve(page: str, target: str) -> None:
     assert linked.exists(), f"{page}: link to missing {target}"
     if anchor and linked.suffix == ".md":
         assert anchor in _anchors(linked.read_text()), f"{page}: no heading for #{anchor}"
+
+
+def test_configuration_reference_shows_the_default_strip_list() -> None:
+    """The generated reference said `[]` for every list default; usher strips these two."""
+    row = next(
+        line
+        for line in (ROOT / "docs" / "configuration.md").read_text().splitlines()
+        if line.startswith("| `strip_response_headers` |")
+    )
+    assert "`[Server, X-Powered-By]`" in row
+    assert "Server and X-Powered-By are removed" in row
+    listener = parse_config(
+        "listeners: [{name: w, bind: '127.0.0.1:1', pool: p}]\n"
+        "pools: {p: {backends: [{address: '127.0.0.1:2'}]}}"
+    ).listeners[0]
+    assert listener.strip_response_headers == ["Server", "X-Powered-By"]

@@ -1243,8 +1243,8 @@ class Listener(_Model):
     )
     strip_response_headers: list[_HeaderName] = Field(
         default=list(DEFAULT_STRIP_RESPONSE_HEADERS),
-        description="Backend response headers never passed to clients (they name the backend's "
-        "software); `[]` keeps them.",
+        description="Backend response headers never passed to clients. By default Server and "
+        "X-Powered-By are removed (they name the backend's software); `[]` passes them on.",
     )
     encoded_slashes: Literal["refuse", "decode", "keep"] = Field(
         default=DEFAULT_ENCODED_SLASHES,

@@ -128,13 +128,32 @@ PIPELINED = (
     b"GET /c HTTP/1.1\r\nHost: h\r\n\r\n"
 )
 HTTP10 = b"GET /old HTTP/1.0\r\nContent-Length: 2\r\n\r\nok"
+# llhttp takes no tab after chunked, nor a trailing comma: the reader re-frames these.
+CHUNKED_TAB_PIPELINED = (
+    b"POST /t HTTP/1.1\r\nHost: h\r\nTransfer-Encoding:\tchunked\t\r\n\r\n"
+    b"3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n"
+    b"POST /u HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked,\r\nConnection: close\r\n\r\n"
+    b"2\r\nde\r\n0\r\n\r\n"
+)
 
 REQUEST_SAMPLES = {
     "content-length": CL_REQUEST,
     "chunked-trailers": CHUNKED_REQUEST,
     "pipelined": PIPELINED,
     "http-1.0": HTTP10,
+    "chunked-tab-pipelined": CHUNKED_TAB_PIPELINED,
 }
+
+
+def test_chunked_with_a_tab_is_read_as_chunked() -> None:
+    events = parse_requests(CHUNKED_TAB_PIPELINED)
+    assert kinds(events) == ["Request", "Data", "EndOfMessage", "Request", "Data", "EndOfMessage"]
+    first, second = events[0], events[3]
+    assert isinstance(first, Request) and isinstance(second, Request)
+    assert first.chunked and second.chunked and not second.keep_alive
+    assert body_of(events[:3]) == b"abc" and body_of(events[3:]) == b"de"
+    end = events[2]
+    assert isinstance(end, EndOfMessage) and end.trailers == [(b"X-T", b"1")]
 
 
 def test_request_with_content_length() -> None:
@@ -349,6 +368,21 @@ BAD_REQUESTS: list[tuple[str, bytes, int | set[int]]] = [
     ("xchunked", post(b"Transfer-Encoding: xchunked\r\n", b"0\r\n\r\n"), 400),
     ("chunked-identity", post(b"Transfer-Encoding: chunked, identity\r\n", b"0\r\n\r\n"), 400),
     ("te-not-chunked", post(b"Transfer-Encoding: gzip\r\n", b"0\r\n\r\n"), 400),
+    ("gzip-chunked", post(b"Transfer-Encoding: gzip, chunked\r\n", b"0\r\n\r\n"), 501),
+    (
+        "gzip-then-chunked-headers",
+        post(b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n"),
+        501,
+    ),
+    (
+        "chunked-twice-in-a-list",
+        post(b"Transfer-Encoding: chunked, chunked\r\n", b"0\r\n\r\n"),
+        400,
+    ),
+    ("te-empty", post(b"Transfer-Encoding: \r\n", b"0\r\n\r\n"), 400),
+    ("te-only-commas", post(b"Transfer-Encoding: , ,\r\n", b"0\r\n\r\n"), 400),
+    ("te-tab-then-cl", post(b"Transfer-Encoding: chunked\t\r\nContent-Length: 3\r\n", b"abc"), 400),
+    ("chunked-with-parameter", post(b"Transfer-Encoding: chunked;q=1\r\n", b"0\r\n\r\n"), 400),
     ("te-space-before-colon", post(b"Transfer-Encoding : chunked\r\n", b"0\r\n\r\n"), 400),
     ("cl-space-before-colon", post(b"Content-Length : 3\r\n", b"abc"), 400),
     (
@@ -986,3 +1020,13 @@ def test_reprs() -> None:
     assert repr(Data(b"abc")) == "<Data 3 bytes>"
     assert repr(EndOfMessage([(b"a", b"b")])) == "<EndOfMessage trailers=1>"
     assert repr(Upgraded(b"xy")) == "<Upgraded tail=2>"
+
+
+@pytest.mark.parametrize("coding", [b"chunked\t", b"chunked,", b"chunked \t"])
+def test_response_chunked_that_llhttp_does_not_read_as_chunked_is_refused(coding: bytes) -> None:
+    reader = ResponseReader()
+    reader.expect(b"GET")
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + coding + b"\r\n\r\n"
+    assert kinds(reader.feed(head)) == ["Response"]
+    with pytest.raises(UpstreamProtocolError):
+        reader.feed(b"2\r\nhi\r\n0\r\n\r\n")

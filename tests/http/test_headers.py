@@ -10,6 +10,8 @@ from usher.http.headers import (
     connection_tokens,
     forward_request_headers,
     forward_response_headers,
+    forward_trailers,
+    relayed_transfer_encoding,
 )
 
 
@@ -31,6 +33,7 @@ def forward(
         scheme=scheme,
         chunked=chunked,
         upgrade=upgrade,
+        content_length=next((int(v) for n, v in headers if n.lower() == b"content-length"), None),
     )
 
 
@@ -296,3 +299,64 @@ def test_rules_do_not_change_their_input() -> None:
 def test_empty_rules_change_nothing() -> None:
     headers = [(b"A", b"1"), (b"a", b"2")]
     assert HeaderRules({}, []).apply(headers) == headers
+
+
+# --- Framing and trailers ----------------------------------------------------------------------
+
+
+def test_content_length_is_the_parsed_number_in_place() -> None:
+    headers = [(b"Host", b"a"), (b"content-length", b"007"), (b"X-A", b"1")]
+    out = forward_request_headers(
+        headers,
+        version=b"1.1",
+        host=b"a",
+        client_ip=b"1.2.3.4",
+        scheme=b"http",
+        chunked=False,
+        upgrade=None,
+        content_length=7,
+    )
+    assert out[:3] == [(b"Host", b"a"), (b"Content-Length", b"7"), (b"X-A", b"1")]
+
+
+@pytest.mark.parametrize("spelling", [b"CHUNKED", b",chunked", b"chunked\t"])
+def test_transfer_encoding_is_always_plain_chunked(spelling: bytes) -> None:
+    out = forward([(b"Host", b"a"), (b"Transfer-Encoding", spelling)], chunked=True)
+    assert values(out, b"Transfer-Encoding") == [b"chunked"]
+
+
+def test_underscore_spellings_of_framing_headers_are_dropped() -> None:
+    out = forward([(b"Host", b"a"), (b"Transfer_Encoding", b"chunked"), (b"CONTENT_LENGTH", b"9")])
+    assert names(out) & {b"transfer_encoding", b"content_length"} == set()
+
+
+@pytest.mark.parametrize(
+    ("codings", "relayed"),
+    [
+        ((), (b"chunked", True)),
+        ((b"chunked",), (b"chunked", True)),
+        ((b"gzip", b"chunked"), (b"gzip, chunked", True)),
+        ((b"gzip",), (b"gzip, chunked", True)),
+        ((b"chunked", b"gzip"), (b"chunked, gzip", False)),
+    ],
+)
+def test_relayed_transfer_encoding(codings: tuple[bytes, ...], relayed: tuple[bytes, bool]) -> None:
+    assert relayed_transfer_encoding(codings) == relayed
+
+
+def test_trailers_keep_only_what_usher_does_not_control() -> None:
+    trailers = [
+        (b"X-Checksum", b"1"),
+        (b"x-forwarded-for", b"6.6.6.6"),
+        (b"X_Forwarded_Host", b"evil"),
+        (b"X-Real-IP", b"6.6.6.6"),
+        (b"Host", b"internal"),
+        (b"Trailer", b"X"),
+        (b"Proxy-Foo", b"1"),
+        (b"X-Client-Cert-Subject", b"CN=root"),
+        (b"x_client_cert_subject", b"CN=root"),
+        (b"Authorization", b"Basic eA=="),
+        (b"X-Other", b"2"),
+    ]
+    kept = forward_trailers(trailers, frozenset({b"x-client-cert-subject"}))
+    assert kept == [(b"X-Checksum", b"1"), (b"X-Other", b"2")]

@@ -489,7 +489,7 @@ async def test_answers_usher_gives_itself_keep_the_connection(backends, balancer
     assert statuses == [404, 302, 404]  # the backend has no /app: its own 404, same connection
 
 
-async def test_transfer_codings_before_chunked_are_kept(raw_backend, balancer):
+async def test_response_codings_before_chunked_reach_the_client(raw_backend, balancer):
     seen: list[bytes] = []
 
     async def gzip_aware(reader, writer):
@@ -507,12 +507,32 @@ async def test_transfer_codings_before_chunked_are_kept(raw_backend, balancer):
     lb = await balancer(simple_config({"web": pool_of(f"127.0.0.1:{port}")}))
     (response,), _ = await raw_exchange(
         lb.port,
-        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n"
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
         b"2\r\nzz\r\n0\r\n\r\n",
     )
-    assert b"Transfer-Encoding: gzip, chunked\r\n" in seen[0]
+    assert b"Transfer-Encoding: chunked\r\n" in seen[0]
     assert response.header("transfer-encoding") == "gzip, chunked"
     assert response.body == b"hi"
+
+
+async def test_request_transfer_coding_other_than_chunked_is_refused(raw_backend, balancer):
+    """As nginx does (RFC 9112 §6.1): 501, and nothing reaches a backend whose parser might
+    read `gzip, chunked` differently."""
+    seen: list[bytes] = []
+
+    async def record(reader, writer):
+        seen.append(await reader.read())
+
+    port = await raw_backend(record)
+    lb = await balancer(simple_config({"web": pool_of(f"127.0.0.1:{port}")}))
+    (response,), closed = await raw_exchange(
+        lb.port,
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+        b"2\r\nzz\r\n0\r\n\r\n",
+    )
+    assert response.status == 501 and closed
+    assert b"transfer coding gzip is not supported" in response.body
+    assert seen == []
 
 
 async def test_a_client_stalling_mid_upload_is_its_own_fault(raw_backend, balancer):

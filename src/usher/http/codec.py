@@ -2,9 +2,10 @@
 
 `RequestReader` parses what a client sends (server side), `ResponseReader` what a backend
 answers (client side). Neither owns a socket. The `encode_*` functions build the bytes to send.
-llhttp is strict (no lenient flags are set): a request with both Content-Length and
-Transfer-Encoding, duplicate Content-Lengths, an obfuscated Transfer-Encoding, bare LF, or
-control bytes in headers is a parse error, which is what keeps request smuggling out.
+llhttp is strict: a request with both Content-Length and Transfer-Encoding, duplicate
+Content-Lengths, an obfuscated Transfer-Encoding, bare LF, or control bytes in headers is a
+parse error, which is what keeps request smuggling out. Its one leniency (on Transfer-Encoding,
+see `RequestReader._new_parser`) leaves that header to usher, which takes plain chunked only.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class Response:
 
     __slots__ = (
         "chunked",
+        "codings",
         "content_length",
         "headers",
         "keep_alive",
@@ -92,6 +94,7 @@ class Response:
         keep_alive: bool,
         chunked: bool,
         content_length: int | None,
+        codings: tuple[bytes, ...] = (),
     ) -> None:
         self.status = status
         self.reason = reason
@@ -100,6 +103,8 @@ class Response:
         self.keep_alive = keep_alive
         self.chunked = chunked
         self.content_length = content_length
+        # The Transfer-Encoding as `transfer_codings` reads it; chunked when it ends in chunked.
+        self.codings = codings
 
     @property
     def interim(self) -> bool:
@@ -148,6 +153,37 @@ class Upgraded:
 Event = Request | Response | Data | EndOfMessage | Upgraded
 
 
+CHUNKED: Final = b"chunked"
+_PLAIN_CHUNKED: Final = (CHUNKED,)
+
+
+def transfer_codings(headers: Headers) -> tuple[bytes, ...]:
+    """The transfer codings of a message, lower-cased, from all its Transfer-Encoding headers,
+    without the empty list elements RFC 9110 §5.6.1 says to ignore (`,chunked` is `chunked`)."""
+    codings: list[bytes] = []
+    for name, value in headers:
+        if len(name) == 17 and name.lower() == b"transfer-encoding":
+            codings.extend(c for c in (t.strip(b" \t").lower() for t in value.split(b",")) if c)
+    return tuple(codings)
+
+
+def request_framing_error(codings: tuple[bytes, ...]) -> ClientError | None:
+    """Why a request's Transfer-Encoding is refused, or None when it is plain `chunked`.
+
+    Like nginx, usher takes no transfer coding but chunked (RFC 9112 §6.1: 501 for a coding the
+    server does not understand): a backend then reads the same body usher read, whatever its
+    parser makes of `gzip, chunked`.
+    """
+    if codings == (CHUNKED,):
+        return None
+    if not codings or codings[-1] != CHUNKED:
+        return ClientError(400, "the last transfer coding of a request must be chunked")
+    if codings.count(CHUNKED) > 1:
+        return ClientError(400, "chunked is applied more than once")
+    other = b", ".join(codings[:-1]).decode("latin-1")
+    return ClientError(501, f"transfer coding {other} is not supported")
+
+
 class HeadLimits:
     """Size limits for a request head and body; a listener's `limits` in the config."""
 
@@ -185,11 +221,13 @@ class RequestReader:
         "_in_head",
         "_in_message",
         "_limits",
+        "_muted",
         "_parser",
         "_pending_error",
-        "_replaying",
+        "_raw_body",
         "_trailer_bytes",
         "_trailers",
+        "_unframed",
         "_upgrade_filter",
         "_url",
         "upgraded",
@@ -205,8 +243,7 @@ class RequestReader:
         # Given an upgrade request, the Upgrade value to keep, or None to decline the upgrade
         # and read the request (and its body) as plain HTTP/1.1. None: every upgrade is kept.
         self._upgrade_filter = upgrade_filter
-        self._replaying = False  # feeding the framing head of a declined upgrade's body
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser = self._new_parser()
         self._events: list[Event] = []
         self._headers: Headers = []
         self._trailers: Headers | None = None
@@ -226,6 +263,22 @@ class RequestReader:
         self._after_chunk_header = False
         self._trailer_bytes = 0
         self.upgraded = False
+        # A chunked request whose body llhttp may not be reading as chunked (see _reframe),
+        # the bytes it took for a body running to the close, and whether the head callbacks
+        # are off (while a fresh parser is given the head again).
+        self._unframed: Request | None = None
+        self._raw_body: list[bytes] = []
+        self._muted = False
+
+    def _new_parser(self) -> httptools.HttpRequestParser:
+        parser = httptools.HttpRequestParser(self)
+        # llhttp refuses `Transfer-Encoding: chunked<TAB>` (it takes only spaces after chunked)
+        # though RFC 9110 §5.6.3 allows any optional whitespace. With this leniency it reads
+        # such a body to the close instead, and usher re-frames it (_reframe). Every other
+        # coding list is refused by on_headers_complete before llhttp reads a body byte, so
+        # nothing but plain chunked is ever taken: the strictness stays usher's.
+        parser.set_dangerous_leniencies(lenient_transfer_encoding=True)
+        return parser
 
     @property
     def idle(self) -> bool:
@@ -246,6 +299,8 @@ class RequestReader:
             self._trailer_bytes += len(data)
         try:
             self._parse(data)
+            while self._raw_body:
+                self._parse(self._reframe())
         except httptools.HttpParserCallbackError:
             raise self._pending_error or ClientError(400, "malformed request") from None
         except httptools.HttpParserError as exc:
@@ -301,19 +356,45 @@ class RequestReader:
             framing = b"Transfer-Encoding: chunked\r\n"
         else:
             framing = b"Content-Length: %d\r\n" % (request.content_length or 0)
-        self._parser = httptools.HttpRequestParser(self)
-        self._replaying = True
+        self._parser = self._new_parser()
+        self._muted = True
         try:
             self._parser.feed_data(b"POST / HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n")
         finally:
-            self._replaying = False
+            self._muted = False
         return True
+
+    def _reframe(self) -> bytes:
+        """llhttp did not see the chunked that usher saw (`chunked<TAB>`, `chunked,`) and took
+        what followed the head for a body running to the close. Give a fresh parser the head
+        as usher read it, with plain `chunked`, its callbacks off; returns the bytes the old
+        parser took, for the new one to read as the chunked body they are."""
+        request = self._unframed
+        assert request is not None
+        raw = b"".join(self._raw_body)
+        self._raw_body = []
+        self._unframed = None
+        headers = [h for h in request.headers if h[0].lower() != b"transfer-encoding"]
+        headers.append((b"Transfer-Encoding", CHUNKED))
+        head = b"%s %s HTTP/%s\r\n%s\r\n" % (
+            request.method,
+            request.target,
+            request.version,
+            encode_headers(headers),
+        )
+        self._parser = self._new_parser()
+        self._muted = True
+        try:
+            self._parser.feed_data(head)
+        finally:
+            self._muted = False
+        return raw
 
     # httptools callbacks: they run inside feed().
 
     def on_message_begin(self) -> None:
-        if self._replaying:
-            self._in_message = True
+        if self._muted:
+            self._in_message = True  # a replayed head: the message goes on with its body
             return
         self._in_message = True
         self._in_head = True
@@ -326,14 +407,14 @@ class RequestReader:
         self._body_size = 0
 
     def on_url(self, url: bytes) -> None:
-        if self._replaying:
+        if self._muted:
             return
         self._url += url
         if len(self._url) > self._limits.max_request_line:
             self._fail(414, "request URI too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._replaying:
+        if self._muted:
             return
         # llhttp leaves trailing whitespace in values; RFC 9112 §5.1 says it is not part of them.
         value = value.rstrip(b" \t")
@@ -350,7 +431,7 @@ class RequestReader:
                 self._fail(431, "too many trailer fields")
 
     def on_headers_complete(self) -> None:
-        if self._replaying:
+        if self._muted:
             return  # the request was given already; the body follows
         parser = self._parser
         limits = self._limits
@@ -365,6 +446,7 @@ class RequestReader:
         chunked = False
         content_length: int | None = None
         upgrade: bytes | None = None
+        coding = b""
         size = len(self._url) + 16
         for name, value in self._headers:
             size += len(name) + len(value) + 4
@@ -375,11 +457,19 @@ class RequestReader:
             elif lname == b"content-length":
                 content_length = int(value)  # llhttp has checked its digits and uniqueness
             elif lname == b"transfer-encoding":
-                chunked = True  # llhttp rejects any coding that does not end in chunked
+                # Each value joined (b"" for no other header yet): one plain `chunked` stays
+                # exactly that, and anything else gets the full check below.
+                coding = value if not chunked else coding + b"," + value
+                chunked = True
             elif lname == b"upgrade":
                 upgrade = value
         if size > limits.max_header_size:
             self._fail(431, "request header fields too large")
+        if chunked and coding != CHUNKED:
+            refusal = request_framing_error(transfer_codings(self._headers))
+            if refusal is not None:
+                self._pending_error = refusal
+                raise refusal
         if hosts > 1 or (hosts == 0 and version == b"1.1"):
             self._fail(400, "a request needs exactly one Host header")
         max_body = limits.max_body_size
@@ -389,21 +479,23 @@ class RequestReader:
         self._in_head = False
         self._head_bytes = 0
         self._feed_used += size
-        self._events.append(
-            Request(
-                method,
-                self._url,
-                version,
-                self._headers,
-                host=host,
-                keep_alive=parser.should_keep_alive(),
-                chunked=chunked,
-                content_length=content_length,
-                upgrade=upgrade if parser.should_upgrade() else None,
-            )
+        request = Request(
+            method,
+            self._url,
+            version,
+            self._headers,
+            host=host,
+            keep_alive=parser.should_keep_alive(),
+            chunked=chunked,
+            content_length=content_length,
+            upgrade=upgrade if parser.should_upgrade() else None,
         )
+        if chunked:
+            self._unframed = request  # until llhttp shows it reads chunks (on_chunk_header)
+        self._events.append(request)
 
     def on_chunk_header(self) -> None:
+        self._unframed = None
         self._after_chunk_header = True
         self._trailer_bytes = 0
 
@@ -411,6 +503,9 @@ class RequestReader:
         self._after_chunk_header = False
 
     def on_body(self, body: bytes) -> None:
+        if self._unframed is not None:
+            self._raw_body.append(body)  # not a body yet: the bytes after a head (_reframe)
+            return
         self._after_chunk_header = False
         self._feed_used += len(body)
         max_body = self._limits.max_body_size
@@ -446,6 +541,7 @@ class ResponseReader:
         "_pending_error",
         "_reason",
         "_trailers",
+        "_unframed",
         "done",
         "reusable",
     )
@@ -463,6 +559,8 @@ class ResponseReader:
         self._chunked = False
         self._content_length: int | None = None
         self._pending_error: UpstreamProtocolError | None = None
+        # A chunked answer whose first chunk llhttp has not shown yet (see on_body).
+        self._unframed = False
         # `done`: the final response is complete. `reusable`: the connection may carry another.
         self.done = False
         self.reusable = True
@@ -556,17 +654,32 @@ class ResponseReader:
             # llhttp takes any three digits: 099 would be relayed as "99" and, being under 200,
             # wait for a final answer that never comes (RFC 9110 §15: 100-599).
             self._fail(f"status {status:03d} is outside 100-599")
-        chunked = False
         content_length: int | None = None
+        # The status line and the header lines, as they were sent (give or take their spaces).
+        size = 17 + len(self._reason)
+        coding: bytes | None = None
         for name, value in self._headers:
-            lname = name.lower()
-            if lname == b"content-length":
+            size += len(name) + len(value) + 4
+            n = len(name)
+            if n == 14 and name.lower() == b"content-length":
                 content_length = int(value)
-            elif lname == b"transfer-encoding":
-                # "gzip" alone (no chunked last) means the body runs to the connection's end.
-                chunked = value.rstrip().lower().endswith(b"chunked")
+            elif n == 17 and name.lower() == b"transfer-encoding":
+                coding = value if coding is None else coding + b"," + value
+        if size > MAX_RESPONSE_HEAD:
+            self._fail("response head too large")
+        codings: tuple[bytes, ...] = (
+            ()
+            if coding is None
+            else _PLAIN_CHUNKED
+            if coding == CHUNKED
+            else transfer_codings(self._headers)
+        )
+        # "gzip" or "chunked, gzip" (chunked not last) means the body runs to the connection's end.
+        chunked = bool(codings) and codings[-1] == CHUNKED
+        if codings.count(CHUNKED) > 1:
+            self._fail("chunked is applied more than once")
         no_body = self._method_head or status in (204, 304) or 100 <= status < 200
-        self._chunked = chunked and not no_body
+        self._chunked = self._unframed = chunked and not no_body
         self._content_length = 0 if no_body else content_length
         self._in_head = False
         self._head_bytes = 0
@@ -582,6 +695,7 @@ class ResponseReader:
                 keep_alive=keep_alive,
                 chunked=self._chunked,
                 content_length=content_length,
+                codings=codings,
             )
         )
         if self._method_head and status >= 200:
@@ -593,10 +707,18 @@ class ResponseReader:
             self.done = True
             self._parser = httptools.HttpResponseParser(self)
 
+    def on_chunk_header(self) -> None:
+        self._unframed = False
+
     def on_body(self, body: bytes) -> None:
         if self.done:
             self.reusable = False
             return
+        if self._unframed:
+            # llhttp read `chunked<TAB>` (or `chunked,`) as no chunked coding, so this is raw
+            # chunked framing it takes for a body running to the close: refuse the answer
+            # rather than relay the framing as content.
+            self._fail("a Transfer-Encoding llhttp does not read as chunked")
         self._events.append(Data(body))
 
     def on_message_complete(self) -> None:
@@ -643,6 +765,7 @@ REASONS: Final[dict[int, bytes]] = {
     429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
+    501: b"Not Implemented",
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Final
 
-from usher.http.codec import Headers
+from usher.http.codec import CHUNKED, Headers
 
 # Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 # non-standard Proxy-Connection; any Proxy-* header is dropped as well.
@@ -84,7 +84,19 @@ def _drop_listed(out: Headers, listed: frozenset[bytes]) -> Headers:
 
 
 # One set lookup per header on the common path: a name in here needs a closer look.
-_REQUEST_SPECIAL: Final = HOP_BY_HOP | FORWARDED_SET | {b"x-forwarded-for", b"via"}
+_REQUEST_SPECIAL: Final = (
+    HOP_BY_HOP
+    | FORWARDED_SET
+    | {
+        b"x-forwarded-for",
+        b"via",
+        b"content-length",
+        # Not framing for usher, but framing for a backend that reads `_` as `-` (CGI, WSGI,
+        # PHP): dropped, as nginx drops names with underscores by default.
+        b"transfer_encoding",
+        b"content_length",
+    }
+)
 _RESPONSE_SPECIAL: Final = HOP_BY_HOP | {b"content-length", b"via"}
 
 
@@ -97,21 +109,27 @@ def forward_request_headers(
     scheme: bytes,
     chunked: bool,
     upgrade: bytes | None,
+    content_length: int | None,
     real_ip: bytes | None = None,
 ) -> Headers:
     """The headers a backend receives for a client's request. `client_ip` is the peer, added to
-    X-Forwarded-For; `real_ip` the client behind trusted proxies (default: the peer)."""
+    X-Forwarded-For; `real_ip` the client behind trusted proxies (default: the peer).
+
+    The framing is usher's own: `Content-Length` says `content_length` (the number usher
+    parsed, so `010` goes on as `10`) where the client's header was, and a chunked body gets
+    `Transfer-Encoding: chunked` whatever the client's spelling (`CHUNKED`, `,chunked`)."""
     out: Headers = []
     connection: list[bytes] = []
     xff = b""
     via = b""
-    codings = b""
     for name, value in headers:
         lname = name.lower()
         if lname in _REQUEST_SPECIAL:
-            if lname == b"transfer-encoding":
-                codings = codings + b", " + value if codings else value
-            elif lname == b"x-forwarded-for":
+            if lname == b"content-length":
+                if content_length is not None:
+                    out.append((b"Content-Length", b"%d" % content_length))
+                continue
+            if lname == b"x-forwarded-for":
                 xff = xff + b", " + value if xff else value
             elif lname == b"via":
                 via = via + b", " + value if via else value
@@ -134,11 +152,39 @@ def forward_request_headers(
     mine = VIA_REQUEST.get(version, b"1.1 usher")
     out.append((b"Via", via + b", " + mine if via else mine))
     if chunked:
-        # The body is re-chunked, but codings before chunked (gzip, chunked) stay as they are.
-        out.append((b"Transfer-Encoding", codings or b"chunked"))
+        out.append((b"Transfer-Encoding", CHUNKED))
     if upgrade is not None:
         out.append((b"Connection", b"upgrade"))
         out.append((b"Upgrade", upgrade))
+    return out
+
+
+# Never taken from a request's trailers: what frames, routes or describes the connection, and
+# what usher writes itself (RFC 9110 §6.5.1 forbids the first ones in trailers anyway). A
+# backend that merges trailers into the headers would otherwise believe a client's X-Real-IP.
+_TRAILERS_REFUSED: Final = (
+    HOP_BY_HOP
+    | _REQUEST_SPECIAL
+    | {b"trailer", b"host", b"forwarded", b"expect", b"max-forwards", b"authorization"}
+)
+
+
+def forward_trailers(trailers: Headers, controlled: frozenset[bytes]) -> Headers:
+    """The trailers of a chunked request that a backend receives: not the hop-by-hop ones, no
+    framing, routing or `X-Forwarded-*` / `Proxy-*` field, and none of `controlled` (names
+    usher sets on this listener or route: the client-cert and request-id headers, rewrites).
+    Names are compared as CGI reads them (lower-case, `_` as `-`), so `controlled` holds them
+    that way: `X_Real_IP` is refused as `X-Real-IP` is."""
+    out: Headers = []
+    for name, value in trailers:
+        key = name.lower().replace(b"_", b"-")
+        if (
+            key in _TRAILERS_REFUSED
+            or key in controlled
+            or key.startswith((b"x-forwarded-", b"proxy-"))
+        ):
+            continue
+        out.append((name, value))
     return out
 
 
@@ -150,9 +196,23 @@ def expects_continue(headers: Headers) -> bool:
     return False
 
 
-def transfer_codings(headers: Headers) -> bytes:
-    """The Transfer-Encoding of a message, all its headers joined (b"" when none)."""
-    return b", ".join(v for n, v in headers if n.lower() == b"transfer-encoding")
+def relayed_transfer_encoding(codings: tuple[bytes, ...]) -> tuple[bytes, bool]:
+    """The Transfer-Encoding of a response body relayed to an HTTP/1.1 client, given the
+    backend's codings, and whether usher chunks the body itself (else: relays it as it came,
+    to the end of the connection).
+
+    Codings other than chunked (`gzip`) are part of what the body is: the client must see
+    them. A body the backend chunked reaches usher de-chunked and is chunked again; one with
+    no chunked coding gets chunked added last. chunked before another coding (`chunked,
+    gzip`) cannot be undone by usher and may not be applied twice (RFC 9112 §7): that body,
+    close-delimited by RFC 9112 §6.3, goes on as it is, under the backend's codings."""
+    if not codings:
+        return CHUNKED, True
+    if codings[-1] == CHUNKED:
+        return b", ".join(codings), True
+    if CHUNKED not in codings:
+        return b", ".join((*codings, CHUNKED)), True
+    return b", ".join(codings), False
 
 
 def forward_response_headers(

@@ -21,6 +21,7 @@ from usher.errors import (
     UpstreamTimeout,
 )
 from usher.http.codec import (
+    CHUNKED,
     REASONS,
     Data,
     EndOfMessage,
@@ -41,7 +42,8 @@ from usher.http.headers import (
     expects_continue,
     forward_request_headers,
     forward_response_headers,
-    transfer_codings,
+    forward_trailers,
+    relayed_transfer_encoding,
 )
 from usher.http.target import authority, request_target, with_host
 from usher.http.tunnel import TunnelEnds, keeps_half_open
@@ -449,7 +451,12 @@ class ClientConnection(asyncio.Protocol):
                     inbox.popleft()
                     self._cancel_read_timer()
                     exchange = self.exchange = Exchange(self, event)
-                    if inbox and type(inbox[0]) is EndOfMessage and event.upgrade is None:
+                    if (
+                        inbox
+                        and type(inbox[0]) is EndOfMessage
+                        and event.upgrade is None
+                        and not event.chunked  # an empty chunked body still has its last chunk
+                    ):
                         # A request without a body is complete before it starts: an answer
                         # usher gives itself (404, 503, a redirect) can keep the connection.
                         inbox.popleft()
@@ -763,6 +770,7 @@ class Exchange:
             scheme=listener.scheme,
             chunked=request.chunked,
             upgrade=self.upstream_upgrade,
+            content_length=request.content_length,
             real_ip=client_ip,
         )
         if offers_h2c(self.upstream_upgrade):
@@ -1023,7 +1031,10 @@ class Exchange:
         elif kind is EndOfMessage:
             assert isinstance(event, EndOfMessage)
             if request.chunked:
-                self._send_body(encode_last_chunk(event.trailers))
+                trailers = event.trailers
+                if trailers:
+                    trailers = forward_trailers(trailers, self._controlled_names())
+                self._send_body(encode_last_chunk(trailers))
             self.request_done = True
             self._read_activity = self.client.loop.time()  # the read timeout counts from here
             self.client._cancel_read_timer()
@@ -1040,6 +1051,18 @@ class Exchange:
                 self.tunnel_tail.append(event.tail)
             if not self.finished:
                 self.client.block(BLOCK_UPGRADE)
+
+    def _controlled_names(self) -> frozenset[bytes]:
+        """The header names usher sets or removes on this request (besides the ones it always
+        does): a client's trailer must not set them behind its back."""
+        listener = self.client.listener
+        names = [listener.cert_strip] if listener.cert_strip is not None else []
+        if self.edge is not None:
+            names.extend(name for name, _ in self.edge.request_headers)
+        route = self.route
+        if route is not None and route.request_rules is not None:
+            names.extend(route.request_rules.drop)
+        return frozenset(_header_key(name) for name in names)
 
     def _send_body(self, chunk: bytes) -> None:
         if self.finished:
@@ -1135,6 +1158,8 @@ class Exchange:
                     self._unasked_switch()
                     return
                 if self._retry_on_status(event):
+                    return
+                if self._uncodable_for_http10(event):
                     return
                 out.append(self._response_head(event))
             elif kind is EndOfMessage:
@@ -1239,9 +1264,10 @@ class Exchange:
                 headers.append((b"Content-Length", b"%d" % response.content_length))
             elif not no_body:
                 if request.version == b"1.1":
-                    self.chunked_out = True
-                    codings = transfer_codings(response.headers) if response.chunked else b""
-                    headers.append((b"Transfer-Encoding", codings or b"chunked"))
+                    codings, self.chunked_out = relayed_transfer_encoding(response.codings)
+                    headers.append((b"Transfer-Encoding", codings))
+                    if not self.chunked_out:
+                        keep_alive = False  # the body ends with the connection
                 else:
                     keep_alive = False  # an HTTP/1.0 client reads to the end of the connection
             if not keep_alive:
@@ -1251,6 +1277,29 @@ class Exchange:
         self.keep_alive = keep_alive
         self.response_started = True
         return encode_response_head(status, response.reason, headers)
+
+    def _uncodable_for_http10(self, response: Response) -> bool:
+        """A body under a transfer coding other than chunked cannot reach an HTTP/1.0 client:
+        RFC 9112 §6.1 allows it no Transfer-Encoding, and without one the client would take
+        the coded bytes for the body. Answers 502 (the backend is not at fault) when so."""
+        request = self.request
+        if (
+            request.version != b"1.0"
+            or response.codings in ((), (CHUNKED,))
+            or request.method == b"HEAD"
+            or response.status in NO_BODY_STATUSES
+        ):
+            return False
+        conn, pool, backend = self.conn, self.pool, self.backend
+        self.conn = self.backend = None
+        if conn is not None:
+            conn.user = None
+            conn.close()  # the rest of this answer is not wanted
+        if pool is not None and backend is not None:
+            pool.on_finish(backend, time.perf_counter() - self.t_attempt, True)
+        self._cancel_upstream_timers()
+        self.respond_error(502, "the backend used a transfer coding HTTP/1.0 cannot carry")
+        return True
 
     def upstream_failed(self, exc: Exception) -> None:
         """The backend spoke garbage; its connection is already closed."""
