@@ -138,6 +138,11 @@ def registered_names() -> list[str]:
 
 
 def get_algorithm(name: str) -> type[Algorithm]:
+    """The class of a registered name, or of a user's `package.module:Name` (balancing.custom)."""
+    if ":" in name:
+        from usher.balancing import custom
+
+        return custom.load(name)
     _load_builtin()
     try:
         return ALGORITHMS[name]
