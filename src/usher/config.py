@@ -1900,6 +1900,10 @@ def _render_path(loc: _Loc) -> str:
     return path
 
 
+# Other YAML files usher validates (e.g. `usher simulate` scenarios) name their paths alike.
+render_path = _render_path
+
+
 def _message(error: ErrorDetails, loc: _Loc) -> str:
     kind = error["type"]
     ctx = error.get("ctx") or {}
