@@ -3,6 +3,10 @@ modelled backends (balancing, ejection and recovery, health checks, retries, lim
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from tests.simulate.helpers import ADDRESSES, config, replay, scenario, three_backends
 from usher.clock import ManualClock
 from usher.simulate.engine import EventLoop
@@ -157,3 +161,21 @@ def test_a_full_backend_queues_requests_until_the_queue_times_out() -> None:
     assert max(max(counts) for _, counts in result.in_flight) == 2
     queued = [lat for lat in result.latencies if 0.05 + 1e-9 < lat < 0.11]
     assert queued  # answered after waiting in the queue
+
+
+@pytest.mark.parametrize("sticky", ["{type: cookie}", "{type: source_ip}"])
+def test_persistence_keeps_each_client_on_its_backend(sticky: str) -> None:
+    text = closed("1s", 8) + "clients: 2\n" + three_backends(slow="2ms")
+    result = replay(scenario(text), config(f"sticky: {sticky}"), "round_robin")
+    # Two clients, pinned on their first two picks: the third backend gets nothing after.
+    assert sorted(result.attempts.values())[0] <= 8
+    assert result.statuses == {200: len(result.latencies)}
+
+
+def test_a_custom_algorithm_is_replayed_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(
+        str(Path(__file__).resolve().parents[2] / "examples" / "algorithms")
+    )
+    text = closed("1s", 8) + "clients: 1\n" + three_backends(slow="2ms")
+    result = replay(scenario(text + "algorithms: ['pinned:Pinned']\n"), config(), "pinned:Pinned")
+    assert sorted(result.attempts.values())[:2] == [0, 0]  # one client: one backend

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from tests.simulate.helpers import ADDRESSES, config, three_backends
@@ -100,3 +103,14 @@ def test_an_unknown_pool_is_named() -> None:
     scenario = parse_scenario(BASE + "pool: api\n" + three_backends())
     with pytest.raises(ConfigError, match=r"pool: no pool 'api' in the config \(known: p\)"):
         check_against(scenario, config())
+
+
+def test_the_scenario_in_the_docs_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.syspath_prepend(str(root / "examples" / "algorithms"))  # for "pinned:Pinned"
+    page = (root / "docs" / "simulate.md").read_text()
+    block = re.search(r"## The scenario file\n\n```yaml\n(.*?)```", page, re.S)
+    assert block is not None
+    scenario = parse_scenario(block.group(1))
+    assert scenario.algorithms == ["round_robin", "least_connections", "p2c", "pinned:Pinned"]
+    assert len(scenario.backends[ADDRESSES[2]].events) == 3
