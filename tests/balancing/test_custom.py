@@ -6,10 +6,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from textwrap import dedent
+from typing import Any
 
+import httpx
 import pytest
 
-from usher.balancing import get_algorithm
+from usher.balancing import ALGORITHMS, get_algorithm
 from usher.clock import ManualClock
 from usher.config import load_config
 from usher.errors import ConfigError
@@ -18,8 +20,10 @@ from usher.pool import Pool, Selection
 
 @pytest.fixture(autouse=True)
 def _clean_sys_path() -> Iterator[None]:
-    path, modules = list(sys.path), set(sys.modules)
+    path, modules, registry = list(sys.path), set(sys.modules), dict(ALGORITHMS)
     yield
+    ALGORITHMS.clear()
+    ALGORITHMS.update(registry)
     sys.path[:] = path
     for name in set(sys.modules) - modules:
         del sys.modules[name]
@@ -115,3 +119,60 @@ def test_python_path_must_name_directories(tmp_path: Path) -> None:
     (issue,) = caught.value.issues
     assert issue.path == "python_path[0]"
     assert issue.message == f"no such directory: {tmp_path / 'missing'}"
+
+
+async def test_a_serving_balancer_reloads_an_edited_algorithm(
+    tmp_path: Path, backends: Any, balancer: Any
+) -> None:
+    a, b = await backends(2)
+    write_module(tmp_path, "flip", LAST)
+    config = tmp_path / "usher.yaml"
+    config.write_text(
+        f"python_path: [{tmp_path / 'algos'}]\n"
+        "listeners: [{name: web, bind: 127.0.0.1:0, pool: web}]\n"
+        f'pools: {{web: {{algorithm: "flip:Last", backends: [{{address: 127.0.0.1:{a.port}}},'
+        f" {{address: 127.0.0.1:{b.port}}}]}}}}\n"
+    )
+    lb = await balancer(config.read_text(), config_path=config)
+
+    async def names() -> set[str]:
+        async with httpx.AsyncClient(timeout=5) as client:
+            return {(await client.get(lb.url("/"))).text.strip() for _ in range(4)}
+
+    assert await names() == {"B"}
+    # Edited, then reloaded from the file (SIGHUP, POST /api/reload)...
+    write_module(tmp_path, "flip", LAST.replace("reversed(self.backends)", "list(self.backends)"))
+    await lb.balancer.reload()
+    assert await names() == {"A"}
+    # ...or handed a config validated elsewhere, as a worker is by its control process: the
+    # module is imported again here too.
+    handed = load_config(config)
+    write_module(tmp_path, "flip", LAST + "    # edited after the validation\n")
+    await lb.balancer.reload(handed)
+    assert await names() == {"B"}
+
+
+def test_a_module_that_registers_its_class_reloads_and_usher_classes_load_by_path(
+    tmp_path: Path,
+) -> None:
+    write_module(
+        tmp_path,
+        "named",
+        """\
+        from usher.balancing import register
+        from usher.balancing.round_robin import RoundRobin
+
+        @register("test_named_rr")
+        class NamedRoundRobin(RoundRobin):
+            pass
+        """,
+    )
+    config = write_config(tmp_path, "named:NamedRoundRobin")
+    first_choice(config)
+    first_choice(config)  # imported again: registering the same class again is no error
+    assert first_choice(write_config(tmp_path, "usher.balancing.round_robin:RoundRobin"))
+    with pytest.raises(ValueError, match="registered twice"):
+        from usher.balancing import register
+        from usher.balancing.round_robin import RoundRobin
+
+        register("round_robin")(type("Other", (RoundRobin,), {}))

@@ -27,12 +27,13 @@ class TestPinnedKeepsTheContract(AlgorithmContract):
         return "pinned:Pinned"
 
 
-def config_text(lb_port: int, ports: list[int]) -> str:
+def config_text(lb_port: int, ports: list[int], admin_port: int | None = None) -> str:
     backends = ", ".join(f"{{address: 127.0.0.1:{p}}}" for p in ports)
+    admin = f"admin: {{bind: 127.0.0.1:{admin_port}}}\n" if admin_port is not None else ""
     return (
         f"python_path: [{EXAMPLES}]\n"
         f"listeners: [{{name: web, bind: 127.0.0.1:{lb_port}, pool: p}}]\n"
-        f'pools: {{p: {{algorithm: "pinned:Pinned", backends: [{backends}]}}}}\n'
+        f'pools: {{p: {{algorithm: "pinned:Pinned", backends: [{backends}]}}}}\n' + admin
     )
 
 
@@ -40,9 +41,9 @@ def test_usher_run_with_two_workers_pins_each_client(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ports = [free_port() for _ in range(3)]
-    lb_port = free_port()
+    lb_port, admin_port = free_port(), free_port()
     config = tmp_path / "usher.yaml"
-    config.write_text(config_text(lb_port, ports))
+    config.write_text(config_text(lb_port, ports, admin_port))
     # The backend pinned.py picks for client 127.0.0.1, computed in this process.
     monkeypatch.syspath_prepend(str(EXAMPLES))
     parsed = parse_config(config.read_text(), str(config))
@@ -65,8 +66,14 @@ def test_usher_run_with_two_workers_pins_each_client(
         )
     )
     url = f"http://127.0.0.1:{lb_port}/"
+    workers = f"http://127.0.0.1:{admin_port}/api/pools"
     try:
-        wait_until(lambda: httpx.get(url, timeout=5).status_code == 200, 30, "usher to serve")
+        wait_until(
+            lambda: len(httpx.get(workers, timeout=5).json()["workers"]) == 2,
+            30,
+            "both workers to start",
+        )
+        wait_until(lambda: httpx.get(url, timeout=5).status_code == 200, 10, "usher to serve")
         # A new connection each time, so both workers answer some of them.
         answers = Counter(httpx.get(url, timeout=5).text.strip() for _ in range(30))
     finally:

@@ -63,7 +63,9 @@ def load(path: str, *, fresh: bool = False) -> type[Algorithm]:
 def _import(module_name: str, path: str, *, fresh: bool) -> ModuleType:
     try:
         module = sys.modules.get(module_name)
-        if module is not None and fresh and module_name not in _fresh_modules:
+        # usher's own modules are never re-imported: only the user's code changes on a reload.
+        own = module_name == "usher" or module_name.startswith("usher.")
+        if module is not None and fresh and not own and module_name not in _fresh_modules:
             module = importlib.reload(module)
         elif module is None:
             module = importlib.import_module(module_name)
