@@ -30,12 +30,16 @@ def replay(scn: Scenario, cfg: Config, algorithm: str = "round_robin") -> RunRes
     return Replay(scn, cfg, check_against(scn, cfg), algorithm).run()
 
 
-def three_backends(slow: str = "20ms", fast: str = "2ms", extra: str = "") -> str:
-    """The backends section: two fast ones and a slow one, each with `extra` keys."""
+def three_backends(
+    slow: str = "20ms", fast: str = "2ms", extra: str = "", slow_extra: str = ""
+) -> str:
+    """The backends section: two fast ones and a slow one, each with `extra` keys (and the
+    slow one with `slow_extra` too)."""
     tail = f", {extra}" if extra else ""
+    slow_tail = tail + (f", {slow_extra}" if slow_extra else "")
     return (
         "backends:\n"
         f'  "{ADDRESSES[0]}": {{latency: {fast}{tail}}}\n'
         f'  "{ADDRESSES[1]}": {{latency: {fast}{tail}}}\n'
-        f'  "{ADDRESSES[2]}": {{latency: {slow}{tail}}}\n'
+        f'  "{ADDRESSES[2]}": {{latency: {slow}{slow_tail}}}\n'
     )

@@ -86,11 +86,8 @@ def test_a_seed_gives_the_same_replay_and_another_seed_another() -> None:
 
 
 def test_a_dead_backend_is_ejected_retried_around_and_back_after_it_recovers() -> None:
-    text = closed("10s", 8) + (
-        "backends:\n"
-        f'  "{ADDRESSES[0]}": {{latency: 2ms}}\n'
-        f'  "{ADDRESSES[1]}": {{latency: 2ms}}\n'
-        f'  "{SLOW}": {{latency: 2ms, events: [{{at: 2s, until: 4s, down: true}}]}}\n'
+    text = closed("10s", 8) + three_backends(
+        slow="2ms", slow_extra="events: [{at: 2s, until: 4s, down: true}]"
     )
     cfg = config("passive_health: {max_fails: 1, fail_timeout: 1s}")
     result = replay(scenario(text), cfg, "round_robin")
@@ -107,11 +104,8 @@ def test_a_dead_backend_is_ejected_retried_around_and_back_after_it_recovers() -
 
 
 def test_active_health_checks_take_out_a_backend_too_slow_for_them() -> None:
-    text = closed("9s", 8) + (
-        "backends:\n"
-        f'  "{ADDRESSES[0]}": {{latency: 2ms}}\n'
-        f'  "{ADDRESSES[1]}": {{latency: 2ms}}\n'
-        f'  "{SLOW}": {{latency: 2ms, events: [{{at: 3s, until: 6s, latency: 3s}}]}}\n'
+    text = closed("9s", 8) + three_backends(
+        slow="2ms", slow_extra="events: [{at: 3s, until: 6s, latency: 3s}]"
     )
     cfg = config(
         "health_check: {type: tcp, interval: 500ms, timeout: 1s,"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,9 +138,7 @@ def write_plots(out: Path, results: Sequence[RunResult], bucket: float) -> list[
     fig.savefig(paths[0])
     plt.close(fig)
 
-    rows = len(results)
-    fig, axes = plt.subplots(rows, 1, figsize=(7, 1.8 * rows + 0.6), dpi=80, sharex=True)
-    for ax, result in zip(_as_list(axes), results, strict=True):
+    def shares(ax: Any, result: RunResult) -> None:
         times = [bucket * (i + 1) for i in range(len(result.share_series))]
         for label in backends:
             shares = []
@@ -148,30 +146,42 @@ def write_plots(out: Path, results: Sequence[RunResult], bucket: float) -> list[
                 total = sum(counts.values())
                 shares.append(100 * counts.get(label, 0) / total if total else 0.0)
             ax.plot(times, shares, label=label)
-        ax.set_ylabel("% sent")
         ax.set_ylim(0, 100)
-        ax.set_title(result.algorithm, fontsize="small", loc="left")
-        ax.grid(True, alpha=0.3)
-    _as_list(axes)[0].legend(fontsize="x-small", loc="upper right")
-    _as_list(axes)[-1].set_xlabel(f"time (s); share of each {bucket:g}s bucket")
-    fig.tight_layout()
-    fig.savefig(paths[1])
-    plt.close(fig)
 
-    fig, axes = plt.subplots(rows, 1, figsize=(7, 1.8 * rows + 0.6), dpi=80, sharex=True)
-    for ax, result in zip(_as_list(axes), results, strict=True):
+    def in_flight(ax: Any, result: RunResult) -> None:
         times = [t for t, _ in result.in_flight]
         for i, label in enumerate(backends):
             ax.plot(times, [counts[i] for _, counts in result.in_flight], label=label)
-        ax.set_ylabel("in flight")
+
+    xlabel = f"time (s); share of each {bucket:g}s bucket"
+    _per_algorithm(plt, results, shares, "% sent", xlabel, paths[1])
+    xlabel = f"time (s); sampled every {SAMPLE_EVERY * 1000:g} ms"
+    _per_algorithm(plt, results, in_flight, "in flight", xlabel, paths[2])
+    return paths
+
+
+def _per_algorithm(
+    plt: Any,
+    results: Sequence[RunResult],
+    draw: Callable[[Any, RunResult], None],
+    ylabel: str,
+    xlabel: str,
+    path: Path,
+) -> None:
+    """One row of axes per algorithm, sharing the time axis; `draw` fills each."""
+    rows = len(results)
+    fig, axes = plt.subplots(rows, 1, figsize=(7, 1.8 * rows + 0.6), dpi=80, sharex=True)
+    rows_of_axes = _as_list(axes)
+    for ax, result in zip(rows_of_axes, results, strict=True):
+        draw(ax, result)
+        ax.set_ylabel(ylabel)
         ax.set_title(result.algorithm, fontsize="small", loc="left")
         ax.grid(True, alpha=0.3)
-    _as_list(axes)[0].legend(fontsize="x-small", loc="upper right")
-    _as_list(axes)[-1].set_xlabel(f"time (s); sampled every {SAMPLE_EVERY * 1000:g} ms")
+    rows_of_axes[0].legend(fontsize="x-small", loc="upper right")
+    rows_of_axes[-1].set_xlabel(xlabel)
     fig.tight_layout()
-    fig.savefig(paths[2])
+    fig.savefig(path)
     plt.close(fig)
-    return paths
 
 
 def _as_list(axes: Any) -> list[Any]:
