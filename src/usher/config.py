@@ -1518,7 +1518,8 @@ class PoolConfig(_Model):
 
     algorithm: Annotated[str, AfterValidator(_algorithm)] = Field(
         default=DEFAULT_ALGORITHM,
-        description="Balancing algorithm, by name: e.g. `round_robin`; `usher schema` lists all.",
+        description="Balancing algorithm, by name: e.g. `round_robin`; `usher schema` lists all. "
+        'Or a class of your own by import path: `"package.module:Name"` (see `python_path`).',
     )
     backends: list[BackendConfig] = Field(min_length=1, description="The servers.")
     passive_health: PassiveHealth = Field(

@@ -111,3 +111,13 @@ def test_the_bench_algorithms_example_predicts_the_measured_ranking_by_throughpu
     by_name = {s["algorithm"]: s for s in summary["algorithms"]}
     assert by_name["least_response_time"]["p99_ms"] < 20.0
     assert all(by_name[n]["p99_ms"] > 20.0 for n in ("round_robin", "least_connections", "p2c"))
+
+
+def test_an_output_directory_that_cannot_be_made_exits_2(tmp_path: Path) -> None:
+    text = "duration: 100ms\narrivals: {concurrency: 2}\n" + three_backends()
+    config, scenario = write(tmp_path, text)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = simulate(config, scenario, blocker / "out")
+    assert result.returncode == 2
+    assert f"cannot write to {blocker / 'out'}" in result.stderr
