@@ -32,13 +32,13 @@ test: $(STAMP) system-tools
 	$(BIN)/python scripts/gen_config_reference.py --check
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests scripts bench
-	$(BIN)/ruff format --check src tests scripts bench
+	$(BIN)/ruff check src tests scripts bench examples
+	$(BIN)/ruff format --check src tests scripts bench examples
 	$(BIN)/mypy
 
 fmt: $(STAMP)
-	$(BIN)/ruff format src tests scripts bench
-	$(BIN)/ruff check --fix src tests scripts bench
+	$(BIN)/ruff format src tests scripts bench examples
+	$(BIN)/ruff check --fix src tests scripts bench examples
 
 # usher against nginx and HAProxy (docs/performance.md). Options: make bench ARGS="--rounds 5".
 bench: $(STAMP)

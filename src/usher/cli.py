@@ -1,4 +1,4 @@
-"""The `usher` command: run, check, demo, backend, schema.
+"""The `usher` command: run, check, demo, backend, schema, simulate.
 
 Exit codes: 0 ok; 1 bad config or usage; 2 runtime failure (e.g. a port in use).
 """
@@ -237,6 +237,33 @@ def status(
         raise _fail(exc.exit_code, str(exc)) from None
     except KeyboardInterrupt:
         pass
+
+
+@app.command()
+def simulate(
+    config: ConfigOption,
+    scenario: Annotated[
+        Path, typer.Option("--scenario", "-s", help="The scenario file (YAML): docs/simulate.md.")
+    ],
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", help="Directory for summary.json and the PNG plots.")
+    ] = Path("simulate-out"),
+) -> None:
+    """Replay a scenario through usher's own balancing code on virtual time, per algorithm:
+    a table, DIR/summary.json and DIR/*.png."""
+    cfg = _load(config)
+    from usher.simulate.runner import simulate as run_simulation
+    from usher.simulate.scenario import load_scenario
+
+    try:
+        parsed = load_scenario(scenario)
+        # A pipe or a file gets the whole table, however wide, not one cut at 80 columns.
+        console = out if out.is_terminal else Console(highlight=False, width=160)
+        run_simulation(cfg, parsed, out_dir, console, source=str(scenario))
+    except ConfigError as exc:
+        raise _fail(EXIT_BAD_INPUT, str(exc)) from None
+    except OSError as exc:
+        raise _fail(EXIT_RUNTIME, f"cannot write to {out_dir}: {exc.strerror or exc}") from None
 
 
 @app.command()

@@ -31,6 +31,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
+from usher.balancing import custom as custom_algorithms
 from usher.balancing import registered_names
 from usher.errors import ConfigError, ConfigIssue
 from usher.tls_profile import (
@@ -531,9 +532,19 @@ def _has_control(value: str) -> bool:
 
 
 def _algorithm(value: str) -> str:
+    if custom_algorithms.is_import_path(value):
+        custom_algorithms.load(value, fresh=True)  # its ValueError names the problem
+        return value
     known = registered_names()
     if value not in known:
         raise ValueError(f"unknown algorithm {value!r} (known: {', '.join(known)})")
+    return value
+
+
+def _directory(value: str) -> str:
+    # parse_config has made it absolute, relative to the config file's directory.
+    if not os.path.isdir(value):
+        raise ValueError(f"no such directory: {value}")
     return value
 
 
@@ -1709,7 +1720,8 @@ class PoolConfig(_Model):
 
     algorithm: Annotated[str, AfterValidator(_algorithm)] = Field(
         default=DEFAULT_ALGORITHM,
-        description="Balancing algorithm, by name: e.g. `round_robin`; `usher schema` lists all.",
+        description="Balancing algorithm, by name: e.g. `round_robin`; `usher schema` lists all. "
+        'Or a class of your own by import path: `"package.module:Name"` (see `python_path`).',
     )
     backends: list[BackendConfig] = Field(min_length=1, description="The servers.")
     passive_health: PassiveHealth = Field(
@@ -1820,6 +1832,14 @@ class AdminConfig(_Model):
 
 class Config(_Model):
     """The whole config file."""
+
+    python_path: list[Annotated[str, AfterValidator(_directory)]] = Field(
+        default=[],
+        description=(
+            "Directories (relative to the config file) put first on `sys.path`, for custom "
+            "algorithms (`algorithm: package.module:Name`) and hooks."
+        ),
+    )
 
     listeners: list[Listener] = Field(min_length=1, description="Where clients connect.")
     pools: dict[_PoolName, PoolConfig] = Field(
@@ -1974,6 +1994,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         issue = ConfigIssue("", f"the config must be a mapping, not {_describe(data)}", line)
         raise ConfigError([issue], source)
     issues = duplicates
+    _resolve_python_path(data, source)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
@@ -1981,6 +2002,20 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     if issues:
         raise ConfigError(_tidy(issues), source)
     return config
+
+
+def _resolve_python_path(data: dict[str, Any], source: str) -> None:
+    """Make `python_path` entries absolute (relative to the config file) and importable before
+    validation, which imports the custom algorithms; and start a fresh load of those."""
+    custom_algorithms.begin_load()
+    dirs = data.get("python_path")
+    if not isinstance(dirs, list):
+        return  # reported by validation
+    base = Path(source).parent
+    data["python_path"] = [os.path.abspath(base / d) if isinstance(d, str) else d for d in dirs]
+    custom_algorithms.add_python_path(
+        d for d in data["python_path"] if isinstance(d, str) and os.path.isdir(d)
+    )
 
 
 def load_config(path: str | Path) -> Config:
@@ -2000,7 +2035,10 @@ def config_schema() -> dict[str, Any]:
     schema = Config.model_json_schema()
     # Algorithms register at import time, so the list is filled in here rather than frozen in.
     algorithm = schema["$defs"]["PoolConfig"]["properties"]["algorithm"]
-    algorithm["enum"] = registered_names()
+    algorithm["anyOf"] = [
+        {"enum": registered_names()},
+        {"pattern": f"^{custom_algorithms.IMPORT_PATH.pattern}$"},
+    ]
     return schema
 
 
@@ -2063,6 +2101,10 @@ def _render_path(loc: _Loc) -> str:
         else:
             path += f"[{json.dumps(part)}]"
     return path
+
+
+# Other YAML files usher validates (e.g. `usher simulate` scenarios) name their paths alike.
+render_path = _render_path
 
 
 def _message(error: ErrorDetails, loc: _Loc) -> str:

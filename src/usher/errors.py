@@ -40,12 +40,14 @@ class ConfigIssue:
 class ConfigError(UsherError):
     """A config is invalid. `issues` lists every problem found, each with its path."""
 
-    def __init__(self, issues: list[ConfigIssue], source: str | None = None) -> None:
+    def __init__(
+        self, issues: list[ConfigIssue], source: str | None = None, *, what: str = "config"
+    ) -> None:
         self.issues = issues
         self.source = source
         head = f"{source}: " if source else ""
         noun = "problem" if len(issues) == 1 else "problems"
-        lines = [f"{head}{len(issues)} {noun} in the config"]
+        lines = [f"{head}{len(issues)} {noun} in the {what}"]
         lines += [f"  {issue}" for issue in issues]
         super().__init__("\n".join(lines))
 

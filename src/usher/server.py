@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from usher.balancing import custom as custom_algorithms
 from usher.clock import Clock, MonotonicClock
 from usher.config import BackendConfig, Config, HostPort, Listener, load_config
 from usher.errors import ChangeError, ConfigError, ConfigIssue, UsherError
@@ -103,6 +104,7 @@ class Balancer:
         self.access_log = access_log or AccessLog(enabled=False)
         self.seed = seed
         self.reuse_port = reuse_port
+        _import_user_code(config, fresh=False)
         self.pools: dict[str, Pool] = {
             name: Pool(name, cfg, self.clock, seed=seed) for name, cfg in config.pools.items()
         }
@@ -395,6 +397,9 @@ class Balancer:
             if self.config_path is None:
                 raise ChangeError(400, "this balancer was not started from a config file")
             config = load_config(self.config_path)
+        else:
+            # Validated elsewhere: a worker is sent its config, and re-imports the user's code.
+            _import_user_code(config, fresh=True)
         report = ReloadReport()
         # A certificate or CA that fails to load stops us here: nothing has changed yet.
         new_tls, upstream_tls = self._load_tls(config)
@@ -539,6 +544,19 @@ class Balancer:
         await asyncio.gather(*(pool.drain(b) for b in list(pool.backends)))
         for backend in pool.backends:
             backend.close_idle()
+
+
+def _import_user_code(config: Config, *, fresh: bool) -> None:
+    """Make the config's custom algorithms importable and loaded in this process (a worker
+    receives a config validated by the control process); `fresh` re-imports them (a reload)."""
+    custom_algorithms.add_python_path(config.python_path)
+    custom_algorithms.begin_load()
+    for name, pool in config.pools.items():
+        if custom_algorithms.is_import_path(pool.algorithm):
+            try:
+                custom_algorithms.load(pool.algorithm, fresh=fresh)
+            except ValueError as exc:
+                raise ConfigError([ConfigIssue(f"pools.{name}.algorithm", str(exc))]) from None
 
 
 def _first_error(exc: ValueError) -> str:

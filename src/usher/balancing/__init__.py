@@ -123,12 +123,18 @@ def register(*names: str) -> Callable[[type[Algorithm]], type[Algorithm]]:
     def decorate(cls: type[Algorithm]) -> type[Algorithm]:
         cls.name = names[0]
         for name in names:
-            if name in ALGORITHMS:
+            known = ALGORITHMS.get(name)
+            # The same class again is a module imported afresh (a reload of a user's module).
+            if known is not None and _where(known) != _where(cls):
                 raise ValueError(f"algorithm {name!r} is registered twice")
             ALGORITHMS[name] = cls
         return cls
 
     return decorate
+
+
+def _where(cls: type) -> tuple[str, str]:
+    return cls.__module__, cls.__qualname__
 
 
 def registered_names() -> list[str]:
@@ -138,6 +144,11 @@ def registered_names() -> list[str]:
 
 
 def get_algorithm(name: str) -> type[Algorithm]:
+    """The class of a registered name, or of a user's `package.module:Name` (balancing.custom)."""
+    if ":" in name:
+        from usher.balancing import custom
+
+        return custom.load(name)
     _load_builtin()
     try:
         return ALGORITHMS[name]
