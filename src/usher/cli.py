@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1
 EXIT_RUNTIME = 2
+EXIT_NOT_SERVING = 1  # `usher status --check`: this balancer does not serve
 
 app = typer.Typer(
     name="usher",
@@ -220,10 +221,24 @@ def status(
     watch: Annotated[bool, typer.Option("--watch", help="Refresh until Ctrl-C.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON.")] = False,
     interval: Annotated[str, typer.Option(help="Time between refreshes, e.g. 2s.")] = "2s",
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Exit 0 when the balancer serves (admin /health ok, its listeners accept "
+            "connections, a backend is healthy), else 1; for keepalived's track script.",
+        ),
+    ] = False,
 ) -> None:
     """Show the pools and backends of a running balancer, from its admin API."""
     from usher.config import parse_duration
     from usher.status import StatusError, show
+    from usher.status import check as check_serving
+
+    if check:
+        ok, why = check_serving(admin, token=token)
+        (out if ok else err).print(why, markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_OK if ok else EXIT_NOT_SERVING)
 
     try:
         every = parse_duration(interval)
