@@ -254,6 +254,72 @@ def status(
         pass
 
 
+ha = typer.Typer(
+    help="High availability: configs for running usher in pairs.", no_args_is_help=True
+)
+app.add_typer(ha, name="ha")
+
+
+@ha.command()
+def keepalived(
+    vip: Annotated[
+        list[str],
+        typer.Option(
+            help="Virtual address with its prefix, e.g. 192.0.2.10/24; repeat for "
+            "active-active (one --priority each)."
+        ),
+    ],
+    interface: Annotated[str, typer.Option(help="Network interface carrying the VIP, e.g. eth0.")],
+    priority: Annotated[
+        list[int],
+        typer.Option(
+            help="This node's VRRP priority (1..254) for each --vip; the higher holds it."
+        ),
+    ],
+    peer: Annotated[
+        list[str] | None,
+        typer.Option(help="The other node's address: unicast VRRP instead of multicast."),
+    ] = None,
+    router_id: Annotated[
+        int, typer.Option(help="virtual_router_id of the first --vip; the next ones count up.")
+    ] = 51,
+    admin: Annotated[
+        str, typer.Option(help="This node's admin API, for the track script.")
+    ] = "http://127.0.0.1:9900",
+    usher_command: Annotated[
+        str | None,
+        typer.Option(
+            "--usher",
+            help="The usher command the track script runs (default: this one, by full path).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Print a keepalived.conf for this node of a VRRP pair tracking `usher status --check`."""
+    import shlex
+    import shutil
+
+    from usher.ha import HaError, keepalived_conf
+
+    if usher_command is not None:
+        command = shlex.split(usher_command)
+    else:
+        found = shutil.which("usher")
+        command = [found] if found else [sys.executable, "-m", "usher"]
+    try:
+        text = keepalived_conf(
+            vips=vip,
+            interface=interface,
+            priorities=priority,
+            peers=peer or [],
+            router_id=router_id,
+            check_command=[*command, "status", "--check", "--admin", admin],
+        )
+    except HaError as exc:
+        raise _fail(EXIT_BAD_INPUT, str(exc)) from None
+    sys.stdout.write(text)
+
+
 @app.command()
 def version() -> None:
     """Print usher's version."""
