@@ -104,16 +104,21 @@ def render(overview: dict[str, Any], now: float | None = None) -> RenderableType
     return Group(*parts)
 
 
-def _records_table(listener: dict[str, Any]) -> Table:
-    """A dns listener's records: policy, TTL, and the sites with their backends' health."""
-    zones = ", ".join(listener.get("zones", []))
-    table = Table(
-        title=f"[bold]{listener.get('listener')}[/] [dim]dns records of {zones}[/]",
+def _table(title: str) -> Table:
+    # No vertical rules and short headings: the tables fit in 80 columns.
+    return Table(
+        title=title,
         title_justify="left",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
         collapse_padding=True,
     )
+
+
+def _records_table(listener: dict[str, Any]) -> Table:
+    """A dns listener's records: policy, TTL, and the sites with their backends' health."""
+    zones = ", ".join(listener.get("zones", []))
+    table = _table(f"[bold]{listener.get('listener')}[/] [dim]dns records of {zones}[/]")
     table.add_column("record", no_wrap=True)
     table.add_column("policy", no_wrap=True)
     table.add_column("ttl", justify="right", no_wrap=True)
@@ -198,14 +203,7 @@ def _pool_table(name: str, pool: dict[str, Any], now: float) -> Table:
         title += " [bold red]PANIC[/]"
     if pool.get("queued"):
         title += f" [yellow]{pool['queued']} queued[/]"
-    # No vertical rules and short headings: the table fits in 80 columns.
-    table = Table(
-        title=title,
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        collapse_padding=True,
-    )
+    table = _table(title)
     table.add_column("backend", no_wrap=True)
     table.add_column("state", no_wrap=True)
     table.add_column("weight", justify="right", no_wrap=True)
