@@ -231,14 +231,14 @@ def status(
     ] = False,
 ) -> None:
     """Show the pools and backends of a running balancer, from its admin API."""
-    from usher.config import parse_duration
-    from usher.status import StatusError, show
-    from usher.status import check as check_serving
+    if check:  # first, and nothing else imported: keepalived runs it every second or two
+        from usher.serving import check as check_serving
 
-    if check:
         ok, why = check_serving(admin, token=token)
         (out if ok else err).print(why, markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_OK if ok else EXIT_NOT_SERVING)
+    from usher.config import parse_duration
+    from usher.status import StatusError, show
 
     try:
         every = parse_duration(interval)
@@ -304,7 +304,11 @@ def keepalived(
     if usher_command is not None:
         command = shlex.split(usher_command)
     else:
-        found = shutil.which("usher")
+        # The `usher` script beside this interpreter, not `python -m usher`: keepalived runs a
+        # script by its resolved path, and a virtualenv's python resolved is the system one,
+        # which has no usher.
+        beside = Path(sys.executable).parent / "usher"
+        found = str(beside) if beside.is_file() else shutil.which("usher")
         command = [found] if found else [sys.executable, "-m", "usher"]
     try:
         text = keepalived_conf(

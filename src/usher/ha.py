@@ -20,10 +20,11 @@ from typing import Final
 # Linux interface names: at most 15 bytes (IFNAMSIZ - 1), no slash, no white space.
 _INTERFACE: Final = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
 SCRIPT_NAME: Final = "usher_serves"
-# How often the track script runs, and how many results in a row change its verdict: a
-# failover within about three seconds, no flapping on a single slow answer.
-CHECK_INTERVAL: Final = 1
-CHECK_TIMEOUT: Final = 3
+# How often the track script runs, and how many results in a row change its verdict: the
+# address released 2 to 4 s after the balancer stops serving, and no flapping on one slow
+# check (a loaded machine can take a second to start the check's Python).
+CHECK_INTERVAL: Final = 2
+CHECK_TIMEOUT: Final = 5
 CHECK_FALL: Final = 2
 CHECK_RISE: Final = 2
 

@@ -1,11 +1,9 @@
 """`usher status`: a running balancer's pools and backends (and its dns listeners' records),
-read from its admin API, as tables (once, or refreshed in place) or as the API's JSON; and
-`usher status --check`, the yes/no of "this balancer serves" for keepalived's track script."""
+read from its admin API, as tables (once, or refreshed in place) or as the API's JSON."""
 
 from __future__ import annotations
 
 import json
-import socket
 import time
 from typing import Any
 
@@ -138,63 +136,6 @@ def _records_table(listener: dict[str, Any]) -> Table:
     if not listener.get("records"):
         table.add_row(Text("no records", style="dim"), "", "", "")
     return table
-
-
-# --- usher status --check -------------------------------------------------------------------
-
-# How long a listener may take to accept the check's TCP connection.
-CONNECT_TIMEOUT = 2.0
-# Listeners that accept TCP connections (udp has nothing to connect to; dns has TCP too).
-_STREAM_PROTOCOLS = frozenset({"http", "https", "tcp", "tls_passthrough", "dns"})
-
-
-def check(admin_url: str, *, token: str | None = None) -> tuple[bool, str]:
-    """Whether the balancer behind `admin_url` serves, and why (one line).
-
-    It serves when: its admin API answers `/health` with ok; it has at least one listener
-    bound, and every bound listener that takes TCP connections accepts one now (with workers,
-    that is a worker answering); and, when its pools have backends at all, at least one of
-    them is healthy (a node that can reach none of its backends should let its peer serve)."""
-    with client_for(token) as client:
-        base = admin_url if "://" in admin_url else f"http://{admin_url}"
-        try:
-            health = client.get(base.rstrip("/") + "/health")
-        except (httpx.TransportError, httpx.InvalidURL) as exc:
-            return False, f"admin API at {admin_url} does not answer: {exc or type(exc).__name__}"
-        if health.status_code != 200:
-            return False, f"admin API /health answered HTTP {health.status_code}"
-        try:
-            overview = _get(client, admin_url, "/api/pools", "pools")
-        except StatusError as exc:
-            return False, str(exc)
-    listeners = [lst for lst in overview.get("listeners", []) if lst.get("url")]
-    if not listeners:
-        return False, "no listener is bound"
-    for listener in listeners:
-        if listener.get("protocol") not in _STREAM_PROTOCOLS:
-            continue
-        host, port = _host_port(str(listener["url"]))
-        try:
-            socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
-        except OSError as exc:
-            return False, f"listener {listener.get('name')} ({host}:{port}) refuses: {exc}"
-    backends = [b for pool in overview.get("pools", {}).values() for b in pool.get("backends", [])]
-    healthy = sum(1 for b in backends if b.get("state") == "healthy")
-    if backends and not healthy:
-        return False, f"none of the {len(backends)} backends is healthy"
-    return True, (
-        f"serving: {len(listeners)} listener{'s' * (len(listeners) != 1)} up, "
-        f"{healthy} of {len(backends)} backends healthy"
-    )
-
-
-def _host_port(url: str) -> tuple[str, int]:
-    """Where to connect to reach a listener bound at `url` (a wildcard means this host)."""
-    netloc = url.split("://", 1)[1]
-    host, _, port = netloc.rpartition(":")
-    host = host.strip("[]")
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    return host, int(port)
 
 
 def _pool_table(name: str, pool: dict[str, Any], now: float) -> Table:
