@@ -429,6 +429,7 @@ async def test_health_checks_going_down_flip_the_answers(
         assert addresses(await query(port, "api.example.com")) == ["127.0.0.2"]
         primary.healthy = False  # its /health answers 503 from now on
         await wait_for(lambda: not us.healthy, 10)
+        assert us.check_rtt is None and eu.check_rtt is not None  # a failed check has none
         assert addresses(await query(port, "api.example.com")) == ["127.0.0.3"]
         # Never the dead site while a live one exists, whatever the weights draw.
         assert {addresses(await query(port, "www.example.com"))[0] for _ in range(30)} == {
