@@ -16,11 +16,14 @@ $(STAMP): $(BIN)/python pyproject.toml
 demo: $(STAMP)
 	$(BIN)/usher demo
 
-# System tools the tests drive: Debian's Chromium (the dashboard's browser test) and promtool.
+# System tools the tests drive: Debian's Chromium (the dashboard's browser test), promtool, dig
+# (the dns listener's tests) and keepalived (the HA config test).
 system-tools:
 	@missing=""; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	[ -x /usr/bin/promtool ] || missing="$$missing prometheus"; \
+	[ -x /usr/bin/dig ] || missing="$$missing dnsutils"; \
+	[ -x /usr/sbin/keepalived ] || missing="$$missing keepalived"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing (apt-get)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

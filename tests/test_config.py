@@ -118,7 +118,7 @@ def test_minimal_config_gets_the_defaults() -> None:
 
 def test_full_config_reads_every_key() -> None:
     config = load_config(CONFIGS / "full.yaml")
-    public, plain, db, dns, edge = config.listeners
+    public, plain, db, dns, edge, gslb = config.listeners
     assert public.accept_proxy_protocol and not plain.accept_proxy_protocol
     assert public.tls is not None and public.tls.client_ca == "clients-ca.pem"
     assert (public.tls.client_auth, public.tls.client_cert_header) == ("optional", "X-Client-DN")
@@ -127,6 +127,9 @@ def test_full_config_reads_every_key() -> None:
     assert (db.protocol, dns.protocol, edge.protocol) == ("tcp", "udp", "tls_passthrough")
     assert dns.max_sessions == 500 and edge.zero_copy and not db.zero_copy
     assert edge.routes[0].match is not None and edge.routes[0].match.sni == "*.example.com"
+    assert gslb.protocol == "dns" and gslb.dns is not None and gslb.dns.rate_limit is not None
+    assert (gslb.dns.rate_limit.burst, gslb.dns.records[0].ttl) == (100.0, 5.0)
+    assert gslb.dns.records[2].geo[0].clients == ["10.1.0.0/16"]
     db_pool = config.pools["db"]
     assert db_pool.send_proxy_protocol == "v2"
     assert db_pool.tls is not None and not db_pool.tls.verify
@@ -181,7 +184,7 @@ def test_full_config_really_has_every_key() -> None:
     text = (CONFIGS / "full.yaml").read_text()
     schema = config_schema()
     models = {"Config": schema, **schema["$defs"]}
-    assert len(models) == 27
+    assert len(models) == 31
     missing = [
         f"{name}.{key}"
         for name, model in models.items()
@@ -526,7 +529,7 @@ BAD_FILES = {
     "unknown protocol": (
         listener("protocol: sctp\npool: web"),
         "listeners[0].protocol",
-        "must be one of: http, https, tcp, udp, tls_passthrough",
+        "must be one of: http, https, tcp, udp, tls_passthrough, dns",
     ),
     "https without tls": (
         listener("protocol: https\npool: web"),

@@ -32,6 +32,9 @@ CONTRACT_NAMES = [
     "usher_rejected_total",
     "usher_bytes_total",
     "usher_connections_total",
+    "usher_dns_queries_total",
+    "usher_dns_answers_total",
+    "usher_dns_rate_limited_total",
 ]
 
 

@@ -127,6 +127,10 @@ def test_a_worker_follows_the_control_state(table: SharedTable) -> None:
     apply_state({"web": worker}, pools_state({"web": control}, rows), table, 1)
     wa, wb, wc = worker.backends
     assert (wa.healthy, wa.reason) == (False, "check failed")
+    assert wb.check_rtt is None
+    b.check_rtt = 0.042  # a health check's round trip: what dns latency records answer on
+    apply_state({"web": worker}, pools_state({"web": control}, rows), table, 1)
+    assert wb.check_rtt == 0.042
     assert wb.weight == 5
     assert wc.label == "127.0.0.1:9003" and wc.backup
     assert wc.shared is not None

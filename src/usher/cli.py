@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1
 EXIT_RUNTIME = 2
+EXIT_NOT_SERVING = 1  # `usher status --check`: this balancer does not serve
 
 app = typer.Typer(
     name="usher",
@@ -220,8 +221,22 @@ def status(
     watch: Annotated[bool, typer.Option("--watch", help="Refresh until Ctrl-C.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON.")] = False,
     interval: Annotated[str, typer.Option(help="Time between refreshes, e.g. 2s.")] = "2s",
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Exit 0 when the balancer serves (admin /health ok, its listeners accept "
+            "connections, a backend is healthy), else 1; for keepalived's track script.",
+        ),
+    ] = False,
 ) -> None:
     """Show the pools and backends of a running balancer, from its admin API."""
+    if check:  # first, and nothing else imported: keepalived runs it every second or two
+        from usher.serving import check as check_serving
+
+        ok, why = check_serving(admin, token=token)
+        (out if ok else err).print(why, markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_OK if ok else EXIT_NOT_SERVING)
     from usher.config import parse_duration
     from usher.status import StatusError, show
 
@@ -237,6 +252,76 @@ def status(
         raise _fail(exc.exit_code, str(exc)) from None
     except KeyboardInterrupt:
         pass
+
+
+ha = typer.Typer(
+    help="High availability: configs for running usher in pairs.", no_args_is_help=True
+)
+app.add_typer(ha, name="ha")
+
+
+@ha.command()
+def keepalived(
+    vip: Annotated[
+        list[str],
+        typer.Option(
+            help="Virtual address with its prefix, e.g. 192.0.2.10/24; repeat for "
+            "active-active (one --priority each)."
+        ),
+    ],
+    interface: Annotated[str, typer.Option(help="Network interface carrying the VIP, e.g. eth0.")],
+    priority: Annotated[
+        list[int],
+        typer.Option(
+            help="This node's VRRP priority (1..254) for each --vip; the higher holds it."
+        ),
+    ],
+    peer: Annotated[
+        list[str] | None,
+        typer.Option(help="The other node's address: unicast VRRP instead of multicast."),
+    ] = None,
+    router_id: Annotated[
+        int, typer.Option(help="virtual_router_id of the first --vip; the next ones count up.")
+    ] = 51,
+    admin: Annotated[
+        str, typer.Option(help="This node's admin API, for the track script.")
+    ] = "http://127.0.0.1:9900",
+    usher_command: Annotated[
+        str | None,
+        typer.Option(
+            "--usher",
+            help="The usher command the track script runs (default: this one, by full path).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Print a keepalived.conf for this node of a VRRP pair tracking `usher status --check`."""
+    import shlex
+    import shutil
+
+    from usher.ha import HaError, keepalived_conf
+
+    if usher_command is not None:
+        command = shlex.split(usher_command)
+    else:
+        # The `usher` script beside this interpreter, not `python -m usher`: keepalived runs a
+        # script by its resolved path, and a virtualenv's python resolved is the system one,
+        # which has no usher.
+        beside = Path(sys.executable).parent / "usher"
+        found = str(beside) if beside.is_file() else shutil.which("usher")
+        command = [found] if found else [sys.executable, "-m", "usher"]
+    try:
+        text = keepalived_conf(
+            vips=vip,
+            interface=interface,
+            priorities=priority,
+            peers=peer or [],
+            router_id=router_id,
+            check_command=[*command, "status", "--check", "--admin", admin],
+        )
+    except HaError as exc:
+        raise _fail(EXIT_BAD_INPUT, str(exc)) from None
+    sys.stdout.write(text)
 
 
 @app.command()

@@ -613,6 +613,17 @@ _ServerName = Annotated[str, AfterValidator(_server_name)]
 _PoolName = Annotated[str, AfterValidator(_pool_name)]
 
 
+def _dns_name(value: str) -> str:
+    """A domain name, lower case, without the root's trailing dot."""
+    name = value.strip().lower().rstrip(".")
+    if not _HOSTNAME.fullmatch(name):
+        raise ValueError(f"invalid domain name {value!r} (expected e.g. www.example.com)")
+    return name
+
+
+_DnsName = Annotated[str, AfterValidator(_dns_name)]
+
+
 def parse_percent(value: object) -> float:
     """`"20%"` or a fraction such as `0.2` -> 0.2."""
     if isinstance(value, bool):
@@ -1219,16 +1230,144 @@ class ListenerTimeouts(_Model):
     )
 
 
+DNS_POLICIES: Final = ("weighted", "failover", "geo", "latency", "round_robin", "all")
+DEFAULT_DNS_TTL: Final = 30.0
+DEFAULT_DNS_RESPONSES_PER_SECOND: Final = 100.0
+DEFAULT_DNS_SLIP: Final = 2
+
+
+class DnsGeoRule(_Model):
+    """Clients from these networks are answered from this pool (first matching rule wins)."""
+
+    clients: list[Cidr] = Field(
+        min_length=1, description="Networks of the clients (or of their EDNS Client Subnet)."
+    )
+    pool: str = Field(description="The pool (site) that answers them.")
+
+
+class DnsRecord(_Model):
+    """One name the listener answers, and how it picks addresses from the pools' backends."""
+
+    name: _DnsName = Field(description="The name, inside one of `dns.zones`.")
+    policy: Literal["weighted", "failover", "geo", "latency", "round_robin", "all"] = Field(
+        default="all",
+        description="`weighted`: one backend drawn by weight over the healthy backends of "
+        "`pools`; `failover`: the healthy backends of the first pool that has one; `geo`: the "
+        "first `geo` rule matching the client's subnet; `latency`: the backends with the lowest "
+        "health-check round trip from this node; `round_robin`: the healthy backends, rotated "
+        "at each answer; `all`: every healthy backend.",
+    )
+    pools: list[str] = Field(
+        default=[], description="The pools (sites) whose backends' addresses are answered."
+    )
+    geo: list[DnsGeoRule] = Field(
+        default=[],
+        description="`geo` only: rules tried in order, the first matching the client wins; a "
+        "client no rule matches is answered from `pools` (the default); one whose site is down, "
+        "from its next matching rule, then `pools`, then the other rules' sites.",
+    )
+    answers: int | None = Field(
+        default=None, gt=0, description="Most addresses in one answer (default: no cap)."
+    )
+    ttl: Duration | None = Field(default=None, description="TTL of the answers (default: dns.ttl).")
+    when_all_down: Literal["all", "servfail"] = Field(
+        default="all",
+        description="When no backend of the record is healthy: `all` answers every address "
+        "(better a chance than nothing), `servfail` answers SERVFAIL.",
+    )
+
+    @classmethod
+    def _rules(cls, data: Mapping[str, Any]) -> list[_Problem]:
+        problems: list[_Problem] = []
+        policy = _get(data, "policy") or "all"
+        has_geo = bool(_get(data, "geo"))
+        if policy == "geo" and not has_geo:
+            problems.append((("geo",), "policy geo needs geo rules (clients -> pool)"))
+        if policy != "geo" and has_geo:
+            problems.append((("geo",), f"only for policy geo (this record is {policy})"))
+        if policy != "geo" and not _get(data, "pools"):
+            problems.append((("pools",), f"policy {policy} needs at least one pool"))
+        return problems
+
+
+class DnsRateLimit(_Model):
+    """Response-rate limiting per client subnet (/24 for IPv4, /56 for IPv6), as BIND's RRL:
+    a token bucket per subnet; past it, every `slip`-th answer goes out truncated (TC, empty,
+    so that a real client retries over TCP) and the others are dropped. TCP is not limited."""
+
+    responses_per_second: float = Field(
+        default=DEFAULT_DNS_RESPONSES_PER_SECOND, gt=0, description="Answers per second."
+    )
+    burst: float | None = Field(
+        default=None, gt=0, description="Bucket size (default: one second's worth)."
+    )
+    slip: int = Field(
+        default=DEFAULT_DNS_SLIP,
+        ge=0,
+        description="Every slip-th limited answer is sent truncated; 0 drops them all.",
+    )
+
+
+class DnsSettings(_Model):
+    """What a `dns` listener serves: its zones and their records."""
+
+    zones: list[_DnsName] = Field(
+        min_length=1, description="Zones answered with authority; REFUSED outside them."
+    )
+    ttl: Duration = Field(default=DEFAULT_DNS_TTL, description="TTL of the answers by default.")
+    nameservers: list[_DnsName] = Field(
+        default=[],
+        description="The zones' NS names (also the SOA's primary); default `ns.<zone>`.",
+    )
+    records: list[DnsRecord] = Field(default=[], description="The names answered.")
+    rate_limit: DnsRateLimit | None = Field(
+        default=DnsRateLimit(), description="Response-rate limiting on UDP; null: none."
+    )
+
+    @classmethod
+    def _rules(cls, data: Mapping[str, Any]) -> list[_Problem]:
+        problems: list[_Problem] = []
+        zones = [
+            z.strip().lower().rstrip(".")
+            for _, z in _items(_get(data, "zones"))
+            if isinstance(z, str)
+        ]
+        seen: dict[str, int] = {}
+        for index, record in _items(_get(data, "records")):
+            name = _get(record, "name")
+            if not isinstance(name, str):
+                continue
+            name = name.strip().lower().rstrip(".")
+            if zones and not any(name == z or name.endswith("." + z) for z in zones):
+                problems.append(
+                    (
+                        ("records", index, "name"),
+                        f"{name} is in none of the zones ({', '.join(zones)})",
+                    )
+                )
+            if name in seen:
+                problems.append(
+                    (
+                        ("records", index, "name"),
+                        f"duplicate record {name} (also records[{seen[name]}])",
+                    )
+                )
+            else:
+                seen[name] = index
+        return problems
+
+
 class Listener(_Model):
     """An address usher accepts clients on, and how their requests are routed."""
 
     name: str = Field(min_length=1, description="Unique name, used in logs and metrics.")
     bind: Address = Field(description="Address to listen on; port 0 picks a free port.")
-    protocol: Literal["http", "https", "tcp", "udp", "tls_passthrough"] = Field(
+    protocol: Literal["http", "https", "tcp", "udp", "tls_passthrough", "dns"] = Field(
         default=DEFAULT_PROTOCOL,
         description="`https` terminates TLS and needs `tls`; `tcp` and `udp` relay bytes or "
         "datagrams to `pool`; `tls_passthrough` routes TLS connections on their SNI "
-        "(`routes` with `match: {sni: ...}`) without decrypting them.",
+        "(`routes` with `match: {sni: ...}`) without decrypting them; `dns` answers DNS "
+        "queries (UDP and TCP on the same address) from the pools' healthy backends, per `dns`.",
     )
     tls: ListenerTls | None = Field(default=None, description="TLS settings; `https` only.")
     routes: list[Route] = Field(
@@ -1285,6 +1424,9 @@ class Listener(_Model):
         "are dropped (and counted in usher_rejected_total{reason=max_sessions}). With "
         "`--workers N` each worker allows max_sessions/N (rounded up).",
     )
+    dns: DnsSettings | None = Field(
+        default=None, description="`dns` only: the zones served and their records."
+    )
 
     def effective_routes(self) -> list[Route]:
         """The routes to try in order, with the `pool` shorthand spelled out."""
@@ -1303,7 +1445,11 @@ class Listener(_Model):
             problems.append((("tls",), "only allowed with protocol https"))
         has_routes = bool(_get(data, "routes"))
         has_pool = _get(data, "pool") is not None
-        if has_routes == has_pool:
+        if protocol == "dns":
+            problems += _dns_listener_rules(data, has_routes or has_pool)
+        elif _get(data, "dns") is not None:
+            problems.append((("dns",), "only for protocol dns"))
+        if protocol != "dns" and has_routes == has_pool:
             problems.append(((), "a listener needs exactly one of routes, pool"))
         if protocol in ("tcp", "udp") and has_routes:
             problems.append((("routes",), f"protocol {protocol} takes one `pool`, not routes"))
@@ -1317,9 +1463,21 @@ class Listener(_Model):
         sessions = _get(data, "max_sessions")
         if sessions is not None and sessions != DEFAULT_MAX_SESSIONS and protocol != "udp":
             problems.append((("max_sessions",), "only for protocol udp"))
-        if protocol in L4_PROTOCOLS:
+        if protocol in L4_PROTOCOLS or protocol == "dns":
             problems += _layer4_limit_rules(data, protocol)
         return problems
+
+
+def _dns_listener_rules(data: Mapping[str, Any], has_pool: bool) -> list[_Problem]:
+    problems: list[_Problem] = []
+    if _get(data, "dns") is None:
+        problems.append((("dns",), "required for protocol dns (zones and records)"))
+    if has_pool:
+        problems.append(((), "protocol dns takes `dns.records`, not pool or routes"))
+    for key in ("accept_proxy_protocol", "zero_copy"):
+        if _get(data, key):
+            problems.append(((key,), "not for protocol dns"))
+    return problems
 
 
 # What layer-4 listeners can enforce: IP lists for all three, connection limits for the two
@@ -1355,6 +1513,8 @@ def _layer4_limit_rules(data: Mapping[str, Any], protocol: str) -> list[_Problem
                 )
             elif protocol == "udp" and key in ("max_connections", "connections_per_ip"):
                 problems.append((("limits", key), "udp has no connections: use max_sessions"))
+            elif protocol == "dns" and key in ("max_connections", "connections_per_ip"):
+                problems.append((("limits", key), "not for protocol dns (use dns.rate_limit)"))
     for key in _L7_LISTENER_KEYS:
         if is_set(Listener, key, _get(data, key)):
             problems.append(((key,), f"works on HTTP requests: not for protocol {protocol}"))
@@ -1881,7 +2041,36 @@ class Config(_Model):
         if isinstance(pools, Mapping):
             problems += _unknown_pools(data, {str(name) for name in pools})
             problems += _l4_pool_rules(data, pools)
+            problems += _dns_pool_rules(data, pools)
         return problems
+
+
+def _dns_pool_rules(data: Mapping[str, Any], pools: Mapping[str, Any]) -> list[_Problem]:
+    """A pool a dns record answers from needs IP addresses: they become A and AAAA records."""
+    problems: list[_Problem] = []
+    reported: set[tuple[str, int]] = set()
+    for _, listener in _items(_get(data, "listeners")):
+        for _, record in _items(_get(_get(listener, "dns"), "records")):
+            used = [p for _, p in _items(_get(record, "pools"))]
+            used += [_get(rule, "pool") for _, rule in _items(_get(record, "geo"))]
+            for pool_name in used:
+                pool = pools.get(pool_name) if isinstance(pool_name, str) else None
+                for b, backend in _items(_get(pool, "backends")):
+                    address = _address_or_none(_get(backend, "address"))
+                    if address is None or (pool_name, b) in reported:
+                        continue
+                    try:
+                        ipaddress.ip_address(address.host)
+                    except ValueError:
+                        reported.add((pool_name, b))
+                        problems.append(
+                            (
+                                ("pools", pool_name, "backends", b, "address"),
+                                f"{address.host} is not an IP address: record "
+                                f"{_get(record, 'name')} answers it as A/AAAA",
+                            )
+                        )
+    return problems
 
 
 # Algorithms that need something only an HTTP request has (a response time).
@@ -1946,6 +2135,12 @@ def _unknown_pools(data: Mapping[str, Any], known: set[str]) -> list[_Problem]:
             refs.append(((*here, "pool"), _get(route, "pool")))
             for k, target in _items(_get(route, "split")):
                 refs.append(((*here, "split", k, "pool"), _get(target, "pool")))
+        for j, record in _items(_get(_get(listener, "dns"), "records")):
+            here = ("listeners", i, "dns", "records", j)
+            for k, name in _items(_get(record, "pools")):
+                refs.append(((*here, "pools", k), name))
+            for k, rule in _items(_get(record, "geo")):
+                refs.append(((*here, "geo", k, "pool"), _get(rule, "pool")))
     hint = f"known: {', '.join(sorted(known))}" if known else "no pools are defined"
     return [
         (loc, f"unknown pool {name!r} ({hint})")

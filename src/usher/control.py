@@ -27,6 +27,7 @@ from typing import Any
 
 from usher.channel import Channel, ChannelClosed
 from usher.config import Config
+from usher.dns.server import bind_pair
 from usher.errors import UsherError
 from usher.listeners import AnyListener, Serving
 from usher.logs import AccessLog
@@ -50,22 +51,24 @@ class Reservation:
     """A listener address bound, never listening: stands for the workers' sockets in the
     control process's Balancer (it is closed where a served listener would be)."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+    def __init__(self, *socks: socket.socket) -> None:
+        self.socks = socks  # a dns listener has two: TCP, then UDP on the same port
 
     def release_datagram(self) -> None:
         """A bound UDP socket in a SO_REUSEPORT group takes its share of the datagrams (a TCP
         socket that never listens takes no connection), so once the workers hold a UDP port,
         the control process lets go of its own."""
-        if self.sock.type == socket.SOCK_DGRAM:
-            self.sock.close()
+        for sock in self.socks:
+            if sock.type == socket.SOCK_DGRAM:
+                sock.close()
 
     @property
     def sockets(self) -> Sequence[socket.socket]:
-        return [self.sock]
+        return list(self.socks)
 
     def close(self) -> None:
-        self.sock.close()
+        for sock in self.socks:
+            sock.close()
 
     async def wait_closed(self) -> None:
         return None
@@ -136,14 +139,23 @@ class ControlBalancer(Balancer):
 
     async def _bind(self, listener: AnyListener) -> tuple[Serving, Bound]:
         lc = listener.config
+        host = lc.bind.host
         try:
-            sock = reserve(lc.bind.host, lc.bind.port, datagram=lc.protocol == "udp")
+            socks: tuple[socket.socket, ...]
+            if lc.protocol == "dns":
+                socks = bind_pair(
+                    lc.bind.port,
+                    lambda port: reserve(host, port),
+                    lambda port: reserve(host, port, datagram=True),
+                )
+            else:
+                socks = (reserve(host, lc.bind.port, datagram=lc.protocol == "udp"),)
         except OSError as exc:
             raise BindError(
                 f"listener {lc.name}: cannot listen on {lc.bind}: {exc.strerror or exc}"
             ) from exc
-        host, port = sock.getsockname()[:2]
-        return Reservation(sock), Bound(lc.name, host, port, lc.protocol)
+        host, port = socks[0].getsockname()[:2]
+        return Reservation(*socks), Bound(lc.name, host, port, lc.protocol)
 
     async def _retire_pool(self, pool: Pool) -> None:
         return None  # each worker retires its own copy; nothing is in flight here

@@ -16,6 +16,7 @@ import random
 import re
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -644,7 +645,9 @@ class HealthChecker:
         # Spread the first round too, so backends started together are not checked together.
         await self._sleep(self.rng.uniform(0, check.interval * check.jitter))
         while True:
+            started = time.perf_counter()
             ok, detail = await self._probe(backend)
+            backend.check_rtt = time.perf_counter() - started if ok else None
             self._record(backend, state, ok, detail)
             await self._sleep(state.next_delay(self.rng))
 

@@ -10,6 +10,7 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from usher.dns.server import DnsListener
 from usher.http.proxy import ClientConnection, HttpListener
 from usher.l4.accept import Acceptor, listening_socket, read_proxy_header
 from usher.l4.tcp import TcpListener
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("usher.l4")
 
-AnyListener = HttpListener | TcpListener | UdpListener
+AnyListener = HttpListener | TcpListener | UdpListener | DnsListener
 
 
 class Abortable(Protocol):
@@ -59,6 +60,8 @@ def build_listener(
         kind = TcpListener
     elif config.protocol == "udp":
         kind = UdpListener
+    elif config.protocol == "dns":
+        kind = DnsListener
     return kind(
         config, router, clock=clock, access_log=access_log, metrics=metrics, workers=workers
     )
@@ -74,7 +77,7 @@ async def bind_listener(
     listener's current server context (it may change on reload)."""
     if isinstance(listener, TcpListener):
         return listener.bind(reuse_port)
-    if isinstance(listener, UdpListener):
+    if isinstance(listener, UdpListener | DnsListener):
         return await listener.bind(reuse_port)
     lc = listener.config
     if lc.accept_proxy_protocol:

@@ -149,6 +149,54 @@ class ConnectionRecord:
         )
 
 
+class QueryRecord:
+    """One DNS query: who asked what, and what it got."""
+
+    __slots__ = (
+        "answers",
+        "client",
+        "duration",
+        "listener",
+        "qname",
+        "qtype",
+        "rcode",
+        "time",
+        "transport",
+    )
+
+    def __init__(self, client: str, listener: str, transport: str) -> None:
+        self.time = time.time()
+        self.client = client
+        self.listener = listener
+        self.transport = transport  # udp or tcp
+        self.qname = ""
+        self.qtype = ""
+        self.rcode = ""
+        self.answers: list[str] = []
+        self.duration = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "time": _iso(self.time),
+            "listener": self.listener,
+            "protocol": "dns",
+            "transport": self.transport,
+            "client": self.client,
+            "name": self.qname,
+            "type": self.qtype,
+            "rcode": self.rcode,
+            "answers": list(self.answers),
+            "duration_ms": round(self.duration * 1000, 3),
+        }
+
+    def as_text(self) -> str:
+        return (
+            f"{_iso(self.time)} {self.client} DNS/{self.transport.upper()} {self.listener} "
+            f"{self.qname or '-'} {self.qtype or '-'} {self.rcode} "
+            f"answers={','.join(self.answers) or '-'} {self.duration * 1000:.1f}ms"
+        )
+
+
 def _iso(at: float) -> str:
     millis = int(at * 1000) % 1000
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{millis:03d}Z"
@@ -166,7 +214,7 @@ class AccessLog:
         self.format = format
         self.stream = stream
 
-    def write(self, record: AccessRecord | ConnectionRecord) -> None:
+    def write(self, record: AccessRecord | ConnectionRecord | QueryRecord) -> None:
         if not self.enabled:
             return
         if self.format == "json":

@@ -70,6 +70,24 @@ COUNTERS: Final = (
         ("pool", "backend", "result"),
         "Active health checks, by result.",
     ),
+    (
+        "usher_dns_queries_total",
+        "dns_queries_total",
+        ("listener", "record", "policy", "rcode"),
+        "DNS queries answered, by record (empty: no configured name), policy and rcode.",
+    ),
+    (
+        "usher_dns_answers_total",
+        "dns_answers_total",
+        ("listener", "record", "pool", "backend"),
+        "Addresses given in DNS answers, by record and the site (pool) and backend they name.",
+    ),
+    (
+        "usher_dns_rate_limited_total",
+        "dns_rate_limited_total",
+        ("listener", "action"),
+        "DNS answers held back by response-rate limiting: dropped, or slipped (sent truncated).",
+    ),
 )
 HISTOGRAMS: Final = (
     (
@@ -118,6 +136,9 @@ class Metrics:
         "bytes_total",
         "connect_duration",
         "connections_total",
+        "dns_answers_total",
+        "dns_queries_total",
+        "dns_rate_limited_total",
         "health_checks_total",
         "rejected_total",
         "request_duration",
@@ -132,6 +153,9 @@ class Metrics:
         self.bytes_total: dict[tuple[str, str], int] = {}
         self.health_checks_total: dict[tuple[str, str, str], int] = {}
         self.connections_total: dict[tuple[str, str, str, str], int] = {}
+        self.dns_queries_total: dict[tuple[str, str, str, str], int] = {}
+        self.dns_answers_total: dict[tuple[str, str, str, str], int] = {}
+        self.dns_rate_limited_total: dict[tuple[str, str], int] = {}
         self.request_duration: dict[tuple[str, str], Histogram] = {}
         self.connect_duration: dict[tuple[str, str], Histogram] = {}
 
@@ -184,6 +208,27 @@ class Metrics:
         """One finished layer-4 connection or UDP session: ok, connect_failed, no_backend, ..."""
         counts = self.connections_total
         key = (listener, pool or "", backend or "", result)
+        counts[key] = counts.get(key, 0) + 1
+
+    def dns_query(
+        self,
+        listener: str,
+        record: str,
+        policy: str,
+        rcode: str,
+        answers: Iterable[tuple[str, str]],
+    ) -> None:
+        """One DNS query answered, and the (pool, backend) of each address in the answer."""
+        key = (listener, record, policy, rcode)
+        self.dns_queries_total[key] = self.dns_queries_total.get(key, 0) + 1
+        counts = self.dns_answers_total
+        for pool, backend in answers:
+            akey = (listener, record, pool, backend)
+            counts[akey] = counts.get(akey, 0) + 1
+
+    def dns_rate_limited(self, listener: str, action: str) -> None:
+        counts = self.dns_rate_limited_total
+        key = (listener, action)
         counts[key] = counts.get(key, 0) + 1
 
     def health_check(self, pool: str, backend: str, ok: bool) -> None:

@@ -53,6 +53,7 @@ class Backend:
         "active",
         "address",
         "backup",
+        "check_rtt",
         "drained",
         "effective_weight",
         "ejections",
@@ -111,6 +112,8 @@ class Backend:
         self.latency_ewma = 0.0
         self.load: float | None = None  # 0..1 as the backend's agent last reported it
         self.last_check: tuple[bool, float, str] | None = None  # (ok, at, detail)
+        # The last passing active check's round trip from this node (the DNS latency policy).
+        self.check_rtt: float | None = None
         self.drained: asyncio.Event | None = None
         # With several workers: this worker's cells of the shared counts (usher.shared).
         self.shared: Slot | None = None

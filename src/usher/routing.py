@@ -158,10 +158,11 @@ class Route:
 class Router:
     """A listener's routes in order; `route()` returns the first that matches, or None."""
 
-    __slots__ = ("routes",)
+    __slots__ = ("pools", "routes")
 
     def __init__(self, routes: Sequence[RouteConfig], pools: Mapping[str, Pool]) -> None:
         self.routes = [Route(i, r, pools) for i, r in enumerate(routes)]
+        self.pools = pools  # every pool by name: a dns listener's records name them
 
     def route(self, request: Request) -> Route | None:
         path = query = b""

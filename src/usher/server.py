@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from usher.balancing import custom as custom_algorithms
 from usher.clock import Clock, MonotonicClock
 from usher.config import BackendConfig, Config, HostPort, Listener, load_config
+from usher.dns.server import DnsListener
 from usher.errors import ChangeError, ConfigError, ConfigIssue, UsherError
 from usher.health import HealthChecker
 from usher.listeners import Abortable, AnyListener, Serving, bind_listener, build_listener
@@ -289,6 +290,14 @@ class Balancer:
             ],
             "pools": {name: pool.describe(offset) for name, pool in self.pools.items()},
         }
+
+    def describe_dns(self) -> list[dict[str, Any]]:
+        """Every dns listener's records and the sites they point at (`GET /api/dns`)."""
+        return [
+            {**listener.describe(), "url": self.bound[name].url if name in self.bound else None}
+            for name, listener in self.listeners.items()
+            if isinstance(listener, DnsListener)
+        ]
 
     async def before_scrape(self) -> None:
         """Bring the metrics up to date before `/metrics` renders them (the control process of

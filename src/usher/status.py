@@ -1,5 +1,5 @@
-"""`usher status`: a running balancer's pools and backends, read from its admin API, as tables
-(once, or refreshed in place) or as the API's JSON."""
+"""`usher status`: a running balancer's pools and backends (and its dns listeners' records),
+read from its admin API, as tables (once, or refreshed in place) or as the API's JSON."""
 
 from __future__ import annotations
 
@@ -34,10 +34,18 @@ class StatusError(Exception):
 
 
 def fetch(client: httpx.Client, admin_url: str) -> dict[str, Any]:
-    """`GET /api/pools` from the admin API at `admin_url` (`host:port` means http)."""
+    """`GET /api/pools` from the admin API at `admin_url` (`host:port` means http), with the
+    dns listeners' records from `GET /api/dns` under `dns` when there are any."""
+    body = _get(client, admin_url, "/api/pools", "pools")
+    if any(listener.get("protocol") == "dns" for listener in body.get("listeners", [])):
+        body["dns"] = _get(client, admin_url, "/api/dns", "listeners")["listeners"]
+    return body
+
+
+def _get(client: httpx.Client, admin_url: str, path: str, key: str) -> dict[str, Any]:
     if "://" not in admin_url:
         admin_url = f"http://{admin_url}"
-    url = admin_url.rstrip("/") + "/api/pools"
+    url = admin_url.rstrip("/") + path
     try:
         response = client.get(url)
     except httpx.InvalidURL as exc:
@@ -55,7 +63,7 @@ def fetch(client: httpx.Client, admin_url: str) -> dict[str, Any]:
         body = response.json()
     except ValueError:
         body = None
-    if response.status_code != 200 or not isinstance(body, dict) or "pools" not in body:
+    if response.status_code != 200 or not isinstance(body, dict) or key not in body:
         detail = body.get("error") if isinstance(body, dict) else None
         raise StatusError(
             2,
@@ -85,11 +93,49 @@ def render(overview: dict[str, Any], now: float | None = None) -> RenderableType
                 (f"  {listener.get('connections', 0)} connections", "dim"),
             )
         )
+    for listener in overview.get("dns", []):
+        parts.append(_records_table(listener))
     for name, pool in overview.get("pools", {}).items():
         parts.append(_pool_table(name, pool, now))
     if not overview.get("pools"):
         parts.append(Text("no pools", style="dim"))
     return Group(*parts)
+
+
+def _table(title: str) -> Table:
+    # No vertical rules and short headings: the tables fit in 80 columns.
+    return Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+
+
+def _records_table(listener: dict[str, Any]) -> Table:
+    """A dns listener's records: policy, TTL, and the sites with their backends' health."""
+    zones = ", ".join(listener.get("zones", []))
+    table = _table(f"[bold]{listener.get('listener')}[/] [dim]dns records of {zones}[/]")
+    table.add_column("record", no_wrap=True)
+    table.add_column("policy", no_wrap=True)
+    table.add_column("ttl", justify="right", no_wrap=True)
+    table.add_column("sites (healthy backends/all)", ratio=1)
+    for record in listener.get("records", []):
+        sites = Text()
+        for i, site in enumerate(record.get("sites", [])):
+            backends = site.get("backends", [])
+            up = sum(1 for b in backends if b.get("healthy"))
+            style = "green" if up else "bold red"
+            sites.append(", " if i else "")
+            sites.append(f"{site.get('pool')} {up}/{len(backends)}", style=style)
+        policy = str(record.get("policy"))
+        if record.get("answers"):
+            policy += f" (max {record['answers']})"
+        table.add_row(str(record.get("name")), policy, f"{record.get('ttl', 0):g}s", sites)
+    if not listener.get("records"):
+        table.add_row(Text("no records", style="dim"), "", "", "")
+    return table
 
 
 def _pool_table(name: str, pool: dict[str, Any], now: float) -> Table:
@@ -98,14 +144,7 @@ def _pool_table(name: str, pool: dict[str, Any], now: float) -> Table:
         title += " [bold red]PANIC[/]"
     if pool.get("queued"):
         title += f" [yellow]{pool['queued']} queued[/]"
-    # No vertical rules and short headings: the table fits in 80 columns.
-    table = Table(
-        title=title,
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        collapse_padding=True,
-    )
+    table = _table(title)
     table.add_column("backend", no_wrap=True)
     table.add_column("state", no_wrap=True)
     table.add_column("weight", justify="right", no_wrap=True)

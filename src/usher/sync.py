@@ -35,6 +35,7 @@ class BackendState:
     reason: str
     load: float | None  # the agent's last report
     row: int | None  # its row in the shared counts (None: the table is full)
+    check_rtt: float | None = None  # the last passing health check's round trip
 
 
 PoolsState = dict[str, tuple[BackendState, ...]]
@@ -54,6 +55,7 @@ def pools_state(pools: Mapping[str, Pool], rows: RowIndex) -> PoolsState:
                 reason=b.reason,
                 load=b.load,
                 row=rows.assign(name, b.label),
+                check_rtt=b.check_rtt,
             )
             for b in pool.backends
         )
@@ -108,6 +110,7 @@ def _apply_pool(
         if backend.healthy != s.healthy:
             pool.set_healthy(backend, s.healthy, s.reason)
         backend.load = s.load
+        backend.check_rtt = s.check_rtt
         _attach(backend, table, s.row, worker)
 
 

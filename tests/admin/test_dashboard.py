@@ -295,3 +295,27 @@ async def test_screenshot_with_traffic(
         await asyncio.wait_for(traffic, 5)
     assert screenshot.stat().st_size > 10_000
     assert dash.errors == []
+
+
+async def test_dns_records_and_their_sites_are_shown(balancer: Start, browser: Browser) -> None:
+    from tests.dns.test_dns_e2e import dns_config
+
+    config = dns_config()
+    config["admin"] = {"bind": "127.0.0.1:0"}
+    lb = await balancer(config)
+    page = await browser.new_page()
+    page.set_default_timeout(WAIT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(f"{lb.balancer.admin_url}/", timeout=WAIT_MS)
+    await expect(page.get_by_test_id("dns-record")).to_have_count(6)
+    api = page.locator('[data-testid="dns-record"][data-name="api.example.com"]')
+    await expect(api).to_contain_text("failover")
+    eu = api.locator('[data-testid="dns-site"][data-pool="eu"]')
+    await expect(eu).to_have_text("eu 2/2")
+    pool = lb.balancer.pools["eu"]
+    for backend in pool.backends:
+        pool.set_healthy(backend, False, "test")
+    await expect(eu).to_have_text("eu 0/2")  # the next poll shows the site down
+    await expect(eu).to_have_class(re.compile(r"\bunhealthy\b"))
+    assert errors == []

@@ -101,6 +101,46 @@ class Overview(_View):
     )
 
 
+class DnsBackendView(_View):
+    address: str
+    healthy: bool = Field(description="Answered now (enabled, and its health checks pass).")
+    weight: int
+    rtt_ms: float | None = Field(
+        description="The last passing health check's round trip from this node."
+    )
+
+
+class DnsSiteView(_View):
+    pool: str
+    backends: list[DnsBackendView]
+
+
+class DnsGeoView(_View):
+    clients: list[str]
+    pool: str
+
+
+class DnsRecordView(_View):
+    name: str
+    policy: str
+    ttl: float
+    answers: int | None = Field(description="Most addresses in one answer; null: no cap.")
+    when_all_down: str
+    geo: list[DnsGeoView]
+    sites: list[DnsSiteView] = Field(description="The pools the record answers from.")
+
+
+class DnsListenerView(_View):
+    listener: str
+    url: str | None
+    zones: list[str]
+    records: list[DnsRecordView]
+
+
+class DnsOverview(_View):
+    listeners: list[DnsListenerView]
+
+
 class Removed(BaseModel):
     removed: str = Field(description="The address of the backend removed.")
     drained: bool = Field(description="Whether its requests in flight finished before the timeout.")
@@ -224,6 +264,11 @@ async def metrics(balancer: BalancerDep) -> Response:
 @api.get("/pools", response_model=Overview, summary="Every pool, its backends and listeners")
 async def list_pools(balancer: BalancerDep) -> dict[str, Any]:
     return balancer.describe()
+
+
+@api.get("/dns", response_model=DnsOverview, summary="The dns listeners' records and their sites")
+async def list_dns(balancer: BalancerDep) -> dict[str, Any]:
+    return {"listeners": balancer.describe_dns()}
 
 
 @api.get("/pools/{pool}", response_model=PoolView, summary="One pool")

@@ -1,0 +1,1 @@
+"""Authoritative DNS for global load balancing: the `dns` listener."""
