@@ -76,6 +76,8 @@ class Ejections(Protocol):
 class Budget(Protocol):
     """The retry budget of a pool: requests deposit, retries withdraw one."""
 
+    ratio: float  # what each request deposits
+
     def deposit(self) -> None: ...
 
     def withdraw(self) -> bool:

@@ -70,9 +70,12 @@ class Key:
 class SharedState:
     """The mapped state. `fd` stays open in the control process so a restarted worker maps it."""
 
-    def __init__(self, fd: int, counts: SharedTable, rows: int = DEFAULT_CAPACITY) -> None:
+    def __init__(
+        self, fd: int, counts: SharedTable, rows: int = DEFAULT_CAPACITY, worker: int = -1
+    ) -> None:
         self.fd = fd
         self.counts = counts
+        self.worker = worker  # the worker this process is (-1: the control process)
         self.rows = rows
         self._queues = rows
         self._table = rows + QUEUES * _QUEUE_CELLS
@@ -286,6 +289,19 @@ class SharedState:
             return empty
         finally:
             self._unlock(_LOCK_DIRECTORY)
+
+    def queued(self, name: str) -> int:
+        """Requests waiting in pool `name`'s queue, in every worker (0 without a queue)."""
+        key = Key("queue:" + name)
+        q = self._q
+        for index in range(QUEUES):
+            base = self._queues + index * _QUEUE_CELLS
+            if q[base] == key.h1 and q[base + 1] == key.h2:
+                waiting = 0
+                for ticket in range(q[base + 3], q[base + 2]):
+                    waiting += q[base + 4 + ticket % RING] != 0
+                return waiting
+        return 0
 
     def _skip(self, base: int) -> None:
         """Move the head past waiters that left. Call with the queue locked."""
