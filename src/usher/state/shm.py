@@ -57,7 +57,7 @@ T = TypeVar("T")
 class Key:
     """A key's digest and group, computed once for keys used on every request."""
 
-    __slots__ = ("group", "h1", "h2")
+    __slots__ = ("cell", "group", "h1", "h2")
 
     def __init__(self, text: str) -> None:
         raw = hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=16).digest()
@@ -65,6 +65,7 @@ class Key:
         self.h1 = h1 | 1  # never 0, which marks a free slot
         self.h2 = h2
         self.group = (h2 & 0x7FFFFFFF) % GROUPS
+        self.cell = -1  # where its entry was last found (checked before use)
 
 
 class SharedState:
@@ -234,13 +235,18 @@ class SharedState:
     def next(self, key: Key) -> int:
         """A counter shared by every worker: returns its value, then adds one."""
         offset = _LOCK_GROUPS + key.group
+        q = self._q
         self._lock(offset)
         try:
-            cell, new = self._slot(key, 0.0)
-            if new:
-                self._f[cell + 2] = _INF
-            value = self._q[cell + 6]
-            self._q[cell + 6] = value + 1
+            cell = key.cell
+            # The entry never expires, so it stays where it was unless a full group evicted it.
+            if cell < 0 or q[cell] != key.h1 or q[cell + 1] != key.h2:
+                cell, new = self._slot(key, 0.0)
+                if new:
+                    self._f[cell + 2] = _INF
+                key.cell = cell
+            value = q[cell + 6]
+            q[cell + 6] = value + 1
             return value
         finally:
             self._unlock(offset)
