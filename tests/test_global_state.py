@@ -316,22 +316,24 @@ def test_a_rate_limit_is_exact_whichever_workers_take_the_connections(usher: Ush
     """Two keep-alive clients: their connections land on one or two workers, not all."""
     time.sleep(0.2)  # the bucket refills from the readiness check (burst 10 at 100/s)
     window = 2.0
-    start = time.monotonic()
+    ready = threading.Barrier(2)
 
-    def client() -> tuple[int, float]:
+    def client() -> tuple[int, float, float]:
+        """(requests allowed, when the first and the last allowed one were sent)"""
         ok = 0
-        last = start
         with httpx.Client(timeout=10) as c:
-            while time.monotonic() - start < window:
+            ready.wait(30)  # both clients made (that takes a while), then both send
+            first = last = time.monotonic()
+            while (sent := time.monotonic()) - first < window:
                 if c.get(usher.url("rated")).status_code == 200:
                     ok += 1
-                    last = time.monotonic()
-        return ok, last
+                    last = sent  # its token was taken after this, before the answer
+        return ok, first, last
 
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda _: client(), range(2)))
-    allowed = sum(ok for ok, _ in results)
-    elapsed = max(last for _, last in results) - start
+    allowed = sum(ok for ok, _, _ in results)
+    elapsed = max(r[2] for r in results) - min(r[1] for r in results)
     expected = 10 + 100 * elapsed  # the burst, then the rate
     assert 0.9 * expected <= allowed <= 1.1 * expected, (allowed, expected)
 
