@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
+from tests.test_workers import wait_until
 
 USHER = [sys.executable, "-m", "usher"]
 
@@ -136,18 +137,6 @@ class Usher:
     def worker_pids(self) -> list[int]:
         workers = self.api()["workers"]
         return [] if workers is None else [w["pid"] for w in workers]
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout}s: {what}")
 
 
 def config(backends: Backends, ports: dict[str, int], admin: int) -> str:
