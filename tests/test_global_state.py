@@ -41,8 +41,10 @@ class Recorder:
     in_flight: int = 0
     most: int = 0
     order: list[str] = field(default_factory=list)
+    writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -67,6 +69,7 @@ class Recorder:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self.writers.discard(writer)
             writer.close()
 
     def reset(self) -> None:
@@ -99,10 +102,15 @@ class Backends:
         async def close_all() -> None:
             for server in self.servers:
                 server.close()
+            for recorder in self.by_name.values():
+                for writer in list(recorder.writers):
+                    writer.close()
+            await asyncio.sleep(0.05)  # the handlers see their connections end
 
         self._run(close_all())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        self.loop.close()
 
 
 @dataclass
