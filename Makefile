@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v p
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-.PHONY: demo test lint fmt docs screenshot clean system-tools bench bench-algorithms bench-failover bench-tcp
+.PHONY: demo test lint fmt docs screenshot clean system-tools bench bench-algorithms bench-failover bench-tcp bench-state
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ bench-algorithms: $(STAMP)
 
 bench-failover: $(STAMP)
 	$(BIN)/python bench/failover.py
+
+# Cost per operation of the state shared by the workers (docs/workers.md).
+bench-state: $(STAMP)
+	$(BIN)/python bench/state.py
 
 # TCP bulk transfer: usher plain vs splice vs HAProxy mode tcp.
 bench-tcp: $(STAMP)

@@ -35,6 +35,7 @@ from usher.metrics import Metrics, Snapshot, build_registry
 from usher.pool import Backend, Pool
 from usher.server import DEFAULT_DRAIN_TIMEOUT, Balancer, BindError, Bound, ReloadReport
 from usher.shared import RowIndex, SharedTable
+from usher.state.shm import SharedState
 from usher.sync import PoolsState, pools_state
 
 # How often counts come in from the shared table and state goes out to the workers: well
@@ -121,6 +122,8 @@ class ControlBalancer(Balancer):
         super().__init__(config, access_log=access_log, config_path=config_path, workers=workers)
         self.count = workers
         self.table = SharedTable.create(workers)
+        # The global state (usher.state): limits, queues, pins, buckets, ejections.
+        self.state = SharedState.create(self.table)
         self.rows = RowIndex(self.table.capacity)
         self.workers: dict[int, WorkerProcess] = {}
         self.stopping = False
@@ -188,11 +191,12 @@ class ControlBalancer(Balancer):
                 "usher.worker",
                 str(theirs.fileno()),
                 str(self.table.fd),
+                str(self.state.fd),
                 str(number),
                 str(self.table.workers),
                 str(self.table.capacity),
                 stdin=subprocess.DEVNULL,
-                pass_fds=(theirs.fileno(), self.table.fd),
+                pass_fds=(theirs.fileno(), self.table.fd, self.state.fd),
             )
         finally:
             theirs.close()
@@ -278,7 +282,8 @@ class ControlBalancer(Balancer):
             )
 
     def _retire_counts(self, worker: WorkerProcess) -> None:
-        """A dead worker's requests in flight are gone: clear its slots, keep its totals."""
+        """A dead worker's requests in flight are gone: clear its slots and its waiters in the
+        queues, keep its totals."""
         table = self.table
         width = table.workers
         for name, pool in self.pools.items():
@@ -294,6 +299,7 @@ class ControlBalancer(Balancer):
                     failures + table.failures[cell],
                 )
         table.clear_worker(worker.number)
+        self.state.forget_worker(worker.number)
         if worker.snapshot is not None:
             self._retired_metrics.add_snapshot(worker.snapshot)
         self.sync_counts()
@@ -337,6 +343,7 @@ class ControlBalancer(Balancer):
         alive = {(name, b.label) for name, pool in self.pools.items() for b in pool.backends}
         for row in self.rows.keep_only(alive):
             self.table.clear_row(row)
+            self.state.clear_row(row)
         for key in [k for k in self._retired_counts if k not in alive]:
             del self._retired_counts[key]
 
@@ -356,6 +363,8 @@ class ControlBalancer(Balancer):
         connections = self.connections()
         for listener in view["listeners"]:
             listener["connections"] = connections.get(listener["name"], 0)
+        for name, pool in view["pools"].items():
+            pool["queued"] = self.state.queued(name)  # waiting in every worker
         view["workers"] = [
             {"number": w.number, "pid": w.pid} for w in sorted(self.workers.values(), key=_number)
         ]
@@ -463,6 +472,7 @@ class ControlBalancer(Balancer):
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     await asyncio.wait_for(worker.watcher, 5.0)
         await super().stop(timeout=0)
+        self.state.close()
         self.table.close()
 
 

@@ -1,10 +1,11 @@
 """Rate and connection limits: token buckets per key, connection counts per address, and the
 body-rate floor. Sans-IO: every decision takes the time from an injected clock.
 
-Buckets live in a `RateStore`. `LocalRateStore` keeps them in this process; with `--workers N`
-each worker owns one and enforces rate/N (the kernel spreads connections evenly over the
-workers). A store shared by the workers or a cluster (Redis, say) implements the same one
-method, `take`.
+Buckets live in a `RateStore`. `LocalRateStore` keeps them in this process (`--workers 1`);
+with `--workers N` the workers share theirs in shared memory (usher.state.shm.SharedBuckets),
+so a limit is exact whichever worker takes a connection. A store for a cluster (Redis, say)
+implements the same one method, `take`. Connection counts (`max_connections`,
+`connections_per_ip` of a listener) stay per worker: each allows its share.
 """
 
 from __future__ import annotations

@@ -6,23 +6,28 @@ is not (down, draining, disabled, full), the algorithm picks again and the pin m
 - `cookie`: usher sets a cookie naming the backend by an opaque id (a keyed hash of pool and
   address: stable across workers and restarts, and it does not reveal the address).
 - `source_ip` and `header`: a table remembers the backend of each client address or header
-  value, forgetting entries unused for `ttl` and the least recent beyond `table_size`.
+  value, forgetting entries unused for `ttl` and the least recent beyond `table_size`. With
+  several workers the table is one for all, in shared memory (usher.state.shm), so a client
+  whose next connection lands on another worker keeps its backend.
 """
 
 from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from usher.clock import Clock
+from usher.state import KeyTable
+from usher.state.local import LocalKeyTable
+from usher.state.shm import SharedKeyTable
 
 if TYPE_CHECKING:
     from usher.config import StickyCookie, StickyHeader, StickySourceIp
     from usher.http.codec import Headers
     from usher.pool import Backend
+    from usher.state.shm import SharedState
 
 
 def backend_token(pool: str, backend: Backend) -> bytes:
@@ -101,53 +106,89 @@ class CookiePersistence(Persistence):
 
 
 class TablePersistence(Persistence):
-    """A stick table keyed on the client address or a header value."""
+    """A stick table keyed on the client address or a header value: in this process, or
+    shared by the workers (`shared`), where it names backends by their row."""
 
     def __init__(
-        self, config: StickySourceIp | StickyHeader, clock: Clock, backends: Sequence[Backend]
+        self,
+        config: StickySourceIp | StickyHeader,
+        clock: Clock,
+        backends: Sequence[Backend],
+        shared: SharedState | None = None,
+        pool: str = "",
     ) -> None:
         self.clock = clock
         self.ttl = config.ttl
         self.size = config.table_size
         self.header = config.header.lower().encode("latin-1") if config.type == "header" else None
-        # key -> (backend, last use); most recently used last.
-        self._table: OrderedDict[bytes, tuple[Backend, float]] = OrderedDict()
+        self._table: KeyTable[Backend] = (
+            LocalKeyTable(config.table_size)
+            if shared is None
+            else RowTable(SharedKeyTable(shared, f"st:{pool}:"), backends)
+        )
         self._live: set[int] = {id(b) for b in backends}
 
     def rebuild(self, backends: Sequence[Backend]) -> None:
         self._live = {id(b) for b in backends}
+        if isinstance(self._table, RowTable):
+            self._table.rebuild(backends)
 
-    def _key(self, headers: Headers, client_ip: str) -> bytes | None:
+    def _key(self, headers: Headers, client_ip: str) -> str | None:
         if self.header is None:
-            return client_ip.encode()
-        return request_header(headers, self.header)
+            return client_ip
+        value = request_header(headers, self.header)
+        return None if value is None else value.decode("latin-1")
 
     def pinned(self, headers: Headers, client_ip: str) -> Backend | None:
         key = self._key(headers, client_ip)
         if key is None:
             return None
-        entry = self._table.get(key)
-        if entry is None:
-            return None
-        backend, used = entry
-        if self.clock.now() - used > self.ttl or id(backend) not in self._live:
-            del self._table[key]
+        backend = self._table.get(key, self.clock.now())
+        if backend is None or id(backend) not in self._live:
             return None
         return backend
 
     def chosen(self, headers: Headers, client_ip: str, backend: Backend) -> bytes | None:
         key = self._key(headers, client_ip)
-        if key is None:
-            return None
-        table = self._table
-        table[key] = (backend, self.clock.now())
-        table.move_to_end(key)
-        while len(table) > self.size:
-            table.popitem(last=False)
+        if key is not None:
+            self._table.put(key, backend, self.clock.now(), self.ttl)
         return None
 
     def __len__(self) -> int:
-        return len(self._table)
+        table = self._table
+        return len(table) if isinstance(table, LocalKeyTable) else 0
+
+
+class RowTable:
+    """A shared key table seen as key -> Backend: it stores the backend's row in the shared
+    counts, the same in every worker. A backend without a row (the table of rows is full) is
+    not pinned."""
+
+    __slots__ = ("_backends", "_by_row", "_rows")
+
+    def __init__(self, rows: SharedKeyTable, backends: Sequence[Backend]) -> None:
+        self._rows = rows
+        self._backends: Sequence[Backend] = backends
+        self._by_row: dict[int, Backend] = {}
+
+    def rebuild(self, backends: Sequence[Backend]) -> None:
+        self._backends = backends
+        self._by_row = {}
+
+    def get(self, key: str, now: float) -> Backend | None:
+        row = self._rows.get(key, now)
+        if row is None:
+            return None
+        backend = self._by_row.get(row)
+        if backend is None or backend.shared is None or backend.shared.row != row:
+            # Rows come with the control process's state, after the backends are built.
+            self._by_row = {b.shared.row: b for b in self._backends if b.shared is not None}
+            backend = self._by_row.get(row)
+        return backend
+
+    def put(self, key: str, value: Backend, now: float, ttl: float) -> None:
+        if value.shared is not None:
+            self._rows.put(key, value.shared.row, now, ttl)
 
 
 def build_persistence(
@@ -155,9 +196,10 @@ def build_persistence(
     config: StickyCookie | StickySourceIp | StickyHeader | None,
     clock: Clock,
     backends: Sequence[Backend],
+    shared: SharedState | None = None,
 ) -> Persistence | None:
     if config is None:
         return None
     if config.type == "cookie":
         return CookiePersistence(pool, config, backends)
-    return TablePersistence(config, clock, backends)
+    return TablePersistence(config, clock, backends, shared, pool)

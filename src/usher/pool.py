@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import ssl
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -27,6 +28,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from usher.balancing import Algorithm, get_algorithm
 from usher.clock import Clock
 from usher.persistence import Persistence, build_persistence, request_cookie, request_header
+from usher.state import Budget, installed
+from usher.state.local import RETRY_BUDGET_RESERVE, RETRY_BUDGET_ROOM, LocalBudget
+from usher.state.shm import SharedBudget, SharedQueue, SharedSequence, SharedState
 from usher.tls import upstream_context
 
 if TYPE_CHECKING:
@@ -41,9 +45,12 @@ log = logging.getLogger("usher.health")
 LATENCY_EWMA_ALPHA = 0.3
 # A backend in slow start begins at this share of its weight.
 SLOW_START_FLOOR = 0.1
-# Status retries start with this many in hand, whatever the budget; the bucket holds at most
-# this many plus 100 requests' worth of deposits.
-RETRY_BUDGET_RESERVE = 10
+# With several workers, a request looks at the ejections made by the others if it is this long
+# since the last look (and the worker's state loop does every 20 ms): an ejection applies in
+# every worker before its next request, at a cost of one check per request.
+FOLLOW_EJECTIONS = 0.01
+# The in-process retry budget, by the name it always had.
+RetryBudget = LocalBudget
 
 
 class Backend:
@@ -133,8 +140,12 @@ class Backend:
         return self.active if shared is None else shared.total()
 
     def has_room(self) -> bool:
+        """Under `max_connections`, counting every worker's requests."""
         limit = self.max_connections
-        return limit is None or self.active < limit
+        if limit is None:
+            return True
+        shared = self.shared
+        return (self.active if shared is None else shared.total()) < limit
 
     def status(self, now: float) -> str:
         if self.state != "enabled":
@@ -157,45 +168,25 @@ class Backend:
 class Selection:
     """The request-side context of one selection: who asks, and which backends were tried."""
 
-    __slots__ = ("client_ip", "key", "now", "panic", "tried")
+    __slots__ = ("client_ip", "gated", "key", "now", "panic", "tried")
 
     def __init__(self, client_ip: str, now: float, key: bytes | None = None) -> None:
         self.client_ip = client_ip
         self.now = now
         self.key = key
         self.panic = False
+        # Requests wait in another worker's queue: backends with a limit are theirs first.
+        self.gated = False
         self.tried: list[Backend] = []
 
     def eligible(self, backend: Backend) -> bool:
         if backend in self.tried or not backend.has_room():
             return False
+        if self.gated and backend.max_connections is not None:
+            return False
         if self.panic:
             return backend.state == "enabled"
         return backend.ready(self.now)
-
-
-class RetryBudget:
-    """Status retries may add at most `ratio` to the requests (a token bucket: each request
-    deposits `ratio`, each retry takes one), so a failing pool is not hit with a multiple of
-    its load."""
-
-    __slots__ = ("_cap", "_deposit", "_millis", "ratio")
-
-    # Counted in thousandths of a retry, so that 100 deposits of 0.2 make exactly 20.
-    def __init__(self, ratio: float) -> None:
-        self.ratio = ratio
-        self._deposit = round(ratio * 1000)
-        self._millis = RETRY_BUDGET_RESERVE * 1000
-        self._cap = (RETRY_BUDGET_RESERVE + 100) * 1000
-
-    def deposit(self) -> None:
-        self._millis = min(self._millis + self._deposit, self._cap)
-
-    def withdraw(self) -> bool:
-        if self._millis >= 1000:
-            self._millis -= 1000
-            return True
-        return False
 
 
 class Pool:
@@ -208,10 +199,19 @@ class Pool:
         self.seed = seed
         self.backends = [_backend(b) for b in config.backends]
         self._algorithm_cls = get_algorithm(config.algorithm)
+        # With several workers: the state they share (usher.state); None in one process.
+        self.shared: SharedState | None = installed()
         self.persistence: Persistence | None = build_persistence(
-            name, config.sticky, clock, self.backends
+            name, config.sticky, clock, self.backends, self.shared
         )
-        self.retry_budget = RetryBudget(config.retries.budget)
+        self.retry_budget: Budget = self._budget(config.retries.budget)
+        self.queue: SharedQueue | None = self._shared_queue()
+        self._tickets: dict[Callable[[], None], int] = {}
+        self._granted: int | None = None
+        # When to look next at the ejections other workers made (never without shared state).
+        passive = config.passive_health
+        follows = self.shared is not None and bool(passive.max_fails or passive.consecutive_5xx)
+        self._follow_at = -math.inf if follows else math.inf
         # The client TLS context of `config.tls`, handed over by the balancer at start and on
         # each reload (it reads files); built on first use when nobody did.
         self._tls_context: ssl.SSLContext | None = None
@@ -229,8 +229,13 @@ class Pool:
         backups = [b for b in self.backends if b.backup]
         cls = self._algorithm_cls
         kwargs: dict[str, Any] = {"seed": self.seed, "clock": self.clock, "options": self.config}
-        self._primary: Algorithm = cls(primaries, **kwargs)
-        self._backup: Algorithm | None = cls(backups, **kwargs) if backups else None
+        primary_kwargs, backup_kwargs = kwargs, kwargs
+        if self.shared is not None and cls.name == "round_robin":
+            # One position for all workers, so the weights hold over the whole balancer.
+            primary_kwargs = {**kwargs, "sequence": self._sequence("primary")}
+            backup_kwargs = {**kwargs, "sequence": self._sequence("backup")}
+        self._primary: Algorithm = cls(primaries, **primary_kwargs)
+        self._backup: Algorithm | None = cls(backups, **backup_kwargs) if backups else None
         if self.persistence is not None:
             self.persistence.rebuild(self.backends)
 
@@ -246,13 +251,36 @@ class Pool:
             self._refresh(now)
         if self.config.panic_threshold > 0.0:
             selection.panic = self._check_panic(now)
+        shared = self.shared
+        if shared is not None:
+            self._look(selection)
         for algorithm in (self._primary, self._backup):
             if algorithm is None:
                 continue
             for backend in algorithm.candidates(selection):
-                if selection.eligible(backend):
+                if selection.eligible(backend) and (shared is None or self._admit(backend)):
                     return backend
         return None
+
+    def _look(self, selection: Selection) -> None:
+        """With several workers: take on the others' ejections (at most every 10 ms), and
+        whether anyone waits in the shared queue (then a new request waits behind them)."""
+        now = selection.now
+        if now >= self._follow_at:
+            assert self.shared is not None
+            self._follow_at = now + FOLLOW_EJECTIONS
+            self._follow_ejections(self.shared)
+        if self.queue is not None:
+            selection.gated = self._granted is None and self.queue.waiting()
+
+    def _admit(self, backend: Backend) -> bool:
+        """With several workers, a backend under a limit is counted in under a lock, so two
+        workers never take its last slot at once."""
+        limit = backend.max_connections
+        slot = backend.shared
+        if limit is None or slot is None or self.shared is None:
+            return True
+        return self.shared.admit(slot.row, slot.worker, backend.active, limit)
 
     def hash_key(self, request: Request, client_ip: bytes) -> bytes | None:
         """The key `consistent_hash` hashes this request on (pool `hash.key`)."""
@@ -273,11 +301,14 @@ class Pool:
         is eligible."""
         persistence = self.persistence
         if persistence is not None and not selection.tried:
+            if self.shared is not None:
+                self._look(selection)
             pinned = persistence.pinned(headers, selection.client_ip)
             if (
                 pinned is not None
                 and selection.eligible(pinned)
                 and not (pinned.backup and self._any_primary_eligible(selection))
+                and (self.shared is None or self._admit(pinned))
             ):
                 return pinned
         return self.select(selection)
@@ -294,21 +325,109 @@ class Pool:
     def saturated(self, selection: Selection) -> bool:
         """No backend has room, but some would be ready once one has: worth waiting."""
         now = selection.now
+        gated = selection.gated
         return any(
-            b.ready(now) and not b.has_room() and b not in selection.tried for b in self.backends
+            b.ready(now)
+            and (not b.has_room() or (gated and b.max_connections is not None))
+            and b not in selection.tried
+            for b in self.backends
         )
 
     def wait(self, callback: Callable[[], None]) -> bool:
-        """Queue `callback` for the next free slot; False when the queue is full or off."""
+        """Queue `callback` for the next free slot; False when the queue is full or off.
+        With several workers the queue is one for all (first in, first out over every
+        worker): the worker's state loop calls `serve_queue`."""
         queue = self.config.queue
         if queue is None or len(self.waiters) >= queue.size:
             return False
+        shared = self.queue
+        if shared is not None:
+            assert self.shared is not None
+            ticket = shared.join(self.shared.worker)
+            if ticket is None:
+                return False
+            self._tickets[callback] = ticket
         self.waiters.append(callback)
         return True
 
     def unwait(self, callback: Callable[[], None]) -> None:
         with contextlib.suppress(ValueError):
             self.waiters.remove(callback)
+        ticket = self._tickets.pop(callback, None)
+        if ticket is not None and self.queue is not None and self.shared is not None:
+            self.queue.leave(ticket, self.shared.worker)
+
+    def serve_queue(self) -> None:
+        """Wake this worker's first waiter when it heads the shared queue and a backend has
+        room. It holds the head (a grant) until its attempt has run: no waiter of another
+        worker passes it, nor a new request, meanwhile."""
+        queue, shared = self.queue, self.shared
+        if queue is None or shared is None or not self.waiters or self._granted is not None:
+            return
+        now = self.clock.now()
+        if not any(b.ready(now) and b.has_room() for b in self.backends):
+            return
+        ticket = queue.grant(shared.worker)
+        if ticket is None:
+            return
+        callback = self.waiters.popleft()
+        self._tickets.pop(callback, None)
+        self._granted = ticket
+        callback()  # schedules the attempt (call_soon), which runs before the release below
+        asyncio.get_running_loop().call_soon(self._release_grant, ticket)
+
+    def _release_grant(self, ticket: int) -> None:
+        self._granted = None
+        if self.queue is not None and self.shared is not None:
+            self.queue.done(ticket, self.shared.worker)
+        self.serve_queue()
+
+    def follow_shared(self) -> None:
+        """What other workers did, taken on (the worker's state loop runs it every 20 ms):
+        their ejections, and the queue's head; deposits to the retry budget are settled."""
+        if self.shared is None:
+            return
+        self.retry_budget.flush()
+        now = self.clock.now()
+        if now >= self._follow_at:
+            self._follow_at = now + FOLLOW_EJECTIONS
+            self._follow_ejections(self.shared)
+        self.serve_queue()
+
+    def _follow_ejections(self, shared: SharedState) -> None:
+        now = self.clock.now()
+        for backend in self.backends:
+            slot = backend.shared
+            if slot is None:
+                continue
+            until = shared.ejected_until(slot.row)
+            if until > backend.failed_until and until > now:
+                before = backend.status(now)
+                backend.failed_until = until
+                backend.fails = backend.fails_5xx = 0
+                if backend not in self._ejected:
+                    self._ejected.append(backend)
+                self._changed(backend, before, "ejected by another worker")
+
+    def _sequence(self, tier: str) -> SharedSequence:
+        assert self.shared is not None
+        return SharedSequence(self.shared, f"rr:{self.name}:{tier}")
+
+    def _budget(self, ratio: float) -> Budget:
+        if self.shared is None:
+            return LocalBudget(ratio)
+        return SharedBudget(
+            self.shared, f"rb:{self.name}", ratio, RETRY_BUDGET_RESERVE, RETRY_BUDGET_ROOM
+        )
+
+    def _shared_queue(self) -> SharedQueue | None:
+        if self.shared is None or self.config.queue is None:
+            return None
+        index = self.shared.queue_index(self.name)
+        if index is None:
+            log.warning("pool %s: no shared queue left; its queue is this worker's", self.name)
+            return None
+        return SharedQueue(self.shared, index, self.config.queue.size)
 
     def algorithm_for(self, backend: Backend) -> Algorithm:
         if backend.backup and self._backup is not None:
@@ -340,7 +459,15 @@ class Pool:
             backend.shared.publish(backend)
         if backend.drained is not None and backend.active == 0:
             backend.drained.set()
-        if self.waiters and backend.has_room():
+        if self.waiters:
+            self._wake(backend)
+
+    def _wake(self, backend: Backend) -> None:
+        """`backend` may have a free slot: the first waiter tries (with a shared queue, when
+        it heads it; soon, not inside the finish of the request that freed it)."""
+        if self.queue is not None:
+            asyncio.get_running_loop().call_soon(self.serve_queue)
+        elif backend.has_room():
             self.waiters.popleft()()
 
     def on_abandon(self, backend: Backend) -> None:
@@ -351,8 +478,8 @@ class Pool:
             backend.shared.publish(backend)
         if backend.drained is not None and backend.active == 0:
             backend.drained.set()
-        if self.waiters and backend.has_room():
-            self.waiters.popleft()()
+        if self.waiters:
+            self._wake(backend)
 
     def record_failure(self, backend: Backend, detail: str = "") -> None:
         """A failure seen on real traffic (connect error, timeout, garbage)."""
@@ -415,6 +542,8 @@ class Pool:
         duration = min(passive.fail_timeout * backend.ejections, passive.max_ejection_time)
         before = backend.status(now)
         backend.failed_until = now + duration
+        if self.shared is not None and backend.shared is not None:
+            self.shared.eject(backend.shared.row, backend.failed_until)
         self._ejected.append(backend)
         self._changed(backend, before, f"ejected for {duration:g}s after {reason}")
 
@@ -573,9 +702,18 @@ class Pool:
         self._algorithm_cls = get_algorithm(config.algorithm)
         self.backends = kept + dropped
         if sticky_changed:
-            self.persistence = build_persistence(self.name, config.sticky, self.clock, kept)
+            self.persistence = build_persistence(
+                self.name, config.sticky, self.clock, kept, self.shared
+            )
         if self.retry_budget.ratio != config.retries.budget:
-            self.retry_budget = RetryBudget(config.retries.budget)
+            self.retry_budget = self._budget(config.retries.budget)
+        if self.queue is None or config.queue is None or self.queue.size != config.queue.size:
+            self.queue = self._shared_queue()
+        passive = config.passive_health
+        if self.shared is None or not (passive.max_fails or passive.consecutive_5xx):
+            self._follow_at = math.inf
+        elif self._follow_at == math.inf:
+            self._follow_at = -math.inf
         self._rebuild()
         return dropped
 

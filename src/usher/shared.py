@@ -120,7 +120,17 @@ class SharedTable:
 class Slot:
     """One worker's cells for one backend. `publish` runs on every request start and end."""
 
-    __slots__ = ("_active", "_base", "_cell", "_failures", "_latency", "_requests", "_width")
+    __slots__ = (
+        "_active",
+        "_base",
+        "_cell",
+        "_failures",
+        "_latency",
+        "_requests",
+        "_width",
+        "row",
+        "worker",
+    )
 
     def __init__(self, table: SharedTable, base: int, worker: int) -> None:
         self._active = table.active
@@ -130,6 +140,8 @@ class Slot:
         self._base = base
         self._width = table.workers
         self._cell = base + worker
+        self.row = base // table.workers
+        self.worker = worker
 
     def publish(self, backend: Backend) -> None:
         cell = self._cell

@@ -1,6 +1,7 @@
 """A data-plane worker process of `usher run --workers N`: serves the listeners, nothing else.
 
-The control process starts it as `python -m usher.worker CHANNEL_FD TABLE_FD NUMBER` and sends
+The control process starts it as `python -m usher.worker CHANNEL_FD TABLE_FD STATE_FD NUMBER
+WORKERS CAPACITY` and sends
 the config and the backends' state over the channel (usher.channel). Health checks, the admin
 API and reloads are the control process's; the worker applies what it is sent, publishes its
 counts in its slots of the shared table (usher.shared), and answers scrapes with its counters.
@@ -24,11 +25,16 @@ from usher.logs import AccessLog
 from usher.pool import Backend, Pool
 from usher.server import Balancer, ReloadReport
 from usher.shared import SharedTable
+from usher.state import install
+from usher.state.shm import SharedState
 from usher.sync import PoolsState, apply_state, detach, quiet_state_log
 from usher.workers import flush_logs
 
 # How often the worker tells the control process its open client connections per listener.
 CONNECTIONS_INTERVAL = 1.0
+# How often the worker takes on what the others did in the shared state (ejections, the head
+# of a queue) and settles its retry budget deposits: an ejection reaches every worker within it.
+FOLLOW_INTERVAL = 0.02
 EXIT_RUNTIME = 2
 
 
@@ -95,6 +101,7 @@ async def serve(channel: Channel, table: SharedTable, number: int) -> int:
     tasks = [
         loop.create_task(_listen(channel, balancer, stop)),
         loop.create_task(_report_connections(channel, balancer)),
+        loop.create_task(_follow_shared(balancer)),
         loop.create_task(flush_logs()),
     ]
     await stop.wait()
@@ -148,9 +155,21 @@ async def _report_connections(channel: Channel, balancer: WorkerBalancer) -> Non
             channel.send("connections", balancer.connections())
 
 
-async def _main(channel_fd: int, table_fd: int, number: int, workers: int, capacity: int) -> int:
+async def _follow_shared(balancer: WorkerBalancer) -> None:
+    while True:
+        await asyncio.sleep(FOLLOW_INTERVAL)
+        with quiet_state_log():
+            for pool in list(balancer.pools.values()):
+                pool.follow_shared()
+
+
+async def _main(
+    channel_fd: int, table_fd: int, state_fd: int, number: int, workers: int, capacity: int
+) -> int:
     sock = socket.socket(fileno=channel_fd)
     table = SharedTable(table_fd, workers, capacity)
+    # Pools and rate limits built from here on keep their state where every worker sees it.
+    install(SharedState(state_fd, table, capacity, worker=number))
     channel = await Channel.open(sock)
     try:
         return await serve(channel, table, number)
@@ -162,9 +181,11 @@ async def _main(channel_fd: int, table_fd: int, number: int, workers: int, capac
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 5:
-        sys.exit("usage: python -m usher.worker CHANNEL_FD TABLE_FD NUMBER WORKERS CAPACITY")
-    channel_fd, table_fd, number, workers, capacity = (int(a) for a in args)
+    if len(args) != 6:
+        sys.exit(
+            "usage: python -m usher.worker CHANNEL_FD TABLE_FD STATE_FD NUMBER WORKERS CAPACITY"
+        )
+    channel_fd, table_fd, state_fd, number, workers, capacity = (int(a) for a in args)
     # The control process passes Ctrl-C on as SIGTERM; the terminal's own SIGINT to the whole
     # process group must not stop the workers behind its back. SIGHUP is the control's too.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -176,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     import uvloop
 
-    code: Any = uvloop.run(_main(channel_fd, table_fd, number, workers, capacity))
+    code: Any = uvloop.run(_main(channel_fd, table_fd, state_fd, number, workers, capacity))
     sys.stdout.flush()
     sys.exit(int(code))
 

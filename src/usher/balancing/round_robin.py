@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -9,24 +10,61 @@ from usher.balancing import SelectionContext, Stepwise, any_backend, register, s
 
 if TYPE_CHECKING:
     from usher.pool import Backend
+    from usher.state import Sequence as Position
+
+# Longest schedule kept for a shared position (sum of the weights over their gcd); beyond it
+# each worker keeps its own position.
+MAX_SCHEDULE = 10_000
 
 
 @register("round_robin", "weighted_round_robin")
 class RoundRobin(Stepwise):
     """Each pick adds every eligible backend's weight to its running score, takes the highest,
-    and subtracts the total from the winner: heavy backends win often but never in long runs."""
+    and subtracts the total from the winner: heavy backends win often but never in long runs.
 
-    def __init__(self, backends: Sequence[Backend], **kwargs: Any) -> None:
+    With several workers, `sequence` is a position all of them advance (usher.state): each
+    computes the same schedule from the same weights and picks the entry at the position, so
+    the weights hold over the whole balancer, not per worker. A scheduled backend that is not
+    eligible now (or ramps up in slow start) falls back to this worker's own smooth step."""
+
+    def __init__(
+        self, backends: Sequence[Backend], *, sequence: Position | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(backends, **kwargs)
         n = len(self.backends)
         self._current: list[float] = [0.0] * n
+        self._sequence = sequence
+        self._schedule: list[int] = schedule(self.backends) if sequence is not None else []
         # The seed advances the sequence, so that workers do not move in lockstep.
-        for _ in range(self.seed % n if n else 0):
+        for _ in range(self.seed % n if n and not self._schedule else 0):
             smooth_step(self.backends, self._current, _effective_weight, any_backend)
 
     def pick(self, ctx: SelectionContext, excluded: int) -> int:
+        plan = self._schedule
+        if plan and not excluded and self._sequence is not None:
+            index = plan[self._sequence.next() % len(plan)]
+            backend = self.backends[index]
+            if backend.ramp_start is None and ctx.eligible(backend):
+                return index
         return smooth_step(self.backends, self._current, _effective_weight, ctx.eligible, excluded)
+
+
+def schedule(backends: Sequence[Backend]) -> list[int]:
+    """One period of smooth weighted round robin over the configured weights (indexes into
+    `backends`); empty when it would be longer than MAX_SCHEDULE or no weight is positive."""
+    weights = [b.weight for b in backends if b.weight > 0]
+    if not weights:
+        return []
+    period = sum(weights) // math.gcd(*weights)
+    if period > MAX_SCHEDULE:
+        return []
+    current = [0.0] * len(backends)
+    return [smooth_step(backends, current, _configured_weight, any_backend) for _ in range(period)]
 
 
 def _effective_weight(backend: Backend) -> float:
     return backend.effective_weight
+
+
+def _configured_weight(backend: Backend) -> float:
+    return backend.weight

@@ -19,6 +19,8 @@ from usher.errors import ClientError
 from usher.limits import BodyRateMeter, ConnectionLimiter, LocalRateStore, RateStore, retry_after
 from usher.logs import AccessRecord
 from usher.routing import split_target
+from usher.state import installed
+from usher.state.shm import SharedBuckets
 from usher.waf import RequestFilter, Verdict
 
 if TYPE_CHECKING:
@@ -62,13 +64,26 @@ class RateLimiter:
         workers: int,
         table_size: int,
         previous: RateLimiter | None = None,
+        scope: str = "",
     ) -> RateLimiter | None:
         """The limiter `fields` configure; `previous` itself (its buckets full or empty as they
-        are) when a reload left its rate, burst, key and table size as they were."""
+        are) when a reload left its rate, burst, key and table size as they were.
+
+        In a worker of `--workers N` the buckets are shared by every worker (usher.state),
+        under `scope` (the listener, the route): the limit is exact whichever worker takes a
+        connection. Otherwise (one process, or no shared state) the buckets are this
+        process's, with 1/`workers` of the rate."""
         if fields.rate is None:
             return None
-        rate = fields.rate / workers
         burst = fields.burst if fields.burst is not None else max(1.0, fields.rate)
+        shared = installed()
+        if shared is not None:
+            signature: tuple[object, ...] = ("shared", scope, fields.key, fields.rate, burst)
+            if previous is not None and previous.signature == signature:
+                return previous
+            store: RateStore = SharedBuckets(shared, f"rl:{scope}:", fields.rate, burst)
+            return cls(fields.key, store, signature)
+        rate = fields.rate / workers
         burst = max(1.0, burst / workers)
         signature = (fields.key, rate, burst, table_size)
         if previous is not None and previous.signature == signature:
@@ -109,11 +124,14 @@ class RouteGuard:
         workers: int,
         table_size: int,
         previous: RateLimiter | None = None,
+        scope: str = "",
     ) -> None:
         limits = config.limits
         self.ips = IpList.build(limits.allow, limits.deny) if limits is not None else None
         self.rate = (
-            RateLimiter.build(limits, workers, table_size, previous) if limits is not None else None
+            RateLimiter.build(limits, workers, table_size, previous, scope)
+            if limits is not None
+            else None
         )
         self.filter = (
             RequestFilter(config.filters, config.filter_body_limit, config.filter_tag_header)
@@ -128,8 +146,9 @@ class RouteGuard:
         workers: int,
         table_size: int,
         previous: RateLimiter | None = None,
+        scope: str = "",
     ) -> RouteGuard | None:
-        guard = cls(config, workers, table_size, previous)
+        guard = cls(config, workers, table_size, previous, scope)
         if guard.ips is None and guard.rate is None and guard.filter is None:
             return None
         return guard
@@ -245,9 +264,9 @@ class ListenerGuard:
         kept: RateLimiter | None = None
         if previous is not None:
             before, kept = previous.routes, previous.rate
-        self.rate: RateLimiter | None = RateLimiter.build(limits, workers, table, kept)
+        self.rate: RateLimiter | None = RateLimiter.build(limits, workers, table, kept, self.name)
         self.routes: list[RouteGuard | None] = [
-            RouteGuard.build(r, workers, table, _route_rate(before, i))
+            RouteGuard.build(r, workers, table, _route_rate(before, i), f"{self.name}/{i}")
             for i, r in enumerate(config.effective_routes())
         ]
         self.max_requests = limits.max_requests_per_connection
