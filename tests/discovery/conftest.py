@@ -4,6 +4,7 @@ the etcd binary is missing: Debian package etcd-server, installed by `make syste
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+
 import pytest
 
 from tests.discovery.servers import DnsServer, EtcdServer, etcd_binary

@@ -65,7 +65,7 @@ async def test_a_bad_file_is_an_error_naming_it(tmp_path: Path, text: str, probl
     path = tmp_path / "backends.yaml"
     path.write_text(text)
     source = FileSource(FileDiscovery(type="file", path=str(path)))
-    with pytest.raises(SourceError, match="backends.yaml") as caught:
+    with pytest.raises(SourceError, match=r"backends\.yaml") as caught:
         await next_set(source.updates())
     assert problem in str(caught.value)
 
