@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aetcd
 import httpx
 import pytest
 import yaml
 
 from tests.conftest import RunningBalancer
-from tests.discovery.servers import write_atomically
+from tests.discovery.servers import EtcdServer, etcd_binary, write_atomically
 from usher.backend import BackendServer
 from usher.config import parse_config
 
@@ -159,3 +161,47 @@ async def test_the_admin_api_shows_where_each_backend_came_from(
     await until(lambda: len(lb.pools["p"].backends) == 2, what="discovered backends")
     lb.balancer.add_backend("p", c.address)
     assert sources(lb) == {a.address: "config", b.address: f"file:{path}", c.address: "admin"}
+
+
+async def test_etcd_going_down_keeps_the_set_and_coming_back_resumes(
+    tmp_path: Path,
+    balancer: StartBalancer,
+    backends: StartBackends,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    if etcd_binary() is None:
+        pytest.skip("no etcd binary: install the Debian package etcd-server (make system-tools)")
+    a, b = await backends(2)
+    etcd = EtcdServer(tmp_path / "etcd")
+    (tmp_path / "etcd").mkdir()
+    await asyncio.to_thread(etcd.start)
+    try:
+        client = aetcd.Client("127.0.0.1", etcd.port)
+        await client.put(b"/pool/a", json.dumps({"address": a.address}).encode())
+        await client.close()
+        source = {"type": "etcd", "endpoints": [etcd.endpoint], "prefix": "/pool/"}
+        lb = await balancer(
+            {
+                "listeners": [{"name": "web", "bind": "127.0.0.1:0", "pool": "p"}],
+                "pools": {"p": {"discovery": [{**source, "interval": 0.2, "timeout": 0.5}]}},
+            }
+        )
+        await until(lambda: len(lb.pools["p"].backends) == 1, what="the backend in etcd")
+        caplog.set_level(logging.WARNING, "usher.discovery")
+        await asyncio.to_thread(etcd.stop)
+        await until(
+            lambda: any("failed" in r.getMessage() for r in caplog.records),
+            what="the outage logged",
+        )
+        await asyncio.sleep(1.0)  # several reconnection attempts
+        assert [x.label for x in lb.pools["p"].backends] == [a.address]
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(lb.url())).text.strip() == "A"
+        assert len([r for r in caplog.records if "failed" in r.getMessage()]) == 1
+        await asyncio.to_thread(etcd.start)  # same data, same ports
+        client = aetcd.Client("127.0.0.1", etcd.port)
+        await client.put(b"/pool/b", json.dumps({"address": b.address}).encode())
+        await client.close()
+        await until(lambda: len(lb.pools["p"].backends) == 2, 10, what="etcd followed again")
+    finally:
+        await asyncio.to_thread(etcd.stop)
