@@ -150,8 +150,13 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str)
 
 
 async def scale_out_and_in(
-    scaler: Scaler, servers: list[BackendServer], url: str, pool_size: Callable[[], Awaitable[int]]
+    scaler: Scaler,
+    servers: list[BackendServer],
+    url: str,
+    pool_size: Callable[[], Awaitable[int]],
+    at_five: Callable[[], Awaitable[None]] | None = None,
 ) -> dict[str, float]:
+    """`at_five` runs under load once the pool has 5 backends (a reload, say)."""
     first, rest = servers[:2], servers[2:]
 
     async def size_is(n: int) -> bool:
@@ -172,7 +177,10 @@ async def scale_out_and_in(
         await until(all_served, 10, "every new backend to serve")
         served_after = max(load.first_seen[n] for n in names) - started
         await until(lambda: size_is(5), 5, "5 backends")
+        if at_five is not None:
+            await at_five()
         await asyncio.sleep(0.5)
+        assert await pool_size() == 5
         await scaler.set(first)
         shrink = time.monotonic()
         await until(lambda: size_is(2), 15, "back to 2 backends")
@@ -273,8 +281,16 @@ async def test_autoscale_two_workers(
                     return False
 
             await until(serving, 30, "usher --workers 2 to serve")
+
+            async def reload() -> None:
+                # The reload keeps the discovered backends, in the control and in each worker.
+                answer = await client.post(f"http://127.0.0.1:{admin}/api/reload")
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["backends_draining"] == []
+                assert answer.json()["notes"] == []
+
             figures = await scale_out_and_in(
-                scaler, servers, f"http://127.0.0.1:{port}/", pool_size
+                scaler, servers, f"http://127.0.0.1:{port}/", pool_size, reload
             )
         report(scaler.source["type"], 2, figures)
         # The state sync adds up to 50 ms: still within one interval.
