@@ -14,6 +14,8 @@ import aetcd
 from usher.config import BackendConfig, EtcdDiscovery
 from usher.discovery.source import SourceError, parse_entry, require_some
 
+KEEPALIVE_MS = 10_000
+
 
 class EtcdSource:
     def __init__(self, config: EtcdDiscovery) -> None:
@@ -50,6 +52,13 @@ class EtcdSource:
                 endpoint.port,
                 timeout=max(1, round(self.config.timeout)),
                 connect_wait_timeout=max(1, round(self.config.timeout)),
+                # A watch is quiet while nothing changes: keepalive pings find a dead peer
+                # that never closed the connection (a host gone, a network cut).
+                options={
+                    "grpc.keepalive_time_ms": KEEPALIVE_MS,
+                    "grpc.keepalive_timeout_ms": max(1000, round(self.config.timeout * 1000)),
+                    "grpc.keepalive_permit_without_calls": 1,
+                },
             )
             try:
                 await asyncio.wait_for(client.status(), self.config.timeout)
