@@ -14,7 +14,7 @@ import dns.nameserver
 import dns.resolver
 
 from usher.config import BackendConfig, DnsDiscovery, HostPort
-from usher.discovery.source import SourceError, require_some
+from usher.discovery.source import SourceError, require_some, source_label
 
 # A TTL of 0 must not turn into a query loop.
 MIN_REFRESH = 0.5
@@ -23,18 +23,27 @@ MIN_REFRESH = 0.5
 class DnsSource:
     def __init__(self, config: DnsDiscovery) -> None:
         self.config = config
-        self.label = f"dns:{config.name}"
+        self.label = source_label(config)
         self.retry = config.interval
         self.srv = config.name.startswith("_")
-        self.resolver = self._resolver(config.resolver)
+        self._resolver: dns.asyncresolver.Resolver | None = None
 
-    @staticmethod
-    def _resolver(address: HostPort | None) -> dns.asyncresolver.Resolver:
-        if address is None:
-            return dns.asyncresolver.Resolver()  # /etc/resolv.conf
-        resolver = dns.asyncresolver.Resolver(configure=False)
-        resolver.nameservers = [dns.nameserver.Do53Nameserver(address.host, address.port)]
-        return resolver
+    @property
+    def resolver(self) -> dns.asyncresolver.Resolver:
+        """Built on first use: the system's reads /etc/resolv.conf, which may be missing."""
+        if self._resolver is None:
+            address = self.config.resolver
+            if address is None:
+                try:
+                    self._resolver = dns.asyncresolver.Resolver()
+                except dns.exception.DNSException as exc:
+                    raise SourceError(f"no system resolver: {exc}") from None
+            else:
+                self._resolver = dns.asyncresolver.Resolver(configure=False)
+                self._resolver.nameservers = [
+                    dns.nameserver.Do53Nameserver(address.host, address.port)
+                ]
+        return self._resolver
 
     async def updates(self) -> AsyncIterator[list[BackendConfig]]:
         while True:
@@ -57,9 +66,12 @@ class DnsSource:
         records: list[Any] = list(answer)
         best = min((r.priority for r in records), default=0)
         found = []
+        targets: dict[str, tuple[list[str], float]] = {}  # records often share a target
         for record in records:
             target = record.target.to_text(omit_final_dot=True)
-            hosts, host_ttl = await self._addresses(target)
+            if target not in targets:
+                targets[target] = await self._addresses(target)
+            hosts, host_ttl = targets[target]
             ttl = min(ttl, host_ttl)
             # SRV weight 0 means "rarely"; usher's weights start at 1.
             weight = max(1, int(record.weight))

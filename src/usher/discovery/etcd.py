@@ -12,15 +12,16 @@ from typing import Any
 import aetcd
 
 from usher.config import BackendConfig, EtcdDiscovery
-from usher.discovery.source import SourceError, parse_entry, require_some
+from usher.discovery.source import SourceError, parse_entry, require_some, source_label
 
+# How often a quiet connection to etcd is pinged to see that it is still there.
 KEEPALIVE_MS = 10_000
 
 
 class EtcdSource:
     def __init__(self, config: EtcdDiscovery) -> None:
         self.config = config
-        self.label = f"etcd:{config.prefix}"
+        self.label = source_label(config)
         self.retry = config.interval
         self.prefix = config.prefix.encode()
         self._next = 0  # the endpoint to try first: the one that answered last

@@ -13,13 +13,13 @@ from pathlib import Path
 import yaml
 
 from usher.config import BackendConfig, FileDiscovery
-from usher.discovery.source import SourceError, parse_entry, require_some
+from usher.discovery.source import SourceError, parse_entry, require_some, source_label
 
 
 class FileSource:
     def __init__(self, config: FileDiscovery) -> None:
         self.path = Path(config.path)
-        self.label = f"file:{config.path}"
+        self.label = source_label(config)
         self.retry = config.interval
         self.interval = config.interval
 
