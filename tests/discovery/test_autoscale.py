@@ -23,6 +23,7 @@ import yaml
 from tests.conftest import RunningBalancer, free_port
 from tests.discovery.servers import DnsServer, EtcdServer, etcd_binary, write_atomically
 from usher.backend import BackendServer
+from usher.control import SYNC_INTERVAL
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,6 +32,7 @@ INTERVAL = 1.0  # every source's interval (etcd's only matters when it is down: 
 CONCURRENCY = 4
 MAX_REQUESTS = 50_000
 SRV_NAME = "_http._tcp.app.test"
+SYNC_GRACE = 4 * SYNC_INTERVAL
 
 
 class Scaler(Protocol):
@@ -191,8 +193,10 @@ async def scale_out_and_in(
         await asyncio.wait_for(runner, 15)
     assert load.failures == []
     assert load.sent > 100
-    late = [n for n in names if load.last_seen[n] > shrink + removed_after]
-    assert late == []  # nothing served by a backend after it left the pool
+    # Nothing served by a backend after it left the pool, give or take the state sync: with
+    # workers, one may still start a request on a leaving backend until the next tick tells it.
+    left = shrink + removed_after + SYNC_GRACE
+    assert [n for n in names if load.last_seen[n] > left] == []
     return {
         "requests": load.sent,
         "failed": len(load.failures),
