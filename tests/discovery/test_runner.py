@@ -98,6 +98,30 @@ async def test_a_vanished_backend_drains_then_goes(
     await until(lambda: lb.pools["p"].find(b.address) is None, what="removal after the drain")
 
 
+async def test_a_disabled_one_that_vanishes_goes_and_one_listed_again_while_draining_stays(
+    tmp_path: Path, balancer: StartBalancer, backends: StartBackends
+) -> None:
+    a, b, c = await backends(3, latency=0.5)
+    path = tmp_path / "found.yaml"
+    listed(path, [a.address, b.address, c.address])
+    lb = await balancer(config(path, []))
+    await until(lambda: len(lb.pools["p"].backends) == 3, what="discovered backends")
+    lb.balancer.update_backend("p", b.address, state="disabled")
+    async with httpx.AsyncClient() as client:
+        slow = [asyncio.ensure_future(client.get(lb.url())) for _ in range(4)]
+        back = lb.pools["p"].find(c.address)
+        assert back is not None
+        await until(lambda: back.active > 0, what="a request in flight to c")
+        listed(path, [a.address])
+        await until(lambda: lb.pools["p"].find(b.address) is None, what="b gone")
+        await until(lambda: back.state == "draining", what="c draining")
+        listed(path, [a.address, c.address])  # c is back before its drain ends
+        await until(lambda: back.state == "enabled", what="c enabled again")
+        assert [r.status_code for r in await asyncio.gather(*slow)] == [200] * 4
+    await asyncio.sleep(INTERVAL * 4)
+    assert lb.pools["p"].find(c.address) is back
+
+
 async def test_a_failing_source_keeps_its_last_set_and_says_so_once(
     tmp_path: Path,
     balancer: StartBalancer,
