@@ -24,6 +24,7 @@ system-tools:
 	[ -x /usr/bin/promtool ] || missing="$$missing prometheus"; \
 	[ -x /usr/bin/dig ] || missing="$$missing dnsutils"; \
 	[ -x /usr/sbin/keepalived ] || missing="$$missing keepalived"; \
+	[ -x /usr/bin/etcd ] || missing="$$missing etcd-server"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing (apt-get)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -84,6 +84,24 @@ def test_check_reports_every_problem_with_its_path(tmp_path: Path):
     assert "pools.web.backends[0].weight: must be > 0" in result.stderr
 
 
+def test_check_rejects_a_bad_discovery_entry_with_its_path(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "listeners: [{name: web, bind: 127.0.0.1:8080, pool: api}]\n"
+        "pools:\n"
+        "  api:\n"
+        "    discovery:\n"
+        "      - {type: dns, name: api.internal, port: 8080, resolver: nameserver}\n"
+        "      - {type: etcd, endpoints: [127.0.0.1:2379]}\n"
+        "      - {type: file, path: a.yaml, interval: never}\n"
+    )
+    result = usher("check", "-c", str(bad))
+    assert result.returncode == 1
+    assert "pools.api.discovery[0].resolver: invalid resolver 'nameserver'" in result.stderr
+    assert "pools.api.discovery[1].prefix: required" in result.stderr
+    assert "pools.api.discovery[2].interval: invalid duration 'never'" in result.stderr
+
+
 def test_check_reports_a_missing_certificate(tmp_path: Path):
     cfg = tmp_path / "tls.yaml"
     cfg.write_text(

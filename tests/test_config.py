@@ -184,7 +184,7 @@ def test_full_config_really_has_every_key() -> None:
     text = (CONFIGS / "full.yaml").read_text()
     schema = config_schema()
     models = {"Config": schema, **schema["$defs"]}
-    assert len(models) == 31
+    assert len(models) == 34
     missing = [
         f"{name}.{key}"
         for name, model in models.items()
@@ -384,10 +384,61 @@ BAD_FILES = {
         "discovery",
         "unknown key",
     ),
-    "key of a later feature": (
+    "discovery not a list": (
         pool("backends: [{address: 127.0.0.1:9001}]\ndiscovery: {dns: api.internal}"),
         "pools.p.discovery",
-        "unknown key",
+        "must be a list, not a mapping",
+    ),
+    "discovery bad type": (
+        pool("discovery: [{type: consul, name: x}]"),
+        "pools.p.discovery[0]",
+        "type: unknown 'consul' (one of: dns, etcd, file)",
+    ),
+    "discovery no type": (pool("discovery: [{name: x}]"), "pools.p.discovery[0]", "type: required"),
+    "discovery dns no name": (
+        pool("discovery: [{type: dns, port: 80}]"),
+        "pools.p.discovery[0].name",
+        "required",
+    ),
+    "discovery dns A without port": (
+        pool("discovery: [{type: dns, name: api.internal}]"),
+        "pools.p.discovery[0].port",
+        "required for an A/AAAA name (SRV names start with _)",
+    ),
+    "discovery dns SRV with port": (
+        pool("discovery: [{type: dns, name: _http._tcp.api, port: 80}]"),
+        "pools.p.discovery[0].port",
+        "an SRV name (starting with _) gives its own ports",
+    ),
+    "discovery dns bad name": (
+        pool("discovery: [{type: dns, name: 'bad name!', port: 80}]"),
+        "pools.p.discovery[0].name",
+        "invalid DNS name 'bad name!' (expected e.g. www.example.com)",
+    ),
+    "discovery resolver by name": (
+        pool("discovery: [{type: dns, name: api.internal, port: 80, resolver: dns.google:53}]"),
+        "pools.p.discovery[0].resolver",
+        "invalid resolver 'dns.google:53' (expected ip:port or [v6]:port, e.g. 127.0.0.1:5353)",
+    ),
+    "discovery zero interval": (
+        pool("discovery: [{type: file, path: a.yaml, interval: 0s}]"),
+        "pools.p.discovery[0].interval",
+        "must be > 0",
+    ),
+    "discovery etcd no prefix": (
+        pool("discovery: [{type: etcd}]"),
+        "pools.p.discovery[0].prefix",
+        "required",
+    ),
+    "discovery file no path": (
+        pool("backends: [{address: 127.0.0.1:9001}]\ndiscovery: [{type: file}]"),
+        "pools.p.discovery[0].path",
+        "required",
+    ),
+    "no backends, no discovery": (
+        pool("discovery: []"),
+        "pools.p.backends",
+        "required (or a discovery source)",
     ),
     "wrong type": (
         pool("backends: [{address: 127.0.0.1:9001, weight: heavy}]"),
@@ -424,8 +475,16 @@ BAD_FILES = {
         "pools.p.retries.attempts",
         "must be >= 0",
     ),
-    "missing backends": (pool("algorithm: round_robin"), "pools.p.backends", "required"),
-    "empty backends": (pool("backends: []"), "pools.p.backends", "needs at least 1 item"),
+    "missing backends": (
+        pool("algorithm: round_robin"),
+        "pools.p.backends",
+        "required (or a discovery source)",
+    ),
+    "empty backends": (
+        pool("backends: []"),
+        "pools.p.backends",
+        "needs at least 1 item (or a discovery source)",
+    ),
     "backend port 0": (
         pool("backends: [{address: '127.0.0.1:0'}]"),
         "pools.p.backends[0].address",
@@ -930,7 +989,7 @@ def test_every_problem_is_reported_at_once_with_its_line(tmp_path: Path) -> None
           line 14: pools.web.backends[1].weight: must be > 0
           line 16: pools.web.timeouts.conect: unknown key (did you mean 'connect'?)
           line 18: pools.api.algorithm: unknown algorithm 'fastest' (known: {known})
-          line 18: pools.api.backends: required"""
+          line 18: pools.api.backends: required (or a discovery source)"""
     )
 
 
@@ -1223,3 +1282,18 @@ def test_addresses_the_pattern_refuses_are_refused(text: str) -> None:
     assert not re.search(config_module._ADDRESS_PATTERN, text)
     with pytest.raises(ValueError, match="expected host:port"):
         parse_address(text)
+
+
+def test_discovery_alone_is_a_pool() -> None:
+    text = pool(
+        """
+        discovery:
+          - {type: dns, name: _http._tcp.api.internal, resolver: "127.0.0.1:5353", interval: 5s}
+          - {type: dns, name: api.internal, port: 8080, resolver: "::1"}
+          - {type: etcd, endpoints: ["127.0.0.1:2379"], prefix: /usher/pools/api/}
+          - {type: file, path: api-backends.yaml}
+        """
+    )
+    sources = parse_config(text).pools["p"].discovery
+    assert [s.type for s in sources] == ["dns", "dns", "etcd", "file"]
+    assert str(sources[1].resolver) == "[::1]:53"  # type: ignore[union-attr]

@@ -12,6 +12,8 @@ import pytest
 from usher.clock import ManualClock
 from usher.config import PoolConfig
 from usher.pool import Pool, RetryBudget, Selection
+from usher.shared import RowIndex
+from usher.sync import apply_state, pools_state
 
 
 def make_pool(n: int = 4, **options: Any) -> tuple[Pool, ManualClock]:
@@ -227,3 +229,23 @@ async def test_a_state_set_during_a_drain_ends_it_and_wins():
     assert target.drained is None
     pool.on_finish(target, 0.01, ok=True)
     assert pool.backends[0].label in picks(pool, clock, 4)
+
+
+def test_a_reload_keeps_discovered_backends_and_a_worker_learns_their_source():
+    control, _ = make_pool(2)
+    found = control.add_backend(
+        PoolConfig.model_validate({"backends": [{"address": "127.0.0.1:9100"}]}).backends[0]
+    )
+    found.source = "dns:api.internal"
+    admin = control.add_backend(
+        PoolConfig.model_validate({"backends": [{"address": "127.0.0.1:9200"}]}).backends[0]
+    )
+    admin.source = "admin"
+    worker, _ = make_pool(2)
+    apply_state({"web": worker}, pools_state({"web": control}, RowIndex(8)), None, 0)
+    assert {b.label: b.source for b in worker.backends}["127.0.0.1:9100"] == "dns:api.internal"
+    # The same file again: the admin's backend goes (the file is the truth), the found one stays.
+    for pool in (control, worker):
+        dropped = pool.reconfigure(pool.config)
+        assert [b.label for b in dropped] == ["127.0.0.1:9200"]
+        assert pool.find("127.0.0.1:9100") is not None

@@ -68,7 +68,11 @@ __all__ = [
     "BackendConfig",
     "ByteSize",
     "Config",
+    "Discovery",
+    "DnsDiscovery",
     "Duration",
+    "EtcdDiscovery",
+    "FileDiscovery",
     "HeaderRewrite",
     "HostPort",
     "Listener",
@@ -140,6 +144,8 @@ DEFAULT_EWMA_DECAY: Final = 10.0
 DEFAULT_QUEUE_SIZE: Final = 100
 DEFAULT_QUEUE_TIMEOUT: Final = 5.0
 DEFAULT_DRAIN_TIMEOUT: Final = 30.0
+DEFAULT_DISCOVERY_INTERVAL: Final = 5.0
+DEFAULT_DISCOVERY_TIMEOUT: Final = 2.0
 DEFAULT_PANIC_THRESHOLD: Final = 0.0
 DEFAULT_MAX_EJECTION_PERCENT: Final = 0.5
 DEFAULT_MAX_EJECTION_TIME: Final = 300.0
@@ -615,9 +621,9 @@ _PoolName = Annotated[str, AfterValidator(_pool_name)]
 
 def _dns_name(value: str) -> str:
     """A domain name, lower case, without the root's trailing dot."""
-    name = value.strip().lower().rstrip(".")
-    if not _HOSTNAME.fullmatch(name):
-        raise ValueError(f"invalid domain name {value!r} (expected e.g. www.example.com)")
+    name = value.strip().rstrip(".").lower()
+    if not name.isascii() or not _HOSTNAME.fullmatch(name):
+        raise ValueError(f"invalid DNS name {value!r} (expected e.g. www.example.com)")
     return name
 
 
@@ -1875,6 +1881,103 @@ class UpstreamTls(_Model):
         return []
 
 
+def _resolver(value: object) -> HostPort:
+    """A DNS server to ask: an IP address and port (a name would need a resolver itself)."""
+    bad = ValueError(
+        f"invalid resolver {value!r} (expected ip:port or [v6]:port, e.g. 127.0.0.1:5353)"
+    )
+    if not isinstance(value, str):
+        raise bad
+    try:
+        return HostPort(str(ipaddress.ip_address(value.strip())), 53)  # no port: the DNS one
+    except ValueError:
+        pass
+    try:
+        address = parse_address(value.strip(), allow_port_zero=False)
+        ipaddress.ip_address(address.host)
+    except ValueError:
+        raise bad from None
+    return address
+
+
+_Resolver = Annotated[
+    HostPort,
+    PlainValidator(_resolver),
+    PlainSerializer(str, return_type=str, when_used="json"),
+    WithJsonSchema(
+        {"type": "string", "description": "ip:port or [v6]:port of a DNS server (port 53 if none)."}
+    ),
+]
+
+
+class DnsDiscovery(_Model):
+    """Backends from DNS: SRV records (port, weight from the record) or A/AAAA with `port`."""
+
+    type: Literal["dns"] = Field(description="dns.")
+    name: _DnsName = Field(
+        description="The name to look up: `_service._proto.name` asks for SRV, any other for "
+        "A and AAAA (then `port` is required)."
+    )
+    port: _Port | None = Field(
+        default=None, description="A/AAAA: the backends' port; null for SRV (the record says)."
+    )
+    resolver: _Resolver | None = Field(
+        default=None, description="The DNS server to ask (ip:port); null: the system's."
+    )
+    interval: Duration = Field(
+        default=DEFAULT_DISCOVERY_INTERVAL,
+        gt=0,
+        description="Re-resolve at least this often; sooner when the records' TTL ends first.",
+    )
+    weight: PositiveInteger = Field(
+        default=DEFAULT_BACKEND_WEIGHT, description="A/AAAA: each backend's weight."
+    )
+    timeout: Duration = Field(default=DEFAULT_DISCOVERY_TIMEOUT, gt=0, description="Per query.")
+
+    @classmethod
+    def _rules(cls, data: Mapping[str, Any]) -> list[_Problem]:
+        name = _get(data, "name")
+        srv = isinstance(name, str) and name.startswith("_")
+        if srv and _get(data, "port") is not None:
+            return [(("port",), "an SRV name (starting with _) gives its own ports")]
+        if isinstance(name, str) and not srv and _get(data, "port") is None:
+            return [(("port",), "required for an A/AAAA name (SRV names start with _)")]
+        return []
+
+
+class EtcdDiscovery(_Model):
+    """Backends from etcd: every key under `prefix` holds one backend entry as JSON."""
+
+    type: Literal["etcd"] = Field(description="etcd.")
+    endpoints: list[Address] = Field(
+        default=["127.0.0.1:2379"],
+        validate_default=True,
+        min_length=1,
+        description="host:port of etcd members (client URLs); tried in turn.",
+    )
+    prefix: str = Field(min_length=1, description="The key prefix, e.g. `/usher/pools/api/`.")
+    interval: Duration = Field(
+        default=DEFAULT_DISCOVERY_INTERVAL,
+        gt=0,
+        description="While etcd is unreachable: how long between reconnection attempts.",
+    )
+    timeout: Duration = Field(default=DEFAULT_DISCOVERY_TIMEOUT, gt=0, description="Per request.")
+
+
+class FileDiscovery(_Model):
+    """Backends from a YAML or JSON file: a list of backend entries (as a pool's `backends`,
+    or plain `host:port` strings), re-read when it changes (as Prometheus file_sd)."""
+
+    type: Literal["file"] = Field(description="file.")
+    path: str = Field(min_length=1, description="The file; relative paths from the working dir.")
+    interval: Duration = Field(
+        default=DEFAULT_DISCOVERY_INTERVAL, gt=0, description="How often to look for a change."
+    )
+
+
+Discovery = Annotated[DnsDiscovery | EtcdDiscovery | FileDiscovery, Field(discriminator="type")]
+
+
 class PoolConfig(_Model):
     """A group of backends serving the same content, and how to balance over them."""
 
@@ -1883,7 +1986,14 @@ class PoolConfig(_Model):
         description="Balancing algorithm, by name: e.g. `round_robin`; `usher schema` lists all. "
         'Or a class of your own by import path: `"package.module:Name"` (see `python_path`).',
     )
-    backends: list[BackendConfig] = Field(min_length=1, description="The servers.")
+    backends: list[BackendConfig] = Field(
+        default=[], description="The servers; may be empty when `discovery` finds them."
+    )
+    discovery: list[Discovery] = Field(
+        default=[],
+        description="Sources of backends found at run time, joined to `backends`: dns, etcd, "
+        "file (docs/discovery.md).",
+    )
     passive_health: PassiveHealth = Field(
         default=PassiveHealth(), description="Marking backends down on failed requests."
     )
@@ -1959,6 +2069,10 @@ class PoolConfig(_Model):
             problems.append((("agent",), "required by algorithm resource"))
         if _get(_get(data, "health_check"), "type") == "agent" and not has_agent:
             problems.append((("agent",), "required by health_check type agent"))
+        backends = _get(data, "backends")
+        if backends in (None, [], ()) and not _items(_get(data, "discovery")):
+            wanted = "required" if backends is None else "needs at least 1 item"
+            problems.append((("backends",), f"{wanted} (or a discovery source)"))
         seen: dict[HostPort, int] = {}
         for index, backend in _items(_get(data, "backends")):
             address = _address_or_none(_get(backend, "address"))
@@ -2326,6 +2440,11 @@ def _message(error: ErrorDetails, loc: _Loc) -> str:
     if kind == "literal_error":
         choices = re.split(r", | or ", str(ctx["expected"]))
         return "must be one of: " + ", ".join(choice.strip("'\"") for choice in choices)
+    if kind == "union_tag_invalid":  # a discriminated union: sticky, discovery
+        tags = str(ctx["expected_tags"]).replace("'", "")
+        return f"{ctx['discriminator'].strip(chr(39))}: unknown {ctx['tag']!r} (one of: {tags})"
+    if kind == "union_tag_not_found":
+        return f"{ctx['discriminator'].strip(chr(39))}: required"
     if kind == "string_too_short":
         return "must not be empty"
     if kind == "too_short":

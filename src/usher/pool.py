@@ -51,6 +51,9 @@ SLOW_START_FLOOR = 0.1
 FOLLOW_EJECTIONS = 0.01
 # The in-process retry budget, by the name it always had.
 RetryBudget = LocalBudget
+# The sources of backends that the config file owns; any other is a discovery source's.
+CONFIG_SOURCE = "config"
+ADMIN_SOURCE = "admin"
 
 
 class Backend:
@@ -83,6 +86,7 @@ class Backend:
         "reason",
         "requests_total",
         "shared",
+        "source",
         "state",
         "weight",
     )
@@ -129,6 +133,9 @@ class Backend:
         # Connections remember the generation they were opened in; a reload that changes how
         # connections are made (tls, PROXY header) starts a new one and the old are not reused.
         self.generation = 0
+        # Where it came from: config, admin, or a discovery source (dns:NAME, etcd:PREFIX,
+        # file:PATH); a reload keeps discovered backends, the source itself retires them.
+        self.source = CONFIG_SOURCE
 
     def ready(self, now: float) -> bool:
         """May take a new request: enabled, healthy and not ejected."""
@@ -682,6 +689,7 @@ class Pool:
                 backend = _backend(bc)
                 self._start_ramp(backend, now)
             else:
+                backend.source = CONFIG_SOURCE  # the file names it now: the file owns it
                 backend.backup = bc.backup
                 backend.max_connections = bc.max_connections
                 if backend.weight != bc.weight:
@@ -689,7 +697,10 @@ class Pool:
                     if backend.ramp_start is None:
                         backend.effective_weight = bc.weight
             kept.append(backend)
-        dropped = list(by_label.values())
+        # Discovered backends stay: their source retires them, not the file.
+        discovered = [b for b in by_label.values() if b.source not in (CONFIG_SOURCE, ADMIN_SOURCE)]
+        kept += discovered
+        dropped = [b for b in by_label.values() if b not in discovered]
         sticky_changed = config.sticky != self.config.sticky
         if (config.tls, config.send_proxy_protocol) != (
             self.config.tls,
@@ -746,6 +757,7 @@ class Pool:
         last = backend.last_check
         return {
             "address": backend.label,
+            "source": backend.source,
             "weight": backend.weight,
             "effective_weight": round(backend.effective_weight, 3),
             "backup": backend.backup,

@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, Any
 from usher.balancing import custom as custom_algorithms
 from usher.clock import Clock, MonotonicClock
 from usher.config import BackendConfig, Config, HostPort, Listener, load_config
+from usher.discovery import DiscoveryRunner
 from usher.dns.server import DnsListener
 from usher.errors import ChangeError, ConfigError, ConfigIssue, UsherError
 from usher.health import HealthChecker
 from usher.listeners import Abortable, AnyListener, Serving, bind_listener, build_listener
 from usher.logs import AccessLog
 from usher.metrics import Metrics, build_registry
-from usher.pool import Backend, Pool, State
+from usher.pool import ADMIN_SOURCE, Backend, Pool, State
 from usher.routing import Router
 from usher.tls import ServerTls, load_upstream_contexts
 
@@ -87,6 +88,9 @@ class Balancer:
     """Everything one config describes. Building it checks what the model alone cannot
     (certificates load); nothing binds a socket until `start()`."""
 
+    # Whether this process runs the pools' discovery sources (a worker follows the control's).
+    runs_discovery = True
+
     def __init__(
         self,
         config: Config,
@@ -130,6 +134,7 @@ class Balancer:
         self._background: set[asyncio.Task[Any]] = set()
         self._reload_lock = asyncio.Lock()
         self._admin: uvicorn.Server | None = None
+        self.discovery = DiscoveryRunner(self)
         self._admin_task: asyncio.Task[Any] | None = None
         self.admin_url: str | None = None
 
@@ -177,6 +182,8 @@ class Balancer:
     async def start(self) -> None:
         for checker in self.checkers.values():
             checker.start()
+        if self.runs_discovery:
+            self.discovery.update(self.config.pools)
         try:
             for listener in self.listeners.values():
                 await self._serve(listener)
@@ -234,6 +241,7 @@ class Balancer:
 
     async def stop(self, timeout: float = DEFAULT_DRAIN_TIMEOUT) -> None:
         """Stop accepting, let in-flight requests finish (up to `timeout`), then close all."""
+        await self.discovery.stop()
         for server in self._servers.values():
             server.close()
         for listener in self.listeners.values():
@@ -299,6 +307,12 @@ class Balancer:
             if isinstance(listener, DnsListener)
         ]
 
+    def sync_counts(self) -> None:
+        """Bring the backends' requests in flight up to date before a change that depends on
+        them (the control process of several workers reads the workers'); one process counts
+        in place."""
+        return None
+
     async def before_scrape(self) -> None:
         """Bring the metrics up to date before `/metrics` renders them (the control process of
         several workers collects theirs here); one process counts in place."""
@@ -343,6 +357,7 @@ class Balancer:
         if pool.find(str(config.address)) is not None:
             raise ChangeError(409, f"backend {config.address} is already in pool {pool_name}")
         backend = pool.add_backend(config)
+        backend.source = ADMIN_SOURCE
         self.checkers[pool_name].add_backend(backend)
         self.runtime_changes.append((pool_name, backend.label, "added"))
         return backend
@@ -464,6 +479,8 @@ class Balancer:
         for name in [n for n in self.pools if n not in config.pools]:
             report.pools_removed.append(name)
             self._spawn(self._retire_pool(self.pools.pop(name)))
+        if self.runs_discovery:
+            self.discovery.update(config.pools)  # kept sources go on; new pools get theirs
         self._restart_checkers()
         report.overwritten = self._overwritten(config)
         self.runtime_changes.clear()

@@ -36,6 +36,7 @@ class BackendState:
     load: float | None  # the agent's last report
     row: int | None  # its row in the shared counts (None: the table is full)
     check_rtt: float | None = None  # the last passing health check's round trip
+    source: str = "config"  # config, admin or a discovery source: a reload keeps discovered ones
 
 
 PoolsState = dict[str, tuple[BackendState, ...]]
@@ -56,6 +57,7 @@ def pools_state(pools: Mapping[str, Pool], rows: RowIndex) -> PoolsState:
                 load=b.load,
                 row=rows.assign(name, b.label),
                 check_rtt=b.check_rtt,
+                source=b.source,
             )
             for b in pool.backends
         )
@@ -99,6 +101,7 @@ def _apply_pool(
     for s in wanted:
         found = pool.find(s.address)
         backend = found if found is not None else pool.add_backend(_config(s))
+        backend.source = s.source
         if backend.backup != s.backup or backend.max_connections != s.max_connections:
             backend.backup = s.backup
             backend.max_connections = s.max_connections

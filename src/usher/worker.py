@@ -43,6 +43,8 @@ class WorkerBalancer(Balancer):
     reload drops stay (draining) until the control process, which sees every worker's requests
     in flight, removes them."""
 
+    runs_discovery = False  # the control process discovers; the state sync brings the result
+
     def __init__(
         self, config: Config, table: SharedTable, number: int, access_log: AccessLog
     ) -> None:

@@ -169,6 +169,11 @@ async def test_page_loads_clean_and_shows_listeners_pools_and_backends(
     await expect(page.locator("table")).to_have_count(3)
     await expect(page.locator('th[scope="col"]', has_text="Latency")).to_have_count(2)
     await expect(page.get_by_test_id("message")).to_be_hidden()
+    # Each backend says where it came from: the file, the admin API, a discovery source.
+    await expect(dash.row("api", dash.address(2)).get_by_test_id("source")).to_have_text("config")
+    added = f"127.0.0.1:{free_port()}"
+    dash.lb.balancer.add_backend("api", added)
+    await expect(dash.row("api", added).get_by_test_id("source")).to_have_text("admin")
     assert dash.errors == []
 
 
