@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from usher import handover
 from usher.channel import Channel, ChannelClosed
 from usher.config import Config
 from usher.errors import UsherError
+from usher.handover import WorkerSockets
 from usher.listeners import AnyListener, Serving
 from usher.logs import AccessLog
 from usher.metrics import Metrics, Snapshot, build_registry
@@ -74,8 +76,15 @@ class Reservation:
 def reserve(host: str, port: int, *, datagram: bool = False) -> socket.socket:
     """Bind the address the workers will share (a UDP listener's as a datagram socket, so
     that port 0 picks a port free for UDP and a UDP port in use is caught here)."""
+    kind = socket.SOCK_DGRAM if datagram else socket.SOCK_STREAM
+    if port != 0:
+        # After an upgrade, the workers' sockets came over: a new UDP socket would take a share
+        # of the datagrams until released, so the reservation is one of theirs.
+        inherited = handover.copy_of(handover.key_for(host, port, kind))
+        if inherited is not None:
+            return inherited
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM if datagram else socket.SOCK_STREAM)
+    sock = socket.socket(family, kind)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
@@ -131,6 +140,7 @@ class ControlBalancer(Balancer):
         self._merged = Metrics()
         self.registry = build_registry(lambda: self._merged, lambda: self.pools, self.connections)
         self._syncer: asyncio.Task[None] | None = None
+        self.worker_sockets = WorkerSockets()
 
     # Listeners: reserved here, served by the workers
 
@@ -167,7 +177,25 @@ class ControlBalancer(Balancer):
         self._release_datagram_reservations()
         self._syncer = asyncio.get_running_loop().create_task(self._sync_loop())
 
+    def _worker_addresses(self) -> list[tuple[str, int, int]]:
+        return [
+            (
+                lc.bind.host,
+                lc.bind.port,
+                socket.SOCK_DGRAM if lc.protocol == "udp" else socket.SOCK_STREAM,
+            )
+            for lc in self.worker_config().listeners
+        ]
+
+    def listening_fds(self) -> list[int]:
+        return [*self.worker_sockets.fds(), *self.admin_fds()]  # the reservations stay here
+
     async def _spawn_worker(self, number: int) -> WorkerProcess:
+        try:
+            listening = self.worker_sockets.for_worker(number, self._worker_addresses())
+        except OSError as exc:
+            raise UsherError(f"worker {number}: cannot open its listening sockets: {exc}") from exc
+        fds = [sock.fileno() for sock in listening]
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -180,7 +208,7 @@ class ControlBalancer(Balancer):
                 str(self.table.workers),
                 str(self.table.capacity),
                 stdin=subprocess.DEVNULL,
-                pass_fds=(theirs.fileno(), self.table.fd),
+                pass_fds=(theirs.fileno(), self.table.fd, *fds),
             )
         finally:
             theirs.close()
@@ -189,7 +217,7 @@ class ControlBalancer(Balancer):
         worker = WorkerProcess(number, proc, channel, time.monotonic(), loop.create_future())
         self.workers[number] = worker
         state = self._state()
-        channel.send("start", self.worker_config(), state, self._options)
+        channel.send("start", self.worker_config(), state, {**self._options, "listening": fds})
         worker.watcher = loop.create_task(self._watch(worker))
         return worker
 
@@ -421,6 +449,7 @@ class ControlBalancer(Balancer):
             if error is not None:
                 report.notes.append(f"worker {number}: {error}")
         self._release_datagram_reservations()
+        self.worker_sockets.keep_only(self._worker_addresses())
         return report
 
     def _release_datagram_reservations(self) -> None:
@@ -451,6 +480,7 @@ class ControlBalancer(Balancer):
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     await asyncio.wait_for(worker.watcher, 5.0)
         await super().stop(timeout=0)
+        self.worker_sockets.close()
         self.table.close()
 
 
@@ -474,7 +504,7 @@ async def run_control(
     )
     # Signals are ours from the start: a SIGHUP while the workers start reloads (they start
     # with the new config), a SIGTERM stops them as soon as they are up.
-    handle_signals(balancer, balancer.done.set)
+    upgrader = handle_signals(balancer, balancer.done.set)
     await balancer.start()
     try:
         await balancer.start_workers(
@@ -491,6 +521,8 @@ async def run_control(
         )
     pids = ", ".join(str(w.pid) for w in sorted(balancer.workers.values(), key=_number))
     print(f"usher: {workers} workers serving (pids {pids})", file=sys.stderr, flush=True)
+    handover.announce_ready()
+    upgrader.serving = True
     flusher = asyncio.get_running_loop().create_task(flush_logs())
     await balancer.done.wait()
     failure = balancer.failure

@@ -17,6 +17,7 @@ import socket
 import sys
 from typing import Any
 
+from usher import handover
 from usher.channel import Channel, ChannelClosed
 from usher.config import Config
 from usher.errors import UsherError
@@ -79,10 +80,14 @@ async def serve(channel: Channel, table: SharedTable, number: int) -> int:
         raise ChannelClosed(f"expected a start message, got {first[0]!r}")
     _, config, state, options = first
     access_log = AccessLog(enabled=options["access_log"], format=options["log_format"])
+    # The control process opens the listening sockets (they outlive a worker and go over to
+    # the next process in an upgrade); the listeners take them where they bind.
+    handover.adopt_fds(options.get("listening", []))
     try:
         balancer = WorkerBalancer(config, table, number, access_log)
         balancer.apply(state)
         await balancer.start()
+        handover.release_unclaimed()
     except UsherError as exc:
         channel.send("failed", str(exc))
         with contextlib.suppress(ChannelClosed):
