@@ -45,6 +45,20 @@ def new_command() -> list[str]:
     return [sys.executable, *sys.orig_argv[1:]]
 
 
+def is_usher_run(pid: int) -> bool:
+    """Whether `pid` runs `usher run` (a zombie does not run); raises ProcessLookupError when
+    there is no such process. A signal sent to anything else could kill it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except FileNotFoundError:
+        raise ProcessLookupError(pid) from None
+    if stat.rsplit(")", 1)[1].split()[0] == "Z":
+        return False
+    named = any(w == "usher" or w.endswith("/usher") for w in words)
+    return named and "run" in words
+
+
 class Upgrader:
     """Runs one upgrade at a time on SIGUSR2; `done` is called once the new process serves
     (the caller then drains and exits)."""
@@ -54,6 +68,8 @@ class Upgrader:
         self.done = done
         self.serving = False  # set once this process serves: there is nothing to hand before
         self.timeout = READY_TIMEOUT
+        self.command = new_command()
+        self.process: subprocess.Popen[bytes] | None = None
         self._task: asyncio.Task[None] | None = None
         self._handed_over = False
 
@@ -89,7 +105,7 @@ class Upgrader:
             server.bind(str(path))
             server.listen(1)
             server.setblocking(False)
-            command = new_command()
+            command = self.command
             say(f"upgrade: starting {' '.join(command)}")
             try:
                 proc = subprocess.Popen(
@@ -102,6 +118,7 @@ class Upgrader:
             except UpgradeFailed:
                 await _stop(proc)
                 raise
+            self.process = proc  # kept: it is this process's child until this one exits
             return proc.pid
         finally:
             server.close()
@@ -113,15 +130,16 @@ class Upgrader:
         line: socket.socket | None = None
         try:
             while loop.time() < deadline:
-                code = proc.poll()
+                if line is None:
+                    line = self._offer(server)
+                ready = line is not None and self._said_ready(line, proc.pid)
+                code = proc.poll()  # read after: a process that said ready and died is no heir
                 if code is not None:
                     raise UpgradeFailed(
                         f"the new process (pid {proc.pid}) exited with {code} before it was "
                         "ready; its messages are above"
                     )
-                if line is None:
-                    line = self._offer(server)
-                elif self._said_ready(line, proc.pid):
+                if ready:
                     return
                 await asyncio.sleep(POLL_INTERVAL)
         finally:
