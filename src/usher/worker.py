@@ -171,9 +171,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("usage: python -m usher.worker CHANNEL_FD TABLE_FD NUMBER WORKERS CAPACITY")
     channel_fd, table_fd, number, workers, capacity = (int(a) for a in args)
     # The control process passes Ctrl-C on as SIGTERM; the terminal's own SIGINT to the whole
-    # process group must not stop the workers behind its back. SIGHUP is the control's too.
+    # process group must not stop the workers behind its back. SIGHUP and SIGUSR2 (reload,
+    # upgrade) are the control's too: by default either would end a worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     logging.basicConfig(
         level=logging.INFO,
         format=f"%(asctime)s usher worker {number}: %(message)s",

@@ -32,6 +32,9 @@ def run_balancer(
 ) -> None:
     fmt: LogFormat = "json" if log_format == "json" else "text"
     raise_open_file_limit()
+    # Until the handler is in place (once serving), SIGUSR2 must not end the process (its
+    # default action); there is nothing to hand over yet.
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     Balancer(config)  # certificates load here, once, so a bad one is a config error (exit 1)
     try:
         handover.receive_from_env()  # started by `kill -USR2`: the old process's sockets
