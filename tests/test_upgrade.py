@@ -32,6 +32,7 @@ class Site:
     url: str
     admin: str
     procs: list[subprocess.Popen[bytes]]
+    workers: int
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -81,7 +82,15 @@ def site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Site]:
             stderr=sink,
         )
     procs.append(lb)
-    site = Site(config, log, lb, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}", procs)
+    site = Site(
+        config,
+        log,
+        lb,
+        f"http://127.0.0.1:{port}",
+        f"http://127.0.0.1:{admin}",
+        procs,
+        request.param,
+    )
     try:
         wait_until(lambda: "serving" in site.log_text() or "dashboard" in site.log_text(), 30)
         wait_until(lambda: httpx.get(site.url + "/", timeout=5).status_code == 200, 10)
@@ -93,6 +102,16 @@ def site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Site]:
             if proc.poll() is None:
                 proc.kill()
             proc.wait(timeout=15)
+
+
+def listening_inodes(port: int) -> set[int]:
+    """The kernel sockets listening on 127.0.0.1:port (one per worker), from /proc/net/tcp."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":  # 0A: LISTEN
+            found.add(int(fields[9]))
+    return found
 
 
 def new_pids(site: Site) -> list[int]:
@@ -177,6 +196,9 @@ def under_load(site: Site, event: str, action: object) -> tuple[Tally, Tally, ht
 
 def test_usr2_hands_the_sockets_over_and_no_request_fails(site: Site) -> None:
     old = site.lb.pid
+    port = int(site.url.rsplit(":", 1)[1])
+    sockets = listening_inodes(port)
+    assert len(sockets) == site.workers
 
     def upgrade_twice() -> None:
         os.kill(old, signal.SIGUSR2)
@@ -193,6 +215,9 @@ def test_usr2_hands_the_sockets_over_and_no_request_fails(site: Site) -> None:
     assert new != old and alive(new)
     assert httpx.get(site.url + "/", timeout=5).status_code == 200
     assert httpx.get(site.admin + "/health", timeout=5).json() == {"status": "ok"}
+    # The very sockets the old process listened on, not new ones bound beside them.
+    assert listening_inodes(port) == sockets
+    assert f"handed {site.workers + 1} sockets over" in log  # and the admin API's
     print(f"upgrade: {kept} {fresh}")
 
 
