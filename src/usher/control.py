@@ -48,6 +48,13 @@ START_TIMEOUT = 60.0
 ANSWER_TIMEOUT = 2.0
 
 
+# The sockets a listener of each protocol binds, where it is not one TCP socket.
+SOCKET_TYPES: dict[str, tuple[int, ...]] = {
+    "udp": (socket.SOCK_DGRAM,),
+    "dns": (socket.SOCK_STREAM, socket.SOCK_DGRAM),  # UDP and TCP on the same address
+}
+
+
 class Reservation:
     """A listener address bound, never listening: stands for the workers' sockets in the
     control process's Balancer (it is closed where a served listener would be)."""
@@ -178,13 +185,11 @@ class ControlBalancer(Balancer):
         self._syncer = asyncio.get_running_loop().create_task(self._sync_loop())
 
     def _worker_addresses(self) -> list[tuple[str, int, int]]:
+        """(host, port, socket type) of every socket a worker listens on."""
         return [
-            (
-                lc.bind.host,
-                lc.bind.port,
-                socket.SOCK_DGRAM if lc.protocol == "udp" else socket.SOCK_STREAM,
-            )
+            (lc.bind.host, lc.bind.port, kind)
             for lc in self.worker_config().listeners
+            for kind in SOCKET_TYPES.get(lc.protocol, (socket.SOCK_STREAM,))
         ]
 
     def listening_fds(self) -> list[int]:
