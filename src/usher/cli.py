@@ -1,4 +1,4 @@
-"""The `usher` command: run, check, demo, backend, schema, simulate.
+"""The `usher` command: run, check, demo, backend, schema, status, simulate, upgrade.
 
 Exit codes: 0 ok; 1 bad config or usage; 2 runtime failure (e.g. a port in use).
 """
@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -349,6 +350,53 @@ def simulate(
         raise _fail(EXIT_BAD_INPUT, str(exc)) from None
     except OSError as exc:
         raise _fail(EXIT_RUNTIME, f"cannot write to {out_dir}: {exc.strerror or exc}") from None
+
+
+@app.command()
+def upgrade(
+    pid: Annotated[
+        int, typer.Option(help="Pid of `usher run` (with --workers N: its control process).")
+    ],
+    wait: Annotated[
+        str,
+        typer.Option(help="Wait this long for the old process to drain and exit, e.g. 60s."),
+    ] = "0s",
+) -> None:
+    """Upgrade a running balancer with no dropped connection (as `kill -USR2 PID`): a new
+    process takes its listening sockets over, then the old one drains and exits."""
+    from usher.config import parse_duration
+    from usher.upgrade import is_usher_run
+
+    try:
+        patience = parse_duration(wait)
+    except ValueError as exc:
+        raise _fail(EXIT_BAD_INPUT, f"--wait: {exc}") from None
+    try:
+        if not is_usher_run(pid):
+            raise _fail(EXIT_BAD_INPUT, f"pid {pid} is not `usher run`: no signal sent")
+        os.kill(pid, signal.SIGUSR2)
+    except ProcessLookupError:
+        raise _fail(EXIT_BAD_INPUT, f"no process {pid}") from None
+    except PermissionError:
+        raise _fail(EXIT_BAD_INPUT, f"not allowed to signal pid {pid}") from None
+    out.print(f"sent SIGUSR2 to pid {pid}; its log says how the upgrade goes")
+    if patience <= 0:
+        return
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        try:
+            running = is_usher_run(pid)
+        except ProcessLookupError:
+            running = False
+        if not running:
+            out.print(f"pid {pid} has handed over and exited")
+            return
+        time.sleep(0.1)
+    raise _fail(
+        EXIT_RUNTIME,
+        f"pid {pid} still runs after {wait}: the upgrade failed, or it is still draining "
+        "(see its log)",
+    )
 
 
 @app.command()

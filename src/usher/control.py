@@ -25,10 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from usher import handover
 from usher.channel import Channel, ChannelClosed
 from usher.config import Config
 from usher.dns.server import bind_pair
 from usher.errors import UsherError
+from usher.handover import WorkerSockets
 from usher.listeners import AnyListener, Serving
 from usher.logs import AccessLog
 from usher.metrics import Metrics, Snapshot, build_registry
@@ -46,6 +48,13 @@ RESTART_BACKOFF = 1.0
 START_TIMEOUT = 60.0
 # A worker slower than this to answer a scrape or a reload is counted with what it said last.
 ANSWER_TIMEOUT = 2.0
+
+
+# The sockets a listener of each protocol binds, where it is not one TCP socket.
+SOCKET_TYPES: dict[str, tuple[int, ...]] = {
+    "udp": (socket.SOCK_DGRAM,),
+    "dns": (socket.SOCK_STREAM, socket.SOCK_DGRAM),  # UDP and TCP on the same address
+}
 
 
 class Reservation:
@@ -78,8 +87,15 @@ class Reservation:
 def reserve(host: str, port: int, *, datagram: bool = False) -> socket.socket:
     """Bind the address the workers will share (a UDP listener's as a datagram socket, so
     that port 0 picks a port free for UDP and a UDP port in use is caught here)."""
+    kind = socket.SOCK_DGRAM if datagram else socket.SOCK_STREAM
+    if port != 0:
+        # After an upgrade, the workers' sockets came over: a new UDP socket would take a share
+        # of the datagrams until released, so the reservation is one of theirs.
+        inherited = handover.copy_of(handover.key_for(host, port, kind))
+        if inherited is not None:
+            return inherited
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM if datagram else socket.SOCK_STREAM)
+    sock = socket.socket(family, kind)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
@@ -137,6 +153,7 @@ class ControlBalancer(Balancer):
         self._merged = Metrics()
         self.registry = build_registry(lambda: self._merged, lambda: self.pools, self.connections)
         self._syncer: asyncio.Task[None] | None = None
+        self.worker_sockets = WorkerSockets()
 
     # Listeners: reserved here, served by the workers
 
@@ -182,7 +199,23 @@ class ControlBalancer(Balancer):
         self._release_datagram_reservations()
         self._syncer = asyncio.get_running_loop().create_task(self._sync_loop())
 
+    def _worker_addresses(self) -> list[tuple[str, int, int]]:
+        """(host, port, socket type) of every socket a worker listens on."""
+        return [
+            (lc.bind.host, lc.bind.port, kind)
+            for lc in self.worker_config().listeners
+            for kind in SOCKET_TYPES.get(lc.protocol, (socket.SOCK_STREAM,))
+        ]
+
+    def listening_fds(self) -> list[int]:
+        return [*self.worker_sockets.fds(), *self.admin_fds()]  # the reservations stay here
+
     async def _spawn_worker(self, number: int) -> WorkerProcess:
+        try:
+            listening = self.worker_sockets.for_worker(number, self._worker_addresses())
+        except OSError as exc:
+            raise UsherError(f"worker {number}: cannot open its listening sockets: {exc}") from exc
+        fds = [sock.fileno() for sock in listening]
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -196,7 +229,7 @@ class ControlBalancer(Balancer):
                 str(self.table.workers),
                 str(self.table.capacity),
                 stdin=subprocess.DEVNULL,
-                pass_fds=(theirs.fileno(), self.table.fd, self.state.fd),
+                pass_fds=(theirs.fileno(), self.table.fd, self.state.fd, *fds),
             )
         finally:
             theirs.close()
@@ -205,7 +238,7 @@ class ControlBalancer(Balancer):
         worker = WorkerProcess(number, proc, channel, time.monotonic(), loop.create_future())
         self.workers[number] = worker
         state = self._state()
-        channel.send("start", self.worker_config(), state, self._options)
+        channel.send("start", self.worker_config(), state, {**self._options, "listening": fds})
         worker.watcher = loop.create_task(self._watch(worker))
         return worker
 
@@ -442,6 +475,7 @@ class ControlBalancer(Balancer):
             if error is not None:
                 report.notes.append(f"worker {number}: {error}")
         self._release_datagram_reservations()
+        self.worker_sockets.keep_only(self._worker_addresses())
         return report
 
     def _release_datagram_reservations(self) -> None:
@@ -473,6 +507,7 @@ class ControlBalancer(Balancer):
                     await asyncio.wait_for(worker.watcher, 5.0)
         await super().stop(timeout=0)
         self.state.close()
+        self.worker_sockets.close()
         self.table.close()
 
 
@@ -496,7 +531,7 @@ async def run_control(
     )
     # Signals are ours from the start: a SIGHUP while the workers start reloads (they start
     # with the new config), a SIGTERM stops them as soon as they are up.
-    handle_signals(balancer, balancer.done.set)
+    upgrader = handle_signals(balancer, balancer.done.set)
     await balancer.start()
     try:
         await balancer.start_workers(
@@ -513,6 +548,8 @@ async def run_control(
         )
     pids = ", ".join(str(w.pid) for w in sorted(balancer.workers.values(), key=_number))
     print(f"usher: {workers} workers serving (pids {pids})", file=sys.stderr, flush=True)
+    handover.announce_ready()
+    upgrader.serving = True
     flusher = asyncio.get_running_loop().create_task(flush_logs())
     await balancer.done.wait()
     failure = balancer.failure

@@ -10,6 +10,7 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from usher import handover
 from usher.dns.server import DnsListener
 from usher.http.proxy import ClientConnection, HttpListener
 from usher.l4.accept import Acceptor, listening_socket, read_proxy_header
@@ -84,6 +85,9 @@ async def bind_listener(
         sock = listening_socket(lc.bind.host, lc.bind.port, reuse_port=reuse_port)
         return Acceptor(sock, _ProxiedHttp(listener, tls))
     loop = asyncio.get_running_loop()
+    inherited = handover.claim(handover.key_for(lc.bind.host, lc.bind.port))
+    if inherited is not None:  # after an upgrade: the old process's socket
+        return await loop.create_server(listener, sock=inherited, ssl=tls(), backlog=1024)
     return await loop.create_server(
         listener,
         lc.bind.host,

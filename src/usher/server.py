@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from usher import handover
 from usher.balancing import custom as custom_algorithms
 from usher.clock import Clock, MonotonicClock
 from usher.config import BackendConfig, Config, HostPort, Listener, load_config
@@ -136,6 +137,7 @@ class Balancer:
         self._admin: uvicorn.Server | None = None
         self.discovery = DiscoveryRunner(self)
         self._admin_task: asyncio.Task[Any] | None = None
+        self._admin_socket: socket.socket | None = None
         self.admin_url: str | None = None
 
     def _load_tls(self, config: Config) -> tuple[dict[str, ServerTls], dict[str, ssl.SSLContext]]:
@@ -221,14 +223,19 @@ class Balancer:
 
         admin = self.config.admin
         assert admin is not None
-        family = socket.AF_INET6 if ":" in admin.bind.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((admin.bind.host, admin.bind.port))
-        except OSError as exc:
-            sock.close()
-            raise BindError(f"admin: cannot listen on {admin.bind}: {exc.strerror or exc}") from exc
+        sock = handover.claim(handover.key_for(admin.bind.host, admin.bind.port))
+        if sock is None:
+            family = socket.AF_INET6 if ":" in admin.bind.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((admin.bind.host, admin.bind.port))
+            except OSError as exc:
+                sock.close()
+                raise BindError(
+                    f"admin: cannot listen on {admin.bind}: {exc.strerror or exc}"
+                ) from exc
+        self._admin_socket = sock
         host, port = sock.getsockname()[:2]
         self.admin_url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
         config = uvicorn.Config(
@@ -238,6 +245,22 @@ class Balancer:
         self._admin_task = asyncio.create_task(self._admin.serve(sockets=[sock]))
         while not self._admin.started and not self._admin_task.done():
             await asyncio.sleep(0.01)
+
+    def listening_fds(self) -> list[int]:
+        """The descriptors an upgrade hands over: every listener's sockets and the admin's."""
+        fds = [sock.fileno() for server in self._servers.values() for sock in server.sockets]
+        return [fd for fd in fds if fd >= 0] + self.admin_fds()
+
+    def admin_fds(self) -> list[int]:
+        if self._admin is None or self._admin_socket is None or self._admin_socket.fileno() < 0:
+            return []
+        return [self._admin_socket.fileno()]
+
+    def stop_admin_accepting(self) -> None:
+        """Another process serves the admin API from now on (an upgrade): accept no more."""
+        if self._admin is not None:
+            for server in self._admin.servers:
+                server.close()
 
     async def stop(self, timeout: float = DEFAULT_DRAIN_TIMEOUT) -> None:
         """Stop accepting, let in-flight requests finish (up to `timeout`), then close all."""

@@ -18,6 +18,7 @@ import socket
 import sys
 from typing import Any
 
+from usher import handover
 from usher.channel import Channel, ChannelClosed
 from usher.config import Config
 from usher.errors import UsherError
@@ -87,10 +88,14 @@ async def serve(channel: Channel, table: SharedTable, number: int) -> int:
         raise ChannelClosed(f"expected a start message, got {first[0]!r}")
     _, config, state, options = first
     access_log = AccessLog(enabled=options["access_log"], format=options["log_format"])
+    # The control process opens the listening sockets (they outlive a worker and go over to
+    # the next process in an upgrade); the listeners take them where they bind.
+    handover.adopt_fds(options.get("listening", []))
     try:
         balancer = WorkerBalancer(config, table, number, access_log)
         balancer.apply(state)
         await balancer.start()
+        handover.release_unclaimed()
     except UsherError as exc:
         channel.send("failed", str(exc))
         with contextlib.suppress(ChannelClosed):
@@ -189,9 +194,11 @@ def main(argv: list[str] | None = None) -> None:
         )
     channel_fd, table_fd, state_fd, number, workers, capacity = (int(a) for a in args)
     # The control process passes Ctrl-C on as SIGTERM; the terminal's own SIGINT to the whole
-    # process group must not stop the workers behind its back. SIGHUP is the control's too.
+    # process group must not stop the workers behind its back. SIGHUP and SIGUSR2 (reload,
+    # upgrade) are the control's too: by default either would end a worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     logging.basicConfig(
         level=logging.INFO,
         format=f"%(asctime)s usher worker {number}: %(message)s",

@@ -12,10 +12,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from usher import handover
 from usher.config import Config, HostPort
 from usher.errors import UsherError
 from usher.logs import AccessLog, LogFormat
 from usher.server import Balancer
+from usher.upgrade import Upgrader
 
 LOG_FLUSH_INTERVAL = 1.0
 
@@ -30,7 +32,14 @@ def run_balancer(
 ) -> None:
     fmt: LogFormat = "json" if log_format == "json" else "text"
     raise_open_file_limit()
+    # Until the handler is in place (once serving), SIGUSR2 must not end the process (its
+    # default action); there is nothing to hand over yet.
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     Balancer(config)  # certificates load here, once, so a bad one is a config error (exit 1)
+    try:
+        handover.receive_from_env()  # started by `kill -USR2`: the old process's sockets
+    except (OSError, ValueError) as exc:
+        raise UsherError(f"upgrade: cannot take the sockets over: {exc}") from None
     log = AccessLog(enabled=access_log, format=fmt)
     if workers <= 1:
         _install_uvloop()
@@ -85,7 +94,9 @@ async def _serve(
             f"usher: admin API and dashboard on {balancer.admin_url}", file=sys.stderr, flush=True
         )
     stop = asyncio.Event()
-    handle_signals(balancer, stop.set)
+    upgrader = handle_signals(balancer, stop.set)
+    handover.announce_ready()
+    upgrader.serving = True
     flusher = asyncio.get_running_loop().create_task(flush_logs())
     await stop.wait()
     print("usher: draining", file=sys.stderr, flush=True)
@@ -94,12 +105,15 @@ async def _serve(
     sys.stdout.flush()
 
 
-def handle_signals(balancer: Balancer, stop: Callable[[], None]) -> None:
+def handle_signals(balancer: Balancer, stop: Callable[[], None]) -> Upgrader:
     """SIGTERM and SIGINT call `stop`; SIGHUP reloads the config file (Balancer.reload runs one
-    reload at a time)."""
+    reload at a time); SIGUSR2 upgrades (a new process takes the sockets over, then `stop`).
+    The caller sets the upgrader's `serving` once there are sockets to hand over."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
+    upgrader = Upgrader(balancer, stop)
+    loop.add_signal_handler(signal.SIGUSR2, upgrader.request)
     reloading: set[asyncio.Task[None]] = set()
 
     def on_sighup() -> None:
@@ -110,6 +124,7 @@ def handle_signals(balancer: Balancer, stop: Callable[[], None]) -> None:
     # The handler holds `reloading`, which holds the reloads under way (the loop keeps only
     # weak references to tasks).
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    return upgrader
 
 
 async def _reload(balancer: Balancer) -> None:

@@ -627,3 +627,29 @@ async def test_running_out_of_descriptors_is_a_503_not_a_backend_failure(
         (state,) = b.pools["p"].backends
         assert state.failures_total == 0 and state.active == 0
         assert (await client.get(b.url("/"))).status_code == 200  # not ejected
+
+
+async def test_a_drain_closes_idle_keep_alive_connections_and_answers_new_ones(backends, balancer):
+    """A drain (SIGTERM, or an upgrade handing the sockets over) closes connections waiting
+    between two requests, but a connection whose first request has not come in yet gets it
+    answered, with Connection: close: its client connected while we accepted."""
+    servers = await backends(1)
+    lb = await balancer(simple_config({"web": pool_of(*servers)}))
+    port = lb.balancer.bound["web"].port
+    used_r, used_w = await asyncio.open_connection("127.0.0.1", port)
+    used_w.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await read_response(used_r)).status == 200
+    fresh_r, fresh_w = await asyncio.open_connection("127.0.0.1", port)
+    listener = lb.balancer.listeners["web"]
+    for _ in range(200):  # the fresh connection is accepted (bounded)
+        if len(listener.connections) == 2:
+            break
+        await asyncio.sleep(0.01)
+    listener.drain()
+    assert await asyncio.wait_for(used_r.read(), 5) == b""  # closed, nothing sent
+    fresh_w.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = await asyncio.wait_for(read_response(fresh_r), 5)
+    assert answer.status == 200 and answer.header("connection") == "close"
+    assert await asyncio.wait_for(fresh_r.read(), 5) == b""
+    used_w.close()
+    fresh_w.close()

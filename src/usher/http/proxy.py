@@ -184,7 +184,10 @@ class HttpListener:
         """Stop keeping connections alive: idle ones close now, busy ones after their answer."""
         self.draining = True
         for conn in list(self.connections):
-            if conn.exchange is None:
+            # Waiting between two requests: close. A connection whose first request has not
+            # come in whole yet has it answered first (with Connection: close): its client
+            # connected while we accepted, and may have sent it already (as in an upgrade).
+            if conn.exchange is None and conn.between_requests and not conn.inbox:
                 conn.close()
 
 
@@ -253,6 +256,7 @@ class ClientConnection(asyncio.Protocol):
         "_read_deadline",
         "_send_timer",
         "_timer_at",
+        "between_requests",
         "cert_subject",
         "client_ip",
         "client_port",
@@ -301,6 +305,7 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         self.edge_ip: str | None = None  # counted in the listener's connection limits
         self.served = 0  # requests, counted when max_requests_per_connection is set
+        self.between_requests = False  # kept alive after an answer, no byte of the next yet
         self._blocks = 0
         self._pumping = False
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -351,6 +356,7 @@ class ClientConnection(asyncio.Protocol):
         if exchange is None and self.reader.idle and not self.inbox:
             # The first bytes of a new request: the keep-alive wait becomes the header wait.
             self._arm_read_timer(self.listener.timeouts.header)
+            self.between_requests = False
         try:
             events = self.reader.feed(data)
         except ClientError as exc:
@@ -484,6 +490,7 @@ class ClientConnection(asyncio.Protocol):
             self._pump()
         if self.exchange is None and not self.closed:
             timeouts = self.listener.timeouts
+            self.between_requests = self.reader.idle and not self.inbox
             self._arm_read_timer(timeouts.idle if self.reader.idle else timeouts.header)
 
     def _refuse(self, exc: ClientError) -> None:

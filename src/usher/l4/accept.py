@@ -17,6 +17,7 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from usher import handover
 from usher.proxy_protocol import ProxyHeader, ProxyProtocolError, parse, safe_read_size
 
 log = logging.getLogger("usher.l4")
@@ -53,9 +54,13 @@ def close_within(
 def listening_socket(
     host: str, port: int, *, kind: int = socket.SOCK_STREAM, reuse_port: bool = False
 ) -> socket.socket:
-    """A bound (and for TCP, listening) non-blocking socket; raises OSError."""
+    """A bound (and for TCP, listening) non-blocking socket; raises OSError. After an
+    upgrade, the socket the old process handed over for this address, when there is one."""
     infos = socket.getaddrinfo(host, port, type=kind, flags=socket.AI_PASSIVE)
     family, _, proto, _, address = infos[0]
+    inherited = handover.claim((handover.transport(kind), str(address[0]), int(address[1])))
+    if inherited is not None:
+        return inherited
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
