@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import inspect
+import pkgutil
 
 import pytest
 
+import usher
+from usher import errors
 from usher.errors import (
+    BindError,
+    ChangeError,
+    ChannelClosed,
     ClientError,
     ConfigError,
     ConfigIssue,
     ConnectError,
+    GroupsUnreachable,
+    HaError,
+    ProxyProtocolError,
+    RuntimeFailure,
+    StatusError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeout,
@@ -28,10 +41,110 @@ from usher.errors import (
         (UpstreamTimeout, UpstreamError),
         (UpstreamProtocolError, UpstreamError),
         (ClientError, UsherError),
+        (ChangeError, UsherError),
+        (BindError, UsherError),
+        (ProxyProtocolError, UsherError),
+        (ProxyProtocolError, ValueError),
+        (ChannelClosed, UsherError),
+        (GroupsUnreachable, UsherError),
+        (GroupsUnreachable, RuntimeError),
+        (StatusError, UsherError),
+        (HaError, UsherError),
+        (HaError, ValueError),
+        (RuntimeFailure, UsherError),
     ],
 )
 def test_tree(cls: type[Exception], parent: type[Exception]) -> None:
     assert issubclass(cls, parent)
+
+
+def _package_modules() -> list[str]:
+    names = [usher.__name__]
+    for module in pkgutil.walk_packages(usher.__path__, f"{usher.__name__}."):
+        if not module.name.endswith("__main__"):  # importing it runs the command
+            names.append(module.name)
+    return names
+
+
+def _public_exceptions() -> set[type[BaseException]]:
+    """Every public exception class that any usher module defines or holds."""
+    found: set[type[BaseException]] = set()
+    for name in _package_modules():
+        module = importlib.import_module(name)
+        for attr, value in vars(module).items():
+            if (
+                inspect.isclass(value)
+                and issubclass(value, BaseException)
+                and value.__module__.split(".")[0] == usher.__name__
+                and not attr.startswith("_")  # parser-internal ones stay private
+                and not value.__name__.startswith("_")
+            ):
+                found.add(value)
+    return found
+
+
+def test_every_exception_of_the_package_is_rooted_in_errors() -> None:
+    found = _public_exceptions()
+    assert RuntimeFailure in found and ProxyProtocolError in found  # the walk sees the package
+    stray = {
+        f"{cls.__module__}.{cls.__qualname__}" for cls in found if cls.__module__ != "usher.errors"
+    }
+    assert not stray, f"exception classes defined outside usher.errors: {sorted(stray)}"
+    unrooted = {cls.__qualname__ for cls in found if not issubclass(cls, UsherError)}
+    assert not unrooted, f"exception classes outside the UsherError tree: {sorted(unrooted)}"
+
+
+def test_the_docstring_draws_every_class_of_the_tree() -> None:
+    defined = {
+        name
+        for name, value in vars(errors).items()
+        if inspect.isclass(value) and issubclass(value, UsherError)
+    }
+    assert errors.__doc__ is not None
+    drawn = {
+        line.split("── ", 1)[1].split()[0] for line in errors.__doc__.splitlines() if "── " in line
+    }
+    assert drawn | {"UsherError"} == defined
+
+
+@pytest.mark.parametrize(
+    ("old_home", "name"),
+    [
+        ("usher.server", "BindError"),
+        ("usher.cli", "RuntimeFailure"),
+        ("usher.status", "StatusError"),
+        ("usher.channel", "ChannelClosed"),
+        ("usher.proxy_protocol", "ProxyProtocolError"),
+        ("usher.tls_profile", "GroupsUnreachable"),
+        ("usher.ha", "HaError"),
+    ],
+)
+def test_old_import_locations_still_work(old_home: str, name: str) -> None:
+    assert getattr(importlib.import_module(old_home), name) is getattr(errors, name)
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "detail"),
+    [
+        (ConnectError("connect to a:1 failed: refused"), 502, "no backend could be reached"),
+        (UpstreamTimeout("slow"), 504, "the backend did not answer in time"),
+        (
+            UpstreamProtocolError("invalid response"),
+            502,
+            "the backend sent an invalid or incomplete response",
+        ),
+        (
+            UpstreamError("the backend closed the connection before answering"),
+            502,
+            "the backend sent an invalid or incomplete response",
+        ),
+    ],
+)
+def test_each_upstream_error_hints_its_answer(
+    error: UpstreamError, status: int, detail: str
+) -> None:
+    assert error.status_hint == status
+    assert error.client_detail == detail
 
 
 def test_client_and_config_errors_are_not_upstream_errors() -> None:
@@ -48,6 +161,10 @@ def test_client_and_config_errors_are_not_upstream_errors() -> None:
         (UpstreamError("?"), False),
         (ClientError(400, "bad"), False),
         (ConfigError([]), False),
+        (BindError("in use"), False),
+        (ProxyProtocolError("bad"), False),
+        (ChannelClosed("gone"), False),
+        (StatusError(3, "down"), False),
     ],
 )
 def test_only_a_connect_error_is_safe_to_retry(error: UsherError, safe: bool) -> None:

@@ -20,15 +20,13 @@ import socket
 import struct
 from typing import Any, Final
 
+from usher.errors import ChannelClosed as ChannelClosed  # re-exported: its first home
+
 _HEADER: Final = struct.Struct("!I")
 # A config with thousands of backends pickles to well under this.
 MAX_MESSAGE: Final = 64 * 1024 * 1024
 
 Message = tuple[Any, ...]
-
-
-class ChannelClosed(Exception):
-    """The other end went away."""
 
 
 class Channel:

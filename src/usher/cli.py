@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 
 from usher import __version__
-from usher.errors import ConfigError, UsherError
+from usher.errors import ConfigError, RuntimeFailure, UsherError
 
 if TYPE_CHECKING:
     from usher.config import Config
@@ -49,10 +49,6 @@ class LogFormat(StrEnum):
 ConfigOption = Annotated[
     Path, typer.Option("--config", "-c", help="The config file (YAML or JSON).")
 ]
-
-
-class RuntimeFailure(Exception):
-    """Ends the program with exit code 2 (usage errors, which the parser reports, end with 1)."""
 
 
 def _fail(code: int, message: str) -> Exception:

@@ -2,15 +2,27 @@
 
     UsherError
     ├── ConfigError              a config file (or part of one) is invalid; carries every issue
-    ├── UpstreamError            talking to a backend failed
-    │   ├── ConnectError         could not connect (refused, unreachable, connect timeout)
-    │   ├── UpstreamTimeout      connected, but the backend did not answer in time
-    │   └── UpstreamProtocolError  the backend spoke something that is not HTTP/1.x
+    ├── BindError                a listener could not bind its address
+    ├── UpstreamError            talking to a backend failed (502)
+    │   ├── ConnectError         could not connect (refused, unreachable, connect timeout) (502)
+    │   ├── UpstreamTimeout      connected, but the backend did not answer in time (504)
+    │   └── UpstreamProtocolError  the backend spoke something that is not HTTP/1.x (502)
     ├── ClientError              the client sent something we refuse; carries an HTTP status
-    └── ChangeError              a runtime change (admin API) is refused; carries an HTTP status
+    ├── ProxyProtocolError       a PROXY protocol header is invalid (also a ValueError)
+    ├── ChangeError              a runtime change (admin API) is refused; carries an HTTP status
+    ├── ChannelClosed            the other end of a control<->worker channel went away
+    ├── GroupsUnreachable        TLS groups cannot be set on this Python (also a RuntimeError)
+    ├── StatusError              `usher status` could not read the admin API; carries its exit code
+    ├── HaError                  an argument of `usher ha keepalived` is wrong (also a ValueError)
+    └── RuntimeFailure           ends the `usher` command with exit code 2
 
 Each error says whether retrying the request on another backend is safe (`retry_safe`):
 a connect error is, because nothing reached the backend; the others are not in general.
+Each upstream error also says which status usher answers the client with (`status_hint`)
+and what that answer says (`client_detail`: the message itself may name backends).
+
+The modules that raise these re-export them where they were defined first
+(`usher.server.BindError`, `usher.channel.ChannelClosed`, ...), so either import works.
 """
 
 from __future__ import annotations
@@ -52,18 +64,29 @@ class ConfigError(UsherError):
         super().__init__("\n".join(lines))
 
 
+class BindError(UsherError):
+    """A listener could not bind its address (in use, not permitted, no such address)."""
+
+
 class UpstreamError(UsherError):
     """Talking to a backend failed."""
+
+    status_hint: int = 502
+    client_detail: str = "the backend sent an invalid or incomplete response"
 
 
 class ConnectError(UpstreamError):
     """The backend could not be reached: nothing was sent, so another backend may be tried."""
 
     retry_safe = True
+    client_detail = "no backend could be reached"
 
 
 class UpstreamTimeout(UpstreamError):
     """The backend was reached but did not answer (or accept data) in time."""
+
+    status_hint = 504
+    client_detail = "the backend did not answer in time"
 
 
 class UpstreamProtocolError(UpstreamError):
@@ -79,6 +102,10 @@ class ClientError(UsherError):
         super().__init__(f"{status}: {detail}")
 
 
+class ProxyProtocolError(UsherError, ValueError):
+    """The bytes are not a valid PROXY protocol header; the message says what is wrong."""
+
+
 class ChangeError(UsherError):
     """A runtime change is refused: unknown pool or backend (404), a duplicate (409), or a bad
     value (400). `status` is the HTTP answer the admin API gives."""
@@ -87,3 +114,28 @@ class ChangeError(UsherError):
         self.status = status
         self.detail = detail
         super().__init__(detail)
+
+
+class ChannelClosed(UsherError):
+    """The other end of a control<->worker channel went away."""
+
+
+class GroupsUnreachable(UsherError, RuntimeError):
+    """This Python's contexts cannot be given a list of groups (not CPython, or its layout
+    is not the one expected)."""
+
+
+class StatusError(UsherError):
+    """The admin API could not be read; `exit_code` is what `usher status` ends with."""
+
+    def __init__(self, exit_code: int, message: str) -> None:
+        self.exit_code = exit_code
+        super().__init__(message)
+
+
+class HaError(UsherError, ValueError):
+    """An argument of `usher ha keepalived` is wrong; the message names it."""
+
+
+class RuntimeFailure(UsherError):
+    """Ends the program with exit code 2 (usage errors, which the parser reports, end with 1)."""

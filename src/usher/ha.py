@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from usher.errors import HaError as HaError  # re-exported: its first home
+
 # Linux interface names: at most 15 bytes (IFNAMSIZ - 1), no slash, no white space.
 _INTERFACE: Final = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
 SCRIPT_NAME: Final = "usher_serves"
@@ -27,10 +29,6 @@ CHECK_INTERVAL: Final = 2
 CHECK_TIMEOUT: Final = 5
 CHECK_FALL: Final = 2
 CHECK_RISE: Final = 2
-
-
-class HaError(ValueError):
-    """An argument of `usher ha keepalived` is wrong; the message names it."""
 
 
 @dataclass(frozen=True, slots=True)

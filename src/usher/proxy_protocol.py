@@ -14,6 +14,8 @@ import struct
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from usher.errors import ProxyProtocolError
+
 __all__ = [
     "MAX_V1_LENGTH",
     "MAX_V2_LENGTH",
@@ -49,10 +51,6 @@ _V2_FAMILIES: Final[dict[int, tuple[Transport, int]]] = {
     0x31: ("unix", 216),
     0x32: ("unix", 216),
 }
-
-
-class ProxyProtocolError(ValueError):
-    """The bytes are not a valid PROXY protocol header; the message says what is wrong."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,8 @@ from usher.clock import Clock, MonotonicClock
 from usher.config import BackendConfig, Config, HostPort, Listener, load_config
 from usher.discovery import DiscoveryRunner
 from usher.dns.server import DnsListener
-from usher.errors import ChangeError, ConfigError, ConfigIssue, UsherError
+from usher.errors import BindError as BindError  # re-exported: its first home
+from usher.errors import ChangeError, ConfigError, ConfigIssue
 from usher.health import HealthChecker
 from usher.listeners import Abortable, AnyListener, Serving, bind_listener, build_listener
 from usher.logs import AccessLog
@@ -37,10 +38,6 @@ if TYPE_CHECKING:
 
 # How long SIGTERM waits for in-flight requests before cutting them.
 DEFAULT_DRAIN_TIMEOUT = 30.0
-
-
-class BindError(UsherError):
-    """A listener could not bind its address (in use, not permitted, no such address)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from usher.errors import StatusError as StatusError  # re-exported: its first home
+
 # How long one read of the admin API may take.
 FETCH_TIMEOUT = 5.0
 
@@ -23,14 +25,6 @@ STATE_STYLES = {
     "draining": "yellow",
     "disabled": "dim",
 }
-
-
-class StatusError(Exception):
-    """The admin API could not be read; `exit_code` is what `usher status` ends with."""
-
-    def __init__(self, exit_code: int, message: str) -> None:
-        self.exit_code = exit_code
-        super().__init__(message)
 
 
 def fetch(client: httpx.Client, admin_url: str) -> dict[str, Any]:

@@ -21,6 +21,8 @@ import sys
 from collections.abc import Sequence
 from typing import Final
 
+from usher.errors import GroupsUnreachable
+
 __all__ = [
     "DEFAULT_CURVES",
     "INTERMEDIATE_CIPHERS",
@@ -44,11 +46,6 @@ INTERMEDIATE_CIPHERS: Final = ":".join(
 )
 DEFAULT_CURVES: Final = ("X25519", "prime256v1", "secp384r1")
 TLS_VERSIONS: Final = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
-
-
-class GroupsUnreachable(RuntimeError):
-    """This Python's contexts cannot be given a list of groups (not CPython, or its layout
-    is not the one expected)."""
 
 
 # SSL_CTX_set1_groups_list is a macro over SSL_CTX_ctrl with this command (OpenSSL 1.1.1+).

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Final
 
 from usher.errors import (
     ClientError,
-    ConnectError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeout,
@@ -882,12 +881,8 @@ class Exchange:
                 if self.attempts_left > 0 and pool.saturated(selection) and self._queue():
                     return
                 self.respond_error(503, "no backend is available")
-            elif isinstance(error, UpstreamTimeout):
-                self.respond_error(504, "the backend did not answer in time")
-            elif isinstance(error, ConnectError):
-                self.respond_error(502, "no backend could be reached")
             else:
-                self.respond_error(502, "the backend sent an invalid or incomplete response")
+                self._respond_upstream_error(error)
             return
         self.attempts_left -= 1
         selection.tried.append(backend)
@@ -1010,16 +1005,18 @@ class Exchange:
             return
         pool.on_finish(backend, time.perf_counter() - self.t_attempt, False, str(exc))
         self.last_error = exc
-        if isinstance(exc, ConnectError) and not self.body_started:
+        if isinstance(exc, UpstreamError) and exc.retry_safe and not self.body_started:
             if self.attempts_left > 0:
                 self.client.listener.metrics.retry(pool.name)
             self._attempt()
-        elif isinstance(exc, UpstreamTimeout):
-            self.respond_error(504, "the backend did not answer in time")
-        elif isinstance(exc, ConnectError):
-            self.respond_error(502, "no backend could be reached")
         else:
-            self.respond_error(502, "the backend sent an invalid or incomplete response")
+            self._respond_upstream_error(exc)
+
+    def _respond_upstream_error(self, error: Exception) -> None:
+        """Answer the client for a failed attempt with the status and text its error hints
+        (anything not an UpstreamError is the backend's fault too: a 502)."""
+        kind = type(error) if isinstance(error, UpstreamError) else UpstreamError
+        self.respond_error(kind.status_hint, kind.client_detail)
 
     # Events from the client
 
