@@ -14,6 +14,8 @@
     ├── GroupsUnreachable        TLS groups cannot be set on this Python (also a RuntimeError)
     ├── StatusError              `usher status` could not read the admin API; carries its exit code
     ├── HaError                  an argument of `usher ha keepalived` is wrong (also a ValueError)
+    ├── UpgradeFailed            the new process of a `kill -USR2` upgrade did not take over
+    ├── SourceError              a discovery source cannot say which backends there are
     └── RuntimeFailure           ends the `usher` command with exit code 2
 
 Each error says whether retrying the request on another backend is safe (`retry_safe`):
@@ -139,3 +141,12 @@ class HaError(UsherError, ValueError):
 
 class RuntimeFailure(UsherError):
     """Ends the program with exit code 2 (usage errors, which the parser reports, end with 1)."""
+
+
+class UpgradeFailed(UsherError):
+    """A new process started by `kill -USR2` did not take over; the message says why."""
+
+
+class SourceError(UsherError):
+    """A discovery source could not say which backends there are (resolver down, NXDOMAIN,
+    etcd unreachable, a file missing or invalid): its last good set stands."""

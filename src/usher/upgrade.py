@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from usher import handover
+from usher.errors import UpgradeFailed as UpgradeFailed
 
 if TYPE_CHECKING:
     from usher.server import Balancer
@@ -29,10 +30,6 @@ READY_TIMEOUT = 60.0
 POLL_INTERVAL = 0.02
 # How long a new process that failed gets to exit on SIGTERM before SIGKILL.
 STOP_GRACE = 5.0
-
-
-class UpgradeFailed(Exception):
-    """The new process did not take over; the message says why."""
 
 
 def say(message: str) -> None:

@@ -8,11 +8,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from usher.config import BackendConfig, Discovery, DnsDiscovery, EtcdDiscovery, FileDiscovery
-
-
-class SourceError(Exception):
-    """A source could not say which backends there are (resolver down, NXDOMAIN, etcd
-    unreachable, a file missing or invalid): its last good set stands."""
+from usher.errors import SourceError as SourceError
 
 
 class Source(Protocol):
