@@ -16,11 +16,13 @@ $(STAMP): $(BIN)/python pyproject.toml
 demo: $(STAMP)
 	$(BIN)/usher demo
 
-# System tools the tests drive: Debian's Chromium (the dashboard's browser test) and promtool.
+# System tools the tests drive: Debian's Chromium (the dashboard's browser test), promtool and
+# redis-server (the cluster tests start their own).
 system-tools:
 	@missing=""; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	[ -x /usr/bin/promtool ] || missing="$$missing prometheus"; \
+	[ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing (apt-get)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

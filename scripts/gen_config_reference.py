@@ -267,7 +267,9 @@ def default_text(hint: Any, field: FieldInfo) -> str:
     if isinstance(value, bool):
         return "`true`" if value else "`false`"
     if isinstance(value, list | dict):
-        return "`[]`" if isinstance(value, list) else "`{}`"
+        if isinstance(value, list):
+            return f"`[{', '.join(str(item) for item in value)}]`"
+        return "`{}`"
     return f"`{value}`"
 
 
