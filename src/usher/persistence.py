@@ -8,7 +8,8 @@ is not (down, draining, disabled, full), the algorithm picks again and the pin m
 - `source_ip` and `header`: a table remembers the backend of each client address or header
   value, forgetting entries unused for `ttl` and the least recent beyond `table_size`. With
   several workers the table is one for all, in shared memory (usher.state.shm), so a client
-  whose next connection lands on another worker keeps its backend.
+  whose next connection lands on another worker keeps its backend. With `cluster:` sharing
+  `sticky`, it is one for every node, in Redis (usher.state.redis), by backend address.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from usher.clock import Clock
-from usher.state import KeyTable
+from usher.state import KeyTable, cluster
 from usher.state.local import LocalKeyTable
+from usher.state.redis import ClusterKeyTable
 from usher.state.shm import SharedKeyTable
 
 if TYPE_CHECKING:
@@ -121,16 +123,19 @@ class TablePersistence(Persistence):
         self.ttl = config.ttl
         self.size = config.table_size
         self.header = config.header.lower().encode("latin-1") if config.type == "header" else None
-        self._table: KeyTable[Backend] = (
-            LocalKeyTable(config.table_size)
-            if shared is None
-            else RowTable(SharedKeyTable(shared, f"st:{pool}:"), backends)
-        )
+        link = cluster("sticky")
+        self._table: KeyTable[Backend]
+        if link is not None:
+            self._table = AddressTable(ClusterKeyTable(link, pool, config.table_size), backends)
+        elif shared is not None:
+            self._table = RowTable(SharedKeyTable(shared, f"st:{pool}:"), backends)
+        else:
+            self._table = LocalKeyTable(config.table_size)
         self._live: set[int] = {id(b) for b in backends}
 
     def rebuild(self, backends: Sequence[Backend]) -> None:
         self._live = {id(b) for b in backends}
-        if isinstance(self._table, RowTable):
+        if isinstance(self._table, RowTable | AddressTable):
             self._table.rebuild(backends)
 
     def _key(self, headers: Headers, client_ip: str) -> str | None:
@@ -156,6 +161,8 @@ class TablePersistence(Persistence):
 
     def __len__(self) -> int:
         table = self._table
+        if isinstance(table, AddressTable):
+            return len(table.addresses)
         return len(table) if isinstance(table, LocalKeyTable) else 0
 
 
@@ -189,6 +196,28 @@ class RowTable:
     def put(self, key: str, value: Backend, now: float, ttl: float) -> None:
         if value.shared is not None:
             self._rows.put(key, value.shared.row, now, ttl)
+
+
+class AddressTable:
+    """A key table of the cluster (usher.state.redis) seen as key -> Backend: it stores the
+    backend's address, the same on every node. An address this node does not know (its
+    backends differ) is no pin."""
+
+    __slots__ = ("_by_label", "addresses")
+
+    def __init__(self, addresses: ClusterKeyTable, backends: Sequence[Backend]) -> None:
+        self.addresses = addresses
+        self._by_label = {b.label: b for b in backends}
+
+    def rebuild(self, backends: Sequence[Backend]) -> None:
+        self._by_label = {b.label: b for b in backends}
+
+    def get(self, key: str, now: float) -> Backend | None:
+        label = self.addresses.get(key, now)
+        return None if label is None else self._by_label.get(label)
+
+    def put(self, key: str, value: Backend, now: float, ttl: float) -> None:
+        self.addresses.put(key, value.label, now, ttl)
 
 
 def build_persistence(
