@@ -15,6 +15,7 @@ is not (down, draining, disabled, full), the algorithm picks again and the pin m
 from __future__ import annotations
 
 import hashlib
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -201,20 +202,41 @@ class RowTable:
 class AddressTable:
     """A key table of the cluster (usher.state.redis) seen as key -> Backend: it stores the
     backend's address, the same on every node. An address this node does not know (its
-    backends differ) is no pin."""
+    backends differ) is no pin.
 
-    __slots__ = ("_by_label", "addresses")
+    A key with no pin yet is placed by a weighted rendezvous hash over the enabled primary
+    backends: a client whose second request reaches another node before the first node's pin
+    does (pub/sub takes a round trip) lands on the same backend there too, and so do new
+    clients while the store is down."""
+
+    __slots__ = ("_by_label", "_placeable", "addresses")
 
     def __init__(self, addresses: ClusterKeyTable, backends: Sequence[Backend]) -> None:
         self.addresses = addresses
-        self._by_label = {b.label: b for b in backends}
+        self.rebuild(backends)
 
     def rebuild(self, backends: Sequence[Backend]) -> None:
         self._by_label = {b.label: b for b in backends}
+        self._placeable = [b for b in backends if not b.backup and b.weight > 0]
 
     def get(self, key: str, now: float) -> Backend | None:
         label = self.addresses.get(key, now)
-        return None if label is None else self._by_label.get(label)
+        if label is None:
+            return self._place(key)
+        return self._by_label.get(label)
+
+    def _place(self, key: str) -> Backend | None:
+        best: Backend | None = None
+        best_score = -1.0
+        for backend in self._placeable:
+            if backend.state != "enabled":
+                continue
+            digest = hashlib.blake2b(f"{key}\x00{backend.label}".encode(), digest_size=8)
+            uniform = (int.from_bytes(digest.digest(), "big") + 1) / (2**64 + 1)
+            score = backend.weight / -math.log(uniform)
+            if score > best_score:
+                best, best_score = backend, score
+        return best
 
     def put(self, key: str, value: Backend, now: float, ttl: float) -> None:
         self.addresses.put(key, value.label, now, ttl)

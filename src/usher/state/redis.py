@@ -95,7 +95,21 @@ end
 return {got, string.format('%.6f', wait)}
 """
 
-# SET NX GET (Redis 7): the pin another node made, or nil when this one is now stored.
+# Store the pin KEYS[1] = ARGV[1] for ARGV[2] ms and publish ARGV[4] on ARGV[3], in one round
+# trip. With ARGV[5] == "nx" a pin another node made first stays (SET NX GET, Redis 7) and is
+# returned with its remaining ms, unpublished; else nil.
+PIN_SCRIPT: Final = """
+if ARGV[5] == 'nx' then
+  local theirs = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX', 'GET')
+  if theirs then
+    return {theirs, redis.call('PTTL', KEYS[1])}
+  end
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return false
+"""
 _StoreErrors = (RedisError, OSError, TimeoutError)
 
 
@@ -115,7 +129,9 @@ class ClusterLink:
         self.on_ejection: Callable[[str, str, float], None] | None = None
         self.tables: dict[str, ClusterKeyTable] = {}
         self._client: aioredis.Redis | None = None
-        self.take_script: Any = None  # the Lua script of the buckets, once connected
+        # The Lua scripts of the buckets and the pins, once connected.
+        self.take_script: Any = None
+        self.pin_script: Any = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._broken: asyncio.Event | None = None
@@ -183,6 +199,7 @@ class ClusterLink:
         self._broken = asyncio.Event()
         await client.ping()
         self.take_script = client.register_script(TAKE_SCRIPT)
+        self.pin_script = client.register_script(PIN_SCRIPT)
         await self._catch_up(client)
         self.up = True
         self._slow_logged = False
@@ -348,11 +365,10 @@ class ClusterLink:
             while len(self._backlog) > BACKLOG:
                 self._backlog.popitem(last=False)
             return
-        self.spawn(self._pin(client, table, store_key, key, value, ttl_ms, new))
+        self.spawn(self._pin(table, store_key, key, value, ttl_ms, new))
 
     async def _pin(
         self,
-        client: aioredis.Redis,
         table: str,
         store_key: str,
         key: str,
@@ -360,19 +376,15 @@ class ClusterLink:
         ttl_ms: int,
         new: bool,
     ) -> None:
-        if new:
-            theirs = await client.set(store_key, value, px=ttl_ms, nx=True, get=True)
-            if theirs is not None:
-                # Another node pinned the key first: its pin is the cluster's.
-                if isinstance(theirs, str) and theirs != value:
-                    found = self.tables.get(table)
-                    if found is not None:
-                        found.learn(key, theirs, await client.pttl(store_key) / 1000)
-                return
-        else:
-            await client.set(store_key, value, px=ttl_ms)
-        message = {"o": self.origin, "t": table, "k": key, "v": value, "ms": ttl_ms}
-        await client.publish(PINS_CHANNEL, json.dumps(message))
+        message = json.dumps({"o": self.origin, "t": table, "k": key, "v": value, "ms": ttl_ms})
+        args = [value, ttl_ms, PINS_CHANNEL, message, "nx" if new else "set"]
+        theirs = await self.pin_script(keys=[store_key], args=args)
+        if theirs:
+            # Another node pinned the key first: its pin is the cluster's.
+            pinned, left_ms = theirs
+            found = self.tables.get(table)
+            if found is not None and pinned != value:
+                found.learn(key, str(pinned), int(left_ms) / 1000)
 
     def refresh(self, table: str, key: str, ttl: float) -> None:
         """The pin of `key` was used: it lives `ttl` longer in the store (written behind)."""
