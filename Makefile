@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v p
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-.PHONY: demo test lint fmt docs screenshot clean system-tools bench bench-algorithms bench-failover bench-tcp bench-state
+.PHONY: demo test lint fmt docs screenshot clean system-tools bench bench-algorithms bench-failover bench-tcp bench-state cluster-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/usher demo
+
+# Two usher nodes and one Redis on this machine: what they share, and Redis killed under load.
+cluster-demo: $(STAMP) system-tools
+	$(BIN)/python scripts/cluster_demo.py
 
 # System tools the tests drive: Debian's Chromium (the dashboard's browser test), promtool and
 # redis-server (the cluster tests start their own).
