@@ -73,7 +73,9 @@ class RateLimiter:
         In a worker of `--workers N` the buckets are shared by every worker (usher.state),
         under `scope` (the listener, the route): the limit is exact whichever worker takes a
         connection. Otherwise (one process, or no shared state) the buckets are this
-        process's, with 1/`workers` of the rate."""
+        process's, with 1/`workers` of the rate. With `cluster:` sharing rate limits, the
+        bucket is the cluster's (usher.state.redis), and the store above decides only while
+        Redis is down or slow."""
         if fields.rate is None:
             return None
         burst = fields.burst if fields.burst is not None else max(1.0, fields.rate)
