@@ -16,7 +16,8 @@ import pytest
 
 from tests.conftest import free_port
 from tests.redis_server import RedisServer, need_redis
-from tests.test_global_state import USHER, Backends, Recorder, Usher, wait_until
+from tests.test_global_state import USHER, Backends, Recorder, Usher
+from tests.test_workers import wait_until
 
 LISTENERS = ["rated", "by_header", "ejecting", "loaded"]
 
@@ -69,7 +70,6 @@ def backends() -> Iterator[Backends]:
     )
     yield b
     b.close()
-    b.loop.close()
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
+from tests.test_workers import wait_until
 
 USHER = [sys.executable, "-m", "usher"]
 
@@ -40,8 +41,10 @@ class Recorder:
     in_flight: int = 0
     most: int = 0
     order: list[str] = field(default_factory=list)
+    writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -66,6 +69,7 @@ class Recorder:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self.writers.discard(writer)
             writer.close()
 
     def reset(self) -> None:
@@ -98,10 +102,15 @@ class Backends:
         async def close_all() -> None:
             for server in self.servers:
                 server.close()
+            for recorder in self.by_name.values():
+                for writer in list(recorder.writers):
+                    writer.close()
+            await asyncio.sleep(0.05)  # the handlers see their connections end
 
         self._run(close_all())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        self.loop.close()
 
 
 @dataclass
@@ -136,18 +145,6 @@ class Usher:
     def worker_pids(self) -> list[int]:
         workers = self.api()["workers"]
         return [] if workers is None else [w["pid"] for w in workers]
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout}s: {what}")
 
 
 def config(backends: Backends, ports: dict[str, int], admin: int) -> str:
@@ -316,22 +313,24 @@ def test_a_rate_limit_is_exact_whichever_workers_take_the_connections(usher: Ush
     """Two keep-alive clients: their connections land on one or two workers, not all."""
     time.sleep(0.2)  # the bucket refills from the readiness check (burst 10 at 100/s)
     window = 2.0
-    start = time.monotonic()
+    ready = threading.Barrier(2)
 
-    def client() -> tuple[int, float]:
+    def client() -> tuple[int, float, float]:
+        """(requests allowed, when the first and the last allowed one were sent)"""
         ok = 0
-        last = start
         with httpx.Client(timeout=10) as c:
-            while time.monotonic() - start < window:
+            ready.wait(30)  # both clients made (that takes a while), then both send
+            first = last = time.monotonic()
+            while (sent := time.monotonic()) - first < window:
                 if c.get(usher.url("rated")).status_code == 200:
                     ok += 1
-                    last = time.monotonic()
-        return ok, last
+                    last = sent  # its token was taken after this, before the answer
+        return ok, first, last
 
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda _: client(), range(2)))
-    allowed = sum(ok for ok, _ in results)
-    elapsed = max(last for _, last in results) - start
+    allowed = sum(ok for ok, _, _ in results)
+    elapsed = max(r[2] for r in results) - min(r[1] for r in results)
     expected = 10 + 100 * elapsed  # the burst, then the rate
     assert 0.9 * expected <= allowed <= 1.1 * expected, (allowed, expected)
 

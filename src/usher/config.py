@@ -767,8 +767,8 @@ class RateLimitFields(_Model):
     rate: Rate | None = Field(
         default=None,
         description="Requests allowed per key, refilled continuously (`100/s`, `600/m`); "
-        "over it: 429 with Retry-After. null: no rate limit. With `--workers N` each worker "
-        "allows rate/N.",
+        "over it: 429 with Retry-After. null: no rate limit. With `--workers N` the "
+        "buckets are shared: the rate holds over all workers.",
     )
     burst: int | None = Field(
         default=None,
@@ -1195,7 +1195,7 @@ class BackendConfig(_Model):
         default=None,
         gt=0,
         description=(
-            "Most requests in flight to this backend (per worker process); more wait in the "
+            "Most requests in flight to this backend (over all workers); more wait in the "
             "pool's `queue` (or get 503 without one). null: no limit."
         ),
     )

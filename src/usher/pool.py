@@ -250,11 +250,7 @@ class Pool:
             selection.panic = self._check_panic(now)
         shared = self.shared
         if shared is not None:
-            if now >= self._follow_at:
-                self._follow_at = now + FOLLOW_EJECTIONS
-                self._follow_ejections(shared)
-            if self.queue is not None:
-                selection.gated = self._granted is None and self.queue.waiting()
+            self._look(selection)
         for algorithm in (self._primary, self._backup):
             if algorithm is None:
                 continue
@@ -262,6 +258,17 @@ class Pool:
                 if selection.eligible(backend) and (shared is None or self._admit(backend)):
                     return backend
         return None
+
+    def _look(self, selection: Selection) -> None:
+        """With several workers: take on the others' ejections (at most every 10 ms), and
+        whether anyone waits in the shared queue (then a new request waits behind them)."""
+        now = selection.now
+        if now >= self._follow_at:
+            assert self.shared is not None
+            self._follow_at = now + FOLLOW_EJECTIONS
+            self._follow_ejections(self.shared)
+        if self.queue is not None:
+            selection.gated = self._granted is None and self.queue.waiting()
 
     def _admit(self, backend: Backend) -> bool:
         """With several workers, a backend under a limit is counted in under a lock, so two
@@ -291,6 +298,8 @@ class Pool:
         is eligible."""
         persistence = self.persistence
         if persistence is not None and not selection.tried:
+            if self.shared is not None:
+                self._look(selection)
             pinned = persistence.pinned(headers, selection.client_ip)
             if (
                 pinned is not None

@@ -21,6 +21,7 @@ unused pin is the same as none. When a group is full, the entry that expires fir
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import math
@@ -28,7 +29,8 @@ import mmap
 import os
 import struct
 import tempfile
-from typing import TYPE_CHECKING, Final, TypeVar
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Final
 
 from usher.shared import DEFAULT_CAPACITY
 
@@ -51,13 +53,12 @@ _LOCK_QUEUES: Final = _LOCK_GROUPS + GROUPS
 _LOCK_DIRECTORY: Final = _LOCK_QUEUES + QUEUES
 
 _PACK = struct.Struct("<qq")
-T = TypeVar("T")
 
 
 class Key:
     """A key's digest and group, computed once for keys used on every request."""
 
-    __slots__ = ("group", "h1", "h2")
+    __slots__ = ("cell", "group", "h1", "h2")
 
     def __init__(self, text: str) -> None:
         raw = hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=16).digest()
@@ -65,6 +66,7 @@ class Key:
         self.h1 = h1 | 1  # never 0, which marks a free slot
         self.h2 = h2
         self.group = (h2 & 0x7FFFFFFF) % GROUPS
+        self.cell = -1  # where its entry was last found (checked before use)
 
 
 class SharedState:
@@ -234,13 +236,18 @@ class SharedState:
     def next(self, key: Key) -> int:
         """A counter shared by every worker: returns its value, then adds one."""
         offset = _LOCK_GROUPS + key.group
+        q = self._q
         self._lock(offset)
         try:
-            cell, new = self._slot(key, 0.0)
-            if new:
-                self._f[cell + 2] = _INF
-            value = self._q[cell + 6]
-            self._q[cell + 6] = value + 1
+            cell = key.cell
+            # The entry never expires, so it stays where it was unless a full group evicted it.
+            if cell < 0 or q[cell] != key.h1 or q[cell + 1] != key.h2:
+                cell, new = self._slot(key, 0.0)
+                if new:
+                    self._f[cell + 2] = _INF
+                key.cell = cell
+            value = q[cell + 6]
+            q[cell + 6] = value + 1
             return value
         finally:
             self._unlock(offset)
@@ -311,12 +318,19 @@ class SharedState:
             served += 1
         q[base + 3] = served
 
-    def join(self, index: int, worker: int, limit: int) -> int | None:
-        base = self._queues + index * _QUEUE_CELLS
+    @contextlib.contextmanager
+    def _queue(self, index: int) -> Iterator[int]:
+        """Hold queue `index`'s lock; yields where its cells start."""
         offset = _LOCK_QUEUES + index
-        q = self._q
         self._lock(offset)
         try:
+            yield self._queues + index * _QUEUE_CELLS
+        finally:
+            self._unlock(offset)
+
+    def join(self, index: int, worker: int, limit: int) -> int | None:
+        q = self._q
+        with self._queue(index) as base:
             self._skip(base)
             issued = q[base + 2]
             if issued - q[base + 3] >= min(limit, RING):
@@ -324,32 +338,22 @@ class SharedState:
             q[base + 4 + issued % RING] = worker + 1
             q[base + 2] = issued + 1
             return issued
-        finally:
-            self._unlock(offset)
 
     def leave(self, index: int, ticket: int, worker: int) -> None:
-        base = self._queues + index * _QUEUE_CELLS
-        offset = _LOCK_QUEUES + index
         q = self._q
-        self._lock(offset)
-        try:
+        with self._queue(index) as base:
             cell = base + 4 + ticket % RING
             if q[base + 3] <= ticket < q[base + 2] and abs(q[cell]) == worker + 1:
                 q[cell] = 0
                 self._skip(base)
-        finally:
-            self._unlock(offset)
 
     def waiting(self, index: int) -> bool:
         base = self._queues + index * _QUEUE_CELLS
         return self._q[base + 2] > self._q[base + 3]
 
     def grant(self, index: int, worker: int) -> int | None:
-        base = self._queues + index * _QUEUE_CELLS
-        offset = _LOCK_QUEUES + index
         q = self._q
-        self._lock(offset)
-        try:
+        with self._queue(index) as base:
             self._skip(base)
             served = q[base + 3]
             cell = base + 4 + served % RING
@@ -357,8 +361,6 @@ class SharedState:
                 q[cell] = -(worker + 1)
                 return served
             return None
-        finally:
-            self._unlock(offset)
 
     def forget_worker(self, worker: int) -> None:
         """A worker died: its waiters died with it, so they leave every queue."""
@@ -367,16 +369,12 @@ class SharedState:
             base = self._queues + index * _QUEUE_CELLS
             if q[base] == 0:
                 continue
-            offset = _LOCK_QUEUES + index
-            self._lock(offset)
-            try:
+            with self._queue(index):
                 for ticket in range(q[base + 3], q[base + 2]):
                     cell = base + 4 + ticket % RING
                     if abs(q[cell]) == worker + 1:
                         q[cell] = 0
                 self._skip(base)
-            finally:
-                self._unlock(offset)
 
 
 # The protocols of usher.state over one SharedState, each bound to its keys.
