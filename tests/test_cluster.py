@@ -16,58 +16,31 @@ import pytest
 
 from tests.conftest import free_port
 from tests.redis_server import RedisServer, need_redis
-from tests.test_global_state import USHER, Backends, Recorder, Usher
+from tests.test_global_state import LISTENERS, USHER, Backends, Recorder, Usher, config
 from tests.test_workers import wait_until
 
-LISTENERS = ["rated", "by_header", "ejecting", "loaded"]
 
-
-def config(backends: Backends, ports: dict[str, int], admin: int, store: str, node: str) -> str:
-    def addr(name: str) -> str:
-        return f"{{address: 127.0.0.1:{backends[name].port}}}"
-
-    quiet = "passive_health: {max_fails: 0}"
-    return f"""listeners:
-  - {{name: rated, bind: 127.0.0.1:{ports["rated"]}, pool: rated,
-     limits: {{rate: 100/s, burst: 10}}}}
-  - {{name: by_header, bind: 127.0.0.1:{ports["by_header"]}, pool: by_header}}
-  - {{name: ejecting, bind: 127.0.0.1:{ports["ejecting"]}, pool: ejecting}}
-  - {{name: loaded, bind: 127.0.0.1:{ports["loaded"]}, pool: loaded,
-     limits: {{rate: 100000/s}}}}
-pools:
-  rated:
-    backends: [{addr("A")}]
-    {quiet}
-  by_header:
-    algorithm: round_robin
-    sticky: {{type: header, header: X-User}}
-    backends: [{addr("A")}, {addr("B")}, {addr("C")}]
-    {quiet}
-  ejecting:
-    algorithm: round_robin
-    backends: [{addr("E")}, {addr("F")}]
-    passive_health: {{max_fails: 0, consecutive_5xx: 1, fail_timeout: 60s,
-                      max_ejection_percent: 50%}}
-  loaded:
-    algorithm: round_robin
-    sticky: {{type: header, header: X-User}}
-    backends: [{addr("A")}, {addr("B")}, {addr("C")}]
-    {quiet}
-admin: {{bind: 127.0.0.1:{admin}}}
-cluster:
+def cluster_config(
+    backends: Backends, ports: dict[str, int], admin: int, store: str, node: str
+) -> str:
+    """test_global_state's listeners and pools (rated: 100/s, burst 10; by_header: sticky on
+    X-User; ejecting: E answers 500), with a `cluster:` section."""
+    return (
+        config(backends, ports, admin)
+        + f"""cluster:
   redis: {store}
   node: {node}
   # Above a round trip on a loaded test machine (the default is 5ms): these tests are about
   # what the nodes share; tests/test_state_redis.py stalls the store to test the timeout.
   timeout: 100ms
 """
+    )
 
 
 @pytest.fixture(scope="module")
 def backends() -> Iterator[Backends]:
-    b = Backends(
-        [Recorder("A"), Recorder("B"), Recorder("C"), Recorder("E", status=500), Recorder("F")]
-    )
+    names = [Recorder(n) for n in "ABCF"] + [Recorder("E", status=500)]
+    b = Backends([*names, Recorder("L", delay=0.3), Recorder("K", delay=0.6)])
     yield b
     b.close()
 
@@ -91,7 +64,7 @@ def nodes(
             ports = {name: free_port() for name in LISTENERS}
             admin = free_port()
             path = tmp_path_factory.mktemp(node) / "usher.yaml"
-            path.write_text(config(backends, ports, admin, store.url, node))
+            path.write_text(cluster_config(backends, ports, admin, store.url, node))
             log = path.with_suffix(".log")
             with log.open("w") as stderr:
                 proc = subprocess.Popen(
@@ -212,7 +185,7 @@ def test_killing_redis_mid_load_fails_no_request(
     done: list[int] = []
 
     def one(i: int) -> int:
-        status, _ = nodes[i % 2].fetch("loaded", {"X-User": f"user{i % 30}"})
+        status, _ = nodes[i % 2].fetch("by_header", {"X-User": f"load{i % 30}"})
         done.append(i)
         return status
 
