@@ -149,6 +149,26 @@ async def test_an_ejection_reaches_every_node_and_a_late_one_catches_up(
         await late.stop()
 
 
+async def test_a_node_that_does_not_share_ejections_ignores_the_others(
+    store: RedisServer, nodes: tuple[ClusterLink, ClusterLink]
+) -> None:
+    a, b = nodes
+    apart = ClusterLink(ClusterConfig(redis=store.url, share=["rate_limits"]), CLOCK)
+    ignored: list[str] = []
+    apart.on_ejection = lambda pool, backend, seconds: ignored.append(backend)
+    seen: list[str] = []
+    b.on_ejection = lambda pool, backend, seconds: seen.append(backend)
+    apart.start()
+    try:
+        await until(lambda: apart.up, "the link")
+        a.eject("web", "127.0.0.1:9001", CLOCK.now() + 30)
+        await until(lambda: bool(seen), "the ejection on b")
+        await asyncio.sleep(0.05)
+        assert ignored == []
+    finally:
+        await apart.stop()
+
+
 async def test_with_the_store_down_decisions_are_local_and_caught_up_on_its_return(
     store: RedisServer, nodes: tuple[ClusterLink, ClusterLink], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -327,7 +327,7 @@ class ClusterLink:
                 self._apply_ejection(str(message["p"]), str(message["b"]), message["ms"] / 1000)
 
     def _apply_ejection(self, pool: str, backend: str, seconds: float) -> None:
-        if self.on_ejection is not None and seconds > 0:
+        if "ejections" in self.share and self.on_ejection is not None and seconds > 0:
             self.on_ejection(pool, backend, seconds)
 
     # Ejections
