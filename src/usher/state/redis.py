@@ -503,7 +503,9 @@ class ClusterBuckets:
             if int(got) > 0:
                 lease.expires = now + LEASE_TTL
             if int(got) < want:
-                lease.retry_at = now + float(wait)
+                # The bucket is dry: ask again when a whole batch has come in, not for each
+                # token (a limit under pressure costs a round trip per batch, not per request).
+                lease.retry_at = now + float(wait) + (self._batch - 1) / self.rate
         finally:
             lease.pending_since = None
 
