@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v p
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-.PHONY: demo test lint fmt docs screenshot clean system-tools bench bench-algorithms bench-failover bench-tcp bench-state
+.PHONY: demo test lint fmt docs screenshot clean system-tools bench bench-algorithms bench-failover bench-tcp bench-state cluster-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,13 @@ $(STAMP): $(BIN)/python pyproject.toml
 demo: $(STAMP)
 	$(BIN)/usher demo
 
+# Two usher nodes and one Redis on this machine: what they share, and Redis killed under load.
+cluster-demo: $(STAMP) system-tools
+	$(BIN)/python scripts/cluster_demo.py
+
 # System tools the tests drive: Debian's Chromium (the dashboard's browser test), promtool, dig
-# (the dns listener's tests) and keepalived (the HA config test).
+# (the dns listener's tests), keepalived (the HA tests), etcd (discovery) and redis-server (the
+# cluster tests start their own).
 system-tools:
 	@missing=""; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
@@ -25,6 +30,7 @@ system-tools:
 	[ -x /usr/bin/dig ] || missing="$$missing dnsutils"; \
 	[ -x /usr/sbin/keepalived ] || missing="$$missing keepalived"; \
 	[ -x /usr/bin/etcd ] || missing="$$missing etcd-server"; \
+	[ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing (apt-get)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

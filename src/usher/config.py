@@ -67,6 +67,7 @@ __all__ = [
     "BackendAddress",
     "BackendConfig",
     "ByteSize",
+    "ClusterConfig",
     "Config",
     "Discovery",
     "DnsDiscovery",
@@ -2104,6 +2105,48 @@ class AdminConfig(_Model):
     )
 
 
+CLUSTER_SHARES: Final = ("rate_limits", "sticky", "ejections")
+DEFAULT_CLUSTER_TIMEOUT: Final = 0.005
+_STORE_URL = re.compile(r"(redis|rediss)://[^\s/]+(/[0-9]+)?|unix:///\S+")
+
+
+def _store_url(value: str) -> str:
+    if not _STORE_URL.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a store address: redis://HOST:PORT/DB, rediss://... or "
+            "unix:///path/to/redis.sock"
+        )
+    return value
+
+
+def _node_name(value: str) -> str:
+    if not value or _has_control(value) or "/" in value:
+        raise ValueError(f"{value!r} is not a node name (no '/', spaces or control characters)")
+    return value
+
+
+class ClusterConfig(_Model):
+    """State shared by several usher nodes in Redis or Valkey (docs/cluster.md)."""
+
+    redis: Annotated[str, AfterValidator(_store_url)] = Field(
+        description="The store: redis://HOST:PORT/DB, rediss://... (TLS) or unix:///path.sock."
+    )
+    node: Annotated[str, AfterValidator(_node_name)] | None = Field(
+        default=None,
+        description="This node's name, in logs and usher_cluster_up; null: the host name.",
+    )
+    share: list[Literal["rate_limits", "sticky", "ejections"]] = Field(
+        default=list(CLUSTER_SHARES),
+        description="What the nodes share: rate limits, sticky tables (source_ip, header), "
+        "passive ejections.",
+    )
+    timeout: Duration = Field(
+        default=DEFAULT_CLUSTER_TIMEOUT,
+        gt=0,
+        description="Longest a request waits on the store before it decides on local state.",
+    )
+
+
 class Config(_Model):
     """The whole config file."""
 
@@ -2121,6 +2164,11 @@ class Config(_Model):
     )
     admin: AdminConfig | None = Field(
         default=None, description="The admin API, /metrics and the dashboard; null: not served."
+    )
+    cluster: ClusterConfig | None = Field(
+        default=None,
+        description="Rate limits, sticky tables and ejections shared with other usher nodes "
+        "through Redis; null: this node's own.",
     )
 
     @classmethod

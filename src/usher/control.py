@@ -152,6 +152,7 @@ class ControlBalancer(Balancer):
         self._retired_counts: dict[tuple[str, str], tuple[int, int]] = {}
         self._merged = Metrics()
         self.registry = build_registry(lambda: self._merged, lambda: self.pools, self.connections)
+        self.register_cluster_metrics()
         self._syncer: asyncio.Task[None] | None = None
         self.worker_sockets = WorkerSockets()
 

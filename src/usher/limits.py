@@ -3,9 +3,10 @@ body-rate floor. Sans-IO: every decision takes the time from an injected clock.
 
 Buckets live in a `RateStore`. `LocalRateStore` keeps them in this process (`--workers 1`);
 with `--workers N` the workers share theirs in shared memory (usher.state.shm.SharedBuckets),
-so a limit is exact whichever worker takes a connection. A store for a cluster (Redis, say)
-implements the same one method, `take`. Connection counts (`max_connections`,
-`connections_per_ip` of a listener) stay per worker: each allows its share.
+so a limit is exact whichever worker takes a connection; with `cluster:` the bucket is one
+for every node, in Redis (usher.state.redis.ClusterBuckets), the same one method, `take`.
+Connection counts (`max_connections`, `connections_per_ip` of a listener) stay per worker:
+each allows its share.
 """
 
 from __future__ import annotations

@@ -386,6 +386,16 @@ class UsherCollector(Collector):
         yield state
 
 
+class CallbackCollector(Collector):
+    """Families a callable yields at scrape time (`usher_cluster_up`, usher.state.redis)."""
+
+    def __init__(self, families: Callable[[], Iterator[Metric]]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return self.families()
+
+
 def build_registry(
     metrics: Metrics | Callable[[], Metrics],
     pools: Callable[[], Mapping[str, Pool]],

@@ -8,19 +8,22 @@ is not (down, draining, disabled, full), the algorithm picks again and the pin m
 - `source_ip` and `header`: a table remembers the backend of each client address or header
   value, forgetting entries unused for `ttl` and the least recent beyond `table_size`. With
   several workers the table is one for all, in shared memory (usher.state.shm), so a client
-  whose next connection lands on another worker keeps its backend.
+  whose next connection lands on another worker keeps its backend. With `cluster:` sharing
+  `sticky`, it is one for every node, in Redis (usher.state.redis), by backend address.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from usher.clock import Clock
-from usher.state import KeyTable
+from usher.state import KeyTable, cluster
 from usher.state.local import LocalKeyTable
+from usher.state.redis import ClusterKeyTable
 from usher.state.shm import SharedKeyTable
 
 if TYPE_CHECKING:
@@ -121,16 +124,19 @@ class TablePersistence(Persistence):
         self.ttl = config.ttl
         self.size = config.table_size
         self.header = config.header.lower().encode("latin-1") if config.type == "header" else None
-        self._table: KeyTable[Backend] = (
-            LocalKeyTable(config.table_size)
-            if shared is None
-            else RowTable(SharedKeyTable(shared, f"st:{pool}:"), backends)
-        )
+        link = cluster("sticky")
+        self._table: KeyTable[Backend]
+        if link is not None:
+            self._table = AddressTable(ClusterKeyTable(link, pool, config.table_size), backends)
+        elif shared is not None:
+            self._table = RowTable(SharedKeyTable(shared, f"st:{pool}:"), backends)
+        else:
+            self._table = LocalKeyTable(config.table_size)
         self._live: set[int] = {id(b) for b in backends}
 
     def rebuild(self, backends: Sequence[Backend]) -> None:
         self._live = {id(b) for b in backends}
-        if isinstance(self._table, RowTable):
+        if isinstance(self._table, RowTable | AddressTable):
             self._table.rebuild(backends)
 
     def _key(self, headers: Headers, client_ip: str) -> str | None:
@@ -156,6 +162,8 @@ class TablePersistence(Persistence):
 
     def __len__(self) -> int:
         table = self._table
+        if isinstance(table, AddressTable):
+            return len(table.addresses)
         return len(table) if isinstance(table, LocalKeyTable) else 0
 
 
@@ -189,6 +197,49 @@ class RowTable:
     def put(self, key: str, value: Backend, now: float, ttl: float) -> None:
         if value.shared is not None:
             self._rows.put(key, value.shared.row, now, ttl)
+
+
+class AddressTable:
+    """A key table of the cluster (usher.state.redis) seen as key -> Backend: it stores the
+    backend's address, the same on every node. An address this node does not know (its
+    backends differ) is no pin.
+
+    A key with no pin yet is placed by a weighted rendezvous hash over the enabled primary
+    backends: a client whose second request reaches another node before the first node's pin
+    does (pub/sub takes a round trip) lands on the same backend there too, and so do new
+    clients while the store is down."""
+
+    __slots__ = ("_by_label", "_placeable", "addresses")
+
+    def __init__(self, addresses: ClusterKeyTable, backends: Sequence[Backend]) -> None:
+        self.addresses = addresses
+        self.rebuild(backends)
+
+    def rebuild(self, backends: Sequence[Backend]) -> None:
+        self._by_label = {b.label: b for b in backends}
+        self._placeable = [b for b in backends if not b.backup and b.weight > 0]
+
+    def get(self, key: str, now: float) -> Backend | None:
+        label = self.addresses.get(key, now)
+        if label is None:
+            return self._place(key)
+        return self._by_label.get(label)
+
+    def _place(self, key: str) -> Backend | None:
+        best: Backend | None = None
+        best_score = -1.0
+        for backend in self._placeable:
+            if backend.state != "enabled":
+                continue
+            digest = hashlib.blake2b(f"{key}\x00{backend.label}".encode(), digest_size=8)
+            uniform = (int.from_bytes(digest.digest(), "big") + 1) / (2**64 + 1)
+            score = backend.weight / -math.log(uniform)
+            if score > best_score:
+                best, best_score = backend, score
+        return best
+
+    def put(self, key: str, value: Backend, now: float, ttl: float) -> None:
+        self.addresses.put(key, value.label, now, ttl)
 
 
 def build_persistence(

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from usher.balancing import Algorithm, get_algorithm
 from usher.clock import Clock
 from usher.persistence import Persistence, build_persistence, request_cookie, request_header
-from usher.state import Budget, installed
+from usher.state import Budget, cluster, installed
 from usher.state.local import RETRY_BUDGET_RESERVE, RETRY_BUDGET_ROOM, LocalBudget
 from usher.state.shm import SharedBudget, SharedQueue, SharedSequence, SharedState
 from usher.tls import upstream_context
@@ -405,16 +405,20 @@ class Pool:
         now = self.clock.now()
         for backend in self.backends:
             slot = backend.shared
-            if slot is None:
-                continue
-            until = shared.ejected_until(slot.row)
-            if until > backend.failed_until and until > now:
-                before = backend.status(now)
-                backend.failed_until = until
-                backend.fails = backend.fails_5xx = 0
-                if backend not in self._ejected:
-                    self._ejected.append(backend)
-                self._changed(backend, before, "ejected by another worker")
+            if slot is not None:
+                self.ejected_elsewhere(
+                    backend, shared.ejected_until(slot.row), now, "ejected by another worker"
+                )
+
+    def ejected_elsewhere(self, backend: Backend, until: float, now: float, reason: str) -> None:
+        """Another worker or node ejected `backend` until `until`: so does this one."""
+        if until > backend.failed_until and until > now:
+            before = backend.status(now)
+            backend.failed_until = until
+            backend.fails = backend.fails_5xx = 0
+            if backend not in self._ejected:
+                self._ejected.append(backend)
+            self._changed(backend, before, reason)
 
     def _sequence(self, tier: str) -> SharedSequence:
         assert self.shared is not None
@@ -551,6 +555,9 @@ class Pool:
         backend.failed_until = now + duration
         if self.shared is not None and backend.shared is not None:
             self.shared.eject(backend.shared.row, backend.failed_until)
+        link = cluster("ejections")
+        if link is not None:
+            link.eject(self.name, backend.label, backend.failed_until)
         self._ejected.append(backend)
         self._changed(backend, before, f"ejected for {duration:g}s after {reason}")
 

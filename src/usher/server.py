@@ -28,9 +28,11 @@ from usher.errors import ChangeError, ConfigError, ConfigIssue
 from usher.health import HealthChecker
 from usher.listeners import Abortable, AnyListener, Serving, bind_listener, build_listener
 from usher.logs import AccessLog
-from usher.metrics import Metrics, build_registry
+from usher.metrics import CallbackCollector, Metrics, build_registry
 from usher.pool import ADMIN_SOURCE, Backend, Pool, State
 from usher.routing import Router
+from usher.state import install_cluster
+from usher.state.redis import ClusterLink
 from usher.tls import ServerTls, load_upstream_contexts
 
 if TYPE_CHECKING:
@@ -108,6 +110,12 @@ class Balancer:
         self.seed = seed
         self.reuse_port = reuse_port
         _import_user_code(config, fresh=False)
+        # With `cluster:`, what it shares lives in Redis; pools and limits built from here on
+        # take it (usher.state.cluster).
+        self.cluster = ClusterLink(config.cluster, self.clock) if config.cluster else None
+        install_cluster(self.cluster)
+        if self.cluster is not None:
+            self.cluster.on_ejection = self._ejected_elsewhere
         self.pools: dict[str, Pool] = {
             name: Pool(name, cfg, self.clock, seed=seed) for name, cfg in config.pools.items()
         }
@@ -118,6 +126,7 @@ class Balancer:
             lambda: self.pools,
             lambda: {name: len(lst.connections) for name, lst in self.listeners.items()},
         )
+        self.register_cluster_metrics()
         # Active checks and agent polls, one task per backend; idle for pools without them.
         self.checkers = {name: self._checker(pool) for name, pool in self.pools.items()}
         self._tls, upstream_tls = self._load_tls(config)
@@ -178,7 +187,24 @@ class Balancer:
 
     # Serving
 
+    def register_cluster_metrics(self) -> None:
+        """`usher_cluster_up` in this balancer's registry, with `cluster:`."""
+        if self.cluster is not None:
+            self.registry.register(CallbackCollector(self.cluster.collect))
+
+    def _ejected_elsewhere(self, pool_name: str, address: str, seconds: float) -> None:
+        """Another node ejected a backend (usher.state.redis): so does this one."""
+        pool = self.pools.get(pool_name)
+        if pool is None:
+            return
+        for backend in pool.backends:
+            if backend.label == address:
+                now = self.clock.now()
+                pool.ejected_elsewhere(backend, now + seconds, now, "ejected by another node")
+
     async def start(self) -> None:
+        if self.cluster is not None:
+            self.cluster.start()
         for checker in self.checkers.values():
             checker.start()
         if self.runs_discovery:
@@ -289,6 +315,8 @@ class Balancer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._admin_task
             self._admin = None
+        if self.cluster is not None:
+            await self.cluster.stop()
 
     async def __aenter__(self) -> Balancer:
         await self.start()
@@ -445,6 +473,9 @@ class Balancer:
             # Validated elsewhere: a worker is sent its config, and re-imports the user's code.
             _import_user_code(config, fresh=True)
         report = ReloadReport()
+        if config.cluster != self.config.cluster:
+            # The link (and the nodes' keys) is made once, at start.
+            report.notes.append("cluster: changed; it takes effect on restart")
         # A certificate or CA that fails to load stops us here: nothing has changed yet.
         new_tls, upstream_tls = self._load_tls(config)
         old_by_name = {lc.name: self._as_bound(lc) for lc in self.config.listeners}

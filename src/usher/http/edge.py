@@ -19,7 +19,8 @@ from usher.errors import ClientError
 from usher.limits import BodyRateMeter, ConnectionLimiter, LocalRateStore, RateStore, retry_after
 from usher.logs import AccessRecord
 from usher.routing import split_target
-from usher.state import installed
+from usher.state import cluster, installed
+from usher.state.redis import ClusterBuckets
 from usher.state.shm import SharedBuckets
 from usher.waf import RequestFilter, Verdict
 
@@ -72,23 +73,31 @@ class RateLimiter:
         In a worker of `--workers N` the buckets are shared by every worker (usher.state),
         under `scope` (the listener, the route): the limit is exact whichever worker takes a
         connection. Otherwise (one process, or no shared state) the buckets are this
-        process's, with 1/`workers` of the rate."""
+        process's, with 1/`workers` of the rate. With `cluster:` sharing rate limits, the
+        bucket is the cluster's (usher.state.redis), and the store above decides only while
+        Redis is down or slow."""
         if fields.rate is None:
             return None
         burst = fields.burst if fields.burst is not None else max(1.0, fields.rate)
         shared = installed()
+        link = cluster("rate_limits")
+        signature: tuple[object, ...]
+        store: RateStore
         if shared is not None:
-            signature: tuple[object, ...] = ("shared", scope, fields.key, fields.rate, burst)
-            if previous is not None and previous.signature == signature:
-                return previous
-            store: RateStore = SharedBuckets(shared, f"rl:{scope}:", fields.rate, burst)
-            return cls(fields.key, store, signature)
-        rate = fields.rate / workers
-        burst = max(1.0, burst / workers)
-        signature = (fields.key, rate, burst, table_size)
+            signature = ("shared", scope, fields.key, fields.rate, burst)
+            store = SharedBuckets(shared, f"rl:{scope}:", fields.rate, burst)
+        else:
+            rate = fields.rate / workers
+            local_burst = max(1.0, burst / workers)
+            signature = (fields.key, rate, local_burst, table_size)
+            store = LocalRateStore(rate, local_burst, table_size)
+        if link is not None:
+            # One bucket for every node; the store above decides while Redis is away.
+            signature = ("cluster", scope, *signature)
+            store = ClusterBuckets(link, f"{scope}:", fields.rate, burst, store, table_size)
         if previous is not None and previous.signature == signature:
             return previous
-        return cls(fields.key, LocalRateStore(rate, burst, table_size), signature)
+        return cls(fields.key, store, signature)
 
     def key(self, request: Request, client_ip: str) -> str:
         kind = self.kind

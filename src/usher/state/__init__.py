@@ -15,7 +15,8 @@ takes deposits locally and settles them in `flush`; everything else is one call 
 
 `installed()` is the shared store of this process, when it is a worker of `usher run
 --workers N` (None otherwise): pools and rate limiters built in a worker take their state
-from it.
+from it. `cluster()` is the link to the store shared with other nodes (`cluster:` in the
+config, usher.state.redis), when there is one: what it shares comes from it first.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 if TYPE_CHECKING:
+    from usher.state.redis import ClusterLink
     from usher.state.shm import SharedState
 
 V = TypeVar("V")
@@ -131,3 +133,19 @@ def install(state: SharedState | None) -> None:
 
 def installed() -> SharedState | None:
     return _installed
+
+
+_cluster: ClusterLink | None = None
+
+
+def install_cluster(link: ClusterLink | None) -> None:
+    """Make `link` the cluster store of this process (the balancer does, before its pools)."""
+    global _cluster
+    _cluster = link
+
+
+def cluster(share: str) -> ClusterLink | None:
+    """The cluster store, if there is one and it shares `share` (rate_limits, sticky,
+    ejections)."""
+    link = _cluster
+    return link if link is not None and share in link.share else None
