@@ -36,6 +36,7 @@ def test_a_given_length_is_kept_in_place_and_counted() -> None:
     writer = server()
     head = writer.send(Response(200, b"", b"1.1", [(b"Content-Length", b"2"), (b"X", b"y")]))
     assert head == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX: y\r\n\r\n"
+    assert writer.body_allowed
     assert writer.send(Data(b"hi")) == b"hi"
     assert writer.send(EndOfMessage()) == b""
     assert writer.our_state is ConnState.DONE
@@ -97,6 +98,7 @@ def test_no_body_answers_say_a_length_but_carry_nothing(
 ) -> None:
     writer = server(method)
     assert writer.send(Response(status, b"", b"1.1", [(b"Content-Length", b"5")])) == head
+    assert not writer.body_allowed
     with pytest.raises(LocalProtocolError):
         writer.send(Data(b"x"))
     assert writer.send(EndOfMessage()) == b""

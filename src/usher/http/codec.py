@@ -896,10 +896,13 @@ class _Framing:
 class _BodyWriter:
     """The body half shared by both writers: counts a length, chunks, or passes bytes."""
 
-    __slots__ = ("_chunked", "_left", "_must_close", "our_state")
+    __slots__ = ("_chunked", "_left", "_must_close", "body_allowed", "our_state")
 
     def __init__(self) -> None:
         self.our_state = ConnState.IDLE
+        # After a head: whether it may carry body bytes (not for HEAD, 204, 304, nor a
+        # Content-Length of 0), for a caller holding a body it may have to leave out.
+        self.body_allowed = False
         self._chunked = False
         self._left: int | None = None  # bytes still owed under a Content-Length (or no body)
         self._must_close = False
@@ -908,6 +911,7 @@ class _BodyWriter:
         self._chunked = chunked
         self._left = length
         self._must_close = must_close
+        self.body_allowed = length != 0
         self.our_state = ConnState.SEND_BODY
 
     def _body(self, event: Data | EndOfMessage) -> bytes:
