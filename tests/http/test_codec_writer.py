@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from usher.errors import ClientError
 from usher.http.codec import (
     ClientWriter,
     ConnState,
@@ -218,3 +219,11 @@ def test_client_their_state_and_head_expectation_follow_the_reader() -> None:
     events = reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n")
     assert [type(e) for e in events] == [Response, EndOfMessage]  # HEAD: no body expected
     assert their(writer) is ConnState.DONE
+
+
+def test_host_may_be_left_optional_for_the_demo_origin() -> None:
+    bare = b"GET / HTTP/1.1\r\n\r\n"
+    with pytest.raises(ClientError):
+        RequestReader().feed(bare)
+    (request, _) = RequestReader(require_host=False).feed(bare)
+    assert isinstance(request, Request) and request.host == b""

@@ -240,6 +240,7 @@ class RequestReader:
         "_parser",
         "_pending_error",
         "_raw_body",
+        "_require_host",
         "_trailer_bytes",
         "_trailers",
         "_unframed",
@@ -253,8 +254,12 @@ class RequestReader:
         limits: HeadLimits | None = None,
         *,
         upgrade_filter: Callable[[Request], bytes | None] | None = None,
+        require_host: bool = True,
     ) -> None:
         self._limits = limits or HeadLimits()
+        # RFC 9112 §3.2 wants a Host in every HTTP/1.1 request; the demo origin, which is
+        # no proxy and routes nothing on it, lets a bare `GET / HTTP/1.1` by.
+        self._require_host = require_host
         # Given an upgrade request, the Upgrade value to keep, or None to decline the upgrade
         # and read the request (and its body) as plain HTTP/1.1. None: every upgrade is kept.
         self._upgrade_filter = upgrade_filter
@@ -485,7 +490,7 @@ class RequestReader:
             if refusal is not None:
                 self._pending_error = refusal
                 raise refusal
-        if hosts > 1 or (hosts == 0 and version == b"1.1"):
+        if hosts > 1 or (hosts == 0 and version == b"1.1" and self._require_host):
             self._fail(400, "a request needs exactly one Host header")
         max_body = limits.max_body_size
         if max_body is not None and content_length is not None and content_length > max_body:
