@@ -18,9 +18,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from functools import cache
 from http import HTTPStatus
-from typing import Any
 
-import httptools
+from usher.errors import ClientError
+from usher.http.codec import Data, EndOfMessage, Event, Request, RequestReader, Upgraded
 
 _CHUNK = 64 * 1024
 # 64 KiB is a multiple of 256, so consecutive blocks continue the pattern seamlessly.
@@ -49,6 +49,15 @@ class BackendOptions:
             raise ValueError(f"latency must be >= 0, not {self.latency}")
         if not 0 <= self.fail_rate <= 1:
             raise ValueError(f"fail_rate must be within [0, 1], not {self.fail_rate}")
+
+
+def _keep_upgrade(request: Request) -> bytes | None:
+    """Only a WebSocket upgrade to /ws is taken; other upgrades (h2c, ...) are declined by
+    answering in HTTP/1.1."""
+    upgrade = request.upgrade
+    if upgrade is None or request.target.partition(b"?")[0] != b"/ws":
+        return None
+    return upgrade if b"websocket" in upgrade.lower() else None
 
 
 @cache
@@ -153,10 +162,10 @@ class _Connection(asyncio.Protocol):
         "_chunked_out",
         "_counted",
         "_current",
-        "_parser",
         "_pumping",
         "_queue",
         "_read_paused",
+        "_reader",
         "_remaining",
         "_timer",
         "_upgraded",
@@ -170,11 +179,10 @@ class _Connection(asyncio.Protocol):
         "transport",
     )
     transport: asyncio.Transport
-    _parser: Any
 
     def __init__(self, server: BackendServer) -> None:
         self.server = server
-        self._parser = httptools.HttpRequestParser(self)
+        self._reader = RequestReader(upgrade_filter=_keep_upgrade, require_host=False)
         self._queue: deque[_Request] = deque()
         self._counted = False  # this connection's busy request counts in server.in_flight
         self._current: _Request | None = None
@@ -224,21 +232,14 @@ class _Connection(asyncio.Protocol):
             return
         if self._broken:
             return
-        while True:
-            try:
-                self._parser.feed_data(data)
-            except httptools.HttpParserUpgrade as exc:
-                data = data[exc.args[0] :]
-                if self._current is not None and self._current.ws:
-                    self._upgraded = True
-                    self._ws_data(data)
-                    break
-                # Other upgrades (h2c, CONNECT) are declined by answering in HTTP/1.1.
-                if data:
-                    continue
-            except httptools.HttpParserError:
-                self._bad_request()
-            break
+        reader = self._reader
+        try:
+            events = reader.feed(data)
+        except ClientError:
+            self._events(reader.parsed_before_error)  # what came before is still answered
+            self._bad_request()
+        else:
+            self._events(events)
         self._update_reading()
 
     def _update_reading(self) -> None:
@@ -261,48 +262,49 @@ class _Connection(asyncio.Protocol):
             else:
                 self.transport.resume_reading()
 
-    # -- parser callbacks (httptools)
+    # -- codec events
 
-    def on_message_begin(self) -> None:
+    def _events(self, events: list[Event]) -> None:
+        for event in events:
+            kind = type(event)
+            if kind is Request:
+                assert isinstance(event, Request)
+                self._on_request(event)
+            elif kind is Data:
+                assert isinstance(event, Data)
+                self._on_body(event.data)
+            elif kind is EndOfMessage:
+                self._on_message_complete()  # trailers, if any, are ignored
+            elif kind is Upgraded:
+                assert isinstance(event, Upgraded)
+                self._upgraded = True  # only a WebSocket upgrade to /ws is kept (_keep_upgrade)
+                self._ws_data(event.tail)
+                return
+
+    def _on_request(self, request: Request) -> None:
+        self.server.requests_total += 1
         self._current = req = _Request()
         self._queue.append(req)
-
-    def on_url(self, url: bytes) -> None:
-        assert self._current is not None
-        self._current.target += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        req = self._current
-        assert req is not None
-        if not req.headers_done:  # after the head, these are trailers: ignored
-            req.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        req, parser = self._current, self._parser
-        assert req is not None
-        self.server.requests_total += 1
+        req.target = bytearray(request.target)
+        req.headers = request.headers
         req.headers_done = True
-        req.method = parser.get_method()
-        req.http10 = parser.get_http_version() == "1.0"
-        req.keep_alive = parser.should_keep_alive()
-        path, _, query = bytes(req.target).partition(b"?")
+        req.method = request.method
+        req.http10 = request.version == b"1.0"
+        req.keep_alive = request.keep_alive
+        req.chunked = request.chunked
+        req.length = request.content_length or 0
+        path, _, query = request.target.partition(b"?")
         req.path, req.query = path.decode("latin-1"), query.decode("latin-1")
-        for name, value in req.headers:
-            lname = name.lower()
-            if lname == b"content-length":
-                req.length = int(value)
-            elif lname == b"transfer-encoding":
-                req.chunked = b"chunked" in value.lower()
-            elif lname == b"expect":
-                req.expect = value.lower() == b"100-continue"
+        expect = req.header(b"expect")
+        req.expect = expect is not None and expect.lower() == b"100-continue"
         if req.path == "/echo":
             req.mode = _BUFFER
-        elif req.path == "/ws" and parser.should_upgrade():
-            req.ws = b"websocket" in (req.header(b"upgrade") or b"").lower()
+        elif req.path == "/ws" and req.header(b"upgrade") is not None:
+            req.ws = request.upgrade is not None
             req.keep_alive = False  # anything but a 101 ends the connection
         self._advance()
 
-    def on_body(self, body: bytes) -> None:
+    def _on_body(self, body: bytes) -> None:
         req = self._current
         assert req is not None
         if req.mode == _STREAM:
@@ -311,7 +313,7 @@ class _Connection(asyncio.Protocol):
             req.body.append(body)
             req.buffered += len(body)
 
-    def on_message_complete(self) -> None:
+    def _on_message_complete(self) -> None:
         req = self._current
         assert req is not None
         req.complete = True

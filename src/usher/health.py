@@ -9,6 +9,7 @@ task per backend of a pool and tells the pool when a verdict changes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -21,10 +22,20 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-import httptools
-
 from usher.clock import Clock
 from usher.config import HostPort, parse_status_ranges
+from usher.errors import UpstreamProtocolError
+from usher.http.codec import (
+    ClientWriter,
+    Data,
+    EndOfMessage,
+    Event,
+    Headers,
+    Request,
+    Response,
+    ResponseReader,
+    Upgraded,
+)
 from usher.l4.accept import connect
 from usher.proxy_protocol import encode_v1, encode_v2_local
 from usher.tls import upstream_context
@@ -171,8 +182,8 @@ def _describe(exc: BaseException, timeout: float) -> str:
         return f"tls error: {exc.reason or exc}"
     if isinstance(exc, ConnectionResetError):
         return "connection reset"
-    if isinstance(exc, httptools.HttpParserError):
-        return f"invalid response: {exc}"
+    if isinstance(exc, UpstreamProtocolError):
+        return str(exc)  # "invalid response: ..." from the codec's reader
     if isinstance(exc, OSError) and exc.strerror:
         text = exc.strerror[:1].lower() + exc.strerror[1:]
         return f"cannot resolve host: {text}" if isinstance(exc, socket.gaierror) else text
@@ -217,13 +228,14 @@ async def probe_tcp(host: str, port: int, check: HealthCheck) -> Result:
 
 
 class _HttpExchange(asyncio.Protocol):
-    """Writes one request and parses the response, up to `BODY_LIMIT` of body."""
+    """Writes one request and reads the response with the codec, up to `BODY_LIMIT` of body."""
 
-    def __init__(self, request: bytes, done: asyncio.Future[None], *, head: bool) -> None:
-        self.request = request
+    def __init__(self, method: bytes, path: bytes, headers: Headers, done: asyncio.Future[None]):
         self.done = done
-        self.head = head  # a response to HEAD has no body, whatever Content-Length says
-        self.parser = httptools.HttpResponseParser(self)
+        self.reader = ResponseReader()
+        writer = ClientWriter(self.reader)  # tells the reader a HEAD answer has no body
+        self.request = writer.send(Request(method, path, b"1.1", headers))
+        self.request += writer.send(EndOfMessage())
         self.status: int | None = None
         self.body = bytearray()
         self.complete = False
@@ -243,39 +255,39 @@ class _HttpExchange(asyncio.Protocol):
         if self.done.done():
             return
         try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+            self._events(self.reader.feed(data))
+        except UpstreamProtocolError as exc:
             self._finish(exc)
 
     def eof_received(self) -> bool:
+        if not self.done.done():
+            # eof() ends a body that runs to the close; cut short, it raises, and
+            # connection_lost ends the exchange with what came.
+            with contextlib.suppress(UpstreamProtocolError):
+                self._events(self.reader.eof())
         return False  # close our side too; connection_lost ends the exchange
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._finish(exc)
 
-    # parser events
-
-    def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
-        if status >= 200:
-            self.status = status
-            if self.head or status in (204, 304):
+    def _events(self, events: list[Event]) -> None:
+        for event in events:
+            if self.done.done():
+                return
+            kind = type(event)
+            if kind is Response:
+                assert isinstance(event, Response)
+                if not event.interim:  # an interim 1xx answer: the real one follows
+                    self.status = event.status
+            elif kind is Data and self.status is not None:
+                assert isinstance(event, Data)
+                room = BODY_LIMIT - len(self.body)
+                self.body += event.data[:room]
+                if len(self.body) >= BODY_LIMIT:
+                    self._finish()
+            elif kind is EndOfMessage or kind is Upgraded:
                 self.complete = True
                 self._finish()
-
-    def on_body(self, body: bytes) -> None:
-        if self.status is None:
-            return
-        room = BODY_LIMIT - len(self.body)
-        self.body += body[:room]
-        if len(self.body) >= BODY_LIMIT:
-            self._finish()
-
-    def on_message_complete(self) -> None:
-        if self.status is None:  # an interim 1xx answer: the real one follows
-            return
-        self.complete = True
-        self._finish()
 
 
 async def _http_request(
@@ -291,13 +303,15 @@ async def _http_request(
 ) -> tuple[int, bytes]:
     """(status, first `BODY_LIMIT` bytes of the body) of one request; raises on failure.
     `preamble` (a PROXY header) is sent first, in the clear."""
-    request = (
-        f"{method} {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: {USER_AGENT}\r\n"
-        "Accept: */*\r\nConnection: close\r\n\r\n"
-    ).encode("latin-1")
+    headers = [
+        (b"Host", host_header.encode("latin-1")),
+        (b"User-Agent", USER_AGENT.encode("latin-1")),
+        (b"Accept", b"*/*"),
+        (b"Connection", b"close"),
+    ]
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
-    exchange = _HttpExchange(request, done, head=method.upper() == "HEAD")
+    exchange = _HttpExchange(method.encode("latin-1"), path.encode("latin-1"), headers, done)
     name = (server_hostname or host) if ssl_context is not None else None
     if preamble is None:
         transport, _ = await loop.create_connection(

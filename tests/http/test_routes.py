@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 
 import httpx
 
-from tests.conftest import pool_of
+from tests.conftest import pool_of, raw_exchange
 
 
 def config(a, b, routes):
@@ -113,3 +114,32 @@ async def test_prefix_rewrite(backends, balancer):
         assert (await client.get(lb.url("/api/headers?x=1"))).json()["path"] == "/headers?x=1"
         assert (await client.get(lb.url("/api"))).text == "A\n"
         assert (await client.get(lb.url("/v2/203"))).status_code == 203
+
+
+async def test_usher_own_answer_to_head_has_no_body(backends, balancer):
+    """An error page to HEAD is the head only: a body would be read as the next answer."""
+    a, b = await backends(2)
+    lb = await balancer(config(a, b, [{"match": {"path_prefix": "/only"}, "pool": "a"}]))
+    reader, writer = await asyncio.open_connection("127.0.0.1", lb.port)
+    try:
+        writer.write(
+            b"HEAD /elsewhere HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /elsewhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        data = await asyncio.wait_for(reader.read(-1), 10)
+    finally:
+        writer.close()
+    first, _, rest = data.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 404 ") and b"Content-Length: " in first
+    assert rest.startswith(b"HTTP/1.1 404 ")
+    assert b"no route" in rest
+
+
+async def test_usher_own_answer_keeps_an_http10_keep_alive_client(backends, balancer):
+    a, b = await backends(2)
+    lb = await balancer(config(a, b, [{"match": {"path_prefix": "/only"}, "pool": "a"}]))
+    data = b"GET /elsewhere HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+    (response,), closed = await raw_exchange(lb.port, data)
+    assert response.status == 404
+    assert response.header("connection") == "keep-alive"
+    assert not closed

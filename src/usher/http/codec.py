@@ -10,6 +10,7 @@ see `RequestReader._new_parser`) leaves that header to usher, which takes plain 
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from typing import Final
 
@@ -46,11 +47,11 @@ class Request:
         version: bytes,
         headers: Headers,
         *,
-        host: bytes,
-        keep_alive: bool,
-        chunked: bool,
-        content_length: int | None,
-        upgrade: bytes | None,
+        host: bytes = b"",
+        keep_alive: bool = True,
+        chunked: bool = False,
+        content_length: int | None = None,
+        upgrade: bytes | None = None,
     ) -> None:
         self.method = method
         self.target = target
@@ -91,9 +92,9 @@ class Response:
         version: bytes,
         headers: Headers,
         *,
-        keep_alive: bool,
-        chunked: bool,
-        content_length: int | None,
+        keep_alive: bool = True,
+        chunked: bool = False,
+        content_length: int | None = None,
         codings: tuple[bytes, ...] = (),
     ) -> None:
         self.status = status
@@ -112,6 +113,20 @@ class Response:
 
     def __repr__(self) -> str:
         return f"<Response {self.status}>"
+
+
+class InformationalResponse:
+    """An interim 1xx answer to send (100 Continue, 103 Early Hints); 101 is a `Response`."""
+
+    __slots__ = ("headers", "reason", "status")
+
+    def __init__(self, status: int, headers: Headers | None = None, reason: bytes = b"") -> None:
+        self.status = status
+        self.headers = headers or []
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"<InformationalResponse {self.status}>"
 
 
 class Data:
@@ -225,6 +240,7 @@ class RequestReader:
         "_parser",
         "_pending_error",
         "_raw_body",
+        "_require_host",
         "_trailer_bytes",
         "_trailers",
         "_unframed",
@@ -238,8 +254,12 @@ class RequestReader:
         limits: HeadLimits | None = None,
         *,
         upgrade_filter: Callable[[Request], bytes | None] | None = None,
+        require_host: bool = True,
     ) -> None:
         self._limits = limits or HeadLimits()
+        # RFC 9112 §3.2 wants a Host in every HTTP/1.1 request; the demo origin, which is
+        # no proxy and routes nothing on it, lets a bare `GET / HTTP/1.1` by.
+        self._require_host = require_host
         # Given an upgrade request, the Upgrade value to keep, or None to decline the upgrade
         # and read the request (and its body) as plain HTTP/1.1. None: every upgrade is kept.
         self._upgrade_filter = upgrade_filter
@@ -470,7 +490,7 @@ class RequestReader:
             if refusal is not None:
                 self._pending_error = refusal
                 raise refusal
-        if hosts > 1 or (hosts == 0 and version == b"1.1"):
+        if hosts > 1 or (hosts == 0 and version == b"1.1" and self._require_host):
             self._fail(400, "a request needs exactly one Host header")
         max_body = limits.max_body_size
         if max_body is not None and content_length is not None and content_length > max_body:
@@ -797,3 +817,267 @@ def encode_last_chunk(trailers: Headers | None) -> bytes:
     if not trailers:
         return LAST_CHUNK
     return b"0\r\n" + encode_headers(trailers) + CRLF
+
+
+# Writers: events in, bytes out, with the framing rules in one place (h11's shape).
+
+
+class ConnState(enum.Enum):
+    """Where one side of a connection is: h11's states, less the ones usher never needs."""
+
+    IDLE = "IDLE"  # between messages (an interim 1xx answer leaves the server side here)
+    SEND_BODY = "SEND_BODY"  # the head went out; Data, then EndOfMessage
+    DONE = "DONE"  # the message ended and the connection may carry another
+    MUST_CLOSE = "MUST_CLOSE"  # the message ended and the connection must close
+    SWITCHED = "SWITCHED"  # a 101 (or an upgrade): the bytes are no longer HTTP
+
+
+class LocalProtocolError(Exception):
+    """usher asked a writer for something HTTP/1.1 does not allow: a bug in the caller."""
+
+
+_NO_BODY_STATUSES: Final = frozenset({204, 304})
+_CONNECTION_CLOSE: Final = (b"Connection", b"close")
+_CONNECTION_KEEP_ALIVE: Final = (b"Connection", b"keep-alive")
+
+
+def _content_length(value: bytes) -> int:
+    if not value.isdigit():
+        raise LocalProtocolError(f"Content-Length {value!r} is not a number")
+    return int(value)
+
+
+def _asks_close(value: bytes) -> bool:
+    return any(t.strip(b" \t").lower() == b"close" for t in value.split(b","))
+
+
+class _Framing:
+    """The framing headers of a head given to a writer, and the head without them."""
+
+    __slots__ = ("chunked", "close", "content_length", "length_at", "rest", "te_at")
+
+    def __init__(self, headers: Headers, *, keep_connection: bool) -> None:
+        # `rest`: the headers in their order, the framing ones still in place (their
+        # positions noted) so a head the caller framed comes out as it was given.
+        self.rest: Headers = []
+        self.content_length: int | None = None
+        self.chunked = False
+        self.close = False
+        self.length_at = self.te_at = -1
+        for header in headers:
+            name = header[0].lower()
+            if name == b"content-length":
+                if self.length_at >= 0:
+                    raise LocalProtocolError("more than one Content-Length")
+                self.content_length = _content_length(header[1])
+                self.length_at = len(self.rest)
+            elif name == b"transfer-encoding":
+                if self.te_at >= 0 or transfer_codings([header]) != _PLAIN_CHUNKED:
+                    raise LocalProtocolError("a writer frames with plain chunked only")
+                self.chunked = True
+                self.te_at = len(self.rest)
+            elif name == b"connection":
+                self.close = self.close or _asks_close(header[1])
+                if not keep_connection:
+                    continue  # the writer says keep-alive or close itself
+            self.rest.append(header)
+        if self.length_at >= 0 and self.te_at >= 0:
+            raise LocalProtocolError("both Content-Length and Transfer-Encoding")
+
+    def headers(self, *, length: bool, chunked: bool) -> Headers:
+        """`rest` with only the framing asked for: given ones kept in place, others appended."""
+        headers = [
+            h
+            for i, h in enumerate(self.rest)
+            if (i != self.length_at or length) and (i != self.te_at or chunked)
+        ]
+        if length and self.length_at < 0:
+            headers.append((b"Content-Length", b"%d" % (self.content_length or 0)))
+        if chunked and self.te_at < 0:
+            headers.append((b"Transfer-Encoding", CHUNKED))
+        return headers
+
+
+class _BodyWriter:
+    """The body half shared by both writers: counts a length, chunks, or passes bytes."""
+
+    __slots__ = ("_chunked", "_left", "_must_close", "body_allowed", "our_state")
+
+    def __init__(self) -> None:
+        self.our_state = ConnState.IDLE
+        # After a head: whether it may carry body bytes (not for HEAD, 204, 304, nor a
+        # Content-Length of 0), for a caller holding a body it may have to leave out.
+        self.body_allowed = False
+        self._chunked = False
+        self._left: int | None = None  # bytes still owed under a Content-Length (or no body)
+        self._must_close = False
+
+    def _open_body(self, *, chunked: bool, length: int | None, must_close: bool) -> None:
+        self._chunked = chunked
+        self._left = length
+        self._must_close = must_close
+        self.body_allowed = length != 0
+        self.our_state = ConnState.SEND_BODY
+
+    def _body(self, event: Data | EndOfMessage) -> bytes:
+        if self.our_state is not ConnState.SEND_BODY:
+            raise LocalProtocolError(f"no body to send in state {self.our_state.name}")
+        if type(event) is Data:
+            data = event.data
+            if self._left is not None:
+                if len(data) > self._left:
+                    raise LocalProtocolError(f"{len(data)} bytes of body over the length")
+                self._left -= len(data)
+            return encode_chunk(data) if self._chunked else data
+        assert isinstance(event, EndOfMessage)
+        if self._left:
+            raise LocalProtocolError(f"the body ended {self._left} bytes short of its length")
+        self.our_state = ConnState.MUST_CLOSE if self._must_close else ConnState.DONE
+        # Trailers go only with chunked; elsewhere they may be dropped (RFC 9110 §6.5.1).
+        return encode_last_chunk(event.trailers) if self._chunked else b""
+
+
+class ServerWriter(_BodyWriter):
+    """Writes answers to a client: `begin(request)` with the request being answered (or not
+    at all, for an answer to bytes that were no request), then `send` its events.
+
+    The writer owns the framing and the connection headers: it writes Content-Length (kept
+    in place when given), chunked for an HTTP/1.1 client when no length is given, or a body
+    to the close for HTTP/1.0; no body for HEAD, 1xx, 204 and 304; `Connection: close`
+    when the connection ends with this answer (a `Connection: close` given, a client that
+    asked for it, a body to the close), `Connection: keep-alive` for an HTTP/1.0 client
+    that keeps it. The given Connection headers are dropped, except on a 101.
+    """
+
+    __slots__ = ("_head", "_keep_alive", "_reader", "_version")
+
+    def __init__(self, reader: RequestReader | None = None) -> None:
+        super().__init__()
+        self._reader = reader
+        self._head = False
+        self._version = b"1.1"
+        self._keep_alive = True
+
+    def begin(self, request: Request) -> None:
+        """The next answer is to `request` (its method, version and keep-alive count)."""
+        if self.our_state is ConnState.DONE:
+            self.our_state = ConnState.IDLE
+        if self.our_state is not ConnState.IDLE:
+            raise LocalProtocolError(f"a new answer in state {self.our_state.name}")
+        self._head = request.method == b"HEAD"
+        self._version = request.version
+        self._keep_alive = request.keep_alive
+
+    @property
+    def their_state(self) -> ConnState | None:
+        """The client's side, as the reader given at construction tells it (None without)."""
+        reader = self._reader
+        if reader is None:
+            return None
+        if reader.upgraded:
+            return ConnState.SWITCHED
+        return ConnState.IDLE if reader.idle else ConnState.SEND_BODY
+
+    def send(self, event: Response | InformationalResponse | Data | EndOfMessage) -> bytes:
+        kind = type(event)
+        if kind is Response:
+            assert isinstance(event, Response)
+            return self._response(event)
+        if kind is InformationalResponse:
+            assert isinstance(event, InformationalResponse)
+            return self._informational(event)
+        assert isinstance(event, (Data, EndOfMessage))
+        return self._body(event)
+
+    def _informational(self, event: InformationalResponse) -> bytes:
+        if not 100 <= event.status < 200 or event.status == 101:
+            raise LocalProtocolError(f"status {event.status} is not an interim answer")
+        if self.our_state is not ConnState.IDLE:
+            raise LocalProtocolError(f"an interim answer in state {self.our_state.name}")
+        if self._version != b"1.1":
+            return b""  # RFC 9110 §15.2: no 1xx to an HTTP/1.0 client
+        framing = _Framing(event.headers, keep_connection=False)
+        headers = framing.headers(length=False, chunked=False)
+        return encode_response_head(event.status, event.reason, headers)
+
+    def _response(self, response: Response) -> bytes:
+        status = response.status
+        if status < 200 and status != 101:
+            raise LocalProtocolError(f"status {status} goes in an InformationalResponse")
+        if self.our_state is not ConnState.IDLE:
+            raise LocalProtocolError(f"an answer in state {self.our_state.name}")
+        if status == 101:
+            framing = _Framing(response.headers, keep_connection=True)
+            self.our_state = ConnState.SWITCHED
+            headers = framing.headers(length=False, chunked=False)
+            return encode_response_head(status, response.reason, headers)
+        framing = _Framing(response.headers, keep_connection=False)
+        keep_alive = self._keep_alive and not framing.close
+        no_body = self._head or status in _NO_BODY_STATUSES
+        length = framing.content_length
+        chunked = False
+        if length is not None:
+            # A HEAD or 304 answer may say the length of the body it does not carry.
+            send_length = status != 204
+            owed: int | None = 0 if no_body else length
+        elif no_body:
+            send_length, owed = False, 0
+        elif self._version == b"1.1":
+            send_length, owed, chunked = False, None, True
+        else:
+            send_length, owed, keep_alive = False, None, False  # a body to the close
+        headers = framing.headers(length=send_length, chunked=chunked)
+        if not keep_alive:
+            headers.append(_CONNECTION_CLOSE)
+        elif self._version == b"1.0":
+            headers.append(_CONNECTION_KEEP_ALIVE)
+        self._open_body(chunked=chunked, length=owed, must_close=not keep_alive)
+        return encode_response_head(status, response.reason, headers)
+
+
+class ClientWriter(_BodyWriter):
+    """Writes requests to a server, always as HTTP/1.1. The body's framing is the given
+    Content-Length or `Transfer-Encoding: chunked`; with neither, the request has no body.
+    Connection headers are sent as given; `close` among them ends the connection after
+    the answer (`our_state` MUST_CLOSE)."""
+
+    __slots__ = ("_reader",)
+
+    def __init__(self, reader: ResponseReader | None = None) -> None:
+        super().__init__()
+        self._reader = reader
+
+    @property
+    def their_state(self) -> ConnState | None:
+        """The server's side, as the reader given at construction tells it (None without)."""
+        reader = self._reader
+        if reader is None:
+            return None
+        if reader.done:
+            return ConnState.DONE if reader.reusable else ConnState.MUST_CLOSE
+        return ConnState.IDLE if reader.idle else ConnState.SEND_BODY
+
+    def start_next_cycle(self) -> None:
+        """The answer came and the connection is reused: the next request may go."""
+        if self.our_state is not ConnState.DONE:
+            raise LocalProtocolError(f"no next request in state {self.our_state.name}")
+        self.our_state = ConnState.IDLE
+
+    def send(self, event: Request | Data | EndOfMessage) -> bytes:
+        if type(event) is not Request:
+            assert isinstance(event, (Data, EndOfMessage))
+            return self._body(event)
+        assert isinstance(event, Request)
+        if self.our_state is not ConnState.IDLE:
+            raise LocalProtocolError(f"a request in state {self.our_state.name}")
+        framing = _Framing(event.headers, keep_connection=True)
+        length = framing.content_length
+        self._open_body(
+            chunked=framing.chunked,
+            length=None if framing.chunked else length or 0,
+            must_close=framing.close,
+        )
+        if self._reader is not None:
+            self._reader.expect(event.method)
+        headers = framing.headers(length=length is not None, chunked=framing.chunked)
+        return encode_request_head(event.method, event.target, headers)

@@ -27,9 +27,11 @@ from usher.http.codec import (
     Event,
     Headers,
     HeadLimits,
+    InformationalResponse,
     Request,
     RequestReader,
     Response,
+    ServerWriter,
     Upgraded,
     encode_chunk,
     encode_last_chunk,
@@ -191,7 +193,16 @@ class HttpListener:
 
 
 # Sent by usher itself when it, not a backend, must read the body first.
-CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+CONNECTION_CLOSE: Final = (b"Connection", b"close")
+
+
+def answer_writer(request: Request | None) -> ServerWriter:
+    """A writer for one answer usher makes itself, to `request` (None: to bytes that were no
+    request, answered as to an HTTP/1.1 GET)."""
+    writer = ServerWriter()
+    if request is not None:
+        writer.begin(request)
+    return writer
 
 
 def own_refusal(inbox: deque[Event | ClientError]) -> ClientError | None:
@@ -514,9 +525,16 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def send_error(
-        self, status: int, detail: str, *, keep_alive: bool, headers: Headers | None = None
+        self,
+        status: int,
+        detail: str,
+        *,
+        keep_alive: bool,
+        headers: Headers | None = None,
+        request: Request | None = None,
     ) -> int:
-        """Write a short text error page; returns the body length."""
+        """Write a short text error page (to `request`, when there is one: a HEAD gets the
+        head only); returns the body length sent."""
         reason = REASONS.get(status, b"Error")
         body = b"%d %s: %s\n" % (status, reason, detail.encode())
         headers = [
@@ -527,8 +545,12 @@ class ClientConnection(asyncio.Protocol):
         if self.listener.hsts is not None:
             headers.append(self.listener.hsts)
         if not keep_alive:
-            headers.append((b"Connection", b"close"))
-        self.write(encode_response_head(status, reason, headers) + body)
+            headers.append(CONNECTION_CLOSE)
+        writer = answer_writer(request)
+        head = writer.send(Response(status, reason, b"1.1", headers))
+        if not writer.body_allowed:
+            body = b""
+        self.write(head + writer.send(Data(body)) + writer.send(EndOfMessage()))
         return len(body)
 
     def close(self) -> None:
@@ -809,7 +831,7 @@ class Exchange:
             assert edge is not None
             edge.head = (request.method, target, headers)
             if self.expects_continue:
-                client.write(CONTINUE)
+                client.write(answer_writer(request).send(InformationalResponse(100)))
                 self.continued = True  # a backend's own 100 later is not passed on
                 self.open_body_clock()
             return  # the body rules decide first (EdgeState.decide)
@@ -1412,7 +1434,7 @@ class Exchange:
         if edge is not None and edge.response_headers:
             headers = [*(headers or ()), *edge.response_headers]
         self.bytes_out = self.client.send_error(
-            status, detail, keep_alive=self.keep_alive, headers=headers
+            status, detail, keep_alive=self.keep_alive, headers=headers, request=self.request
         )
         self.response_started = self.response_done = True
         self._finish(status < 500, close=not self.keep_alive)
@@ -1425,8 +1447,10 @@ class Exchange:
         if self.client.listener.hsts is not None:
             headers.append(self.client.listener.hsts)
         if not self.keep_alive:
-            headers.append((b"Connection", b"close"))
-        self.client.write(encode_response_head(status, b"", headers))
+            headers.append(CONNECTION_CLOSE)
+        writer = answer_writer(self.request)
+        head = writer.send(Response(status, b"", b"1.1", headers))
+        self.client.write(head + writer.send(EndOfMessage()))
         self.response_started = self.response_done = True
         self._finish(True, close=not self.keep_alive)
 
