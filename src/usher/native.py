@@ -42,6 +42,13 @@ COMPILED_MODULES: Final = (
     "usher.acl",
     "usher.metrics",
     "usher.logs",
+    "usher.balancing",
+    "usher.balancing.hashing",
+    "usher.balancing.latency",
+    "usher.balancing.least",
+    "usher.balancing.random",
+    "usher.balancing.resource",
+    "usher.balancing.round_robin",
 )
 PURE_VARIABLE: Final = "USHER_PURE"
 # The directory that holds the usher package (src/ in a checkout).

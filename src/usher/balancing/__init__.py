@@ -36,7 +36,8 @@ class SelectionContext(Protocol):
 
 
 class Algorithm(ABC):
-    """Base of every balancing algorithm. Subclasses register with `@register("name", ...)`."""
+    """Base of every balancing algorithm. Subclasses register with `register("name", ...)(cls)`
+    after the class: a class decorator would keep mypyc from compiling it as a native class."""
 
     name: ClassVar[str] = ""
 
@@ -53,6 +54,12 @@ class Algorithm(ABC):
         self.seed = seed
         self.clock = clock or MonotonicClock()
         self.options = options
+        self.prepare()
+
+    def prepare(self) -> None:
+        """Build the algorithm's own state from `backends`, `seed` and `options` (called last by
+        `__init__`). A hook rather than an `__init__(backends, **kwargs)` of each subclass:
+        compiled, `super().__init__(backends, **kwargs)` passes the dict as `seed`."""
 
     @abstractmethod
     def candidates(self, ctx: SelectionContext) -> Iterator[Backend]:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from usher.balancing import SelectionContext, Stepwise, any_backend, register, smooth_step
 
@@ -11,13 +10,11 @@ if TYPE_CHECKING:
     from usher.pool import Backend
 
 
-@register("round_robin", "weighted_round_robin")
 class RoundRobin(Stepwise):
     """Each pick adds every eligible backend's weight to its running score, takes the highest,
     and subtracts the total from the winner: heavy backends win often but never in long runs."""
 
-    def __init__(self, backends: Sequence[Backend], **kwargs: Any) -> None:
-        super().__init__(backends, **kwargs)
+    def prepare(self) -> None:
         n = len(self.backends)
         self._current: list[float] = [0.0] * n
         # The seed advances the sequence, so that workers do not move in lockstep.
@@ -26,6 +23,9 @@ class RoundRobin(Stepwise):
 
     def pick(self, ctx: SelectionContext, excluded: int) -> int:
         return smooth_step(self.backends, self._current, _effective_weight, ctx.eligible, excluded)
+
+
+register("round_robin", "weighted_round_robin")(RoundRobin)
 
 
 def _effective_weight(backend: Backend) -> float:
