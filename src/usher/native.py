@@ -42,6 +42,8 @@ COMPILED_MODULES: Final = (
     "usher.acl",
     "usher.metrics",
     "usher.logs",
+    "usher.pool",
+    "usher.clock",
     "usher.balancing",
     "usher.balancing.hashing",
     "usher.balancing.latency",
