@@ -23,10 +23,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from algorithms import free_port, wait_for
 
 USHER = [sys.executable, "-m", "usher"]
 WARMUP = 200
@@ -92,24 +95,6 @@ def per_request(few: Counts, many: Counts, extra_requests: int) -> list[dict[str
 # Running usher.
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited with {proc.returncode} before listening on {port}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on {port} after {timeout:.0f}s")
-
-
 def get_many(port: int, count: int, timeout: float) -> None:
     """`count` GETs on one keep-alive connection, each answered 200 before the next is sent."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
@@ -161,8 +146,8 @@ def measure_run(
             cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=log
         )
     try:
-        wait_for_port(backend_port, backend, 30)
-        wait_for_port(port, usher, 600)  # python under valgrind starts slowly
+        wait_for(backend_port, backend, 30)
+        wait_for(port, usher, 600)  # python under valgrind starts slowly
         get_many(port, WARMUP + requests, timeout=60)
         usher.send_signal(signal.SIGTERM)
         if usher.wait(timeout=600) != 0:
