@@ -119,7 +119,7 @@ def settle(
     for module in modules:
         extension = extension_of(module, root)
         if extension is None:
-            return Mode(False, "not built: `make` compiles it")
+            return Mode(False, "not built: `make` compiles it, given a C compiler")
         if extension.stat().st_mtime < source_of(module, root).stat().st_mtime:
             return Mode(False, f"stale build: {module} changed since; `make` rebuilds it")
     return Mode(True, "built from the current sources")
