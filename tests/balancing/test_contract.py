@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from usher.balancing import ALGORITHMS, Algorithm, get_algorithm, registered_names
+from usher.balancing import ALGORITHMS, Algorithm, Stepwise, get_algorithm, registered_names
 from usher.clock import ManualClock
 from usher.config import PoolConfig
 from usher.pool import Backend, Pool, Selection
@@ -221,3 +221,26 @@ def test_candidates_without_start_or_finish(name: str) -> None:
     chosen = {pool.select(selection(pool, client)) for client in range(300)}
     assert None not in chosen
     assert chosen <= set(pool.backends)
+
+
+class FirstEligible(Stepwise):
+    """An algorithm written in Python, as a user would: it subclasses the (compiled) base."""
+
+    def prepare(self) -> None:
+        self.prepared = True
+
+    def pick(self, ctx: Any, excluded: int) -> int:
+        for i, backend in enumerate(self.backends):
+            if not excluded >> i & 1 and ctx.eligible(backend):
+                return i
+        return -1
+
+
+def test_an_algorithm_written_in_python_subclasses_the_base() -> None:
+    pool = make_pool("round_robin", [1, 1, 1])
+    backends = list(pool.backends)
+    algorithm = FirstEligible(backends, seed=1, clock=ManualClock())
+    assert algorithm.prepared and algorithm.seed == 1
+    selection = Selection("10.0.0.1", 0.0)
+    selection.tried.append(backends[0])
+    assert list(algorithm.candidates(selection)) == backends[1:]
