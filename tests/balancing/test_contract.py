@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from usher.balancing import ALGORITHMS, Algorithm, Stepwise, get_algorithm, registered_names
+from usher.balancing.round_robin import RoundRobin
 from usher.clock import ManualClock
 from usher.config import PoolConfig
 from usher.pool import Backend, Pool, Selection
@@ -244,3 +245,18 @@ def test_an_algorithm_written_in_python_subclasses_the_base() -> None:
     selection = Selection("10.0.0.1", 0.0)
     selection.tried.append(backends[0])
     assert list(algorithm.candidates(selection)) == backends[1:]
+
+
+class QuietRoundRobin(RoundRobin):
+    """A built-in algorithm extended in Python (compiled, it has to allow that)."""
+
+    def on_start(self, backend: Backend) -> None:
+        self.started = backend
+
+
+def test_a_built_in_algorithm_can_be_extended_in_python() -> None:
+    backends = list(make_pool("round_robin", [1, 1]).backends)
+    algorithm = QuietRoundRobin(backends, seed=0, clock=ManualClock())
+    first = next(algorithm.candidates(Selection("10.0.0.1", 0.0)))
+    algorithm.on_start(first)
+    assert algorithm.started is first

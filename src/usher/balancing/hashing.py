@@ -10,6 +10,8 @@ from hashlib import blake2b
 from itertools import accumulate
 from typing import TYPE_CHECKING
 
+from mypy_extensions import mypyc_attr
+
 from usher.balancing import Algorithm, SelectionContext, register
 
 if TYPE_CHECKING:
@@ -41,6 +43,7 @@ def _rehash(h: int) -> int:
     return h ^ (h >> 31)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a user may extend it
 class IpHash(Algorithm):
     """The client address picks a slot in a table where each backend has `weight` slots (nginx).
 
@@ -85,6 +88,7 @@ class IpHash(Algorithm):
 register("ip_hash")(IpHash)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a user may extend it
 class ConsistentHash(Algorithm):
     """A ketama ring: each backend owns points in proportion to its weight, a key goes to the
     owner of the first point clockwise from its hash, and ineligible owners are walked past.

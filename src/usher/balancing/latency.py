@@ -8,6 +8,8 @@ import random
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from mypy_extensions import mypyc_attr
+
 from usher.balancing import Algorithm, SelectionContext, Stepwise, register
 from usher.balancing.least import FairTies
 
@@ -26,6 +28,7 @@ def _decay_of(algorithm: Algorithm) -> float:
     return options.ewma_decay if options is not None else DEFAULT_EWMA_DECAY
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a user may extend it
 class LeastResponseTime(Stepwise):
     """Lowest `(active + 1) * latency / effective_weight`, latency being the pool's EWMA.
 
@@ -97,6 +100,7 @@ class LeastResponseTime(Stepwise):
 register("least_response_time")(LeastResponseTime)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a user may extend it
 class PowerOfTwoChoices(Algorithm):
     """Draws two distinct eligible backends at random by effective weight and prefers the lower
     `cost * (active + 1) / effective_weight`, cost being its own peak-EWMA of latency.

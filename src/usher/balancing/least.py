@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from mypy_extensions import mypyc_attr
+
 from usher.balancing import SelectionContext, Stepwise, register
 
 if TYPE_CHECKING:
@@ -48,6 +50,7 @@ class FairTies:
         self._tags[index] = start + (1.0 / weight if weight > 0 else 1.0)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a user may extend it
 class LeastConnections(Stepwise):
     """Lowest `in_flight() / effective_weight` first; exact ties go by `FairTies`."""
 

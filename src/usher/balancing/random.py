@@ -6,12 +6,15 @@ import random
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from mypy_extensions import mypyc_attr
+
 from usher.balancing import Algorithm, SelectionContext, register
 
 if TYPE_CHECKING:
     from usher.pool import Backend
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a user may extend it
 class WeightedRandom(Algorithm):
     """One pass per pick (weighted reservoir sampling of one): no totals to keep up to date when
     weights change under slow start. Retries draw again among the backends not yet offered."""

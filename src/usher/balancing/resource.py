@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from mypy_extensions import mypyc_attr
+
 from usher.balancing import SelectionContext, Stepwise, any_backend, register, smooth_step
 
 if TYPE_CHECKING:
@@ -32,6 +34,7 @@ def _floor(backend: Backend) -> float:
     return weight if weight > 0 else 0.0
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a user may extend it
 class Resource(Stepwise):
     """Smooth weighted round robin (as `round_robin`) over the headroom of each backend, read
     afresh on every pick, so the split follows the reports as closely as it can.

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from mypy_extensions import mypyc_attr
+
 from usher.balancing import SelectionContext, Stepwise, any_backend, register, smooth_step
 
 if TYPE_CHECKING:
     from usher.pool import Backend
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a user may extend it
 class RoundRobin(Stepwise):
     """Each pick adds every eligible backend's weight to its running score, takes the highest,
     and subtracts the total from the winner: heavy backends win often but never in long runs."""
