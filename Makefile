@@ -3,7 +3,12 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v p
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-.PHONY: demo test lint fmt docs screenshot clean system-tools bench bench-algorithms bench-failover bench-tcp bench-state cluster-demo
+# The hot path compiled with mypyc (src/usher/native.py lists the modules), built in place next
+# to the sources. Rebuilt when any source changes: compiled code relies on the types of the
+# modules it imports. Without a C compiler the build warns and usher runs pure.
+COMPILED := $(VENV)/.compiled
+SOURCES := $(shell find src/usher -name '*.py')
+.PHONY: demo test test-compiled test-pure lint fmt docs screenshot clean system-tools bench bench-algorithms bench-failover bench-tcp bench-state cluster-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,11 +18,15 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+$(COMPILED): $(STAMP) setup.py $(SOURCES)
+	$(BIN)/python setup.py --quiet build_ext --inplace
+	touch $(COMPILED)
+
+demo: $(COMPILED)
 	$(BIN)/usher demo
 
 # Two usher nodes and one Redis on this machine: what they share, and Redis killed under load.
-cluster-demo: $(STAMP) system-tools
+cluster-demo: $(COMPILED) system-tools
 	$(BIN)/python scripts/cluster_demo.py
 
 # System tools the tests drive: Debian's Chromium (the dashboard's browser test), promtool, dig
@@ -37,43 +46,52 @@ system-tools:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-test: $(STAMP) system-tools
-	$(BIN)/python -m pytest -q
+# The suite twice: on the compiled hot path, then on the same sources uncompiled (USHER_PURE=1).
+test: test-compiled test-pure
 	$(BIN)/python scripts/gen_config_reference.py --check
 
+test-compiled: $(COMPILED) system-tools
+	$(BIN)/usher version
+	$(BIN)/python -m pytest -q
+
+test-pure: $(COMPILED) system-tools
+	USHER_PURE=1 $(BIN)/usher version
+	USHER_PURE=1 $(BIN)/python -m pytest -q
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests scripts bench examples
-	$(BIN)/ruff format --check src tests scripts bench examples
+	$(BIN)/ruff check setup.py src tests scripts bench examples
+	$(BIN)/ruff format --check setup.py src tests scripts bench examples
 	$(BIN)/mypy
 
 fmt: $(STAMP)
-	$(BIN)/ruff format src tests scripts bench examples
-	$(BIN)/ruff check --fix src tests scripts bench examples
+	$(BIN)/ruff format setup.py src tests scripts bench examples
+	$(BIN)/ruff check --fix setup.py src tests scripts bench examples
 
 # usher against nginx and HAProxy (docs/performance.md). Options: make bench ARGS="--rounds 5".
-bench: $(STAMP)
+bench: $(COMPILED)
 	$(BIN)/python bench/proxies.py $(ARGS)
 
-bench-algorithms: $(STAMP)
+bench-algorithms: $(COMPILED)
 	$(BIN)/python bench/algorithms.py
 
-bench-failover: $(STAMP)
+bench-failover: $(COMPILED)
 	$(BIN)/python bench/failover.py
 
 # Cost per operation of the state shared by the workers (docs/workers.md).
-bench-state: $(STAMP)
+bench-state: $(COMPILED)
 	$(BIN)/python bench/state.py
 
 # TCP bulk transfer: usher plain vs splice vs HAProxy mode tcp.
-bench-tcp: $(STAMP)
+bench-tcp: $(COMPILED)
 	$(BIN)/python bench/tcp.py
 
 docs: $(STAMP)
 	$(BIN)/python scripts/gen_config_reference.py
 
 # Refreshes docs/dashboard.png, the README's picture, from the browser test.
-screenshot: $(STAMP) system-tools
+screenshot: $(COMPILED) system-tools
 	USHER_SCREENSHOT=1 $(BIN)/pytest -q tests/admin/test_dashboard.py -k screenshot
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find src -name '*.so' -delete

@@ -47,8 +47,9 @@ from harness import (
 
 USHER = [sys.executable, "-m", "usher"]
 CANDIDATES = ["direct", "nginx", "haproxy", "usher"]
-# --usher-baseline: other copies of usher's source, run as the extra candidates "usher@NAME".
-USHER_BASELINES: dict[str, str] = {}
+# Extra usher candidates "usher@NAME" and the environment each runs with: --usher-baseline
+# (another copy of usher's source first on the path) and --usher-pure (USHER_PURE=1).
+USHER_VARIANTS: dict[str, dict[str, str]] = {}
 SMALL_BODY = "hello, world\n"
 MIB = 1024 * 1024
 # Connections each balancer accepts: room for the memory scenario's idle clients.
@@ -353,10 +354,10 @@ def start_candidate(name: str, mode: str, backends: list[int], work: Path, cpus:
         if check.returncode != 0:
             raise Unsupported("usher: " + (check.stdout + check.stderr).strip().splitlines()[-1])
         cmd = [*USHER, "run", "-c", str(cfg), "--workers", "1", "--no-access-log"]
-        if name in USHER_BASELINES:
+        if name in USHER_VARIANTS:
             # Another copy of usher's source (e.g. `git archive` of an older commit) first on
-            # the path: before/after figures for a change, from one interleaved run.
-            env = {**os.environ, "PYTHONPATH": USHER_BASELINES[name]}
+            # the path, or this one uncompiled: before/after figures from one interleaved run.
+            env = {**os.environ, **USHER_VARIANTS[name]}
             return Running(name, port, spawn(cmd, cpus, port, log, env))
     return Running(name, port, spawn(cmd, cpus, port, log))
 
@@ -443,7 +444,7 @@ def run_scenario(
     names = [
         c
         for c in args.candidates
-        if c in scenario.candidates or (c in USHER_BASELINES and "usher" in scenario.candidates)
+        if c in scenario.candidates or (c in USHER_VARIANTS and "usher" in scenario.candidates)
     ]
     skipped: dict[str, str] = {}
     samples: dict[str, list[dict[str, float]]] = {n: [] for n in names}
@@ -547,6 +548,13 @@ def print_table(results: dict[str, Any]) -> None:
         f"client on CPU {results['client_cpu']}; {results['duration']}s x {results['rounds']} "
         "interleaved rounds, medians; CPU = utime+stime of the balancer's process tree / requests"
     )
+    console.print(f"usher: {results['usher']}")
+
+
+def _usher_version() -> str:
+    """`usher version` of the `usher` candidate: the version and whether it runs compiled."""
+    result = subprocess.run([*USHER, "version"], capture_output=True, text=True, check=False)
+    return result.stdout.strip() or result.stderr.strip()
 
 
 def _x(value: float | None) -> str:
@@ -584,6 +592,11 @@ def main() -> int:
         help="also run the usher in SRC (a src/ dir, e.g. from `git archive`) as usher@NAME; "
         "repeatable: before/after figures of a change from one interleaved run",
     )
+    parser.add_argument(
+        "--usher-pure",
+        action="store_true",
+        help="also run this usher with USHER_PURE=1 (its hot path uncompiled) as usher@pure",
+    )
     args = parser.parse_args()
 
     # The package that brings each tool, for the install line.
@@ -607,9 +620,12 @@ def main() -> int:
         label, sep, src = spec.partition("=")
         if not sep or not Path(src, "usher", "__init__.py").is_file():
             parser.error(f"--usher-baseline {spec}: expected NAME=SRC, SRC holding usher/")
-        USHER_BASELINES[f"usher@{label}"] = str(Path(src).resolve())
+        USHER_VARIANTS[f"usher@{label}"] = {"PYTHONPATH": str(Path(src).resolve())}
         args.candidates.append(f"usher@{label}")
-    unknown += [c for c in args.candidates if c not in CANDIDATES and c not in USHER_BASELINES]
+    if args.usher_pure:
+        USHER_VARIANTS["usher@pure"] = {"USHER_PURE": "1"}
+        args.candidates.append("usher@pure")
+    unknown += [c for c in args.candidates if c not in CANDIDATES and c not in USHER_VARIANTS]
     if unknown or args.rounds < 1 or args.duration <= 0:
         parser.error(
             f"unknown scenario or candidate: {', '.join(unknown)}"
@@ -638,6 +654,7 @@ def main() -> int:
         "rounds": args.rounds,
         "duration": args.duration,
         "command": " ".join(["python", "bench/proxies.py", *sys.argv[1:]]),
+        "usher": _usher_version(),
         "scenarios": {},
     }
     with tempfile.TemporaryDirectory(prefix="usher-bench-") as tmp:

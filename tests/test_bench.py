@@ -115,3 +115,35 @@ def test_cpu_per_request_medians_and_ratios() -> None:
     assert harness.ratio(30.0, 20.0) == pytest.approx(1.5)
     assert harness.ratio(1.0, 0.0) is None
     assert harness.ratio(float("nan"), 2.0) is None
+
+
+per_request = _load("per_request")
+
+
+def test_callgrind_total_reads_the_totals_line() -> None:
+    text = "version: 1\ncreator: callgrind-3.19.0\nevents: Ir\nfn=main\n5 10\ntotals: 123456\n"
+    assert per_request.callgrind_total(text) == 123456
+    assert per_request.callgrind_total("events: Ir\nsummary: 42\n") == 42
+    with pytest.raises(ValueError, match="totals"):
+        per_request.callgrind_total("events: Ir\n")
+
+
+def test_per_request_counts_only_what_the_extra_requests_added() -> None:
+    feed = ("/src/usher/http/codec.py", 229, "feed")
+    startup = ("/src/usher/config.py", 10, "load")
+    builtin = ("~", 0, "<method 'append' of 'list' objects>")
+    few = {feed: (110, 0.011), startup: (1, 0.5), builtin: (300, 0.003)}
+    many = {feed: (1110, 0.111), startup: (1, 0.5), builtin: (2300, 0.013)}
+    rows = per_request.per_request(few, many, 1000)
+    assert [r["function"] for r in rows] == ["feed (codec.py:229)", builtin[2]]
+    assert rows[0]["calls"] == 1.0 and math.isclose(rows[0]["own_us"], 100.0)
+    assert rows[1]["calls"] == 2.0 and math.isclose(rows[1]["own_us"], 10.0)
+
+
+def test_a_profiled_usher_run_counts_the_codec_once_per_request(tmp_path: Path) -> None:
+    # The method end to end, bounded: two short runs of the real `usher run` under cProfile.
+    rows = per_request.profile("pure", 20, tmp_path, access_log=False)
+    feeds = [r for r in rows if r["function"].startswith("feed (codec.py")]
+    assert len(feeds) == 2  # the request reader's and the response reader's
+    assert all(0.9 <= r["calls"] <= 1.5 for r in feeds), feeds
+    assert sum(r["calls"] for r in rows) > 50

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
+from usher import __version__, native
 
 USHER = [sys.executable, "-m", "usher"]
 
@@ -127,6 +128,12 @@ def test_usage_errors_exit_1():
     assert usher("no-such-command").returncode == 1
 
 
+def test_version_says_whether_the_hot_path_runs_compiled():
+    result = usher("version")
+    assert result.returncode == 0
+    assert result.stdout == f"usher {__version__}, {native.settle()}\n"
+
+
 def test_schema_is_json_schema():
     result = usher("schema")
     assert result.returncode == 0
@@ -152,6 +159,7 @@ def test_run_serves_and_drains_on_sigterm(tmp_path: Path, processes):
     lb.send_signal(signal.SIGTERM)
     out, err = lb.communicate(timeout=15)
     assert lb.returncode == 0, err
+    assert f"usher: usher {__version__}, {native.settle()}\n" in err  # the start log says the mode
     record = json.loads(out.strip().splitlines()[-1])
     assert record["status"] == 200 and record["pool"] == "p"
     assert record["backend"] == f"127.0.0.1:{backend_port}"

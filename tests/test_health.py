@@ -610,19 +610,29 @@ class StandInPool:
         backend.healthy = healthy
 
 
+class WatchedPool:
+    """A real pool seen through a wrapper that records each set_healthy before passing it on
+    (the methods of a compiled Pool cannot be replaced on the instance)."""
+
+    def __init__(self, pool: Pool, events: list[tuple[Any, ...]]) -> None:
+        self._pool = pool
+        self._events = events
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    def set_healthy(self, backend: Backend, healthy: bool, reason: str) -> None:
+        self._events.append(("set", backend.port, healthy, reason))
+        self._pool.set_healthy(backend, healthy, reason)
+
+
 class Recorder:
-    """Every result and every set_healthy of a checker, in order."""
+    """Every result and every set_healthy of a checker, in order: give the checker
+    `recorder.pool`."""
 
-    def __init__(self, pool: Pool | StandInPool | None = None) -> None:
+    def __init__(self, pool: Pool | None = None) -> None:
         self.events: list[tuple[Any, ...]] = []
-        if isinstance(pool, Pool):
-            real = pool.set_healthy
-
-            def spy(backend: Backend, healthy: bool, reason: str) -> None:
-                self.events.append(("set", backend.port, healthy, reason))
-                real(backend, healthy, reason)
-
-            pool.set_healthy = spy  # type: ignore[method-assign]
+        self.pool = WatchedPool(pool, self.events) if pool is not None else None
 
     def on_result(self, backend: Backend, ok: bool, detail: str, at: float) -> None:
         self.events.append(("result", backend.port, ok, detail))
@@ -688,7 +698,7 @@ async def test_checker_marks_a_failing_backend_down_then_up(backends, checkers):
     a, b = await backends(2)
     pool = Pool("web", pool_config(a.port, b.port, health_check=fast_http()), MonotonicClock())
     recorder = Recorder(pool)
-    checker = checkers(pool, on_result=recorder.on_result)
+    checker = checkers(recorder.pool, on_result=recorder.on_result)
     checker.start()
     assert len(checker.tasks) == 2
     await until(lambda: len(recorder.results(a.port)) >= 2)
@@ -721,7 +731,7 @@ async def test_a_hanging_backend_does_not_delay_the_others(backends, raw_backend
     config = pool_config(slow, fast.port, health_check=fast_http(timeout="3s"))
     pool = Pool("web", config, MonotonicClock())
     recorder = Recorder(pool)
-    checker = checkers(pool, on_result=recorder.on_result)
+    checker = checkers(recorder.pool, on_result=recorder.on_result)
     checker.start()
     await set_health(fast, False)
     await until(lambda: bool(recorder.sets(fast.port)), timeout=2.5)
@@ -845,7 +855,7 @@ async def test_agent_health_check_is_one_request_per_interval(raw_backend, check
     )
     pool = Pool("web", config, MonotonicClock())
     recorder = Recorder(pool)
-    checker = checkers(pool, on_result=recorder.on_result)
+    checker = checkers(recorder.pool, on_result=recorder.on_result)
     checker.start()
     assert len(checker.tasks) == 1  # the poll is the check
     await until(lambda: len(recorder.results(port)) >= 3)

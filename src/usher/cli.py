@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from usher import __version__
+from usher import __version__, build_mode
 from usher.errors import ConfigError, RuntimeFailure, UsherError
 
 if TYPE_CHECKING:
@@ -100,6 +100,7 @@ def run(
     from usher.workers import run_balancer
 
     _install_logging()
+    logging.getLogger("usher").info("usher %s, %s", __version__, build_mode())
     try:
         run_balancer(
             cfg,
@@ -397,8 +398,8 @@ def upgrade(
 
 @app.command()
 def version() -> None:
-    """Print usher's version."""
-    out.print(f"usher {__version__}")
+    """Print usher's version and whether its hot path runs compiled or as pure Python."""
+    out.print(f"usher {__version__}, {build_mode()}", soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,6 +16,7 @@
     ├── HaError                  an argument of `usher ha keepalived` is wrong (also a ValueError)
     ├── UpgradeFailed            the new process of a `kill -USR2` upgrade did not take over
     ├── SourceError              a discovery source cannot say which backends there are
+    ├── LocalProtocolError       a codec writer was asked for what HTTP/1.1 does not allow (a bug)
     └── RuntimeFailure           ends the `usher` command with exit code 2
 
 Each error says whether retrying the request on another backend is safe (`retry_safe`):
@@ -150,3 +151,7 @@ class UpgradeFailed(UsherError):
 class SourceError(UsherError):
     """A discovery source could not say which backends there are (resolver down, NXDOMAIN,
     etcd unreachable, a file missing or invalid): its last good set stands."""
+
+
+class LocalProtocolError(UsherError):
+    """usher asked a codec writer for something HTTP/1.1 does not allow: a bug in the caller."""

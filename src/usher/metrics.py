@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 # Upper bounds (seconds) of the latency histograms: Prometheus' defaults. Fixed, so that the
 # histograms of several workers add up bucket by bucket.
-BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BUCKETS: Final[tuple[float, ...]] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _SLOTS: Final = len(BUCKETS) + 1  # the finite buckets, then +Inf
 # `le` as prometheus_client writes it (its floatToGoString; repr for bounds like these).
 _LE: Final = (*(repr(b) for b in BUCKETS), "+Inf")

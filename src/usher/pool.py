@@ -104,7 +104,7 @@ class Backend:
         self.port = address.port
         self.label = str(address)
         self.weight = weight
-        self.effective_weight: float = weight
+        self.effective_weight = float(weight)  # a float from the start: compiled, it is a C double
         self.backup = backup
         self.max_connections = max_connections
         self.state: State = "enabled"
@@ -573,7 +573,7 @@ class Pool:
         for backend in list(self._ramping):
             start = backend.ramp_start
             if slow_start is None or start is None or now - start >= slow_start:
-                backend.effective_weight = backend.weight
+                backend.effective_weight = float(backend.weight)
                 backend.ramp_start = None
                 self._ramping.remove(backend)
             else:
@@ -631,7 +631,7 @@ class Pool:
     def set_weight(self, backend: Backend, weight: int) -> None:
         backend.weight = weight
         if backend.ramp_start is None:
-            backend.effective_weight = weight
+            backend.effective_weight = float(weight)
         self._rebuild()
 
     def add_backend(self, config: BackendConfig) -> Backend:
@@ -702,7 +702,7 @@ class Pool:
                 if backend.weight != bc.weight:
                     backend.weight = bc.weight
                     if backend.ramp_start is None:
-                        backend.effective_weight = bc.weight
+                        backend.effective_weight = float(bc.weight)
             kept.append(backend)
         # Discovered backends stay: their source retires them, not the file.
         discovered = [b for b in by_label.values() if b.source not in (CONFIG_SOURCE, ADMIN_SOURCE)]

@@ -7,6 +7,7 @@ import collections
 import hashlib
 import json
 import os
+import resource
 import ssl
 
 import httpx
@@ -599,13 +600,16 @@ async def test_the_body_clock_waits_for_the_backends_100_continue(raw_backend, b
     assert final.status == 408
 
 
-async def test_running_out_of_descriptors_is_a_503_not_a_backend_failure(
-    backends, balancer, monkeypatch
-):
-    import errno
+def lowest_free_descriptor() -> int:
+    probe = os.dup(0)
+    os.close(probe)
+    return probe
 
-    from usher.http import upstream
 
+async def test_running_out_of_descriptors_is_a_503_not_a_backend_failure(backends, balancer):
+    # A real EMFILE, not a patched function (the compiled upstream module calls its own
+    # functions directly): with the client's connection accepted, the soft RLIMIT_NOFILE goes
+    # down to the lowest free descriptor, so the backend connection cannot get one.
     (backend,) = await backends(1)
     pools = {
         "p": {
@@ -615,17 +619,25 @@ async def test_running_out_of_descriptors_is_a_503_not_a_backend_failure(
         }
     }
     b = await balancer(simple_config(pools))
-
-    async def no_descriptor(*_args):
-        raise OSError(errno.EMFILE, "Too many open files")
-
+    reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
+    listener = next(iter(b.balancer.listeners.values()))
+    for _ in range(100):
+        if listener.connections:
+            break
+        await asyncio.sleep(0.01)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free_descriptor(), hard))
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await asyncio.wait_for(read_response(reader), 5)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        writer.close()
+    assert answer.status == 503
+    assert b.balancer.metrics.rejected_total[("web", "out_of_files")] == 1
+    (state,) = b.pools["p"].backends
+    assert state.failures_total == 0 and state.active == 0
     async with httpx.AsyncClient() as client:
-        with monkeypatch.context() as patch:
-            patch.setattr(upstream, "_open", no_descriptor)
-            assert (await client.get(b.url("/"))).status_code == 503
-        assert b.balancer.metrics.rejected_total[("web", "out_of_files")] == 1
-        (state,) = b.pools["p"].backends
-        assert state.failures_total == 0 and state.active == 0
         assert (await client.get(b.url("/"))).status_code == 200  # not ejected
 
 

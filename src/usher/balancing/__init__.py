@@ -17,6 +17,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
+from mypy_extensions import mypyc_attr
+
 from usher.clock import Clock, MonotonicClock
 
 if TYPE_CHECKING:
@@ -35,8 +37,12 @@ class SelectionContext(Protocol):
     def eligible(self, backend: Backend) -> bool: ...
 
 
+# Algorithms written in Python (a user's own, or a test's) subclass these two; compiled classes
+# refuse interpreted subclasses unless they allow them.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Algorithm(ABC):
-    """Base of every balancing algorithm. Subclasses register with `@register("name", ...)`."""
+    """Base of every balancing algorithm. Subclasses register with `register("name", ...)(cls)`
+    after the class: a class decorator would keep mypyc from compiling it as a native class."""
 
     name: ClassVar[str] = ""
 
@@ -53,6 +59,12 @@ class Algorithm(ABC):
         self.seed = seed
         self.clock = clock or MonotonicClock()
         self.options = options
+        self.prepare()
+
+    def prepare(self) -> None:
+        """Build the algorithm's own state from `backends`, `seed` and `options` (called last by
+        `__init__`). A hook rather than an `__init__(backends, **kwargs)` of each subclass:
+        compiled, `super().__init__(backends, **kwargs)` passes the dict as `seed`."""
 
     @abstractmethod
     def candidates(self, ctx: SelectionContext) -> Iterator[Backend]:
@@ -65,6 +77,7 @@ class Algorithm(ABC):
         """A request to `backend` finished after `latency` seconds; `ok` is False on failure."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Stepwise(Algorithm):
     """An algorithm that picks one backend at a time: `candidates` offers its pick, then picks
     again among the rest (the state may have moved since), until none is left."""

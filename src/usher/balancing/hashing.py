@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from hashlib import blake2b
 from itertools import accumulate
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mypy_extensions import mypyc_attr
 
 from usher.balancing import Algorithm, SelectionContext, register
 
@@ -41,7 +43,7 @@ def _rehash(h: int) -> int:
     return h ^ (h >> 31)
 
 
-@register("ip_hash")
+@mypyc_attr(allow_interpreted_subclasses=True)  # a user may extend it
 class IpHash(Algorithm):
     """The client address picks a slot in a table where each backend has `weight` slots (nginx).
 
@@ -51,8 +53,7 @@ class IpHash(Algorithm):
     effective ones: slow start must not move clients around (nginx forbids the two together).
     """
 
-    def __init__(self, backends: Sequence[Backend], **kwargs: Any) -> None:
-        super().__init__(backends, **kwargs)
+    def prepare(self) -> None:
         self._bounds = list(accumulate(max(b.weight, 0) for b in self.backends))
         self._total = self._bounds[-1] if self._bounds else 0
 
@@ -84,7 +85,10 @@ class IpHash(Algorithm):
                     yield backends[i]
 
 
-@register("consistent_hash")
+register("ip_hash")(IpHash)
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)  # a user may extend it
 class ConsistentHash(Algorithm):
     """A ketama ring: each backend owns points in proportion to its weight, a key goes to the
     owner of the first point clockwise from its hash, and ineligible owners are walked past.
@@ -97,8 +101,7 @@ class ConsistentHash(Algorithm):
     with equal weights the cap is `ceil(factor * (in flight + 1) / eligible backends)`.
     """
 
-    def __init__(self, backends: Sequence[Backend], **kwargs: Any) -> None:
-        super().__init__(backends, **kwargs)
+    def prepare(self) -> None:
         hash_options = self.options.hash if self.options is not None else None
         self._factor = hash_options.balance_factor if hash_options is not None else None
         weights = [max(b.weight, 0) for b in self.backends]
@@ -171,3 +174,6 @@ class ConsistentHash(Algorithm):
         if weight <= 0:
             return 0.0
         return self._factor * (in_flight + 1) / weight
+
+
+register("consistent_hash")(ConsistentHash)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from mypy_extensions import mypyc_attr
 
 from usher.balancing import Algorithm, SelectionContext, Stepwise, register
 from usher.balancing.least import FairTies
@@ -26,7 +28,7 @@ def _decay_of(algorithm: Algorithm) -> float:
     return options.ewma_decay if options is not None else DEFAULT_EWMA_DECAY
 
 
-@register("least_response_time")
+@mypyc_attr(allow_interpreted_subclasses=True)  # a user may extend it
 class LeastResponseTime(Stepwise):
     """Lowest `(active + 1) * latency / effective_weight`, latency being the pool's EWMA.
 
@@ -36,8 +38,7 @@ class LeastResponseTime(Stepwise):
     worse. Ties go to fewer requests in flight per weight, then by `FairTies`.
     """
 
-    def __init__(self, backends: Sequence[Backend], **kwargs: Any) -> None:
-        super().__init__(backends, **kwargs)
+    def prepare(self) -> None:
         self._decay = _decay_of(self)
         self._index = {backend: i for i, backend in enumerate(self.backends)}
         # When each backend's latency was last sampled; samples older than this instance
@@ -96,7 +97,10 @@ class LeastResponseTime(Stepwise):
             self._sampled[index] = self.clock.now()
 
 
-@register("p2c")
+register("least_response_time")(LeastResponseTime)
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)  # a user may extend it
 class PowerOfTwoChoices(Algorithm):
     """Draws two distinct eligible backends at random by effective weight and prefers the lower
     `cost * (active + 1) / effective_weight`, cost being its own peak-EWMA of latency.
@@ -108,8 +112,7 @@ class PowerOfTwoChoices(Algorithm):
     the draw, the others follow by score, for retries.
     """
 
-    def __init__(self, backends: Sequence[Backend], **kwargs: Any) -> None:
-        super().__init__(backends, **kwargs)
+    def prepare(self) -> None:
         n = len(self.backends)
         self._decay = _decay_of(self)
         self._index = {backend: i for i, backend in enumerate(self.backends)}
@@ -216,6 +219,9 @@ class PowerOfTwoChoices(Algorithm):
             cost = cost * w + latency * (1.0 - w)
         self._cost[index] = cost
         self._stamp[index] = now
+
+
+register("p2c")(PowerOfTwoChoices)
 
 
 def _weight(backend: Backend) -> float:

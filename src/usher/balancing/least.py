@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mypy_extensions import mypyc_attr
 
 from usher.balancing import SelectionContext, Stepwise, register
 
@@ -48,12 +50,11 @@ class FairTies:
         self._tags[index] = start + (1.0 / weight if weight > 0 else 1.0)
 
 
-@register("least_connections", "weighted_least_connections")
+@mypyc_attr(allow_interpreted_subclasses=True)  # a user may extend it
 class LeastConnections(Stepwise):
     """Lowest `in_flight() / effective_weight` first; exact ties go by `FairTies`."""
 
-    def __init__(self, backends: Sequence[Backend], **kwargs: Any) -> None:
-        super().__init__(backends, **kwargs)
+    def prepare(self) -> None:
         self._ties = FairTies(self.backends)
 
     def pick(self, ctx: SelectionContext, excluded: int) -> int:
@@ -79,3 +80,6 @@ class LeastConnections(Stepwise):
 
     def on_start(self, backend: Backend) -> None:
         self._ties.started(backend)
+
+
+register("least_connections", "weighted_least_connections")(LeastConnections)

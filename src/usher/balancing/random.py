@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from mypy_extensions import mypyc_attr
 
 from usher.balancing import Algorithm, SelectionContext, register
 
@@ -12,13 +14,12 @@ if TYPE_CHECKING:
     from usher.pool import Backend
 
 
-@register("random")
+@mypyc_attr(allow_interpreted_subclasses=True)  # a user may extend it
 class WeightedRandom(Algorithm):
     """One pass per pick (weighted reservoir sampling of one): no totals to keep up to date when
     weights change under slow start. Retries draw again among the backends not yet offered."""
 
-    def __init__(self, backends: Sequence[Backend], **kwargs: Any) -> None:
-        super().__init__(backends, **kwargs)
+    def prepare(self) -> None:
         self._rng = random.Random(self.seed)
 
     def candidates(self, ctx: SelectionContext) -> Iterator[Backend]:
@@ -50,3 +51,6 @@ class WeightedRandom(Algorithm):
             if draw() * total < weight:
                 chosen = i
         return chosen if chosen >= 0 else spare
+
+
+register("random")(WeightedRandom)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from mypy_extensions import mypyc_attr
 
 from usher.balancing import SelectionContext, Stepwise, any_backend, register, smooth_step
 
@@ -32,7 +34,7 @@ def _floor(backend: Backend) -> float:
     return weight if weight > 0 else 0.0
 
 
-@register("resource")
+@mypyc_attr(allow_interpreted_subclasses=True)  # a user may extend it
 class Resource(Stepwise):
     """Smooth weighted round robin (as `round_robin`) over the headroom of each backend, read
     afresh on every pick, so the split follows the reports as closely as it can.
@@ -41,8 +43,7 @@ class Resource(Stepwise):
     when none has, they share by effective weight rather than refuse the request.
     """
 
-    def __init__(self, backends: Sequence[Backend], **kwargs: Any) -> None:
-        super().__init__(backends, **kwargs)
+    def prepare(self) -> None:
         n = len(self.backends)
         self._current = [0.0] * n
         self._floor_current = [0.0] * n
@@ -58,3 +59,6 @@ class Resource(Stepwise):
         if index >= 0:
             return index
         return smooth_step(self.backends, self._floor_current, _floor, eligible, excluded)
+
+
+register("resource")(Resource)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mypy_extensions import mypyc_attr
 
 from usher.balancing import SelectionContext, Stepwise, any_backend, register, smooth_step
 
 if TYPE_CHECKING:
+    from usher.clock import Clock
+    from usher.config import PoolConfig
     from usher.pool import Backend
     from usher.state import Sequence as Position
 
@@ -17,7 +21,7 @@ if TYPE_CHECKING:
 MAX_SCHEDULE = 10_000
 
 
-@register("round_robin", "weighted_round_robin")
+@mypyc_attr(allow_interpreted_subclasses=True)  # a user may extend it
 class RoundRobin(Stepwise):
     """Each pick adds every eligible backend's weight to its running score, takes the highest,
     and subtracts the total from the winner: heavy backends win often but never in long runs.
@@ -28,12 +32,21 @@ class RoundRobin(Stepwise):
     eligible now (or ramps up in slow start) falls back to this worker's own smooth step."""
 
     def __init__(
-        self, backends: Sequence[Backend], *, sequence: Position | None = None, **kwargs: Any
+        self,
+        backends: Sequence[Backend],
+        *,
+        sequence: Position | None = None,
+        seed: int = 0,
+        clock: Clock | None = None,
+        options: PoolConfig | None = None,
     ) -> None:
-        super().__init__(backends, **kwargs)
+        self._sequence = sequence  # read by prepare(), which the base's __init__ calls
+        super().__init__(backends, seed=seed, clock=clock, options=options)
+
+    def prepare(self) -> None:
         n = len(self.backends)
         self._current: list[float] = [0.0] * n
-        self._sequence = sequence
+        sequence = self._sequence
         self._schedule: list[int] = schedule(self.backends) if sequence is not None else []
         # The seed advances the sequence, so that workers do not move in lockstep.
         for _ in range(self.seed % n if n and not self._schedule else 0):
@@ -60,6 +73,9 @@ def schedule(backends: Sequence[Backend]) -> list[int]:
         return []
     current = [0.0] * len(backends)
     return [smooth_step(backends, current, _configured_weight, any_backend) for _ in range(period)]
+
+
+register("round_robin", "weighted_round_robin")(RoundRobin)
 
 
 def _effective_weight(backend: Backend) -> float:

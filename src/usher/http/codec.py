@@ -16,7 +16,7 @@ from typing import Final
 
 import httptools
 
-from usher.errors import ClientError, UpstreamProtocolError
+from usher.errors import ClientError, LocalProtocolError, UpstreamProtocolError
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -830,10 +830,6 @@ class ConnState(enum.Enum):
     DONE = "DONE"  # the message ended and the connection may carry another
     MUST_CLOSE = "MUST_CLOSE"  # the message ended and the connection must close
     SWITCHED = "SWITCHED"  # a 101 (or an upgrade): the bytes are no longer HTTP
-
-
-class LocalProtocolError(Exception):
-    """usher asked a writer for something HTTP/1.1 does not allow: a bug in the caller."""
 
 
 _NO_BODY_STATUSES: Final = frozenset({204, 304})

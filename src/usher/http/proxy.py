@@ -498,10 +498,15 @@ class ClientConnection(asyncio.Protocol):
         self.unblock(BLOCK_PIPELINE | BLOCK_UPSTREAM_FULL | BLOCK_BUFFERING | BLOCK_UPGRADE)
         if self.inbox:
             self._pump()
-        if self.exchange is None and not self.closed:
+        # Asked of a method: _pump may have started the next exchange, and compiled code
+        # checks at run time that self.exchange is still None, as narrowed above.
+        if self._waiting_for_request():
             timeouts = self.listener.timeouts
             self.between_requests = self.reader.idle and not self.inbox
             self._arm_read_timer(timeouts.idle if self.reader.idle else timeouts.header)
+
+    def _waiting_for_request(self) -> bool:
+        return self.exchange is None and not self.closed
 
     def _refuse(self, exc: ClientError) -> None:
         """Answer a bad request and close the connection."""
