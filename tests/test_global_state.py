@@ -269,12 +269,22 @@ def test_weights_5_1_1_hold_over_every_worker(usher: Usher) -> None:
     assert 97 <= got["C"] <= 103, got
 
 
+def pin_first(usher: Usher, listener: str, keys: list[dict[str, str]]) -> None:
+    """One request per key, one at a time: two first requests racing on two workers may each
+    choose before either has pinned (the later pin then wins), which is not what is tested."""
+    for headers in keys:
+        status, body = usher.fetch(listener, headers)
+        assert status == 200, body
+
+
 def test_source_ip_persistence_holds_over_new_connections(usher: Usher) -> None:
+    pin_first(usher, "by_ip", [{}])
     got = Counter(fresh(usher, "by_ip", 200, lambda i: {}))
     assert len(got) == 1, got  # every connection comes from 127.0.0.1: one backend
 
 
 def test_header_persistence_holds_over_new_connections(usher: Usher) -> None:
+    pin_first(usher, "by_header", [{"X-User": f"user{i}"} for i in range(10)])
     answers = fresh(usher, "by_header", 200, lambda i: {"X-User": f"user{i % 10}"})
     by_user: dict[int, set[str]] = {}
     for i, name in enumerate(answers):

@@ -3,6 +3,7 @@ balances with it (both worker processes import it from `python_path` and pin ali
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -57,6 +58,10 @@ def test_usher_run_with_two_workers_pins_each_client(
         )
         for port in ports
     ]
+    # Every backend listens before usher starts: a refused first connect would eject the one
+    # the client is pinned to, and another would answer.
+    for port in ports:
+        wait_until(lambda port=port: _accepts(port), 30, f"backend {port} to listen")
     procs.append(
         subprocess.Popen(
             [*USHER, "run", "-c", str(config), "--workers", "2", "--no-access-log"],
@@ -81,6 +86,14 @@ def test_usher_run_with_two_workers_pins_each_client(
             proc.kill()
             proc.communicate(timeout=15)
     assert answers == Counter({str(expected.port): 30})
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def test_usher_check_names_a_missing_module(tmp_path: Path) -> None:
