@@ -115,6 +115,7 @@ async def serve(channel: Channel, table: SharedTable, number: int) -> int:
     await balancer.stop()
     for task in tasks:
         task.cancel()
+    access_log.flush()  # the lines it holds back for one batched write
     sys.stdout.flush()
     return 0
 

@@ -102,6 +102,7 @@ async def _serve(
     print("usher: draining", file=sys.stderr, flush=True)
     await balancer.stop()
     flusher.cancel()
+    access_log.flush()  # the lines it holds back for one batched write
     sys.stdout.flush()
 
 
