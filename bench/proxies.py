@@ -597,7 +597,15 @@ def main() -> int:
         action="store_true",
         help="also run this usher with USHER_PURE=1 (its hot path uncompiled) as usher@pure",
     )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short check that every scenario runs: 1 round of 2 s, 1,000 idle connections",
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.duration = 1, 2
+        args.idle_connections = min(args.idle_connections, 1000)
 
     # The package that brings each tool, for the install line.
     packages = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk"}
