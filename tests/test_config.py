@@ -17,7 +17,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from usher import config as config_module
 from usher.balancing import registered_names
 from usher.config import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -31,6 +30,7 @@ from usher.config import (
     ListenerTls,
     Route,
     TlsCertificate,
+    addresses,
     config_schema,
     load_config,
     parse_address,
@@ -1245,13 +1245,13 @@ def _ipv6_texts() -> st.SearchStrategy[str]:
 
 
 @settings(max_examples=100, deadline=None, database=None)
-@given(st.from_regex(config_module._ADDRESS_PATTERN, fullmatch=True))
+@given(st.from_regex(addresses._ADDRESS_PATTERN, fullmatch=True))
 def test_every_address_the_listener_pattern_allows_parses(text: str) -> None:
     parse_address(text)
 
 
 @settings(max_examples=100, deadline=None, database=None)
-@given(st.from_regex(config_module._BACKEND_ADDRESS_PATTERN, fullmatch=True))
+@given(st.from_regex(addresses._BACKEND_ADDRESS_PATTERN, fullmatch=True))
 def test_every_address_the_backend_pattern_allows_parses(text: str) -> None:
     parse_address(text, allow_port_zero=False)
 
@@ -1269,17 +1269,17 @@ def test_every_address_that_parses_matches_the_patterns(text: str) -> None:
     try:
         address = parse_address(text)
     except ValueError:
-        assert not re.search(config_module._ADDRESS_PATTERN, text) or text.endswith("\n")
+        assert not re.search(addresses._ADDRESS_PATTERN, text) or text.endswith("\n")
         return
-    assert re.search(config_module._ADDRESS_PATTERN, text)
-    assert bool(re.search(config_module._BACKEND_ADDRESS_PATTERN, text)) == (address.port > 0)
+    assert re.search(addresses._ADDRESS_PATTERN, text)
+    assert bool(re.search(addresses._BACKEND_ADDRESS_PATTERN, text)) == (address.port > 0)
 
 
 @pytest.mark.parametrize(
     "text", ["127.0.0.1:080", " 127.0.0.1:80", "[fe80::1%eth 0]:80", "\u212a.example:80"]
 )
 def test_addresses_the_pattern_refuses_are_refused(text: str) -> None:
-    assert not re.search(config_module._ADDRESS_PATTERN, text)
+    assert not re.search(addresses._ADDRESS_PATTERN, text)
     with pytest.raises(ValueError, match="expected host:port"):
         parse_address(text)
 
