@@ -1,15 +1,11 @@
 """The control process's line to one worker: a Unix socket pair carrying small framed messages.
 
-A message is a tuple whose first item names its kind; it travels pickled behind a 4-byte
-length. Pickle is safe here because both ends are usher processes of one `usher run` and
-the socket pair is never reachable by anyone else; it carries the validated `Config` as it is,
-so a worker never re-reads or re-validates the file.
-
-Control to worker: ("start", config, state, options), ("state", state), ("reload", config),
-("scrape", id), ("stop",). Worker to control: ("ready", [urls]), ("failed", message),
-("reloaded", error or None), ("metrics", id, snapshot, connections), ("connections", counts).
-The socket closing is news too: the control sees a worker die, and a worker sees its control
-die (it then drains and exits, so no worker serves on without a control).
+A message is one of the frozen dataclasses of usher.messages; it travels pickled behind a
+4-byte length. Pickle is safe here because both ends are usher processes of one `usher run`
+and the socket pair is never reachable by anyone else; it carries the validated `Config` as it
+is, so a worker never re-reads or re-validates the file. The socket closing is news too: the
+control sees a worker die, and a worker sees its control die (it then drains and exits, so no
+worker serves on without a control).
 """
 
 from __future__ import annotations
@@ -18,15 +14,14 @@ import asyncio
 import pickle
 import socket
 import struct
-from typing import Any, Final
+from typing import Final
 
 from usher.errors import ChannelClosed as ChannelClosed  # re-exported: its first home
+from usher.messages import MESSAGE_TYPES, Message
 
 _HEADER: Final = struct.Struct("!I")
 # A config with thousands of backends pickles to well under this.
 MAX_MESSAGE: Final = 64 * 1024 * 1024
-
-Message = tuple[Any, ...]
 
 
 class Channel:
@@ -39,7 +34,7 @@ class Channel:
         reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_MESSAGE)
         return cls(reader, writer)
 
-    def send(self, *message: Any) -> None:
+    def send(self, message: Message) -> None:
         """Queue one message (never blocks; the socket buffer and the transport absorb it)."""
         if self._writer.is_closing():
             raise ChannelClosed("the channel is closed")
@@ -56,7 +51,7 @@ class Channel:
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             raise ChannelClosed("the other end closed the channel") from exc
         message = pickle.loads(data)
-        if not isinstance(message, tuple) or not message:
+        if not isinstance(message, MESSAGE_TYPES):
             raise ChannelClosed(f"unexpected message {message!r}")
         return message
 

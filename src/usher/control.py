@@ -33,6 +33,19 @@ from usher.errors import UsherError
 from usher.handover import WorkerSockets
 from usher.listeners import AnyListener, Serving
 from usher.logs import AccessLog
+from usher.messages import (
+    Connections,
+    Failed,
+    Ready,
+    Reload,
+    Reloaded,
+    Scrape,
+    Scraped,
+    Start,
+    State,
+    ToControl,
+    WorkerOptions,
+)
 from usher.metrics import Metrics, Snapshot, build_registry
 from usher.pool import Backend, Pool
 from usher.server import DEFAULT_DRAIN_TIMEOUT, Balancer, BindError, Bound, ReloadReport
@@ -188,7 +201,7 @@ class ControlBalancer(Balancer):
 
     # Workers
 
-    async def start_workers(self, options: dict[str, Any]) -> None:
+    async def start_workers(self, options: WorkerOptions) -> None:
         self._options = options
         await asyncio.gather(*(self._spawn_worker(n) for n in range(self.count)))
         try:
@@ -238,44 +251,44 @@ class ControlBalancer(Balancer):
         loop = asyncio.get_running_loop()
         worker = WorkerProcess(number, proc, channel, time.monotonic(), loop.create_future())
         self.workers[number] = worker
-        state = self._state()
-        channel.send("start", self.worker_config(), state, {**self._options, "listening": fds})
+        channel.send(Start(self.worker_config(), self._state(), self._options, tuple(fds)))
         worker.watcher = loop.create_task(self._watch(worker))
         return worker
 
     async def _watch(self, worker: WorkerProcess) -> None:
         try:
             while True:
-                self._on_message(worker, await worker.channel.recv())
+                message = await worker.channel.recv()
+                if isinstance(message, ToControl):
+                    self._on_message(worker, message)
         except ChannelClosed:
             pass
         code = await worker.proc.wait()
         worker.channel.close()
         self._exited(worker, code)
 
-    def _on_message(self, worker: WorkerProcess, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == "ready":
-            if not worker.ready.done():
-                worker.ready.set_result(message[1])
-        elif kind == "failed":
-            if self.failure is None:
-                self.failure = f"worker {worker.number}: {message[1]}"
-            if not worker.ready.done():
-                worker.ready.set_exception(UsherError(self.failure))
-        elif kind == "metrics":
-            _, ident, snapshot, connections = message
-            worker.snapshot = snapshot
-            worker.connections = connections
-            future = worker.pending.pop(ident, None)
-            if future is not None and not future.done():
-                future.set_result(snapshot)
-        elif kind == "connections":
-            worker.connections = message[1]
-        elif kind == "reloaded" and worker.reloads:
-            future = worker.reloads.pop(0)
-            if not future.done():
-                future.set_result(message[1])
+    def _on_message(self, worker: WorkerProcess, message: ToControl) -> None:
+        match message:
+            case Ready(urls):
+                if not worker.ready.done():
+                    worker.ready.set_result(list(urls))
+            case Failed(error):
+                if self.failure is None:
+                    self.failure = f"worker {worker.number}: {error}"
+                if not worker.ready.done():
+                    worker.ready.set_exception(UsherError(self.failure))
+            case Scraped(ident, snapshot, connections):
+                worker.snapshot = snapshot
+                worker.connections = connections
+                future = worker.pending.pop(ident, None)
+                if future is not None and not future.done():
+                    future.set_result(snapshot)
+            case Connections(connections):
+                worker.connections = connections
+            case Reloaded(error) if worker.reloads:
+                reloaded = worker.reloads.pop(0)
+                if not reloaded.done():
+                    reloaded.set_result(error)
 
     def _exited(self, worker: WorkerProcess, code: int) -> None:
         if self.workers.get(worker.number) is worker:
@@ -371,7 +384,7 @@ class ControlBalancer(Balancer):
             return
         for worker in list(self.workers.values()):
             with contextlib.suppress(ChannelClosed):
-                worker.channel.send("state", state)
+                worker.channel.send(State(state))
         self._sent = state
         # Rows of backends gone from every pool are free once the workers have been told.
         alive = {(name, b.label) for name, pool in self.pools.items() for b in pool.backends}
@@ -415,7 +428,7 @@ class ControlBalancer(Balancer):
             future: asyncio.Future[Any] = loop.create_future()
             worker.pending[ident] = future
             try:
-                worker.channel.send("scrape", ident)
+                worker.channel.send(Scrape(ident))
             except ChannelClosed:
                 worker.pending.pop(ident, None)
                 continue
@@ -462,7 +475,7 @@ class ControlBalancer(Balancer):
         for worker in list(self.workers.values()):
             future: asyncio.Future[str | None] = loop.create_future()
             try:
-                worker.channel.send("reload", worker_config)
+                worker.channel.send(Reload(worker_config))
             except ChannelClosed:
                 continue
             worker.reloads.append(future)
@@ -535,9 +548,7 @@ async def run_control(
     upgrader = handle_signals(balancer, balancer.done.set)
     await balancer.start()
     try:
-        await balancer.start_workers(
-            {"access_log": access_log.enabled, "log_format": access_log.format}
-        )
+        await balancer.start_workers(WorkerOptions(access_log.enabled, access_log.format))
     except UsherError as exc:
         await balancer.stop(timeout=0)
         raise UsherError(balancer.failure or str(exc)) from None

@@ -5,7 +5,7 @@ WORKERS CAPACITY` and sends
 the config and the backends' state over the channel (usher.channel). Health checks, the admin
 API and reloads are the control process's; the worker applies what it is sent, publishes its
 counts in its slots of the shared table (usher.shared), and answers scrapes with its counters.
-It drains and exits on SIGTERM, on a "stop" message, or when the control process goes away.
+It drains and exits on SIGTERM, on a `Stop` message, or when the control process goes away.
 """
 
 from __future__ import annotations
@@ -23,6 +23,18 @@ from usher.channel import Channel, ChannelClosed
 from usher.config import Config
 from usher.errors import UsherError
 from usher.logs import AccessLog
+from usher.messages import (
+    Connections,
+    Failed,
+    Ready,
+    Reload,
+    Reloaded,
+    Scrape,
+    Scraped,
+    Start,
+    State,
+    Stop,
+)
 from usher.pool import Backend, Pool
 from usher.server import Balancer, ReloadReport
 from usher.shared import SharedTable
@@ -83,25 +95,25 @@ class WorkerBalancer(Balancer):
 
 async def serve(channel: Channel, table: SharedTable, number: int) -> int:
     """Run one worker until it is told to stop; returns the exit code."""
-    first = await channel.recv()
-    if first[0] != "start":
-        raise ChannelClosed(f"expected a start message, got {first[0]!r}")
-    _, config, state, options = first
-    access_log = AccessLog(enabled=options["access_log"], format=options["log_format"])
+    start = await channel.recv()
+    if not isinstance(start, Start):
+        raise ChannelClosed(f"expected a start message, got {type(start).__name__}")
+    options = start.options
+    access_log = AccessLog(enabled=options.access_log, format=options.log_format)
     # The control process opens the listening sockets (they outlive a worker and go over to
     # the next process in an upgrade); the listeners take them where they bind.
-    handover.adopt_fds(options.get("listening", []))
+    handover.adopt_fds(start.listening)
     try:
-        balancer = WorkerBalancer(config, table, number, access_log)
-        balancer.apply(state)
+        balancer = WorkerBalancer(start.config, table, number, access_log)
+        balancer.apply(start.state)
         await balancer.start()
         handover.release_unclaimed()
     except UsherError as exc:
-        channel.send("failed", str(exc))
+        channel.send(Failed(str(exc)))
         with contextlib.suppress(ChannelClosed):
             await channel.drain()
         return EXIT_RUNTIME
-    channel.send("ready", [bound.url for bound in balancer.bound.values()])
+    channel.send(Ready(tuple(bound.url for bound in balancer.bound.values())))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -124,16 +136,16 @@ async def _listen(channel: Channel, balancer: WorkerBalancer, stop: asyncio.Even
     """Handle the control process's messages in order (a reload before the state after it)."""
     try:
         while True:
-            message = await channel.recv()
-            kind = message[0]
-            if kind == "state":
-                balancer.apply(message[1])
-            elif kind == "reload":
-                channel.send("reloaded", await _reload(balancer, message[1]))
-            elif kind == "scrape":
-                channel.send("metrics", message[1], balancer.metrics.snapshot(), _conns(balancer))
-            elif kind == "stop":
-                break
+            match await channel.recv():
+                case State(state):
+                    balancer.apply(state)
+                case Reload(config):
+                    channel.send(Reloaded(await _reload(balancer, config)))
+                case Scrape(ident):
+                    snapshot = balancer.metrics.snapshot()
+                    channel.send(Scraped(ident, snapshot, balancer.connections()))
+                case Stop():
+                    break
     except ChannelClosed:
         print(
             f"usher worker {balancer.number}: the control process is gone; draining",
@@ -152,15 +164,11 @@ async def _reload(balancer: WorkerBalancer, config: Config) -> str | None:
     return None
 
 
-def _conns(balancer: WorkerBalancer) -> dict[str, int]:
-    return balancer.connections()
-
-
 async def _report_connections(channel: Channel, balancer: WorkerBalancer) -> None:
     with contextlib.suppress(ChannelClosed):
         while True:
             await asyncio.sleep(CONNECTIONS_INTERVAL)
-            channel.send("connections", balancer.connections())
+            channel.send(Connections(balancer.connections()))
 
 
 async def _follow_shared(balancer: WorkerBalancer) -> None:
