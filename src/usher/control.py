@@ -50,6 +50,7 @@ from usher.metrics import Metrics, Snapshot, build_registry
 from usher.pool import Backend, Pool
 from usher.server import DEFAULT_DRAIN_TIMEOUT, Balancer, BindError, Bound, ReloadReport
 from usher.shared import RowIndex, SharedTable
+from usher.signals import flush_logs, handle_signals
 from usher.state.shm import SharedState
 from usher.sync import PoolsState, pools_state
 
@@ -538,8 +539,6 @@ async def run_control(
 ) -> None:
     """Serve until SIGTERM/SIGINT; SIGHUP reloads. Raises UsherError when the workers cannot
     start (the first one's message) or keep failing at start."""
-    from usher.workers import flush_logs, handle_signals
-
     balancer = ControlBalancer(
         config, workers=workers, access_log=access_log, config_path=config_path
     )

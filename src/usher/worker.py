@@ -38,10 +38,10 @@ from usher.messages import (
 from usher.pool import Backend, Pool
 from usher.server import Balancer, ReloadReport
 from usher.shared import SharedTable
+from usher.signals import flush_logs
 from usher.state import install
 from usher.state.shm import SharedState
 from usher.sync import PoolsState, apply_state, detach, quiet_state_log
-from usher.workers import flush_logs
 
 # How often the worker tells the control process its open client connections per listener.
 CONNECTIONS_INTERVAL = 1.0
