@@ -13,7 +13,7 @@ import contextlib
 import socket
 import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ from usher.pool import ADMIN_SOURCE, Backend, Pool, State
 from usher.routing import Router
 from usher.state import install_cluster
 from usher.state.redis import ClusterLink
+from usher.surface import ReloadReport as ReloadReport  # re-exported: its first home
 from usher.tls import ServerTls, load_upstream_contexts
 
 if TYPE_CHECKING:
@@ -55,24 +56,6 @@ class Bound:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
-
-
-@dataclass
-class ReloadReport:
-    """What a reload changed, for the log and the admin API."""
-
-    listeners_kept: list[str] = field(default_factory=list)
-    listeners_added: list[str] = field(default_factory=list)
-    listeners_removed: list[str] = field(default_factory=list)
-    pools_added: list[str] = field(default_factory=list)
-    pools_removed: list[str] = field(default_factory=list)
-    backends_added: list[str] = field(default_factory=list)
-    backends_draining: list[str] = field(default_factory=list)
-    overwritten: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, list[str]]:
-        return {k: list(v) for k, v in self.__dict__.items()}
 
 
 def _same_socket(old: Listener, new: Listener) -> bool:

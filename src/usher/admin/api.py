@@ -1,4 +1,4 @@
-"""The admin REST API (design §4) over one `Balancer`: pools and backends with their live state,
+"""The admin REST API (design §4) over one balancer (a `ControlSurface`): pools and backends with
 runtime changes, reload. Every error answers JSON with an `error` key.
 
 `GET /metrics` is added by the metrics side; the token guard here covers it all the same.
@@ -32,10 +32,10 @@ from usher.config import (
     parse_address,
     parse_duration,
 )
-from usher.errors import ChangeError, ConfigError, UsherError
+from usher.errors import BindError, ChangeError, ConfigError, UsherError
 from usher.metrics import render
 from usher.pool import State
-from usher.server import Balancer, BindError, ReloadReport
+from usher.surface import ControlSurface, ReloadReport
 
 # --- Response bodies ---------------------------------------------------------------------------
 
@@ -189,12 +189,12 @@ _REFUSED: dict[int | str, dict[str, Any]] = {
 }
 
 
-def get_balancer(request: Request) -> Balancer:
-    balancer: Balancer = request.app.state.balancer
+def get_balancer(request: Request) -> ControlSurface:
+    balancer: ControlSurface = request.app.state.balancer
     return balancer
 
 
-BalancerDep = Annotated[Balancer, Depends(get_balancer)]
+BalancerDep = Annotated[ControlSurface, Depends(get_balancer)]
 PoolName = Annotated[
     str, PathParam(description="A pool's name, as in the config file.", examples=["web"])
 ]
@@ -474,7 +474,7 @@ class TokenGuard:
 # --- The app -----------------------------------------------------------------------------------
 
 
-def create_app(balancer: Balancer) -> FastAPI:
+def create_app(balancer: ControlSurface) -> FastAPI:
     app = FastAPI(
         title="usher admin API",
         version=__version__,
