@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import ipaddress
 import json
+import pkgutil
 import re
 import subprocess
 import sys
@@ -1297,3 +1300,30 @@ def test_discovery_alone_is_a_pool() -> None:
     sources = parse_config(text).pools["p"].discovery
     assert [s.type for s in sources] == ["dns", "dns", "etcd", "file"]
     assert str(sources[1].resolver) == "[::1]:53"  # type: ignore[union-attr]
+
+
+def test_the_package_face_has_every_public_name_of_its_modules() -> None:
+    # Other code imports from usher.config only; what a module of the package defines without
+    # a leading underscore is reachable there, as the very same object.
+    import usher.config as face
+
+    modules = [info.name for info in pkgutil.iter_modules(face.__path__)]
+    assert "load" in modules and "values" in modules
+    for name in modules:
+        module = importlib.import_module(f"usher.config.{name}")
+        tree = ast.parse(Path(str(module.__file__)).read_text(encoding="utf-8"))
+        defined = [
+            target.id
+            for node in tree.body
+            for target in (
+                node.targets
+                if isinstance(node, ast.Assign)
+                else [node.target]
+                if isinstance(node, ast.AnnAssign)
+                else []
+            )
+            if isinstance(target, ast.Name)
+        ] + [node.name for node in tree.body if isinstance(node, ast.ClassDef | ast.FunctionDef)]
+        for public in (n for n in defined if not n.startswith("_")):
+            assert getattr(face, public, None) is getattr(module, public), f"{name}.{public}"
+    assert all(hasattr(face, name) for name in face.__all__)
