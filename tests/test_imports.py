@@ -20,8 +20,9 @@ Graph = dict[str, set[str]]
 
 # Cycles closed only by an import inside a function, as sets of the modules they go through.
 DEFERRED_CYCLES: list[frozenset[str]] = [
-    # The registry: `get_algorithm` loads the built-in algorithms on first use; each module
-    # imports the package for `Algorithm` and `register`.
+    # The registry: the package loads the built-in algorithms when first asked for one (and a
+    # user's through balancing.custom); each of them imports the package for `register` and the
+    # interface. To break: the interface and registry into a module of their own (compiled).
     frozenset(
         {
             "usher.balancing",
@@ -32,16 +33,6 @@ DEFERRED_CYCLES: list[frozenset[str]] = [
             "usher.balancing.random",
             "usher.balancing.resource",
             "usher.balancing.round_robin",
-        }
-    ),
-    # `build_source` imports the source a config names, so that etcd's client is imported
-    # only by configs that use it; each source imports the `Source` base.
-    frozenset(
-        {
-            "usher.discovery.dns",
-            "usher.discovery.etcd",
-            "usher.discovery.file",
-            "usher.discovery.source",
         }
     ),
     # `listening_socket` takes a handed-over socket (handover.claim); handover opens fresh

@@ -6,7 +6,7 @@ difference with the pool into adds and drains, in the process that owns the live
 control process with several workers: the workers follow by the usual state sync).
 """
 
-from usher.discovery.runner import DiscoveryRunner
-from usher.discovery.source import Source, SourceError, build_source
+from usher.discovery.runner import DiscoveryRunner, build_source
+from usher.discovery.source import Source, SourceError
 
 __all__ = ["DiscoveryRunner", "Source", "SourceError", "build_source"]

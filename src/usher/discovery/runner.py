@@ -15,8 +15,15 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from usher.config import BackendConfig, Discovery, PoolConfig
-from usher.discovery.source import Source, SourceError, build_source, source_label
+from usher.config import (
+    BackendConfig,
+    Discovery,
+    DnsDiscovery,
+    EtcdDiscovery,
+    FileDiscovery,
+    PoolConfig,
+)
+from usher.discovery.source import Source, SourceError, source_label
 from usher.pool import ADMIN_SOURCE, CONFIG_SOURCE, Backend, Pool
 
 if TYPE_CHECKING:
@@ -25,6 +32,23 @@ if TYPE_CHECKING:
 log = logging.getLogger("usher.discovery")
 
 Key = tuple[str, str]  # (pool, source label)
+
+
+def build_source(config: Discovery) -> Source:
+    """The source a config entry names. Each is imported here, when a config uses it: each
+    pulls in its own client library. (Not in source.py, which each source imports.)"""
+    if isinstance(config, DnsDiscovery):
+        from usher.discovery.dns import DnsSource
+
+        return DnsSource(config)
+    if isinstance(config, EtcdDiscovery):
+        from usher.discovery.etcd import EtcdSource
+
+        return EtcdSource(config)
+    assert isinstance(config, FileDiscovery)
+    from usher.discovery.file import FileSource
+
+    return FileSource(config)
 
 
 class DiscoveryRunner:

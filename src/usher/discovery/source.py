@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from usher.config import BackendConfig, Discovery, DnsDiscovery, EtcdDiscovery, FileDiscovery
+from usher.config import BackendConfig, Discovery, DnsDiscovery, EtcdDiscovery
 from usher.errors import SourceError as SourceError
 
 
@@ -18,22 +18,6 @@ class Source(Protocol):
     def updates(self) -> AsyncIterator[list[BackendConfig]]:
         """Yield the whole set each time it may have changed; raise SourceError on failure."""
         ...
-
-
-def build_source(config: Discovery) -> Source:
-    # Imported here: each source pulls in its own client library.
-    if isinstance(config, DnsDiscovery):
-        from usher.discovery.dns import DnsSource
-
-        return DnsSource(config)
-    if isinstance(config, EtcdDiscovery):
-        from usher.discovery.etcd import EtcdSource
-
-        return EtcdSource(config)
-    assert isinstance(config, FileDiscovery)
-    from usher.discovery.file import FileSource
-
-    return FileSource(config)
 
 
 def source_label(config: Discovery) -> str:
