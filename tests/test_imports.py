@@ -35,9 +35,6 @@ DEFERRED_CYCLES: list[frozenset[str]] = [
             "usher.balancing.round_robin",
         }
     ),
-    # `listening_socket` takes a handed-over socket (handover.claim); handover opens fresh
-    # ones for the workers with it. To break: both into one module (the review's net.py).
-    frozenset({"usher.handover", "usher.l4.accept"}),
 ]
 
 

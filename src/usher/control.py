@@ -30,7 +30,6 @@ from usher.channel import Channel, ChannelClosed
 from usher.config import Config
 from usher.dns.server import bind_pair
 from usher.errors import UsherError
-from usher.handover import WorkerSockets
 from usher.listeners import AnyListener, Serving
 from usher.logs import AccessLog
 from usher.messages import (
@@ -53,6 +52,7 @@ from usher.shared import RowIndex, SharedTable
 from usher.signals import flush_logs, handle_signals
 from usher.state.shm import SharedState
 from usher.sync import PoolsState, pools_state
+from usher.worker_sockets import WorkerSockets
 
 # How often counts come in from the shared table and state goes out to the workers: well
 # under any health check interval, so a verdict reaches every worker within one.
