@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from usher import handover
+from usher.admin.views import describe_pool
 from usher.balancing import custom as custom_algorithms
 from usher.clock import Clock, MonotonicClock
 from usher.config import BackendConfig, Config, HostPort, Listener, load_config
@@ -344,7 +345,7 @@ class Balancer:
                 }
                 for name, listener in self.listeners.items()
             ],
-            "pools": {name: pool.describe(offset) for name, pool in self.pools.items()},
+            "pools": {name: describe_pool(pool, offset) for name, pool in self.pools.items()},
         }
 
     def describe_dns(self) -> list[dict[str, Any]]:
