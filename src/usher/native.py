@@ -46,6 +46,7 @@ COMPILED_MODULES: Final = (
     "usher.pool.backend",
     "usher.pool.outlier",
     "usher.pool.pool",
+    "usher.pool.queue",
     "usher.pool.selection",
     "usher.pool.slow_start",
     "usher.clock",
