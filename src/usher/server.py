@@ -405,8 +405,7 @@ class Balancer:
             raise ChangeError(400, _first_error(exc)) from None
         if pool.find(str(config.address)) is not None:
             raise ChangeError(409, f"backend {config.address} is already in pool {pool_name}")
-        backend = pool.add_backend(config)
-        backend.source = ADMIN_SOURCE
+        backend = pool.add_backend(config, ADMIN_SOURCE)
         self.checkers[pool_name].add_backend(backend)
         self.runtime_changes.append((pool_name, backend.label, "added"))
         return backend

@@ -2,7 +2,7 @@
 
 The face of the package; each job has its module:
 
-    backend      Backend, the record of one server, and its State
+    backend      Backend, the record of one server, its State; BackendSpec, what one should be
     selection    Selection, the request side of a choice; RetryBudget
     outlier      passive health: ejections from real traffic, panic mode
     slow_start   the effective weight's ramp
@@ -12,7 +12,7 @@ The face of the package; each job has its module:
 
 from __future__ import annotations
 
-from usher.pool.backend import ADMIN_SOURCE, CONFIG_SOURCE, Backend, State
+from usher.pool.backend import ADMIN_SOURCE, CONFIG_SOURCE, Backend, BackendSpec, State
 from usher.pool.pool import Pool
 from usher.pool.selection import RetryBudget, Selection
 
@@ -20,6 +20,7 @@ __all__ = [
     "ADMIN_SOURCE",
     "CONFIG_SOURCE",
     "Backend",
+    "BackendSpec",
     "Pool",
     "RetryBudget",
     "Selection",

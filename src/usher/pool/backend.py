@@ -139,10 +139,59 @@ class Backend:
         return f"<Backend {self.label} w={self.weight} {self.state} active={self.active}>"
 
 
-def backend_from(config: BackendConfig) -> Backend:
-    return Backend(
-        config.address,
-        weight=config.weight,
-        backup=config.backup,
-        max_connections=config.max_connections,
+class BackendSpec:
+    """What a backend should be, as `Pool.update` takes it: the config of one, where it comes
+    from, and (when given) its admin state and its health verdict, with the reason for them."""
+
+    __slots__ = (
+        "address",
+        "backup",
+        "healthy",
+        "max_connections",
+        "reason",
+        "source",
+        "state",
+        "weight",
     )
+
+    def __init__(
+        self,
+        address: HostPort,
+        *,
+        weight: int = 1,
+        backup: bool = False,
+        max_connections: int | None = None,
+        source: str = CONFIG_SOURCE,
+        state: State | None = None,
+        healthy: bool | None = None,
+        reason: str = "",
+    ) -> None:
+        self.address = address
+        self.weight = weight
+        self.backup = backup
+        self.max_connections = max_connections
+        self.source = source
+        self.state = state  # None: as it is
+        self.healthy = healthy  # None: as it is
+        self.reason = reason
+
+    @classmethod
+    def of(cls, config: BackendConfig, source: str = CONFIG_SOURCE) -> BackendSpec:
+        return cls(
+            config.address,
+            weight=config.weight,
+            backup=config.backup,
+            max_connections=config.max_connections,
+            source=source,
+        )
+
+    def build(self) -> Backend:
+        """A new backend as this spec says (its state and health are the pool's to set)."""
+        backend = Backend(
+            self.address,
+            weight=self.weight,
+            backup=self.backup,
+            max_connections=self.max_connections,
+        )
+        backend.source = self.source
+        return backend

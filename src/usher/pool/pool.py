@@ -14,12 +14,12 @@ import asyncio
 import logging
 import ssl
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from usher.balancing import Algorithm, get_algorithm
 from usher.clock import Clock
-from usher.pool.backend import ADMIN_SOURCE, CONFIG_SOURCE, Backend, State, backend_from
+from usher.pool.backend import ADMIN_SOURCE, CONFIG_SOURCE, Backend, BackendSpec, State
 from usher.pool.outlier import Outliers
 from usher.pool.persistence import (
     Persistence,
@@ -53,7 +53,7 @@ class Pool:
         self.config = config
         self.clock = clock
         self.seed = seed
-        self.backends = [backend_from(b) for b in config.backends]
+        self.backends = [BackendSpec.of(b).build() for b in config.backends]
         self._algorithm_cls = get_algorithm(config.algorithm)
         # With several workers: the state they share (usher.state); None in one process.
         self.shared: SharedState | None = installed()
@@ -307,11 +307,50 @@ class Pool:
         self.slow_start.set_weight(backend, weight)
         self._rebuild()
 
-    def add_backend(self, config: BackendConfig) -> Backend:
-        backend = backend_from(config)
-        self.backends.append(backend)
-        self.slow_start.start(backend, self.clock.now())
-        self._rebuild()
+    def update(self, specs: Iterable[BackendSpec]) -> list[Backend]:
+        """The one door for changes of membership: make the backends `specs` lists as they
+        say. One the pool lacks joins (after the others, in order) and ramps up with slow
+        start; one it has keeps its live state (counts, health, ejections, idle connections)
+        and takes the spec's weight, tier and source; a spec's state and health, when given,
+        are set as `set_state` and `set_healthy` do. Returns the backends no spec lists, still
+        in the pool: the caller keeps, drains or removes them."""
+        now = self.clock.now()
+        unlisted = {b.label: b for b in self.backends}
+        listed: list[tuple[Backend, BackendSpec]] = []
+        rebuild = False
+        for spec in specs:
+            backend = unlisted.pop(str(spec.address), None)
+            if backend is None:
+                if self.find(str(spec.address)) is not None:
+                    continue  # listed twice: the first spec holds
+                backend = spec.build()
+                self.backends.append(backend)
+                self.slow_start.start(backend, now)
+                rebuild = True
+            else:
+                backend.source = spec.source
+                if (backend.backup, backend.max_connections) != (spec.backup, spec.max_connections):
+                    backend.backup = spec.backup
+                    backend.max_connections = spec.max_connections
+                    rebuild = True
+                if backend.weight != spec.weight:
+                    self.slow_start.set_weight(backend, spec.weight)
+                    rebuild = True
+            listed.append((backend, spec))
+        if rebuild:
+            self._rebuild()
+        for backend, spec in listed:
+            if spec.state is not None and backend.state != spec.state:
+                self.set_state(backend, spec.state, spec.reason)
+            if spec.healthy is not None and backend.healthy != spec.healthy:
+                self.set_healthy(backend, spec.healthy, spec.reason)
+        return list(unlisted.values())
+
+    def add_backend(self, config: BackendConfig, source: str = CONFIG_SOURCE) -> Backend:
+        """Add (or, when the pool has it, update) one backend; see `update`."""
+        self.update([BackendSpec.of(config, source)])
+        backend = self.find(str(config.address))
+        assert backend is not None
         return backend
 
     def remove_backend(self, backend: Backend) -> None:
@@ -359,25 +398,14 @@ class Pool:
         """Apply a reloaded pool config. Backends that stay keep their live state (counts,
         health, ejections, idle connections); new ones ramp up with slow start; returns the
         backends the new config dropped, still in the pool: the caller drains and removes them."""
-        now = self.clock.now()
+        # The file names them now: the file owns them (source config), in its order.
+        unlisted = self.update([BackendSpec.of(bc) for bc in config.backends])
         by_label = {b.label: b for b in self.backends}
-        kept: list[Backend] = []
-        for bc in config.backends:
-            backend = by_label.pop(str(bc.address), None)
-            if backend is None:
-                backend = backend_from(bc)
-                self.slow_start.start(backend, now)
-            else:
-                backend.source = CONFIG_SOURCE  # the file names it now: the file owns it
-                backend.backup = bc.backup
-                backend.max_connections = bc.max_connections
-                if backend.weight != bc.weight:
-                    self.slow_start.set_weight(backend, bc.weight)
-            kept.append(backend)
+        kept = [by_label[str(bc.address)] for bc in config.backends]
         # Discovered backends stay: their source retires them, not the file.
-        discovered = [b for b in by_label.values() if b.source not in (CONFIG_SOURCE, ADMIN_SOURCE)]
+        discovered = [b for b in unlisted if b.source not in (CONFIG_SOURCE, ADMIN_SOURCE)]
         kept += discovered
-        dropped = [b for b in by_label.values() if b not in discovered]
+        dropped = [b for b in unlisted if b not in discovered]
         sticky_changed = config.sticky != self.config.sticky
         if (config.tls, config.send_proxy_protocol) != (
             self.config.tls,
