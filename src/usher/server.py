@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from usher import handover
+from usher.admin.views import describe_pool
 from usher.balancing import custom as custom_algorithms
 from usher.clock import Clock, MonotonicClock
 from usher.config import BackendConfig, Config, HostPort, Listener, load_config
@@ -327,7 +328,7 @@ class Balancer:
                 }
                 for name, listener in self.listeners.items()
             ],
-            "pools": {name: pool.describe(offset) for name, pool in self.pools.items()},
+            "pools": {name: describe_pool(pool, offset) for name, pool in self.pools.items()},
         }
 
     def describe_dns(self) -> list[dict[str, Any]]:
@@ -387,8 +388,7 @@ class Balancer:
             raise ChangeError(400, _first_error(exc)) from None
         if pool.find(str(config.address)) is not None:
             raise ChangeError(409, f"backend {config.address} is already in pool {pool_name}")
-        backend = pool.add_backend(config)
-        backend.source = ADMIN_SOURCE
+        backend = pool.add_backend(config, ADMIN_SOURCE)
         self.checkers[pool_name].add_backend(backend)
         self.runtime_changes.append((pool_name, backend.label, "added"))
         return backend

@@ -15,7 +15,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from usher.config import BackendConfig
+from usher.config import BackendConfig, HostPort
+from usher.pool import BackendSpec
 
 if TYPE_CHECKING:
     from usher.pool import Backend, Pool, State
@@ -93,39 +94,35 @@ def quiet_state_log() -> Iterator[None]:
 def _apply_pool(
     pool: Pool, wanted: tuple[BackendState, ...], table: SharedTable | None, worker: int
 ) -> None:
-    labels = {s.address for s in wanted}
-    for backend in list(pool.backends):
-        if backend.label not in labels:
-            detach(backend)
-            pool.remove_backend(backend)
+    known = {b.label: b for b in pool.backends}
+    for backend in pool.update([_spec(s, known.get(s.address)) for s in wanted]):
+        detach(backend)
+        pool.remove_backend(backend)
+    by_label = {b.label: b for b in pool.backends}
     for s in wanted:
-        found = pool.find(s.address)
-        backend = found if found is not None else pool.add_backend(_config(s))
-        backend.source = s.source
-        if backend.backup != s.backup or backend.max_connections != s.max_connections:
-            backend.backup = s.backup
-            backend.max_connections = s.max_connections
-            pool.set_weight(backend, s.weight)  # rebuilds the algorithms with the new tiers
-        elif backend.weight != s.weight:
-            pool.set_weight(backend, s.weight)
-        if backend.state != s.state:
-            pool.set_state(backend, s.state, s.reason)
-        if backend.healthy != s.healthy:
-            pool.set_healthy(backend, s.healthy, s.reason)
+        backend = by_label[s.address]
         backend.load = s.load
         backend.check_rtt = s.check_rtt
         _attach(backend, table, s.row, worker)
 
 
-def _config(s: BackendState) -> BackendConfig:
-    return BackendConfig.model_validate(
-        {
-            "address": s.address,
-            "weight": s.weight,
-            "backup": s.backup,
-            "max_connections": s.max_connections,
-        }
+def _spec(s: BackendState, known: Backend | None) -> BackendSpec:
+    """What the pool's update takes; the address is parsed only for a backend new here."""
+    address = known.address if known is not None else _address(s.address)
+    return BackendSpec(
+        address,
+        weight=s.weight,
+        backup=s.backup,
+        max_connections=s.max_connections,
+        source=s.source,
+        state=s.state,
+        healthy=s.healthy,
+        reason=s.reason,
     )
+
+
+def _address(text: str) -> HostPort:
+    return BackendConfig.model_validate({"address": text}).address
 
 
 def _attach(backend: Backend, table: SharedTable | None, row: int | None, worker: int) -> None:

@@ -24,6 +24,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from usher import __version__
+from usher.admin.views import describe_backend, describe_pool
 from usher.config import (
     BackendConfig,
     PositiveInteger,
@@ -273,7 +274,7 @@ async def list_dns(balancer: BalancerDep) -> dict[str, Any]:
 
 @api.get("/pools/{pool}", response_model=PoolView, summary="One pool")
 async def get_pool(pool: PoolName, balancer: BalancerDep) -> dict[str, Any]:
-    return balancer.pool(pool).describe(balancer.wall_offset())
+    return describe_pool(balancer.pool(pool), balancer.wall_offset())
 
 
 @api.get(
@@ -282,7 +283,7 @@ async def get_pool(pool: PoolName, balancer: BalancerDep) -> dict[str, Any]:
     summary="The backends of one pool",
 )
 async def list_backends(pool: PoolName, balancer: BalancerDep) -> list[dict[str, Any]]:
-    backends: list[dict[str, Any]] = balancer.pool(pool).describe(balancer.wall_offset())[
+    backends: list[dict[str, Any]] = describe_pool(balancer.pool(pool), balancer.wall_offset())[
         "backends"
     ]
     return backends
@@ -306,7 +307,7 @@ async def add_backend(
         backup=backend.backup,
         max_connections=backend.max_connections,
     )
-    return balancer.pool(pool).describe_backend(added, balancer.wall_offset())
+    return describe_backend(balancer.pool(pool), added, balancer.wall_offset())
 
 
 @api.patch(
@@ -321,7 +322,7 @@ async def change_backend(
     if change.weight is None and change.state is None:
         raise ChangeError(400, "nothing to change: give weight and/or state")
     balancer.update_backend(pool, backend.label, weight=change.weight, state=change.state)
-    return found_in.describe_backend(backend, balancer.wall_offset())
+    return describe_backend(found_in, backend, balancer.wall_offset())
 
 
 @api.delete(

@@ -24,7 +24,7 @@ from usher.config import (
     PoolConfig,
 )
 from usher.discovery.source import Source, SourceError, source_label
-from usher.pool import ADMIN_SOURCE, CONFIG_SOURCE, Backend, Pool
+from usher.pool import ADMIN_SOURCE, CONFIG_SOURCE, Backend, BackendSpec, Pool
 
 if TYPE_CHECKING:
     from usher.server import Balancer
@@ -150,23 +150,16 @@ class DiscoveryRunner:
         checker = self.balancer.checkers.get(pool_name)
         for address, (entry, label) in wanted.items():
             if pool.find(address) is None:
-                backend = pool.add_backend(entry)
-                backend.source = label
+                backend = pool.add_backend(entry, label)
                 if checker is not None:
                     checker.add_backend(backend)
                 log.warning("backend %s in pool %s: added by %s", address, pool_name, label)
 
     def _refresh(self, pool: Pool, backend: Backend, entry: BackendConfig, label: str) -> None:
-        backend.source = label
         leaving = self._leaving.pop((pool.name, backend.label), None)
         if leaving is not None and backend.state == "draining":
             pool.set_state(backend, "enabled", f"listed again by {label}")  # the drain ends
-        if (backend.backup, backend.max_connections) != (entry.backup, entry.max_connections):
-            backend.backup = entry.backup
-            backend.max_connections = entry.max_connections
-            pool.set_weight(backend, entry.weight)  # rebuilds the tiers
-        elif backend.weight != entry.weight:
-            pool.set_weight(backend, entry.weight)
+        pool.update([BackendSpec.of(entry, label)])  # its weight and tier, as the source says
 
     def _retire(self, pool: Pool, backend: Backend) -> None:
         key = (pool.name, backend.label)

@@ -29,7 +29,7 @@ from usher.state.shm import SharedKeyTable
 if TYPE_CHECKING:
     from usher.config import StickyCookie, StickyHeader, StickySourceIp
     from usher.http.codec import Headers
-    from usher.pool import Backend
+    from usher.pool.backend import Backend
     from usher.state.shm import SharedState
 
 

@@ -1,0 +1,113 @@
+"""The wait queue: requests that wait for a backend at its `max_connections` (pool `queue`).
+
+In one process the queue is this process's list of waiters. With several workers it is one
+for all, in shared memory (usher.state.shm): first in, first out over every worker, a waiter
+woken when it heads the queue and a backend has room (the worker's state loop calls `serve`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from usher.pool.backend import Backend
+from usher.state.shm import SharedQueue
+
+if TYPE_CHECKING:
+    from usher.pool.pool import Pool
+
+log = logging.getLogger("usher.health")
+
+
+class WaitQueue:
+    """The requests of one pool waiting for a free slot, each a callback to call then."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.waiters: deque[Callable[[], None]] = deque()
+        self.shared: SharedQueue | None = self._shared_queue()
+        self._tickets: dict[Callable[[], None], int] = {}
+        self._granted: int | None = None
+
+    def configure(self) -> None:
+        """The pool's config is new: a shared queue of another size (or none) is rebuilt."""
+        wanted = self.pool.config.queue
+        if self.shared is None or wanted is None or self.shared.size != wanted.size:
+            self.shared = self._shared_queue()
+
+    def gated(self) -> bool:
+        """Someone waits in the shared queue (and none of this worker's holds its head): a
+        new request waits behind them."""
+        return self.shared is not None and self._granted is None and self.shared.waiting()
+
+    def join(self, callback: Callable[[], None]) -> bool:
+        """Queue `callback` for the next free slot; False when the queue is full or off."""
+        options = self.pool.config.queue
+        if options is None or len(self.waiters) >= options.size:
+            return False
+        shared, state = self.shared, self.pool.shared
+        if shared is not None:
+            assert state is not None
+            ticket = shared.join(state.worker)
+            if ticket is None:
+                return False
+            self._tickets[callback] = ticket
+        self.waiters.append(callback)
+        return True
+
+    def leave(self, callback: Callable[[], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self.waiters.remove(callback)
+        ticket = self._tickets.pop(callback, None)
+        state = self.pool.shared
+        if ticket is not None and self.shared is not None and state is not None:
+            self.shared.leave(ticket, state.worker)
+
+    def wake(self, backend: Backend) -> None:
+        """`backend` may have a free slot: the first waiter tries (with a shared queue, when
+        it heads it; soon, not inside the finish of the request that freed it)."""
+        if self.shared is not None:
+            asyncio.get_running_loop().call_soon(self.serve)
+        elif backend.has_room():
+            self.waiters.popleft()()
+
+    def serve(self) -> None:
+        """Wake this worker's first waiter when it heads the shared queue and a backend has
+        room. It holds the head (a grant) until its attempt has run: no waiter of another
+        worker passes it, nor a new request, meanwhile."""
+        pool = self.pool
+        queue, state = self.shared, pool.shared
+        if queue is None or state is None or not self.waiters or self._granted is not None:
+            return
+        now = pool.clock.now()
+        if not any(b.ready(now) and b.has_room() for b in pool.backends):
+            return
+        ticket = queue.grant(state.worker)
+        if ticket is None:
+            return
+        callback = self.waiters.popleft()
+        self._tickets.pop(callback, None)
+        self._granted = ticket
+        callback()  # schedules the attempt (call_soon), which runs before the release below
+        asyncio.get_running_loop().call_soon(self._release_grant, ticket)
+
+    def _release_grant(self, ticket: int) -> None:
+        self._granted = None
+        state = self.pool.shared
+        if self.shared is not None and state is not None:
+            self.shared.done(ticket, state.worker)
+        self.serve()
+
+    def _shared_queue(self) -> SharedQueue | None:
+        pool = self.pool
+        if pool.shared is None or pool.config.queue is None:
+            return None
+        index = pool.shared.queue_index(pool.name)
+        if index is None:
+            log.warning("pool %s: no shared queue left; its queue is this worker's", pool.name)
+            return None
+        return SharedQueue(pool.shared, index, pool.config.queue.size)

@@ -1,0 +1,33 @@
+"""The request side of choosing a backend: who asks, and which backends it already tried."""
+
+from __future__ import annotations
+
+from usher.pool.backend import Backend
+from usher.state.local import LocalBudget
+
+# The in-process retry budget, by the name it always had.
+RetryBudget = LocalBudget
+
+
+class Selection:
+    """The request-side context of one selection: who asks, and which backends were tried."""
+
+    __slots__ = ("client_ip", "gated", "key", "now", "panic", "tried")
+
+    def __init__(self, client_ip: str, now: float, key: bytes | None = None) -> None:
+        self.client_ip = client_ip
+        self.now = now
+        self.key = key
+        self.panic = False
+        # Requests wait in another worker's queue: backends with a limit are theirs first.
+        self.gated = False
+        self.tried: list[Backend] = []
+
+    def eligible(self, backend: Backend) -> bool:
+        if backend in self.tried or not backend.has_room():
+            return False
+        if self.gated and backend.max_connections is not None:
+            return False
+        if self.panic:
+            return backend.state == "enabled"
+        return backend.ready(self.now)
