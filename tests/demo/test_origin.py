@@ -16,7 +16,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect as ws_connect
 
-from usher.backend import BackendOptions, BackendServer, serve_backend_forever, start_backend
+from usher.demo.origin import BackendOptions, BackendServer, serve_backend_forever, start_backend
 
 MiB = 1024 * 1024
 Make = Callable[..., Awaitable[BackendServer]]
