@@ -27,6 +27,17 @@ def transfer_codings(headers: Headers) -> tuple[bytes, ...]:
     return tuple(codings)
 
 
+def ends_chunked(codings: tuple[bytes, ...]) -> bool:
+    """Whether a body with these transfer codings is chunked (RFC 9112 §6.3): only when chunked
+    comes last; after `gzip` or `chunked, gzip` a response's body runs to the close."""
+    return bool(codings) and codings[-1] == CHUNKED
+
+
+def chunked_twice(codings: tuple[bytes, ...]) -> bool:
+    """Chunked applied more than once (RFC 9112 §7.1 forbids it): refused in either direction."""
+    return codings.count(CHUNKED) > 1
+
+
 def request_framing_error(codings: tuple[bytes, ...]) -> ClientError | None:
     """Why a request's Transfer-Encoding is refused, or None when it is plain `chunked`.
 
@@ -36,9 +47,9 @@ def request_framing_error(codings: tuple[bytes, ...]) -> ClientError | None:
     """
     if codings == (CHUNKED,):
         return None
-    if not codings or codings[-1] != CHUNKED:
+    if not ends_chunked(codings):
         return ClientError(400, "the last transfer coding of a request must be chunked")
-    if codings.count(CHUNKED) > 1:
+    if chunked_twice(codings):
         return ClientError(400, "chunked is applied more than once")
     other = b", ".join(codings[:-1]).decode("latin-1")
     return ClientError(501, f"transfer coding {other} is not supported")

@@ -8,7 +8,14 @@ import httptools
 
 from usher.errors import UpstreamProtocolError
 from usher.http.events import Data, EndOfMessage, Event, Headers, Response, Upgraded
-from usher.http.framing import CHUNKED, PLAIN_CHUNKED, body_forbidden, transfer_codings
+from usher.http.framing import (
+    CHUNKED,
+    PLAIN_CHUNKED,
+    body_forbidden,
+    chunked_twice,
+    ends_chunked,
+    transfer_codings,
+)
 
 # A backend is trusted more than a client, but its header block must still be bounded.
 MAX_RESPONSE_HEAD: Final = 64 * 1024
@@ -165,9 +172,8 @@ class ResponseReader:
             if coding == CHUNKED
             else transfer_codings(self._headers)
         )
-        # "gzip" or "chunked, gzip" (chunked not last) means the body runs to the connection's end.
-        chunked = bool(codings) and codings[-1] == CHUNKED
-        if codings.count(CHUNKED) > 1:
+        chunked = ends_chunked(codings)  # else the body runs to the connection's end
+        if chunked_twice(codings):
             self._fail("chunked is applied more than once")
         no_body = body_forbidden(status, head=self._method_head)
         self._chunked = self._unframed = chunked and not no_body
