@@ -18,8 +18,8 @@ import httpx
 import uvloop
 import yaml
 
-from usher.backend import BackendOptions, start_backend
 from usher.config import parse_config
+from usher.demo.origin import BackendOptions, start_backend
 from usher.server import Balancer
 
 

@@ -14,8 +14,8 @@ import pytest
 import uvloop
 import yaml
 
-from usher.backend import BackendOptions, BackendServer, start_backend
 from usher.config import parse_config
+from usher.demo.origin import BackendOptions, BackendServer, start_backend
 from usher.logs import AccessLog
 from usher.server import Balancer
 

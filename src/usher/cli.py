@@ -179,8 +179,8 @@ def backend(
     ] = 0.0,
 ) -> None:
     """Run one demo backend (GET /, /health, /load, /headers, POST /echo, /bytes/N, /ws)."""
-    from usher.backend import BackendOptions, start_backend
     from usher.config import parse_duration
+    from usher.demo.origin import BackendOptions, start_backend
 
     try:
         delay = parse_duration(latency)

@@ -33,6 +33,11 @@ from typing import Final
 
 COMPILED_MODULES: Final = (
     "usher.http.codec",
+    "usher.http.events",
+    "usher.http.framing",
+    "usher.http.request_reader",
+    "usher.http.response_reader",
+    "usher.http.writers",
     "usher.http.headers",
     "usher.routing",
     "usher.http.proxy",

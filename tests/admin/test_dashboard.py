@@ -21,7 +21,7 @@ import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
 
 from tests.conftest import RunningBalancer, free_port, pool_of, simple_config
-from usher.backend import BackendServer
+from usher.demo.origin import BackendServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

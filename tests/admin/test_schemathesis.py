@@ -32,8 +32,8 @@ from schemathesis.checks import (
 
 from tests.conftest import pool_of, simple_config
 from usher.admin.api import create_app
-from usher.backend import BackendOptions, start_backend
 from usher.config import load_config, parse_config
+from usher.demo.origin import BackendOptions, start_backend
 from usher.server import Balancer
 
 

@@ -16,8 +16,8 @@ import yaml
 
 from tests.conftest import RunningBalancer
 from tests.discovery.servers import EtcdServer, etcd_binary, write_atomically
-from usher.backend import BackendServer
 from usher.config import parse_config
+from usher.demo.origin import BackendServer
 
 pytestmark = pytest.mark.timeout(60)
 

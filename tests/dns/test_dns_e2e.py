@@ -21,9 +21,9 @@ import pytest
 from tests.conftest import RunningBalancer
 from tests.dns.helpers import addresses
 from tests.l4.test_tcp import wait_for
-from usher.backend import BackendServer, start_backend
 from usher.clock import ManualClock
 from usher.config import parse_config
+from usher.demo.origin import BackendServer, start_backend
 from usher.dns.server import DnsListener
 from usher.metrics import render
 

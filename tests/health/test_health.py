@@ -15,9 +15,9 @@ import pytest
 import trustme
 
 from tests.conftest import free_port, raw_exchange, read_request_head
-from usher.backend import BackendServer
 from usher.clock import ManualClock, MonotonicClock
 from usher.config import HealthCheck, HostPort, PoolConfig
+from usher.demo.origin import BackendServer
 from usher.health import (
     CheckResult,
     HealthChecker,

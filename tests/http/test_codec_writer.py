@@ -18,6 +18,7 @@ from usher.http.codec import (
     ResponseReader,
     ServerWriter,
 )
+from usher.http.framing import body_forbidden, chunked_twice, ends_chunked
 
 
 def server(
@@ -227,3 +228,38 @@ def test_host_may_be_left_optional_for_the_demo_origin() -> None:
         RequestReader().feed(bare)
     (request, _) = RequestReader(require_host=False).feed(bare)
     assert isinstance(request, Request) and request.host == b""
+
+
+@pytest.mark.parametrize(
+    ("status", "head", "forbidden"),
+    [
+        (100, False, True),
+        (101, False, True),
+        (200, False, False),
+        (200, True, True),
+        (204, False, True),
+        (304, False, True),
+        (404, True, True),
+        (500, False, False),
+    ],
+)
+def test_the_no_body_rule_is_one_function(status: int, head: bool, forbidden: bool) -> None:
+    # Both the response reader and the server writer decide with it.
+    assert body_forbidden(status, head=head) is forbidden
+
+
+@pytest.mark.parametrize(
+    ("codings", "chunked", "twice"),
+    [
+        ((), False, False),
+        ((b"chunked",), True, False),
+        ((b"gzip", b"chunked"), True, False),
+        ((b"chunked", b"gzip"), False, False),
+        ((b"chunked", b"chunked"), True, True),
+    ],
+)
+def test_transfer_coding_rules_shared_by_both_readers(
+    codings: tuple[bytes, ...], chunked: bool, twice: bool
+) -> None:
+    assert ends_chunked(codings) is chunked
+    assert chunked_twice(codings) is twice

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import pool_of, simple_config
-from usher.backend import BackendOptions, start_backend
+from usher.demo.origin import BackendOptions, start_backend
 
 FAST_CHECKS = {
     "type": "http",

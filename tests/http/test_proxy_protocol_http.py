@@ -13,7 +13,7 @@ import pytest
 import trustme
 
 from tests.conftest import RunningBalancer, read_response
-from usher.backend import BackendServer
+from usher.demo.origin import BackendServer
 from usher.proxy_protocol import encode_v1, encode_v2, parse
 
 StartBalancer = Callable[..., Awaitable[RunningBalancer]]

@@ -15,7 +15,7 @@ import trustme
 
 from tests.conftest import RunningBalancer
 from tests.tls_helpers import TlsServerFactory, server_context, write_ca
-from usher.backend import BackendServer
+from usher.demo.origin import BackendServer
 
 StartBalancer = Callable[..., Awaitable[RunningBalancer]]
 StartBackends = Callable[..., Awaitable[list[BackendServer]]]

@@ -13,8 +13,8 @@ import trustme
 import yaml
 
 from tests.conftest import RawResponse, RunningBalancer, pool_of, read_response, simple_config
-from usher.backend import BackendServer
 from usher.config import parse_config
+from usher.demo.origin import BackendServer
 
 StartBalancer = Callable[..., Awaitable[RunningBalancer]]
 StartBackends = Callable[..., Awaitable[list[BackendServer]]]

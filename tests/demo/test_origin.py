@@ -16,7 +16,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect as ws_connect
 
-from usher.backend import BackendOptions, BackendServer, serve_backend_forever, start_backend
+from usher.demo.origin import BackendOptions, BackendServer, serve_backend_forever, start_backend
 
 MiB = 1024 * 1024
 Make = Callable[..., Awaitable[BackendServer]]
@@ -386,6 +386,38 @@ async def test_expect_100_continue(backend: BackendServer) -> None:
     assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
     writer.write(b"abc")
     assert (await read_response(reader))[2] == b"abc"
+    await close_raw(writer)
+
+
+async def test_http10_gets_no_100_continue(backend: BackendServer) -> None:
+    # The codec's writer sends no 1xx to an HTTP/1.0 client (RFC 9110 §15.2).
+    reader, writer = await open_raw(backend)
+    writer.write(b"POST /echo HTTP/1.0\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+    writer.write(b"abc")
+    status, headers, body = await read_response(reader)
+    assert (status, body, headers["connection"]) == (200, b"abc", "close")
+    await close_raw(writer)
+
+
+async def test_chunked_bytes_to_http10_run_to_the_close(backend: BackendServer) -> None:
+    reader, writer = await open_raw(backend)
+    writer.write(b"GET /bytes/10?chunked=1 HTTP/1.0\r\n\r\n")
+    status, headers, body = await read_response(reader)
+    assert "transfer-encoding" not in headers and "content-length" not in headers
+    assert (status, body, headers["connection"]) == (200, bytes(range(10)), "close")
+    await close_raw(writer)
+
+
+async def test_no_body_statuses_describe_no_content(backend: BackendServer) -> None:
+    reader, writer = await open_raw(backend)
+    writer.write(
+        b"GET /status/304 HTTP/1.1\r\n\r\nGET /status/204 HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n"
+    )
+    for status in (304, 204):
+        answer = await read_response(reader)
+        assert answer[0] == status
+        assert "content-length" not in answer[1] and "content-type" not in answer[1]
+    assert (await read_response(reader))[2] == b"A\n"  # nothing came between
     await close_raw(writer)
 
 

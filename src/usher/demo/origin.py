@@ -20,7 +20,21 @@ from functools import cache
 from http import HTTPStatus
 
 from usher.errors import ClientError
-from usher.http.codec import Data, EndOfMessage, Event, Request, RequestReader, Upgraded
+from usher.http.codec import (
+    CHUNKED,
+    ConnState,
+    Data,
+    EndOfMessage,
+    Event,
+    Headers,
+    InformationalResponse,
+    Request,
+    RequestReader,
+    Response,
+    ServerWriter,
+    Upgraded,
+)
+from usher.http.framing import body_forbidden
 
 _CHUNK = 64 * 1024
 # 64 KiB is a multiple of 256, so consecutive blocks continue the pattern seamlessly.
@@ -34,6 +48,11 @@ _DISCARD, _BUFFER, _STREAM = 0, 1, 2  # what happens to the request body as it a
 _TEXT = b"text/plain; charset=utf-8"
 _JSON = b"application/json"
 _OCTETS = b"application/octet-stream"
+_CONNECTION_CLOSE = (b"Connection", b"close")
+# What a bad request that left no head is answered as: an HTTP/1.1 GET.
+_NO_REQUEST = Request(b"GET", b"/", b"1.1", [])
+_CONTINUE = InformationalResponse(100)
+_END = EndOfMessage()
 
 
 @dataclass
@@ -61,12 +80,16 @@ def _keep_upgrade(request: Request) -> bytes | None:
 
 
 @cache
-def _status_line(status: int) -> bytes:
+def _reason(status: int) -> bytes:
     try:
-        reason = HTTPStatus(status).phrase
+        return HTTPStatus(status).phrase.encode()
     except ValueError:
-        reason = "Unknown"
-    return f"HTTP/1.1 {status} {reason}\r\n".encode()
+        return b"Unknown"
+
+
+def _framing(chunked: bool, length: int) -> tuple[bytes, bytes]:
+    """The framing header to give the writer, which keeps it or frames the body otherwise."""
+    return (b"Transfer-Encoding", CHUNKED) if chunked else (b"Content-Length", b"%d" % length)
 
 
 def _unmask(data: bytes | bytearray, mask: bytes, offset: int) -> bytes:
@@ -101,7 +124,7 @@ class BackendServer:
         self._connections: set[_Connection] = set()
         self._rng = random.Random(options.seed)
         name = options.name.encode()
-        self._x_backend = b"X-Backend: " + name + b"\r\n"
+        self._x_backend = (b"X-Backend", name)
         self._hello = name + b"\n"
 
     @property
@@ -133,7 +156,9 @@ class _Request:
     path: str = ""
     query: str = ""
     http10: bool = False
-    keep_alive: bool = False
+    head: Request = _NO_REQUEST  # what the writer is told it answers
+    close: bool = False  # the answer ends the connection, whatever the request asked
+    begun: bool = False  # the writer was told its answer is next
     headers_done: bool = False
     complete: bool = False
     chunked: bool = False
@@ -159,7 +184,6 @@ class _Connection(asyncio.Protocol):
         "_advancing",
         "_broken",
         "_busy",
-        "_chunked_out",
         "_counted",
         "_current",
         "_pumping",
@@ -170,6 +194,7 @@ class _Connection(asyncio.Protocol):
         "_timer",
         "_upgraded",
         "_write_paused",
+        "_writer",
         "_ws_buf",
         "_ws_left",
         "_ws_mask",
@@ -183,12 +208,14 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: BackendServer) -> None:
         self.server = server
         self._reader = RequestReader(upgrade_filter=_keep_upgrade, require_host=False)
+        # Every answer goes through the codec's writer: framing and keep-alive are its call.
+        self._writer = ServerWriter(self._reader)
         self._queue: deque[_Request] = deque()
         self._counted = False  # this connection's busy request counts in server.in_flight
         self._current: _Request | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._pumping: _Request | None = None
-        self._busy = self._advancing = self._broken = self._chunked_out = False
+        self._busy = self._advancing = self._broken = False
         self._read_paused = self._write_paused = self._upgraded = self._ws_open = False
         self._remaining = self._ws_left = self._ws_pos = 0
         self._ws_mask = b""
@@ -290,7 +317,7 @@ class _Connection(asyncio.Protocol):
         req.headers_done = True
         req.method = request.method
         req.http10 = request.version == b"1.0"
-        req.keep_alive = request.keep_alive
+        req.head = request
         req.chunked = request.chunked
         req.length = request.content_length or 0
         path, _, query = request.target.partition(b"?")
@@ -301,14 +328,14 @@ class _Connection(asyncio.Protocol):
             req.mode = _BUFFER
         elif req.path == "/ws" and req.header(b"upgrade") is not None:
             req.ws = request.upgrade is not None
-            req.keep_alive = False  # anything but a 101 ends the connection
+            req.close = True  # anything but a 101 ends the connection
         self._advance()
 
     def _on_body(self, body: bytes) -> None:
         req = self._current
         assert req is not None
         if req.mode == _STREAM:
-            self._send(req, body)
+            self._send(body)
         elif req.mode == _BUFFER:
             req.body.append(body)
             req.buffered += len(body)
@@ -334,9 +361,12 @@ class _Connection(asyncio.Protocol):
                 req = self._queue[0]
                 if not req.headers_done:
                     break
+                if not req.begun:
+                    req.begun = True
+                    self._writer.begin(req.head)
                 if req.expect and not req.complete:
                     req.expect = False
-                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    self._write(self._writer.send(_CONTINUE))
                 if not (req.complete or req.mode == _BUFFER):
                     break  # the body is read (and ignored) before we answer
                 self._busy = True
@@ -364,7 +394,7 @@ class _Connection(asyncio.Protocol):
             req.mode = _DISCARD
             req.body.clear()
             req.buffered = 0
-        if not req.keep_alive:
+        if self._writer.our_state is ConnState.MUST_CLOSE:
             self.transport.close()
             return
         self._advance()
@@ -381,7 +411,7 @@ class _Connection(asyncio.Protocol):
             self._queue.append(req)
         req.error = 400
         req.headers_done = req.complete = True
-        req.keep_alive = False
+        req.close = True
         req.mode = _DISCARD
         self._advance()
 
@@ -399,7 +429,7 @@ class _Connection(asyncio.Protocol):
             self._respond(req, 200 if ok else 503, b"ok\n" if ok else b"unhealthy\n")
         elif path in ("/health/fail", "/health/ok"):
             if req.method != b"POST":
-                self._respond(req, 405, b"use POST\n", extra=b"Allow: POST\r\n")
+                self._respond(req, 405, b"use POST\n", extra=[(b"Allow", b"POST")])
                 return
             server.healthy = path == "/health/ok"
             self._respond(req, 200, b"healthy\n" if server.healthy else b"unhealthy\n")
@@ -441,88 +471,82 @@ class _Connection(asyncio.Protocol):
             self._bytes(req, int(value), "chunked=1" in req.query.split("&"))
         elif kind == "status" and 200 <= value <= 599:
             code = int(value)
-            self._respond(req, code, _status_line(code)[9:-2] + b"\n")
+            self._respond(req, code, b"%d %s\n" % (code, _reason(code)))
         elif kind == "sleep" and 0 <= value <= 3600:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(value, self._respond, req, 200, b"slept\n")
         else:
             self._respond(req, 400, f"bad {kind} argument: {arg!r}\n".encode())
 
-    def _head(self, req: _Request, status: int, fields: bytes) -> bytes:
-        if not req.keep_alive:
-            connection = b"Connection: close\r\n"
-        else:
-            connection = b"Connection: keep-alive\r\n" if req.http10 else b""
-        return _status_line(status) + fields + self.server._x_backend + connection + b"\r\n"
+    def _write(self, data: bytes) -> None:
+        if data:
+            self.transport.write(data)
+
+    def _head(self, req: _Request, status: int, headers: Headers) -> bytes:
+        """The head of the answer to `req`; the writer adds the framing it lacks and says
+        whether the connection stays open."""
+        headers.append(self.server._x_backend)
+        if req.close:
+            headers.append(_CONNECTION_CLOSE)
+        return self._writer.send(Response(status, _reason(status), b"1.1", headers))
 
     def _respond(
-        self, req: _Request, status: int, body: bytes, ctype: bytes = _TEXT, extra: bytes = b""
+        self,
+        req: _Request,
+        status: int,
+        body: bytes,
+        ctype: bytes = _TEXT,
+        extra: Headers | None = None,
     ) -> None:
         self._timer = None
-        if status in (204, 304):
-            head = self._head(req, status, extra)
-            body = b""
+        if body_forbidden(status, head=False):
+            headers: Headers = []  # a 204 or 304 describes no content (the codec's rule)
         else:
-            fields = b"Content-Type: %s\r\nContent-Length: %d\r\n" % (ctype, len(body))
-            head = self._head(req, status, fields + extra)
-        self.transport.write(head if req.method == b"HEAD" or not body else head + body)
+            headers = [(b"Content-Type", ctype), (b"Content-Length", b"%d" % len(body))]
+        if extra:
+            headers += extra
+        writer = self._writer
+        head = self._head(req, status, headers)
+        if body and writer.body_allowed:  # none after HEAD, 204 or 304
+            head += writer.send(Data(body))
+        self._write(head + writer.send(_END))  # one write: one segment for a small answer
         self._finish(req)
 
     def _echo(self, req: _Request) -> None:
-        # The answer is framed as the request was, so each piece can be sent as it arrives.
-        self._chunked_out = req.chunked and not req.http10
-        if self._chunked_out:
-            framing = b"Transfer-Encoding: chunked\r\n"
-        elif req.chunked:  # HTTP/1.0 has no chunked encoding: the end of the body is the close
-            framing = b""
-            req.keep_alive = False
-        else:
-            framing = b"Content-Length: %d\r\n" % req.length
+        # The answer is framed as the request was, so each piece can be sent as it arrives
+        # (to an HTTP/1.0 client, the writer ends a chunked one's body with the close).
         ctype = req.header(b"content-type") or _OCTETS
-        self.transport.write(self._head(req, 200, b"Content-Type: " + ctype + b"\r\n" + framing))
+        headers = [(b"Content-Type", ctype), _framing(req.chunked, req.length)]
+        self._write(self._head(req, 200, headers))
         req.mode = _STREAM
         body, req.body, req.buffered = req.body, [], 0
         for part in body:
-            self._send(req, part)
+            self._send(part)
         if req.complete:
             self._end_body(req)
         else:
             self._update_reading()  # reading may have paused while the body waited for us
 
-    def _send(self, req: _Request, data: bytes) -> None:
-        if req.method == b"HEAD" or not data:
-            return
-        if self._chunked_out:
-            self.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
-        else:
-            self.transport.write(data)
+    def _send(self, data: bytes) -> None:
+        if data and self._writer.body_allowed:  # none after HEAD, 204 or 304
+            self._write(self._writer.send(Data(data)))
 
     def _end_body(self, req: _Request) -> None:
-        if self._chunked_out and req.method != b"HEAD":
-            self.transport.write(b"0\r\n\r\n")
-        self._chunked_out = False
+        self._write(self._writer.send(_END))
         self._finish(req)
 
     def _bytes(self, req: _Request, n: int, chunked: bool) -> None:
-        self._chunked_out = chunked and not req.http10
-        framing = b"Transfer-Encoding: chunked" if self._chunked_out else b"Content-Length: %d" % n
-        self.transport.write(
-            self._head(req, 200, b"Content-Type: %s\r\n%s\r\n" % (_OCTETS, framing))
-        )
-        self._remaining = 0 if req.method == b"HEAD" else n
+        self._write(self._head(req, 200, [(b"Content-Type", _OCTETS), _framing(chunked, n)]))
+        self._remaining = n if self._writer.body_allowed else 0
         self._pumping = req
         self._pump()
 
     def _pump(self) -> None:
         # Generate only while the transport accepts more; resume_writing calls us again.
-        transport = self.transport
+        transport, writer = self.transport, self._writer
         while self._remaining and not self._write_paused and not transport.is_closing():
             n = min(self._remaining, _CHUNK)
-            block = _PATTERN if n == _CHUNK else _PATTERN[:n]
-            if self._chunked_out:
-                transport.writelines((b"%x\r\n" % n, block, b"\r\n"))
-            else:
-                transport.write(block)
+            transport.write(writer.send(Data(_PATTERN if n == _CHUNK else _PATTERN[:n])))
             self._remaining -= n
         req = self._pumping
         if not self._remaining and req is not None:
@@ -533,7 +557,7 @@ class _Connection(asyncio.Protocol):
 
     def _websocket(self, req: _Request) -> None:
         if not req.ws or req.header(b"sec-websocket-version") != b"13":
-            extra = b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+            extra = [(b"Upgrade", b"websocket"), (b"Sec-WebSocket-Version", b"13")]
             self._respond(req, 426, b"websocket (version 13) required\n", extra=extra)
             return
         key = (req.header(b"sec-websocket-key") or b"").strip()
@@ -545,8 +569,13 @@ class _Connection(asyncio.Protocol):
             self._respond(req, 400, b"bad websocket handshake\n")
             return
         accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
-        fields = b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n"
-        self.transport.write(_status_line(101) + fields % accept + self.server._x_backend + b"\r\n")
+        headers = [
+            (b"Upgrade", b"websocket"),
+            (b"Connection", b"Upgrade"),
+            (b"Sec-WebSocket-Accept", accept),
+        ]
+        req.close = False  # the connection goes on, as a WebSocket
+        self._write(self._head(req, 101, headers))  # the writer keeps a 101's Connection
         self._queue.popleft()
         self._busy = False
         self._ws_open = True

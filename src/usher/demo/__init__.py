@@ -1,17 +1,22 @@
-"""`usher demo`: three demo backends and the balancer on the packaged sample config."""
+"""`usher demo`: three demo backends and the balancer on the packaged sample config.
+
+`origin` is the demo and test backend server (`usher backend`). Importing it imports this
+package first, so the balancer is imported only when `run_demo` runs.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 from importlib.resources import files
+from typing import TYPE_CHECKING
 
-from rich.console import Console
+from usher.demo.origin import BackendOptions, BackendServer, start_backend
 
-from usher.backend import BackendOptions, BackendServer, start_backend
-from usher.config import HostPort, parse_config
-from usher.logs import AccessLog, LogFormat
-from usher.server import Balancer, BindError
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from usher.logs import LogFormat
 
 SAMPLE_CONFIG_TEXT = files("usher").joinpath("sample.yaml").read_text(encoding="utf-8")
 BACKEND_NAMES = "ABCDEFGHIJ"
@@ -24,6 +29,10 @@ SIGHUP_MESSAGE = (
 
 
 async def run_demo(*, port: int = 8080, log_format: str = "text", console: Console) -> None:
+    from usher.config import HostPort, parse_config
+    from usher.logs import AccessLog
+    from usher.server import Balancer, BindError
+
     config = parse_config(SAMPLE_CONFIG_TEXT, "sample.yaml")
     listener = config.listeners[0]
     listener = listener.model_copy(update={"bind": HostPort(listener.bind.host, port)})
