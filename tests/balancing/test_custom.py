@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from usher.balancing import ALGORITHMS, get_algorithm
+from usher.balancing import ALGORITHMS, get_algorithm, registered_names
 from usher.clock import ManualClock
 from usher.config import load_config
 from usher.errors import ConfigError
@@ -20,13 +20,20 @@ from usher.pool import Pool, Selection
 
 @pytest.fixture(autouse=True)
 def _clean_sys_path() -> Iterator[None]:
+    registered_names()  # the built-in algorithms registered first, so the snapshot has them
     path, modules, registry = list(sys.path), set(sys.modules), dict(ALGORITHMS)
     yield
     ALGORITHMS.clear()
     ALGORITHMS.update(registry)
+    added = [entry for entry in sys.path if entry and entry not in path]
     sys.path[:] = path
+    # Forget only the modules the test imported from the directories it added (the user's
+    # algorithms). usher or library modules first imported during the test stay: dropping them
+    # would leave two copies of one module (its classes and registries) for later tests.
     for name in set(sys.modules) - modules:
-        del sys.modules[name]
+        origin = getattr(sys.modules[name], "__file__", None) or ""
+        if any(origin.startswith(entry) for entry in added):
+            del sys.modules[name]
 
 
 def write_config(tmp: Path, algorithm: str, python_path: str = "[algos]") -> Path:
