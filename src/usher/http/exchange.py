@@ -1,0 +1,1031 @@
+"""One request and its response, from routing to the access log: route, select a backend,
+forward, respond, log. Bodies stream both ways; a full write buffer on one side pauses reading
+on the other."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from usher.errors import (
+    ClientError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+from usher.http.answers import (
+    REJECTION_REASONS,
+    continue_answer,
+    redirect_answer,
+)
+from usher.http.codec import (
+    CHUNKED,
+    Data,
+    EndOfMessage,
+    Event,
+    Headers,
+    Request,
+    Response,
+    Upgraded,
+    encode_chunk,
+    encode_last_chunk,
+    encode_request_head,
+    encode_response_head,
+)
+from usher.http.flow import BLOCK_BUFFERING, BLOCK_UPGRADE, BLOCK_UPSTREAM_FULL
+from usher.http.headers import (
+    expects_continue,
+    forward_request_headers,
+    forward_response_headers,
+    forward_trailers,
+    header_key,
+    relayed_transfer_encoding,
+)
+from usher.http.target import authority, request_target, with_host
+from usher.http.tunnel import TunnelEnds
+from usher.http.upgrades import offers_h2c, switches_to_requested, with_h2c_settings
+from usher.http.upstream import (
+    PendingConnect,
+    UpstreamConnection,
+    release,
+    take_idle,
+)
+from usher.logs import AccessRecord
+from usher.pool import Backend, Pool, Selection
+from usher.proxy_protocol import encode as encode_proxy_header
+from usher.shortage import local_reason, report
+
+if TYPE_CHECKING:
+    from usher.http.downstream import ClientConnection
+    from usher.http.edge import EdgeState
+    from usher.routing import Route
+
+# Body bytes held while the backend connection is being made; past this, stop reading.
+BODY_BUFFER_LIMIT = 64 * 1024
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+NO_BODY_STATUSES = frozenset({204, 304})
+# nginx's convention for "the client closed the connection before the answer".
+CLIENT_CLOSED = 499
+
+
+class Exchange:
+    """One request and its response, from routing to the access log."""
+
+    __slots__ = (
+        "_queue_timer",
+        "_read_activity",
+        "_read_timer",
+        "_send_timer",
+        "attempts_left",
+        "backend",
+        "body_buffer",
+        "body_buffered",
+        "body_clock",
+        "body_started",
+        "bytes_out",
+        "chunked_out",
+        "client",
+        "conn",
+        "continued",
+        "edge",
+        "expects_continue",
+        "finished",
+        "keep_alive",
+        "last_error",
+        "pending",
+        "pool",
+        "record",
+        "request",
+        "request_done",
+        "response_done",
+        "response_started",
+        "retried_status",
+        "reused",
+        "route",
+        "selection",
+        "set_cookie",
+        "status",
+        "t_attempt",
+        "t_connect",
+        "t_start",
+        "tunnel_ends",
+        "tunnel_tail",
+        "upstream_head",
+        "upstream_time",
+        "upstream_upgrade",
+    )
+
+    def __init__(self, client: ClientConnection, request: Request) -> None:
+        self.client = client
+        self.request = request
+        self.t_start = time.perf_counter()
+        self.route: Route | None = None
+        self.pool: Pool | None = None
+        self.selection: Selection | None = None
+        self.backend: Backend | None = None
+        self.conn: UpstreamConnection | None = None
+        self.pending: PendingConnect | None = None
+        self.upstream_head = b""
+        self.body_buffer: list[bytes] | None = []
+        self.body_buffered = 0
+        self.body_started = False  # some body bytes went to a backend: no more retries
+        self.tunnel_tail: list[bytes] = []
+        self.tunnel_ends: TunnelEnds | None = None  # set when the tunnel starts
+        # The Upgrade value forwarded: the request's, less what the route does not allow.
+        self.upstream_upgrade: bytes | None = None
+        self.request_done = False
+        self.response_started = False
+        self.response_done = False
+        self.chunked_out = False
+        self.keep_alive = request.keep_alive
+        self.finished = False
+        self.status = 0
+        self.bytes_out = 0
+        self.attempts_left = 0
+        self.last_error: Exception | None = None
+        self.reused = False
+        self.t_attempt = 0.0
+        self.t_connect = 0.0
+        self.upstream_time: float | None = None
+        self.set_cookie: bytes | None = None
+        self.retried_status = 0
+        self._queue_timer: asyncio.TimerHandle | None = None
+        # The access-log line's start time, taken only when there will be a line to write.
+        self.record = (
+            AccessRecord.now(client.client_ip, request.method, request.target, client.listener.name)
+            if client.listener.access_log.enabled
+            else None
+        )
+        self._read_timer: asyncio.TimerHandle | None = None
+        self._read_activity = 0.0
+        self._send_timer: asyncio.TimerHandle | None = None
+        self.edge: EdgeState | None = None  # set by the listener's guard, when it has one
+        # The client waits for a 100 Continue before it sends the body (HTTP/1.1 only).
+        self.expects_continue = (
+            request.has_body and request.version == b"1.1" and expects_continue(request.headers)
+        )
+        self.body_clock = False  # timeouts.body runs for this request's body
+        self.continued = False  # a 100 Continue went to the client (one is enough)
+
+    # Phases
+
+    def start(self) -> None:
+        request = self.request
+        client = self.client
+        listener = client.listener
+        if not self._normalise_target():
+            return
+        route = self.route = listener.router.route(request)
+        guard = listener.guard
+        if guard is not None and guard.screen(self, route):
+            return
+        if route is None:
+            self.respond_error(404, "no route matches this request")
+            return
+        if route.redirect is not None:
+            self.respond_redirect(route.redirect.status, route.redirect.location)
+            return
+        pool = self.pool = route.pick_pool()
+        assert pool is not None
+        edge = self.edge
+        client_ip = client.client_ip if edge is None else edge.client_ip
+        if request.upgrade is not None:
+            upgrade = self.upstream_upgrade = route.upgrades.forwarded(request.upgrade)
+            if upgrade is None and request.has_body:
+                # The reader kept the upgrade for another route (a reload came in between):
+                # the body went to the tunnel bytes and cannot be forwarded as a body.
+                self.respond_error(400, "this route does not allow the upgrade asked for")
+                return
+        headers = forward_request_headers(
+            request.headers,
+            version=request.version,
+            host=request.host,
+            client_ip=client.client_ip,
+            scheme=listener.scheme,
+            chunked=request.chunked,
+            upgrade=self.upstream_upgrade,
+            content_length=request.content_length,
+            real_ip=client_ip,
+        )
+        if offers_h2c(self.upstream_upgrade):
+            headers = with_h2c_settings(headers, request.headers)
+        cert_strip = listener.cert_strip
+        if cert_strip is not None:
+            # Only usher says who the client certificate names: a client's own copy goes,
+            # under any spelling a backend would read as the same name.
+            n = len(cert_strip)
+            headers = [h for h in headers if len(h[0]) != n or header_key(h[0]) != cert_strip]
+            cert_header = listener.cert_header
+            if cert_header is not None and client.cert_subject is not None:
+                headers.append((cert_header, client.cert_subject))
+        if route.request_rules is not None:
+            headers = route.request_rules.apply(headers)
+        target = route.rewrite_target(request.target)
+        if edge is not None and edge.request_headers:
+            headers += edge.request_headers
+        inspecting = edge is not None and edge.inspect is not None
+        if inspecting and self.expects_continue:
+            # The body rules read the body before a backend is chosen, so no backend can say
+            # 100 Continue: usher says it, and the backend gets the body without the Expect.
+            headers = [h for h in headers if len(h[0]) != 6 or h[0].lower() != b"expect"]
+        self.upstream_head = encode_request_head(request.method, target, headers)
+        self.attempts_left = pool.config.retries.attempts + 1
+        self.selection = Selection(
+            client_ip.decode(), pool.clock.now(), pool.hash_key(request, client_ip)
+        )
+        if inspecting:
+            assert edge is not None
+            edge.head = (request.method, target, headers)
+            if self.expects_continue:
+                client.write(continue_answer(request))
+                self.continued = True  # a backend's own 100 later is not passed on
+                self.open_body_clock()
+            return  # the body rules decide first (EdgeState.decide)
+        self._attempt()
+
+    def _normalise_target(self) -> bool:
+        """Make the request's target origin-form with a normalised path, and its Host the one
+        it is routed on, before anything reads them; False when it was refused (400)."""
+        request = self.request
+        client = self.client
+        try:
+            target, host = request_target(
+                request.method,
+                request.target,
+                request.version,
+                request.host,
+                client.listener.encoded_slashes,
+            )
+        except ClientError as exc:
+            self.keep_alive = False
+            self.respond_error(exc.status, exc.detail)
+            return False
+        request.target = target
+        if not host:  # HTTP/1.0 without Host: the address the client connected to
+            host = authority(client.local or client.transport.get_extra_info("sockname"))
+        if host != request.host:
+            request.host = host
+            request.headers = with_host(request.headers, host)
+        return True
+
+    def open_body_clock(self) -> None:
+        """The client may send the body now (no Expect, a 100 Continue went out, or the body
+        began): timeouts.body and min_body_rate count from here, so a head that promises a body
+        and then goes silent is answered 408 instead of holding the connection as long as the
+        backend waits."""
+        if self.body_clock or self.finished or self.request_done:
+            return
+        self.body_clock = True
+        client = self.client
+        client._arm_read_timer(client.listener.timeouts.body)
+        edge = self.edge
+        if edge is not None and edge.floor is not None:
+            edge.floor.start_meter(self, edge)
+
+    def reencode_head(self, method: bytes, target: bytes, headers: Headers) -> None:
+        self.upstream_head = encode_request_head(method, target, headers)
+
+    def resume_after_inspection(self) -> None:
+        """The body rules let the request through: now choose a backend and send it."""
+        self.client.unblock(BLOCK_BUFFERING)
+        self._attempt()
+
+    def _attempt(self) -> None:
+        if self.finished:
+            return  # woken from the queue after the client left
+        pool = self.pool
+        selection = self.selection
+        assert pool is not None and selection is not None
+        selection.now = pool.clock.now()
+        backend = pool.choose(selection, self.request.headers) if self.attempts_left > 0 else None
+        if backend is None:
+            error = self.last_error
+            if self.retried_status:
+                # The answer that was retried is gone; say what it was.
+                self.respond_error(
+                    self.retried_status, f"the backends answered {self.retried_status}"
+                )
+            elif error is None:
+                if self.attempts_left > 0 and pool.saturated(selection) and self._queue():
+                    return
+                self.respond_error(503, "no backend is available")
+            else:
+                self._respond_upstream_error(error)
+            return
+        self.attempts_left -= 1
+        selection.tried.append(backend)
+        self.backend = backend
+        self.set_cookie = pool.chosen(selection, self.request.headers, backend)
+        pool.on_start(backend)
+        self.t_attempt = time.perf_counter()
+        # A connection that opened with one client's PROXY header serves that client only.
+        owner = self.client if pool.config.send_proxy_protocol is not None else None
+        conn = take_idle(backend, owner)
+        if conn is not None:
+            self._attach(conn, reused=True)
+        else:
+            self._connect(backend)
+
+    def _queue(self) -> bool:
+        """Wait for a backend under its max_connections; False when the queue is full or off."""
+        pool = self.pool
+        if pool is None or not pool.wait(self._dequeued):
+            return False
+        assert pool.config.queue is not None
+        self._queue_timer = self.client.loop.call_later(
+            pool.config.queue.timeout, self._queue_timed_out
+        )
+        return True
+
+    def _dequeued(self) -> None:
+        """A slot is free: try again (soon, not inside the other request's finish)."""
+        if self._queue_timer is not None:
+            self._queue_timer.cancel()
+            self._queue_timer = None
+        if not self.finished:
+            self.client.loop.call_soon(self._attempt)
+
+    def _queue_timed_out(self) -> None:
+        self._queue_timer = None
+        if self.pool is not None:
+            self.pool.unwait(self._dequeued)
+        if not self.finished:
+            self.respond_error(503, "no backend had room in time")
+
+    def _connect(self, backend: Backend) -> None:
+        assert self.pool is not None
+        self.t_connect = time.perf_counter()
+        config = self.pool.config
+        client = self.client
+        preamble = None
+        if config.send_proxy_protocol is not None:
+            source = (client.client_ip.decode(), client.client_port)
+            if client.local is None:  # looked up only for pools that send PROXY headers
+                local = client.transport.get_extra_info("sockname")
+                if isinstance(local, tuple):
+                    client.local = (str(local[0]), int(local[1]))
+            preamble = encode_proxy_header(config.send_proxy_protocol, source, client.local)
+        self.pending = PendingConnect(
+            client.loop,
+            backend,
+            config.timeouts.connect,
+            self._connected,
+            tls=config.tls,
+            context=self.pool.tls_context(),
+            preamble=preamble,
+            owner=client if preamble is not None else None,
+            send_timeout=config.timeouts.send,
+        )
+
+    def _connected(self, conn: UpstreamConnection | None, exc: Exception | None) -> None:
+        self.pending = None
+        if self.finished:
+            if conn is not None:
+                conn.close()
+            return
+        if conn is None:
+            assert exc is not None
+            self._attempt_failed(exc)
+            return
+        if self.pool is not None and self.backend is not None:
+            self.client.listener.metrics.connect(
+                self.pool.name, self.backend.label, time.perf_counter() - self.t_connect
+            )
+        self._attach(conn, reused=False)
+
+    def _attach(self, conn: UpstreamConnection, *, reused: bool) -> None:
+        self.conn = conn
+        self.reused = reused
+        conn.user = self
+        conn.used += 1
+        conn.reader.expect(self.request.method)
+        transport = conn.transport
+        assert transport is not None
+        buffered = self.body_buffer or ()
+        if buffered:
+            self.body_started = True
+            transport.writelines([self.upstream_head, *buffered])
+        else:
+            transport.write(self.upstream_head)
+        self.body_buffer = None
+        self.body_buffered = 0
+        self.client.unblock(BLOCK_BUFFERING)
+        if conn.write_paused:  # a reused connection whose last request is still being sent
+            self.upstream_pause_writing()
+        if self.client.write_paused:
+            # Not reading the backend is our doing: its read timeout starts on resume.
+            transport.pause_reading()
+        else:
+            self._arm_read_timeout()
+
+    def _attempt_failed(self, exc: Exception) -> None:
+        """The current attempt failed before any answer: try another backend if allowed."""
+        pool, backend = self.pool, self.backend
+        assert pool is not None and backend is not None
+        self.backend = None
+        self.conn = None
+        self._cancel_upstream_timers()
+        shortage = local_reason(exc)
+        if shortage is not None:  # no socket for us: neither this backend's fault nor others'
+            pool.on_abandon(backend)
+            report(f"listener {self.client.listener.name}", shortage, exc)
+            self.respond_error(503, "the balancer is out of resources", reason=shortage)
+            return
+        pool.on_finish(backend, time.perf_counter() - self.t_attempt, False, str(exc))
+        self.last_error = exc
+        if isinstance(exc, UpstreamError) and exc.retry_safe and not self.body_started:
+            if self.attempts_left > 0:
+                self.client.listener.metrics.retry(pool.name)
+            self._attempt()
+        else:
+            self._respond_upstream_error(exc)
+
+    def _respond_upstream_error(self, error: Exception) -> None:
+        """Answer the client for a failed attempt with the status and text its error hints
+        (anything not an UpstreamError is the backend's fault too: a 502)."""
+        kind = type(error) if isinstance(error, UpstreamError) else UpstreamError
+        self.respond_error(kind.status_hint, kind.client_detail)
+
+    # Events from the client
+
+    def request_event(self, event: Event) -> None:
+        request = self.request
+        kind = type(event)
+        if kind is Data:
+            assert isinstance(event, Data)
+            chunk = encode_chunk(event.data) if request.chunked else event.data
+            self._send_body(chunk)
+            if not self.body_clock:
+                self.open_body_clock()  # the body began without a 100 Continue
+            self.client._arm_read_timer(self.client.listener.timeouts.body)
+            if self.edge is not None:
+                self.edge.body_data(self, event.data)
+        elif kind is EndOfMessage:
+            assert isinstance(event, EndOfMessage)
+            if request.chunked:
+                trailers = event.trailers
+                if trailers:
+                    trailers = forward_trailers(trailers, self._controlled_names())
+                self._send_body(encode_last_chunk(trailers))
+            self.request_done = True
+            self._read_activity = self.client.loop.time()  # the read timeout counts from here
+            self.client._cancel_read_timer()
+            edge = self.edge
+            if edge is not None:
+                edge.cancel()
+                if edge.inspect is not None:
+                    edge.decide(self)
+            if self.response_done:
+                self._finish(True)
+        elif kind is Upgraded:
+            assert isinstance(event, Upgraded)
+            if event.tail:
+                self.tunnel_tail.append(event.tail)
+            if not self.finished:
+                self.client.block(BLOCK_UPGRADE)
+
+    def _controlled_names(self) -> frozenset[bytes]:
+        """The header names usher sets or removes on this request (besides the ones it always
+        does): a client's trailer must not set them behind its back."""
+        listener = self.client.listener
+        names = [listener.cert_strip] if listener.cert_strip is not None else []
+        if self.edge is not None:
+            names.extend(name for name, _ in self.edge.request_headers)
+        route = self.route
+        if route is not None and route.request_rules is not None:
+            names.extend(route.request_rules.drop)
+        return frozenset(header_key(name) for name in names)
+
+    def _send_body(self, chunk: bytes) -> None:
+        if self.finished:
+            return
+        buffer = self.body_buffer
+        if buffer is None:
+            conn = self.conn
+            if conn is not None:
+                conn.write(chunk)
+            return
+        buffer.append(chunk)
+        self.body_buffered += len(chunk)
+        if self.body_buffered > BODY_BUFFER_LIMIT and (
+            self.edge is None or self.edge.inspect is None  # body rules need up to their limit
+        ):
+            self.client.block(BLOCK_BUFFERING)
+
+    def client_tunnel_bytes(self, data: bytes) -> None:
+        self.tunnel_tail.append(data)
+
+    def client_refused(self, exc: ClientError) -> None:
+        """The client's request turned bad mid-way (e.g. a body over the size limit)."""
+        if self.response_started:
+            self._abort_upstream()
+            self.status = self.status or exc.status
+            self._finish(True, close=True)
+            self.client.abort()
+            return
+        self._abort_upstream()
+        self.keep_alive = False
+        self.respond_error(exc.status, exc.detail)
+
+    def client_lost(self) -> None:
+        if self.finished:
+            return
+        if self.conn is not None and self.conn.tunnel:
+            self.conn.close()
+        self._abort_upstream()
+        if not self.response_done:
+            self.status = CLIENT_CLOSED
+            # The answer never came: this says nothing of the backend.
+            pool, backend = self.pool, self.backend
+            if pool is not None and backend is not None:
+                self.backend = None
+                pool.on_abandon(backend)
+        self._finish(True, close=True)
+
+    def client_pause_writing(self) -> None:
+        conn = self.conn
+        if conn is not None and conn.transport is not None:
+            conn.transport.pause_reading()
+            self._cancel_read_timeout()  # the backend is not slow: we stopped reading it
+
+    def client_resume_writing(self) -> None:
+        conn = self.conn
+        if conn is not None and conn.transport is not None and not conn.closed:
+            conn.transport.resume_reading()
+            if not self.response_done:
+                self._arm_read_timeout()
+
+    # Events from the backend (UpstreamUser)
+
+    def upstream_events(self, events: list[Event]) -> None:
+        if self.finished:
+            return
+        self._read_activity = self.client.loop.time()
+        # Everything for the client from this batch goes out in one write.
+        out: list[bytes] = []
+        for event in events:
+            kind = type(event)
+            if kind is Data:
+                assert isinstance(event, Data)
+                data = event.data
+                self.bytes_out += len(data)
+                out.append(encode_chunk(data) if self.chunked_out else data)
+            elif kind is Response:
+                assert isinstance(event, Response)
+                if event.interim:
+                    status = event.status
+                    if self.request.version == b"1.1" and not (status == 100 and self.continued):
+                        headers = forward_response_headers(
+                            event.headers, version=event.version, upgrade=False
+                        )
+                        out.append(encode_response_head(status, event.reason, headers))
+                        if status == 100:
+                            self.continued = True
+                            self.open_body_clock()  # the client was told to send the body
+                    continue
+                if event.status == 101 and not switches_to_requested(
+                    self.upstream_upgrade, event.headers
+                ):
+                    self._flush(out)  # interim answers before it, if any
+                    self._unasked_switch()
+                    return
+                if self._retry_on_status(event):
+                    return
+                if self._uncodable_for_http10(event):
+                    return
+                out.append(self._response_head(event))
+            elif kind is EndOfMessage:
+                assert isinstance(event, EndOfMessage)
+                if self.chunked_out:
+                    out.append(encode_last_chunk(event.trailers))
+                self._flush(out)
+                self.response_done = True
+                self.upstream_time = time.perf_counter() - self.t_attempt
+                if self.request_done:
+                    self._finish(True)
+                else:
+                    # The backend answered before the request body ended: the rest of the
+                    # body has nowhere to go, so this connection ends with the answer.
+                    self._finish(True, close=True)
+                return
+            elif kind is Upgraded:
+                assert isinstance(event, Upgraded)
+                self._flush(out)
+                self._start_tunnel(event.tail)
+                return
+        self._flush(out)
+
+    def _flush(self, out: list[bytes]) -> None:
+        client = self.client
+        if not out or client.closed:
+            return
+        if len(out) == 1:
+            client.transport.write(out[0])
+        else:
+            client.transport.writelines(out)
+
+    def _unasked_switch(self) -> None:
+        """A 101 to a request that asked for no upgrade, or for another protocol: relaying it
+        would turn the connection into a raw tunnel past every rule. The backend is wrong
+        (502), and what it sends after the 101 is never read."""
+        conn = self.conn
+        if conn is not None:
+            conn.user = None
+            conn.close()
+        self.upstream_failed(UpstreamProtocolError("a 101 switching to a protocol not asked for"))
+
+    def _retry_on_status(self, response: Response) -> bool:
+        """Drop this answer and try another backend, when the pool retries its status."""
+        pool, backend, request = self.pool, self.backend, self.request
+        if pool is None or backend is None:
+            return False
+        pool.record_status(backend, response.status)
+        retries = pool.config.retries
+        if (
+            response.status not in retries.on
+            or self.attempts_left <= 0
+            or request.method not in IDEMPOTENT
+            or request.has_body
+            or request.upgrade is not None
+            or not pool.retry_budget.withdraw()
+        ):
+            return False
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.user = None
+            conn.close()  # the rest of this answer is not wanted: the connection cannot be reused
+        self._cancel_upstream_timers()
+        self.backend = None
+        pool.on_finish(backend, time.perf_counter() - self.t_attempt, True)
+        self.last_error = UpstreamError(f"status {response.status}")
+        self.retried_status = response.status
+        self.client.listener.metrics.retry(pool.name)
+        self._attempt()
+        return True
+
+    def _response_head(self, response: Response) -> bytes:
+        """Decide the framing and connection fate of the answer; returns its head."""
+        request = self.request
+        status = response.status
+        self.status = status
+        upgrade = status == 101 and self.upstream_upgrade is not None
+        headers = forward_response_headers(
+            response.headers,
+            version=response.version,
+            upgrade=upgrade,
+            strip=self.client.listener.strip_response,
+        )
+        if self.edge is not None and self.edge.response_headers:
+            headers += self.edge.response_headers
+        if self.client.listener.hsts is not None:
+            headers.append(
+                self.client.listener.hsts
+            )  # before the route's rules: they may change it
+        route = self.route
+        if route is not None and route.response_rules is not None:
+            headers = route.response_rules.apply(headers)
+        if self.set_cookie is not None:
+            headers.append((b"Set-Cookie", self.set_cookie))
+        keep_alive = self.keep_alive and self.request_done and not self.client.listener.draining
+        if request.upgrade is not None and not upgrade:
+            keep_alive = False  # the client's reader stopped at the upgrade request
+        if not upgrade:
+            no_body = request.method == b"HEAD" or status in NO_BODY_STATUSES
+            if response.content_length is not None and status != 204:
+                headers.append((b"Content-Length", b"%d" % response.content_length))
+            elif not no_body:
+                if request.version == b"1.1":
+                    codings, self.chunked_out = relayed_transfer_encoding(response.codings)
+                    headers.append((b"Transfer-Encoding", codings))
+                    if not self.chunked_out:
+                        keep_alive = False  # the body ends with the connection
+                else:
+                    keep_alive = False  # an HTTP/1.0 client reads to the end of the connection
+            if not keep_alive:
+                headers.append((b"Connection", b"close"))
+            elif request.version == b"1.0":
+                headers.append((b"Connection", b"keep-alive"))
+        self.keep_alive = keep_alive
+        self.response_started = True
+        return encode_response_head(status, response.reason, headers)
+
+    def _uncodable_for_http10(self, response: Response) -> bool:
+        """A body under a transfer coding other than chunked cannot reach an HTTP/1.0 client:
+        RFC 9112 §6.1 allows it no Transfer-Encoding, and without one the client would take
+        the coded bytes for the body. Answers 502 (the backend is not at fault) when so."""
+        request = self.request
+        if (
+            request.version != b"1.0"
+            or response.codings in ((), (CHUNKED,))
+            or request.method == b"HEAD"
+            or response.status in NO_BODY_STATUSES
+        ):
+            return False
+        conn, pool, backend = self.conn, self.pool, self.backend
+        self.conn = self.backend = None
+        if conn is not None:
+            conn.user = None
+            conn.close()  # the rest of this answer is not wanted
+        if pool is not None and backend is not None:
+            pool.on_finish(backend, time.perf_counter() - self.t_attempt, True)
+        self._cancel_upstream_timers()
+        self.respond_error(502, "the backend used a transfer coding HTTP/1.0 cannot carry")
+        return True
+
+    def upstream_failed(self, exc: Exception) -> None:
+        """The backend spoke garbage; its connection is already closed."""
+        if self.finished:
+            return
+        self.conn = None
+        if self.response_started:
+            self._fail_midway()
+        else:
+            self._attempt_failed(exc)
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        """The backend connection closed while this exchange was using it."""
+        if self.finished:
+            return
+        conn = self.conn
+        self.conn = None
+        if conn is not None and conn.tunnel:
+            self.client.close()
+            self._finish(True, close=True)
+            return
+        if self.response_started:
+            self._fail_midway()
+            return
+        if (
+            self.reused
+            and not self.body_started
+            and not self.request.has_body
+            and self.request.method in IDEMPOTENT
+            and self.backend is not None
+        ):
+            # A kept-alive connection the backend had closed just as we reused it: not the
+            # backend's fault. Try again on a fresh connection to the same backend.
+            self.reused = False
+            self._cancel_upstream_timers()
+            self._connect(self.backend)
+            return
+        self._attempt_failed(UpstreamError("the backend closed the connection before answering"))
+
+    def upstream_pause_writing(self) -> None:
+        self.client.block(BLOCK_UPSTREAM_FULL)
+        if self._send_timer is None and self.pool is not None:
+            self._send_timer = self.client.loop.call_later(
+                self.pool.config.timeouts.send, self._upstream_send_timed_out
+            )
+
+    def upstream_resume_writing(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+        self.client.unblock(BLOCK_UPSTREAM_FULL)
+
+    def tunnel_data(self, data: bytes) -> None:
+        self.client.write(data)
+        self._read_activity = self.client.loop.time()
+
+    def touch(self) -> None:
+        """Bytes moved through the tunnel: it is not idle."""
+        self._read_activity = self.client.loop.time()
+
+    def tunnel_eof(self) -> None:
+        """The backend ended its direction of the tunnel."""
+        client = self.client
+        ends = self.tunnel_ends
+        receiver = None if client.closed else client.transport
+        if ends is None or ends.ended(from_client=False, receiver=receiver):
+            self._end_tunnel()
+
+    def tunnel_client_eof(self) -> None:
+        """The client ended its direction of the tunnel."""
+        conn = self.conn
+        ends = self.tunnel_ends
+        receiver = None if conn is None or conn.closed else conn.transport
+        if ends is None or ends.ended(from_client=True, receiver=receiver):
+            self._end_tunnel()
+
+    def _end_tunnel(self) -> None:
+        """The tunnel is over (both directions ended, or it went idle): close both sides."""
+        if self.finished:
+            return
+        self.client.close()
+        if self.conn is not None:
+            self.conn.close()
+        self._finish(True, close=True)
+
+    # Answers made by usher itself
+
+    def respond_error(
+        self,
+        status: int,
+        detail: str,
+        *,
+        reason: str | None = None,
+        headers: Headers | None = None,
+    ) -> None:
+        listener = self.client.listener
+        if reason is not None or status in (404, 503) or 400 <= status < 500:
+            listener.metrics.rejected(
+                listener.name, reason or REJECTION_REASONS.get(status, "bad_request")
+            )
+        self.status = status
+        if not self.request_done or self.request.upgrade is not None:
+            self.keep_alive = False
+        self.keep_alive = self.keep_alive and not self.client.listener.draining
+        edge = self.edge
+        if edge is not None and edge.response_headers:
+            headers = [*(headers or ()), *edge.response_headers]
+        self.bytes_out = self.client.send_error(
+            status, detail, keep_alive=self.keep_alive, headers=headers, request=self.request
+        )
+        self.response_started = self.response_done = True
+        self._finish(status < 500, close=not self.keep_alive)
+
+    def respond_redirect(self, status: int, location: bytes) -> None:
+        self.status = status
+        if not self.request_done:
+            self.keep_alive = False
+        self.client.write(
+            redirect_answer(
+                self.request,
+                status,
+                location,
+                keep_alive=self.keep_alive,
+                hsts=self.client.listener.hsts,
+            )
+        )
+        self.response_started = self.response_done = True
+        self._finish(True, close=not self.keep_alive)
+
+    # Tunnels (WebSocket and any other upgrade)
+
+    def _start_tunnel(self, upstream_tail: bytes) -> None:
+        client, conn = self.client, self.conn
+        assert conn is not None
+        self._cancel_upstream_timers()
+        if upstream_tail:
+            client.write(upstream_tail)
+        conn.tunnel = True
+        client.tunnel = conn
+        self.tunnel_ends = TunnelEnds()
+        for chunk in self.tunnel_tail:
+            conn.write(chunk)
+        self.tunnel_tail = []
+        client.unblock(BLOCK_UPGRADE)
+        self.upstream_time = time.perf_counter() - self.t_attempt
+        self._record()
+        self._arm_read_timeout()  # now the tunnel's idle limit (timeouts.tunnel)
+
+    # Timeouts toward the backend
+
+    def _idle_limit(self) -> float:
+        assert self.pool is not None
+        timeouts = self.pool.config.timeouts
+        return timeouts.tunnel if self.client.tunnel is not None else timeouts.read
+
+    def _arm_read_timeout(self) -> None:
+        loop = self.client.loop
+        self._read_activity = loop.time()
+        if self._read_timer is None:
+            self._read_timer = loop.call_later(self._idle_limit(), self._read_check)
+
+    def _cancel_read_timeout(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _read_check(self) -> None:
+        # Checked lazily: data moves the activity mark instead of re-arming a timer each time.
+        self._read_timer = None
+        if self.finished or self.pool is None:
+            return
+        loop = self.client.loop
+        left = self._read_activity + self._idle_limit() - loop.time()
+        if left > 0 or not (self.request_done or self.response_started):
+            # While the client is still sending the body, a quiet backend is waiting for it:
+            # the client's body timeout applies, not the backend's read timeout.
+            self._read_timer = loop.call_later(max(left, self._idle_limit()), self._read_check)
+            return
+        if self.client.tunnel is not None:
+            self._end_tunnel()  # an idle tunnel ends quietly, like a closed one
+            return
+        self._upstream_timed_out()
+
+    def _upstream_send_timed_out(self) -> None:
+        self._send_timer = None
+        self._upstream_timed_out()
+
+    def _upstream_timed_out(self) -> None:
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.user = None
+            conn.abort()
+        if self.response_started:
+            self._fail_midway()
+        else:
+            self._attempt_failed(UpstreamTimeout("the backend did not answer in time"))
+
+    def _cancel_upstream_timers(self) -> None:
+        self._cancel_read_timeout()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    # Endings
+
+    def _fail_midway(self) -> None:
+        """The backend failed after the answer had started: all we can do is cut the client."""
+        pool, backend = self.pool, self.backend
+        if pool is not None and backend is not None:
+            self.backend = None
+            pool.on_finish(backend, time.perf_counter() - self.t_attempt, False)
+        self._finish(False, close=True)
+        self.client.abort()
+
+    def _abort_upstream(self) -> None:
+        if self._queue_timer is not None:
+            self._queue_timer.cancel()
+            self._queue_timer = None
+            if self.pool is not None:
+                self.pool.unwait(self._dequeued)
+        if self.pending is not None:
+            self.pending.cancel()
+            self.pending = None
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            conn.user = None
+            conn.close()
+        self._cancel_upstream_timers()
+
+    def _finish(self, ok: bool, *, close: bool = False) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._cancel_upstream_timers()
+        if self.edge is not None:
+            self.edge.cancel()
+        client = self.client
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            if conn.tunnel or not (self.request_done and self.response_done):
+                conn.user = None
+                conn.close()
+            else:
+                assert self.pool is not None
+                timeouts = self.pool.config.timeouts
+                release(
+                    conn,
+                    client.loop,
+                    max_idle=self.pool.config.max_idle_connections,
+                    idle_timeout=timeouts.idle,
+                )
+        if self.pending is not None:
+            self.pending.cancel()
+            self.pending = None
+        pool, backend = self.pool, self.backend
+        if pool is not None and backend is not None:
+            self.backend = None
+            # A tunnel's latency is its handshake, not the life of the WebSocket.
+            tunnel = self.status == 101 and self.upstream_time is not None
+            latency = self.upstream_time if tunnel else time.perf_counter() - self.t_attempt
+            pool.on_finish(backend, latency or 0.0, ok)
+        if self.request.upgrade is None or self.status != 101:
+            self._record()
+        if client.exchange is self:
+            client.exchange_done(self.keep_alive and not close)
+
+    def _record(self) -> None:
+        """Count the request in the metrics and write its access-log line."""
+        listener = self.client.listener
+        duration = time.perf_counter() - self.t_start
+        pool = self.pool.name if self.pool is not None else None
+        tried = self.selection.tried if self.selection is not None else None
+        backend = tried[-1].label if tried else None
+        metrics = listener.metrics
+        metrics.request(listener.name, pool, backend, self.status, duration)
+        metrics.bytes(listener.name, "out", self.bytes_out)
+        access_log = listener.access_log
+        if not access_log.enabled:
+            return
+        record = self.record
+        if record is None:  # logging was switched on during this request
+            request = self.request
+            record = AccessRecord(
+                time.time() - duration,
+                self.client.client_ip,
+                request.method,
+                request.target,
+                listener.name,
+            )
+        record.finish(
+            self.status, self.bytes_out, pool, backend, duration, upstream_time=self.upstream_time
+        )
+        access_log.write(record)
