@@ -48,6 +48,7 @@ COMPILED_MODULES: Final = (
     "usher.metrics",
     "usher.logs",
     "usher.pool",
+    "usher.attempts",
     "usher.clock",
     "usher.balancing",
     "usher.balancing.hashing",

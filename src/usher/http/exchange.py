@@ -8,6 +8,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
+from usher.attempts import Attempts, answer_for, may_replay
 from usher.errors import (
     ClientError,
     UpstreamError,
@@ -54,7 +55,6 @@ from usher.http.upstream import (
 from usher.logs import AccessRecord
 from usher.pool import Backend, Pool, Selection
 from usher.proxy_protocol import encode as encode_proxy_header
-from usher.shortage import local_reason, report
 
 if TYPE_CHECKING:
     from usher.http.downstream import ClientConnection
@@ -63,7 +63,6 @@ if TYPE_CHECKING:
 
 # Body bytes held while the backend connection is being made; past this, stop reading.
 BODY_BUFFER_LIMIT = 64 * 1024
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 NO_BODY_STATUSES = frozenset({204, 304})
 # nginx's convention for "the client closed the connection before the answer".
 CLIENT_CLOSED = 499
@@ -73,12 +72,10 @@ class Exchange:
     """One request and its response, from routing to the access log."""
 
     __slots__ = (
-        "_queue_timer",
         "_read_activity",
         "_read_timer",
         "_send_timer",
-        "attempts_left",
-        "backend",
+        "attempts",
         "body_buffer",
         "body_buffered",
         "body_clock",
@@ -92,7 +89,6 @@ class Exchange:
         "expects_continue",
         "finished",
         "keep_alive",
-        "last_error",
         "pending",
         "pool",
         "record",
@@ -100,13 +96,10 @@ class Exchange:
         "request_done",
         "response_done",
         "response_started",
-        "retried_status",
         "reused",
         "route",
-        "selection",
         "set_cookie",
         "status",
-        "t_attempt",
         "t_connect",
         "t_start",
         "tunnel_ends",
@@ -122,8 +115,7 @@ class Exchange:
         self.t_start = time.perf_counter()
         self.route: Route | None = None
         self.pool: Pool | None = None
-        self.selection: Selection | None = None
-        self.backend: Backend | None = None
+        self.attempts: Attempts | None = None  # set once a pool is chosen
         self.conn: UpstreamConnection | None = None
         self.pending: PendingConnect | None = None
         self.upstream_head = b""
@@ -142,15 +134,10 @@ class Exchange:
         self.finished = False
         self.status = 0
         self.bytes_out = 0
-        self.attempts_left = 0
-        self.last_error: Exception | None = None
         self.reused = False
-        self.t_attempt = 0.0
         self.t_connect = 0.0
         self.upstream_time: float | None = None
         self.set_cookie: bytes | None = None
-        self.retried_status = 0
-        self._queue_timer: asyncio.TimerHandle | None = None
         # The access-log line's start time, taken only when there will be a line to write.
         self.record = (
             AccessRecord.now(client.client_ip, request.method, request.target, client.listener.name)
@@ -230,10 +217,9 @@ class Exchange:
             # 100 Continue: usher says it, and the backend gets the body without the Expect.
             headers = [h for h in headers if len(h[0]) != 6 or h[0].lower() != b"expect"]
         self.upstream_head = encode_request_head(request.method, target, headers)
-        self.attempts_left = pool.config.retries.attempts + 1
-        self.selection = Selection(
-            client_ip.decode(), pool.clock.now(), pool.hash_key(request, client_ip)
-        )
+        key = pool.hash_key(request, client_ip)
+        selection = Selection(client_ip.decode(), pool.clock.now(), key)
+        self.attempts = Attempts(pool, selection, listener.metrics)
         if inspecting:
             assert edge is not None
             edge.head = (request.method, target, headers)
@@ -294,31 +280,19 @@ class Exchange:
     def _attempt(self) -> None:
         if self.finished:
             return  # woken from the queue after the client left
-        pool = self.pool
-        selection = self.selection
-        assert pool is not None and selection is not None
-        selection.now = pool.clock.now()
-        backend = pool.choose(selection, self.request.headers) if self.attempts_left > 0 else None
+        attempts = self.attempts
+        assert attempts is not None
+        headers = self.request.headers
+        backend = attempts.next(headers)
         if backend is None:
-            error = self.last_error
-            if self.retried_status:
-                # The answer that was retried is gone; say what it was.
-                self.respond_error(
-                    self.retried_status, f"the backends answered {self.retried_status}"
-                )
-            elif error is None:
-                if self.attempts_left > 0 and pool.saturated(selection) and self._queue():
-                    return
-                self.respond_error(503, "no backend is available")
-            else:
-                self._respond_upstream_error(error)
+            if attempts.may_wait() and attempts.wait(
+                self.client.loop, self._dequeued, self._queue_timed_out
+            ):
+                return
+            self.respond_error(*attempts.verdict())
             return
-        self.attempts_left -= 1
-        selection.tried.append(backend)
-        self.backend = backend
-        self.set_cookie = pool.chosen(selection, self.request.headers, backend)
-        pool.on_start(backend)
-        self.t_attempt = time.perf_counter()
+        pool = attempts.pool
+        self.set_cookie = pool.chosen(attempts.selection, headers, backend)
         # A connection that opened with one client's PROXY header serves that client only.
         owner = self.client if pool.config.send_proxy_protocol is not None else None
         conn = take_idle(backend, owner)
@@ -327,29 +301,12 @@ class Exchange:
         else:
             self._connect(backend)
 
-    def _queue(self) -> bool:
-        """Wait for a backend under its max_connections; False when the queue is full or off."""
-        pool = self.pool
-        if pool is None or not pool.wait(self._dequeued):
-            return False
-        assert pool.config.queue is not None
-        self._queue_timer = self.client.loop.call_later(
-            pool.config.queue.timeout, self._queue_timed_out
-        )
-        return True
-
     def _dequeued(self) -> None:
         """A slot is free: try again (soon, not inside the other request's finish)."""
-        if self._queue_timer is not None:
-            self._queue_timer.cancel()
-            self._queue_timer = None
         if not self.finished:
             self.client.loop.call_soon(self._attempt)
 
     def _queue_timed_out(self) -> None:
-        self._queue_timer = None
-        if self.pool is not None:
-            self.pool.unwait(self._dequeued)
         if not self.finished:
             self.respond_error(503, "no backend had room in time")
 
@@ -388,9 +345,10 @@ class Exchange:
             assert exc is not None
             self._attempt_failed(exc)
             return
-        if self.pool is not None and self.backend is not None:
+        attempts = self.attempts
+        if attempts is not None and attempts.backend is not None:
             self.client.listener.metrics.connect(
-                self.pool.name, self.backend.label, time.perf_counter() - self.t_connect
+                attempts.pool.name, attempts.backend.label, time.perf_counter() - self.t_connect
             )
         self._attach(conn, reused=False)
 
@@ -421,31 +379,17 @@ class Exchange:
 
     def _attempt_failed(self, exc: Exception) -> None:
         """The current attempt failed before any answer: try another backend if allowed."""
-        pool, backend = self.pool, self.backend
-        assert pool is not None and backend is not None
-        self.backend = None
+        attempts = self.attempts
+        assert attempts is not None
         self.conn = None
         self._cancel_upstream_timers()
-        shortage = local_reason(exc)
+        shortage = attempts.out_of_resources(exc, f"listener {self.client.listener.name}")
         if shortage is not None:  # no socket for us: neither this backend's fault nor others'
-            pool.on_abandon(backend)
-            report(f"listener {self.client.listener.name}", shortage, exc)
             self.respond_error(503, "the balancer is out of resources", reason=shortage)
-            return
-        pool.on_finish(backend, time.perf_counter() - self.t_attempt, False, str(exc))
-        self.last_error = exc
-        if isinstance(exc, UpstreamError) and exc.retry_safe and not self.body_started:
-            if self.attempts_left > 0:
-                self.client.listener.metrics.retry(pool.name)
+        elif attempts.failed(exc, replayable=not self.body_started):
             self._attempt()
         else:
-            self._respond_upstream_error(exc)
-
-    def _respond_upstream_error(self, error: Exception) -> None:
-        """Answer the client for a failed attempt with the status and text its error hints
-        (anything not an UpstreamError is the backend's fault too: a 502)."""
-        kind = type(error) if isinstance(error, UpstreamError) else UpstreamError
-        self.respond_error(kind.status_hint, kind.client_detail)
+            self.respond_error(*answer_for(exc))
 
     # Events from the client
 
@@ -484,6 +428,9 @@ class Exchange:
                 self.tunnel_tail.append(event.tail)
             if not self.finished:
                 self.client.block(BLOCK_UPGRADE)
+
+    def _attempt_time(self) -> float:
+        return self.attempts.elapsed() if self.attempts is not None else 0.0
 
     def _controlled_names(self) -> frozenset[bytes]:
         """The header names usher sets or removes on this request (besides the ones it always
@@ -537,10 +484,8 @@ class Exchange:
         if not self.response_done:
             self.status = CLIENT_CLOSED
             # The answer never came: this says nothing of the backend.
-            pool, backend = self.pool, self.backend
-            if pool is not None and backend is not None:
-                self.backend = None
-                pool.on_abandon(backend)
+            if self.attempts is not None:
+                self.attempts.abandon()
         self._finish(True, close=True)
 
     def client_pause_writing(self) -> None:
@@ -601,7 +546,7 @@ class Exchange:
                     out.append(encode_last_chunk(event.trailers))
                 self._flush(out)
                 self.response_done = True
-                self.upstream_time = time.perf_counter() - self.t_attempt
+                self.upstream_time = self._attempt_time()
                 if self.request_done:
                     self._finish(True)
                 else:
@@ -637,19 +582,9 @@ class Exchange:
 
     def _retry_on_status(self, response: Response) -> bool:
         """Drop this answer and try another backend, when the pool retries its status."""
-        pool, backend, request = self.pool, self.backend, self.request
-        if pool is None or backend is None:
-            return False
-        pool.record_status(backend, response.status)
-        retries = pool.config.retries
-        if (
-            response.status not in retries.on
-            or self.attempts_left <= 0
-            or request.method not in IDEMPOTENT
-            or request.has_body
-            or request.upgrade is not None
-            or not pool.retry_budget.withdraw()
-        ):
+        request, attempts = self.request, self.attempts
+        replayable = may_replay(request.method, request.has_body) and request.upgrade is None
+        if attempts is None or not attempts.retry_status(response.status, replayable):
             return False
         conn = self.conn
         self.conn = None
@@ -657,11 +592,6 @@ class Exchange:
             conn.user = None
             conn.close()  # the rest of this answer is not wanted: the connection cannot be reused
         self._cancel_upstream_timers()
-        self.backend = None
-        pool.on_finish(backend, time.perf_counter() - self.t_attempt, True)
-        self.last_error = UpstreamError(f"status {response.status}")
-        self.retried_status = response.status
-        self.client.listener.metrics.retry(pool.name)
         self._attempt()
         return True
 
@@ -723,13 +653,13 @@ class Exchange:
             or response.status in NO_BODY_STATUSES
         ):
             return False
-        conn, pool, backend = self.conn, self.pool, self.backend
-        self.conn = self.backend = None
+        conn = self.conn
+        self.conn = None
         if conn is not None:
             conn.user = None
             conn.close()  # the rest of this answer is not wanted
-        if pool is not None and backend is not None:
-            pool.on_finish(backend, time.perf_counter() - self.t_attempt, True)
+        if self.attempts is not None:
+            self.attempts.finish(True)
         self._cancel_upstream_timers()
         self.respond_error(502, "the backend used a transfer coding HTTP/1.0 cannot carry")
         return True
@@ -760,15 +690,15 @@ class Exchange:
         if (
             self.reused
             and not self.body_started
-            and not self.request.has_body
-            and self.request.method in IDEMPOTENT
-            and self.backend is not None
+            and may_replay(self.request.method, self.request.has_body)
+            and self.attempts is not None
+            and self.attempts.backend is not None
         ):
             # A kept-alive connection the backend had closed just as we reused it: not the
             # backend's fault. Try again on a fresh connection to the same backend.
             self.reused = False
             self._cancel_upstream_timers()
-            self._connect(self.backend)
+            self._connect(self.attempts.backend)
             return
         self._attempt_failed(UpstreamError("the backend closed the connection before answering"))
 
@@ -877,7 +807,7 @@ class Exchange:
             conn.write(chunk)
         self.tunnel_tail = []
         client.unblock(BLOCK_UPGRADE)
-        self.upstream_time = time.perf_counter() - self.t_attempt
+        self.upstream_time = self._attempt_time()
         self._record()
         self._arm_read_timeout()  # now the tunnel's idle limit (timeouts.tunnel)
 
@@ -941,19 +871,14 @@ class Exchange:
 
     def _fail_midway(self) -> None:
         """The backend failed after the answer had started: all we can do is cut the client."""
-        pool, backend = self.pool, self.backend
-        if pool is not None and backend is not None:
-            self.backend = None
-            pool.on_finish(backend, time.perf_counter() - self.t_attempt, False)
+        if self.attempts is not None:
+            self.attempts.finish(False)
         self._finish(False, close=True)
         self.client.abort()
 
     def _abort_upstream(self) -> None:
-        if self._queue_timer is not None:
-            self._queue_timer.cancel()
-            self._queue_timer = None
-            if self.pool is not None:
-                self.pool.unwait(self._dequeued)
+        if self.attempts is not None:
+            self.attempts.stop_waiting()
         if self.pending is not None:
             self.pending.cancel()
             self.pending = None
@@ -990,13 +915,10 @@ class Exchange:
         if self.pending is not None:
             self.pending.cancel()
             self.pending = None
-        pool, backend = self.pool, self.backend
-        if pool is not None and backend is not None:
-            self.backend = None
+        if self.attempts is not None:
             # A tunnel's latency is its handshake, not the life of the WebSocket.
             tunnel = self.status == 101 and self.upstream_time is not None
-            latency = self.upstream_time if tunnel else time.perf_counter() - self.t_attempt
-            pool.on_finish(backend, latency or 0.0, ok)
+            self.attempts.finish(ok, self.upstream_time if tunnel else None)
         if self.request.upgrade is None or self.status != 101:
             self._record()
         if client.exchange is self:
@@ -1007,7 +929,7 @@ class Exchange:
         listener = self.client.listener
         duration = time.perf_counter() - self.t_start
         pool = self.pool.name if self.pool is not None else None
-        tried = self.selection.tried if self.selection is not None else None
+        tried = self.attempts.selection.tried if self.attempts is not None else None
         backend = tried[-1].label if tried else None
         metrics = listener.metrics
         metrics.request(listener.name, pool, backend, self.status, duration)
