@@ -50,6 +50,7 @@ COMPILED_MODULES: Final = (
     "usher.pool",
     "usher.attempts",
     "usher.clock",
+    "usher.timers",
     "usher.balancing",
     "usher.balancing.hashing",
     "usher.balancing.latency",

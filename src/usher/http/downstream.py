@@ -17,6 +17,7 @@ from usher.http.tunnel import keeps_half_open
 from usher.http.upstream import close_owned
 from usher.l4.accept import close_within, reset
 from usher.logs import AccessRecord
+from usher.timers import Deadline
 from usher.tls import client_subject
 
 if TYPE_CHECKING:
@@ -30,11 +31,10 @@ LINGER = 2.0
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_blocks",
-        "_idle_timer",
+        "_closing",
         "_pumping",
-        "_read_deadline",
-        "_send_timer",
-        "_timer_at",
+        "_read_wait",
+        "_send_wait",
         "between_requests",
         "cert_subject",
         "client_ip",
@@ -87,10 +87,10 @@ class ClientConnection(asyncio.Protocol):
         self.between_requests = False  # kept alive after an answer, no byte of the next yet
         self._blocks = 0
         self._pumping = False
-        self._idle_timer: asyncio.TimerHandle | None = None
-        self._read_deadline = 0.0  # when the current wait for the client ends; 0: none
-        self._timer_at = 0.0  # when _idle_timer fires
-        self._send_timer: asyncio.TimerHandle | None = None
+        # The client's wait for its next bytes (head, body, next request) and for taking ours.
+        self._read_wait = Deadline(self.loop, self._read_timed_out)
+        self._send_wait = Deadline(self.loop, self._send_timed_out)
+        self._closing: asyncio.TimerHandle | None = None  # lingering or a reset at the end
 
     # asyncio.Protocol
 
@@ -116,7 +116,7 @@ class ClientConnection(asyncio.Protocol):
         guard = listener.guard
         if guard is not None and not guard.admit(self):
             return
-        self._arm_read_timer(listener.timeouts.header)
+        self.arm_read_timer(listener.timeouts.header)
 
     def data_received(self, data: bytes) -> None:
         self.listener.metrics.bytes(self.listener.name, "in", len(data))
@@ -134,7 +134,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if exchange is None and self.reader.idle and not self.inbox:
             # The first bytes of a new request: the keep-alive wait becomes the header wait.
-            self._arm_read_timer(self.listener.timeouts.header)
+            self.arm_read_timer(self.listener.timeouts.header)
             self.between_requests = False
         try:
             events = self.reader.feed(data)
@@ -193,13 +193,11 @@ class ClientConnection(asyncio.Protocol):
         exchange = self.exchange
         if exchange is not None:
             exchange.client_pause_writing()
-        self._send_timer = self.loop.call_later(self.listener.timeouts.send, self._send_timed_out)
+        self._send_wait.arm(self.listener.timeouts.send)
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
+        self._send_wait.cancel()
         exchange = self.exchange
         if exchange is not None:
             exchange.client_resume_writing()
@@ -234,7 +232,7 @@ class ClientConnection(asyncio.Protocol):
                         self._refuse(refusal)
                         return
                     inbox.popleft()
-                    self._cancel_read_timer()
+                    self.disarm_read_timer()
                     exchange = self.exchange = Exchange(self, event)
                     if (
                         inbox
@@ -272,7 +270,7 @@ class ClientConnection(asyncio.Protocol):
         if self._waiting_for_request():
             timeouts = self.listener.timeouts
             self.between_requests = self.reader.idle and not self.inbox
-            self._arm_read_timer(timeouts.idle if self.reader.idle else timeouts.header)
+            self.arm_read_timer(timeouts.idle if self.reader.idle else timeouts.header)
 
     def _waiting_for_request(self) -> bool:
         return self.exchange is None and not self.closed
@@ -331,7 +329,7 @@ class ClientConnection(asyncio.Protocol):
                 self._close_transport()
 
     def _close_transport(self) -> None:
-        self._idle_timer = close_within(self.loop, self.transport, self.listener.timeouts.send)
+        self._closing = close_within(self.loop, self.transport, self.listener.timeouts.send)
 
     def _linger(self, transport: asyncio.Transport) -> None:
         """Close a connection the client may still be sending on, as nginx's lingering close:
@@ -342,7 +340,7 @@ class ClientConnection(asyncio.Protocol):
         if self._blocks:
             self._blocks = 0
             transport.resume_reading()
-        self._idle_timer = self.loop.call_later(LINGER, self._close_transport)
+        self._closing = self.loop.call_later(LINGER, self._close_transport)
 
     def abort(self, *, with_reset: bool = False) -> None:
         """Cut the connection now; `with_reset` also drops what the kernel still holds for a
@@ -368,7 +366,7 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.resume_reading()
                 exchange = self.exchange
                 if exchange is not None and not exchange.request_done:
-                    self._arm_read_timer(self.listener.timeouts.body)
+                    self.arm_read_timer(self.listener.timeouts.body)
 
     @property
     def reading_blocked(self) -> bool:
@@ -376,41 +374,23 @@ class ClientConnection(asyncio.Protocol):
 
     # Timers
 
-    def _arm_read_timer(self, delay: float) -> None:
-        # One lazy timer per connection: arming moves a deadline, and a new timer handle is
-        # made only when the deadline comes before the pending timer. Re-armed for every
-        # request and every body chunk, it would otherwise cost a handle each time.
-        loop = self.loop
-        deadline = self._read_deadline = loop.time() + delay
-        timer = self._idle_timer
-        if timer is None or self._timer_at > deadline:
-            if timer is not None:
-                timer.cancel()
-            self._idle_timer = loop.call_at(deadline, self._read_timed_out)
-            self._timer_at = deadline
+    def arm_read_timer(self, delay: float) -> None:
+        """The client has `delay` seconds from now to send its next bytes."""
+        self._read_wait.arm(delay)
 
-    def _cancel_read_timer(self) -> None:
-        self._read_deadline = 0.0  # the timer stays and finds nothing to do, or is re-armed
+    def disarm_read_timer(self) -> None:
+        self._read_wait.disarm()
 
     def _cancel_timers(self) -> None:
-        self._read_deadline = 0.0
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
+        self._read_wait.cancel()
+        self._send_wait.cancel()
+        if self._closing is not None:
+            self._closing.cancel()
+            self._closing = None
 
     def _read_timed_out(self) -> None:
-        self._idle_timer = None
-        deadline = self._read_deadline
-        if self.closed or not deadline:
+        if self.closed:
             return
-        if self.loop.time() < deadline:  # the deadline moved since the timer was made
-            self._idle_timer = self.loop.call_at(deadline, self._read_timed_out)
-            self._timer_at = deadline
-            return
-        self._read_deadline = 0.0
         exchange = self.exchange
         if exchange is not None:
             # Only a body we were willing to read counts against the client.
@@ -425,5 +405,4 @@ class ClientConnection(asyncio.Protocol):
             self._refuse(ClientError(408, "the request head was not received in time"))
 
     def _send_timed_out(self) -> None:
-        self._send_timer = None
         self.abort(with_reset=True)  # the client stopped reading; nothing more can be said to it

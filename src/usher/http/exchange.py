@@ -4,7 +4,6 @@ on the other."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -55,6 +54,7 @@ from usher.http.upstream import (
 from usher.logs import AccessRecord
 from usher.pool import Backend, Pool, Selection
 from usher.proxy_protocol import encode as encode_proxy_header
+from usher.timers import Deadline
 
 if TYPE_CHECKING:
     from usher.http.downstream import ClientConnection
@@ -72,9 +72,9 @@ class Exchange:
     """One request and its response, from routing to the access log."""
 
     __slots__ = (
-        "_read_activity",
-        "_read_timer",
-        "_send_timer",
+        "_idle_for",
+        "_send_wait",
+        "_upstream_wait",
         "attempts",
         "body_buffer",
         "body_buffered",
@@ -144,9 +144,10 @@ class Exchange:
             if client.listener.access_log.enabled
             else None
         )
-        self._read_timer: asyncio.TimerHandle | None = None
-        self._read_activity = 0.0
-        self._send_timer: asyncio.TimerHandle | None = None
+        # The backend's read (or the tunnel's idle) limit and its send limit, made when needed.
+        self._upstream_wait: Deadline | None = None
+        self._idle_for = 0.0  # the limit _upstream_wait was armed with
+        self._send_wait: Deadline | None = None
         self.edge: EdgeState | None = None  # set by the listener's guard, when it has one
         # The client waits for a 100 Continue before it sends the body (HTTP/1.1 only).
         self.expects_continue = (
@@ -264,7 +265,7 @@ class Exchange:
             return
         self.body_clock = True
         client = self.client
-        client._arm_read_timer(client.listener.timeouts.body)
+        client.arm_read_timer(client.listener.timeouts.body)
         edge = self.edge
         if edge is not None and edge.floor is not None:
             edge.floor.start_meter(self, edge)
@@ -402,7 +403,7 @@ class Exchange:
             self._send_body(chunk)
             if not self.body_clock:
                 self.open_body_clock()  # the body began without a 100 Continue
-            self.client._arm_read_timer(self.client.listener.timeouts.body)
+            self.client.arm_read_timer(self.client.listener.timeouts.body)
             if self.edge is not None:
                 self.edge.body_data(self, event.data)
         elif kind is EndOfMessage:
@@ -413,8 +414,8 @@ class Exchange:
                     trailers = forward_trailers(trailers, self._controlled_names())
                 self._send_body(encode_last_chunk(trailers))
             self.request_done = True
-            self._read_activity = self.client.loop.time()  # the read timeout counts from here
-            self.client._cancel_read_timer()
+            self.touch()  # the read timeout counts from here
+            self.client.disarm_read_timer()
             edge = self.edge
             if edge is not None:
                 edge.cancel()
@@ -506,7 +507,7 @@ class Exchange:
     def upstream_events(self, events: list[Event]) -> None:
         if self.finished:
             return
-        self._read_activity = self.client.loop.time()
+        self.touch()
         # Everything for the client from this batch goes out in one write.
         out: list[bytes] = []
         for event in events:
@@ -704,24 +705,27 @@ class Exchange:
 
     def upstream_pause_writing(self) -> None:
         self.client.block(BLOCK_UPSTREAM_FULL)
-        if self._send_timer is None and self.pool is not None:
-            self._send_timer = self.client.loop.call_later(
-                self.pool.config.timeouts.send, self._upstream_send_timed_out
-            )
+        if self.pool is not None:
+            wait = self._send_wait
+            if wait is None:
+                wait = self._send_wait = Deadline(self.client.loop, self._upstream_timed_out)
+            if not wait.armed:
+                wait.arm(self.pool.config.timeouts.send)
 
     def upstream_resume_writing(self) -> None:
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
+        if self._send_wait is not None:
+            self._send_wait.cancel()
         self.client.unblock(BLOCK_UPSTREAM_FULL)
 
     def tunnel_data(self, data: bytes) -> None:
         self.client.write(data)
-        self._read_activity = self.client.loop.time()
+        self.touch()
 
     def touch(self) -> None:
-        """Bytes moved through the tunnel: it is not idle."""
-        self._read_activity = self.client.loop.time()
+        """Bytes moved (through the tunnel, or from the backend): it is not idle."""
+        wait = self._upstream_wait
+        if wait is not None and wait.armed:
+            wait.arm(self._idle_for)
 
     def tunnel_eof(self) -> None:
         """The backend ended its direction of the tunnel."""
@@ -819,35 +823,27 @@ class Exchange:
         return timeouts.tunnel if self.client.tunnel is not None else timeouts.read
 
     def _arm_read_timeout(self) -> None:
-        loop = self.client.loop
-        self._read_activity = loop.time()
-        if self._read_timer is None:
-            self._read_timer = loop.call_later(self._idle_limit(), self._read_check)
+        wait = self._upstream_wait
+        if wait is None:
+            wait = self._upstream_wait = Deadline(self.client.loop, self._upstream_idle)
+        self._idle_for = self._idle_limit()
+        wait.arm(self._idle_for)
 
     def _cancel_read_timeout(self) -> None:
-        if self._read_timer is not None:
-            self._read_timer.cancel()
-            self._read_timer = None
+        if self._upstream_wait is not None:
+            self._upstream_wait.cancel()
 
-    def _read_check(self) -> None:
-        # Checked lazily: data moves the activity mark instead of re-arming a timer each time.
-        self._read_timer = None
+    def _upstream_idle(self) -> None:
         if self.finished or self.pool is None:
             return
-        loop = self.client.loop
-        left = self._read_activity + self._idle_limit() - loop.time()
-        if left > 0 or not (self.request_done or self.response_started):
+        if not (self.request_done or self.response_started):
             # While the client is still sending the body, a quiet backend is waiting for it:
             # the client's body timeout applies, not the backend's read timeout.
-            self._read_timer = loop.call_later(max(left, self._idle_limit()), self._read_check)
+            self._arm_read_timeout()
             return
         if self.client.tunnel is not None:
             self._end_tunnel()  # an idle tunnel ends quietly, like a closed one
             return
-        self._upstream_timed_out()
-
-    def _upstream_send_timed_out(self) -> None:
-        self._send_timer = None
         self._upstream_timed_out()
 
     def _upstream_timed_out(self) -> None:
@@ -863,9 +859,8 @@ class Exchange:
 
     def _cancel_upstream_timers(self) -> None:
         self._cancel_read_timeout()
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
+        if self._send_wait is not None:
+            self._send_wait.cancel()
 
     # Endings
 
