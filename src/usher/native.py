@@ -41,6 +41,8 @@ COMPILED_MODULES: Final = (
     "usher.http.listener",
     "usher.http.downstream",
     "usher.http.exchange",
+    "usher.http.forwarding",
+    "usher.http.recording",
     "usher.http.upstream",
     "usher.http.edge",
     "usher.limits",

@@ -34,17 +34,16 @@ from usher.http.codec import (
     encode_response_head,
 )
 from usher.http.flow import BLOCK_BUFFERING, BLOCK_UPGRADE, BLOCK_UPSTREAM_FULL
+from usher.http.forwarding import controlled_names, normalise_target, upstream_headers
 from usher.http.headers import (
     expects_continue,
-    forward_request_headers,
     forward_response_headers,
     forward_trailers,
-    header_key,
     relayed_transfer_encoding,
 )
-from usher.http.target import authority, request_target, with_host
+from usher.http.recording import record_exchange
 from usher.http.tunnel import TunnelEnds
-from usher.http.upgrades import offers_h2c, switches_to_requested, with_h2c_settings
+from usher.http.upgrades import switches_to_requested
 from usher.http.upstream import (
     PendingConnect,
     UpstreamConnection,
@@ -185,38 +184,17 @@ class Exchange:
                 # the body went to the tunnel bytes and cannot be forwarded as a body.
                 self.respond_error(400, "this route does not allow the upgrade asked for")
                 return
-        headers = forward_request_headers(
-            request.headers,
-            version=request.version,
-            host=request.host,
-            client_ip=client.client_ip,
-            scheme=listener.scheme,
-            chunked=request.chunked,
-            upgrade=self.upstream_upgrade,
-            content_length=request.content_length,
-            real_ip=client_ip,
-        )
-        if offers_h2c(self.upstream_upgrade):
-            headers = with_h2c_settings(headers, request.headers)
-        cert_strip = listener.cert_strip
-        if cert_strip is not None:
-            # Only usher says who the client certificate names: a client's own copy goes,
-            # under any spelling a backend would read as the same name.
-            n = len(cert_strip)
-            headers = [h for h in headers if len(h[0]) != n or header_key(h[0]) != cert_strip]
-            cert_header = listener.cert_header
-            if cert_header is not None and client.cert_subject is not None:
-                headers.append((cert_header, client.cert_subject))
-        if route.request_rules is not None:
-            headers = route.request_rules.apply(headers)
-        target = route.rewrite_target(request.target)
-        if edge is not None and edge.request_headers:
-            headers += edge.request_headers
         inspecting = edge is not None and edge.inspect is not None
-        if inspecting and self.expects_continue:
-            # The body rules read the body before a backend is chosen, so no backend can say
-            # 100 Continue: usher says it, and the backend gets the body without the Expect.
-            headers = [h for h in headers if len(h[0]) != 6 or h[0].lower() != b"expect"]
+        headers = upstream_headers(
+            request,
+            client,
+            route,
+            edge,
+            upgrade=self.upstream_upgrade,
+            real_ip=client_ip,
+            drop_expect=inspecting and self.expects_continue,
+        )
+        target = route.rewrite_target(request.target)
         self.upstream_head = encode_request_head(request.method, target, headers)
         key = pool.hash_key(request, client_ip)
         selection = Selection(client_ip.decode(), pool.clock.now(), key)
@@ -232,28 +210,13 @@ class Exchange:
         self._attempt()
 
     def _normalise_target(self) -> bool:
-        """Make the request's target origin-form with a normalised path, and its Host the one
-        it is routed on, before anything reads them; False when it was refused (400)."""
-        request = self.request
-        client = self.client
+        """False when the request's target was refused (400)."""
         try:
-            target, host = request_target(
-                request.method,
-                request.target,
-                request.version,
-                request.host,
-                client.listener.encoded_slashes,
-            )
+            normalise_target(self.request, self.client)
         except ClientError as exc:
             self.keep_alive = False
             self.respond_error(exc.status, exc.detail)
             return False
-        request.target = target
-        if not host:  # HTTP/1.0 without Host: the address the client connected to
-            host = authority(client.local or client.transport.get_extra_info("sockname"))
-        if host != request.host:
-            request.host = host
-            request.headers = with_host(request.headers, host)
         return True
 
     def open_body_clock(self) -> None:
@@ -411,7 +374,9 @@ class Exchange:
             if request.chunked:
                 trailers = event.trailers
                 if trailers:
-                    trailers = forward_trailers(trailers, self._controlled_names())
+                    trailers = forward_trailers(
+                        trailers, controlled_names(self.client.listener, self.edge, self.route)
+                    )
                 self._send_body(encode_last_chunk(trailers))
             self.request_done = True
             self.touch()  # the read timeout counts from here
@@ -432,18 +397,6 @@ class Exchange:
 
     def _attempt_time(self) -> float:
         return self.attempts.elapsed() if self.attempts is not None else 0.0
-
-    def _controlled_names(self) -> frozenset[bytes]:
-        """The header names usher sets or removes on this request (besides the ones it always
-        does): a client's trailer must not set them behind its back."""
-        listener = self.client.listener
-        names = [listener.cert_strip] if listener.cert_strip is not None else []
-        if self.edge is not None:
-            names.extend(name for name, _ in self.edge.request_headers)
-        route = self.route
-        if route is not None and route.request_rules is not None:
-            names.extend(route.request_rules.drop)
-        return frozenset(header_key(name) for name in names)
 
     def _send_body(self, chunk: bytes) -> None:
         if self.finished:
@@ -812,7 +765,7 @@ class Exchange:
         self.tunnel_tail = []
         client.unblock(BLOCK_UPGRADE)
         self.upstream_time = self._attempt_time()
-        self._record()
+        record_exchange(self)
         self._arm_read_timeout()  # now the tunnel's idle limit (timeouts.tunnel)
 
     # Timeouts toward the backend
@@ -915,34 +868,6 @@ class Exchange:
             tunnel = self.status == 101 and self.upstream_time is not None
             self.attempts.finish(ok, self.upstream_time if tunnel else None)
         if self.request.upgrade is None or self.status != 101:
-            self._record()
+            record_exchange(self)
         if client.exchange is self:
             client.exchange_done(self.keep_alive and not close)
-
-    def _record(self) -> None:
-        """Count the request in the metrics and write its access-log line."""
-        listener = self.client.listener
-        duration = time.perf_counter() - self.t_start
-        pool = self.pool.name if self.pool is not None else None
-        tried = self.attempts.selection.tried if self.attempts is not None else None
-        backend = tried[-1].label if tried else None
-        metrics = listener.metrics
-        metrics.request(listener.name, pool, backend, self.status, duration)
-        metrics.bytes(listener.name, "out", self.bytes_out)
-        access_log = listener.access_log
-        if not access_log.enabled:
-            return
-        record = self.record
-        if record is None:  # logging was switched on during this request
-            request = self.request
-            record = AccessRecord(
-                time.time() - duration,
-                self.client.client_ip,
-                request.method,
-                request.target,
-                listener.name,
-            )
-        record.finish(
-            self.status, self.bytes_out, pool, backend, duration, upstream_time=self.upstream_time
-        )
-        access_log.write(record)
