@@ -43,6 +43,7 @@ COMPILED_MODULES: Final = (
     "usher.http.exchange",
     "usher.http.forwarding",
     "usher.http.recording",
+    "usher.http.response",
     "usher.http.upstream",
     "usher.http.edge",
     "usher.limits",

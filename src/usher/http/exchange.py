@@ -11,7 +11,6 @@ from usher.attempts import Attempts, answer_for, may_replay
 from usher.errors import (
     ClientError,
     UpstreamError,
-    UpstreamProtocolError,
     UpstreamTimeout,
 )
 from usher.http.answers import (
@@ -20,30 +19,25 @@ from usher.http.answers import (
     redirect_answer,
 )
 from usher.http.codec import (
-    CHUNKED,
     Data,
     EndOfMessage,
     Event,
     Headers,
     Request,
-    Response,
     Upgraded,
     encode_chunk,
     encode_last_chunk,
     encode_request_head,
-    encode_response_head,
 )
 from usher.http.flow import BLOCK_BUFFERING, BLOCK_UPGRADE, BLOCK_UPSTREAM_FULL
 from usher.http.forwarding import controlled_names, normalise_target, upstream_headers
 from usher.http.headers import (
     expects_continue,
-    forward_response_headers,
     forward_trailers,
-    relayed_transfer_encoding,
 )
 from usher.http.recording import record_exchange
+from usher.http.response import ResponseRelay
 from usher.http.tunnel import TunnelEnds
-from usher.http.upgrades import switches_to_requested
 from usher.http.upstream import (
     PendingConnect,
     UpstreamConnection,
@@ -62,7 +56,6 @@ if TYPE_CHECKING:
 
 # Body bytes held while the backend connection is being made; past this, stop reading.
 BODY_BUFFER_LIMIT = 64 * 1024
-NO_BODY_STATUSES = frozenset({204, 304})
 # nginx's convention for "the client closed the connection before the answer".
 CLIENT_CLOSED = 499
 
@@ -80,7 +73,6 @@ class Exchange:
         "body_clock",
         "body_started",
         "bytes_out",
-        "chunked_out",
         "client",
         "conn",
         "continued",
@@ -93,6 +85,7 @@ class Exchange:
         "record",
         "request",
         "request_done",
+        "response",
         "response_done",
         "response_started",
         "reused",
@@ -128,7 +121,7 @@ class Exchange:
         self.request_done = False
         self.response_started = False
         self.response_done = False
-        self.chunked_out = False
+        self.response = ResponseRelay(self)
         self.keep_alive = request.keep_alive
         self.finished = False
         self.status = 0
@@ -207,7 +200,7 @@ class Exchange:
                 self.continued = True  # a backend's own 100 later is not passed on
                 self.open_body_clock()
             return  # the body rules decide first (EdgeState.decide)
-        self._attempt()
+        self.attempt()
 
     def _normalise_target(self) -> bool:
         """False when the request's target was refused (400)."""
@@ -239,9 +232,9 @@ class Exchange:
     def resume_after_inspection(self) -> None:
         """The body rules let the request through: now choose a backend and send it."""
         self.client.unblock(BLOCK_BUFFERING)
-        self._attempt()
+        self.attempt()
 
-    def _attempt(self) -> None:
+    def attempt(self) -> None:
         if self.finished:
             return  # woken from the queue after the client left
         attempts = self.attempts
@@ -268,7 +261,7 @@ class Exchange:
     def _dequeued(self) -> None:
         """A slot is free: try again (soon, not inside the other request's finish)."""
         if not self.finished:
-            self.client.loop.call_soon(self._attempt)
+            self.client.loop.call_soon(self.attempt)
 
     def _queue_timed_out(self) -> None:
         if not self.finished:
@@ -346,12 +339,12 @@ class Exchange:
         attempts = self.attempts
         assert attempts is not None
         self.conn = None
-        self._cancel_upstream_timers()
+        self.cancel_upstream_timers()
         shortage = attempts.out_of_resources(exc, f"listener {self.client.listener.name}")
         if shortage is not None:  # no socket for us: neither this backend's fault nor others'
             self.respond_error(503, "the balancer is out of resources", reason=shortage)
         elif attempts.failed(exc, replayable=not self.body_started):
-            self._attempt()
+            self.attempt()
         else:
             self.respond_error(*answer_for(exc))
 
@@ -387,7 +380,7 @@ class Exchange:
                 if edge.inspect is not None:
                     edge.decide(self)
             if self.response_done:
-                self._finish(True)
+                self.finish(True)
         elif kind is Upgraded:
             assert isinstance(event, Upgraded)
             if event.tail:
@@ -395,7 +388,7 @@ class Exchange:
             if not self.finished:
                 self.client.block(BLOCK_UPGRADE)
 
-    def _attempt_time(self) -> float:
+    def attempt_time(self) -> float:
         return self.attempts.elapsed() if self.attempts is not None else 0.0
 
     def _send_body(self, chunk: bytes) -> None:
@@ -422,7 +415,7 @@ class Exchange:
         if self.response_started:
             self._abort_upstream()
             self.status = self.status or exc.status
-            self._finish(True, close=True)
+            self.finish(True, close=True)
             self.client.abort()
             return
         self._abort_upstream()
@@ -440,7 +433,7 @@ class Exchange:
             # The answer never came: this says nothing of the backend.
             if self.attempts is not None:
                 self.attempts.abandon()
-        self._finish(True, close=True)
+        self.finish(True, close=True)
 
     def client_pause_writing(self) -> None:
         conn = self.conn
@@ -458,165 +451,8 @@ class Exchange:
     # Events from the backend (UpstreamUser)
 
     def upstream_events(self, events: list[Event]) -> None:
-        if self.finished:
-            return
-        self.touch()
-        # Everything for the client from this batch goes out in one write.
-        out: list[bytes] = []
-        for event in events:
-            kind = type(event)
-            if kind is Data:
-                assert isinstance(event, Data)
-                data = event.data
-                self.bytes_out += len(data)
-                out.append(encode_chunk(data) if self.chunked_out else data)
-            elif kind is Response:
-                assert isinstance(event, Response)
-                if event.interim:
-                    status = event.status
-                    if self.request.version == b"1.1" and not (status == 100 and self.continued):
-                        headers = forward_response_headers(
-                            event.headers, version=event.version, upgrade=False
-                        )
-                        out.append(encode_response_head(status, event.reason, headers))
-                        if status == 100:
-                            self.continued = True
-                            self.open_body_clock()  # the client was told to send the body
-                    continue
-                if event.status == 101 and not switches_to_requested(
-                    self.upstream_upgrade, event.headers
-                ):
-                    self._flush(out)  # interim answers before it, if any
-                    self._unasked_switch()
-                    return
-                if self._retry_on_status(event):
-                    return
-                if self._uncodable_for_http10(event):
-                    return
-                out.append(self._response_head(event))
-            elif kind is EndOfMessage:
-                assert isinstance(event, EndOfMessage)
-                if self.chunked_out:
-                    out.append(encode_last_chunk(event.trailers))
-                self._flush(out)
-                self.response_done = True
-                self.upstream_time = self._attempt_time()
-                if self.request_done:
-                    self._finish(True)
-                else:
-                    # The backend answered before the request body ended: the rest of the
-                    # body has nowhere to go, so this connection ends with the answer.
-                    self._finish(True, close=True)
-                return
-            elif kind is Upgraded:
-                assert isinstance(event, Upgraded)
-                self._flush(out)
-                self._start_tunnel(event.tail)
-                return
-        self._flush(out)
-
-    def _flush(self, out: list[bytes]) -> None:
-        client = self.client
-        if not out or client.closed:
-            return
-        if len(out) == 1:
-            client.transport.write(out[0])
-        else:
-            client.transport.writelines(out)
-
-    def _unasked_switch(self) -> None:
-        """A 101 to a request that asked for no upgrade, or for another protocol: relaying it
-        would turn the connection into a raw tunnel past every rule. The backend is wrong
-        (502), and what it sends after the 101 is never read."""
-        conn = self.conn
-        if conn is not None:
-            conn.user = None
-            conn.close()
-        self.upstream_failed(UpstreamProtocolError("a 101 switching to a protocol not asked for"))
-
-    def _retry_on_status(self, response: Response) -> bool:
-        """Drop this answer and try another backend, when the pool retries its status."""
-        request, attempts = self.request, self.attempts
-        replayable = may_replay(request.method, request.has_body) and request.upgrade is None
-        if attempts is None or not attempts.retry_status(response.status, replayable):
-            return False
-        conn = self.conn
-        self.conn = None
-        if conn is not None:
-            conn.user = None
-            conn.close()  # the rest of this answer is not wanted: the connection cannot be reused
-        self._cancel_upstream_timers()
-        self._attempt()
-        return True
-
-    def _response_head(self, response: Response) -> bytes:
-        """Decide the framing and connection fate of the answer; returns its head."""
-        request = self.request
-        status = response.status
-        self.status = status
-        upgrade = status == 101 and self.upstream_upgrade is not None
-        headers = forward_response_headers(
-            response.headers,
-            version=response.version,
-            upgrade=upgrade,
-            strip=self.client.listener.strip_response,
-        )
-        if self.edge is not None and self.edge.response_headers:
-            headers += self.edge.response_headers
-        if self.client.listener.hsts is not None:
-            headers.append(
-                self.client.listener.hsts
-            )  # before the route's rules: they may change it
-        route = self.route
-        if route is not None and route.response_rules is not None:
-            headers = route.response_rules.apply(headers)
-        if self.set_cookie is not None:
-            headers.append((b"Set-Cookie", self.set_cookie))
-        keep_alive = self.keep_alive and self.request_done and not self.client.listener.draining
-        if request.upgrade is not None and not upgrade:
-            keep_alive = False  # the client's reader stopped at the upgrade request
-        if not upgrade:
-            no_body = request.method == b"HEAD" or status in NO_BODY_STATUSES
-            if response.content_length is not None and status != 204:
-                headers.append((b"Content-Length", b"%d" % response.content_length))
-            elif not no_body:
-                if request.version == b"1.1":
-                    codings, self.chunked_out = relayed_transfer_encoding(response.codings)
-                    headers.append((b"Transfer-Encoding", codings))
-                    if not self.chunked_out:
-                        keep_alive = False  # the body ends with the connection
-                else:
-                    keep_alive = False  # an HTTP/1.0 client reads to the end of the connection
-            if not keep_alive:
-                headers.append((b"Connection", b"close"))
-            elif request.version == b"1.0":
-                headers.append((b"Connection", b"keep-alive"))
-        self.keep_alive = keep_alive
-        self.response_started = True
-        return encode_response_head(status, response.reason, headers)
-
-    def _uncodable_for_http10(self, response: Response) -> bool:
-        """A body under a transfer coding other than chunked cannot reach an HTTP/1.0 client:
-        RFC 9112 §6.1 allows it no Transfer-Encoding, and without one the client would take
-        the coded bytes for the body. Answers 502 (the backend is not at fault) when so."""
-        request = self.request
-        if (
-            request.version != b"1.0"
-            or response.codings in ((), (CHUNKED,))
-            or request.method == b"HEAD"
-            or response.status in NO_BODY_STATUSES
-        ):
-            return False
-        conn = self.conn
-        self.conn = None
-        if conn is not None:
-            conn.user = None
-            conn.close()  # the rest of this answer is not wanted
-        if self.attempts is not None:
-            self.attempts.finish(True)
-        self._cancel_upstream_timers()
-        self.respond_error(502, "the backend used a transfer coding HTTP/1.0 cannot carry")
-        return True
+        if not self.finished:
+            self.response.relay(events)
 
     def upstream_failed(self, exc: Exception) -> None:
         """The backend spoke garbage; its connection is already closed."""
@@ -636,7 +472,7 @@ class Exchange:
         self.conn = None
         if conn is not None and conn.tunnel:
             self.client.close()
-            self._finish(True, close=True)
+            self.finish(True, close=True)
             return
         if self.response_started:
             self._fail_midway()
@@ -651,7 +487,7 @@ class Exchange:
             # A kept-alive connection the backend had closed just as we reused it: not the
             # backend's fault. Try again on a fresh connection to the same backend.
             self.reused = False
-            self._cancel_upstream_timers()
+            self.cancel_upstream_timers()
             self._connect(self.attempts.backend)
             return
         self._attempt_failed(UpstreamError("the backend closed the connection before answering"))
@@ -703,7 +539,7 @@ class Exchange:
         self.client.close()
         if self.conn is not None:
             self.conn.close()
-        self._finish(True, close=True)
+        self.finish(True, close=True)
 
     # Answers made by usher itself
 
@@ -731,7 +567,7 @@ class Exchange:
             status, detail, keep_alive=self.keep_alive, headers=headers, request=self.request
         )
         self.response_started = self.response_done = True
-        self._finish(status < 500, close=not self.keep_alive)
+        self.finish(status < 500, close=not self.keep_alive)
 
     def respond_redirect(self, status: int, location: bytes) -> None:
         self.status = status
@@ -747,14 +583,14 @@ class Exchange:
             )
         )
         self.response_started = self.response_done = True
-        self._finish(True, close=not self.keep_alive)
+        self.finish(True, close=not self.keep_alive)
 
     # Tunnels (WebSocket and any other upgrade)
 
-    def _start_tunnel(self, upstream_tail: bytes) -> None:
+    def start_tunnel(self, upstream_tail: bytes) -> None:
         client, conn = self.client, self.conn
         assert conn is not None
-        self._cancel_upstream_timers()
+        self.cancel_upstream_timers()
         if upstream_tail:
             client.write(upstream_tail)
         conn.tunnel = True
@@ -764,7 +600,7 @@ class Exchange:
             conn.write(chunk)
         self.tunnel_tail = []
         client.unblock(BLOCK_UPGRADE)
-        self.upstream_time = self._attempt_time()
+        self.upstream_time = self.attempt_time()
         record_exchange(self)
         self._arm_read_timeout()  # now the tunnel's idle limit (timeouts.tunnel)
 
@@ -810,7 +646,7 @@ class Exchange:
         else:
             self._attempt_failed(UpstreamTimeout("the backend did not answer in time"))
 
-    def _cancel_upstream_timers(self) -> None:
+    def cancel_upstream_timers(self) -> None:
         self._cancel_read_timeout()
         if self._send_wait is not None:
             self._send_wait.cancel()
@@ -821,7 +657,7 @@ class Exchange:
         """The backend failed after the answer had started: all we can do is cut the client."""
         if self.attempts is not None:
             self.attempts.finish(False)
-        self._finish(False, close=True)
+        self.finish(False, close=True)
         self.client.abort()
 
     def _abort_upstream(self) -> None:
@@ -835,13 +671,13 @@ class Exchange:
             self.conn = None
             conn.user = None
             conn.close()
-        self._cancel_upstream_timers()
+        self.cancel_upstream_timers()
 
-    def _finish(self, ok: bool, *, close: bool = False) -> None:
+    def finish(self, ok: bool, *, close: bool = False) -> None:
         if self.finished:
             return
         self.finished = True
-        self._cancel_upstream_timers()
+        self.cancel_upstream_timers()
         if self.edge is not None:
             self.edge.cancel()
         client = self.client
