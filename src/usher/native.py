@@ -44,6 +44,7 @@ COMPILED_MODULES: Final = (
     "usher.http.forwarding",
     "usher.http.recording",
     "usher.http.response",
+    "usher.http.link",
     "usher.http.upstream",
     "usher.http.edge",
     "usher.limits",

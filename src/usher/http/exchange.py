@@ -29,33 +29,24 @@ from usher.http.codec import (
     encode_last_chunk,
     encode_request_head,
 )
-from usher.http.flow import BLOCK_BUFFERING, BLOCK_UPGRADE, BLOCK_UPSTREAM_FULL
+from usher.http.flow import BLOCK_BUFFERING, BLOCK_UPGRADE
 from usher.http.forwarding import controlled_names, normalise_target, upstream_headers
 from usher.http.headers import (
     expects_continue,
     forward_trailers,
 )
+from usher.http.link import UpstreamLink
 from usher.http.recording import record_exchange
 from usher.http.response import ResponseRelay
 from usher.http.tunnel import TunnelEnds
-from usher.http.upstream import (
-    PendingConnect,
-    UpstreamConnection,
-    release,
-    take_idle,
-)
 from usher.logs import AccessRecord
-from usher.pool import Backend, Pool, Selection
-from usher.proxy_protocol import encode as encode_proxy_header
-from usher.timers import Deadline
+from usher.pool import Pool, Selection
 
 if TYPE_CHECKING:
     from usher.http.downstream import ClientConnection
     from usher.http.edge import EdgeState
     from usher.routing import Route
 
-# Body bytes held while the backend connection is being made; past this, stop reading.
-BODY_BUFFER_LIMIT = 64 * 1024
 # nginx's convention for "the client closed the connection before the answer".
 CLIENT_CLOSED = 499
 
@@ -64,23 +55,16 @@ class Exchange:
     """One request and its response, from routing to the access log."""
 
     __slots__ = (
-        "_idle_for",
-        "_send_wait",
-        "_upstream_wait",
         "attempts",
-        "body_buffer",
-        "body_buffered",
         "body_clock",
-        "body_started",
         "bytes_out",
         "client",
-        "conn",
         "continued",
         "edge",
         "expects_continue",
         "finished",
         "keep_alive",
-        "pending",
+        "link",
         "pool",
         "record",
         "request",
@@ -88,15 +72,12 @@ class Exchange:
         "response",
         "response_done",
         "response_started",
-        "reused",
         "route",
         "set_cookie",
         "status",
-        "t_connect",
         "t_start",
         "tunnel_ends",
         "tunnel_tail",
-        "upstream_head",
         "upstream_time",
         "upstream_upgrade",
     )
@@ -108,12 +89,7 @@ class Exchange:
         self.route: Route | None = None
         self.pool: Pool | None = None
         self.attempts: Attempts | None = None  # set once a pool is chosen
-        self.conn: UpstreamConnection | None = None
-        self.pending: PendingConnect | None = None
-        self.upstream_head = b""
-        self.body_buffer: list[bytes] | None = []
-        self.body_buffered = 0
-        self.body_started = False  # some body bytes went to a backend: no more retries
+        self.link = UpstreamLink(self)
         self.tunnel_tail: list[bytes] = []
         self.tunnel_ends: TunnelEnds | None = None  # set when the tunnel starts
         # The Upgrade value forwarded: the request's, less what the route does not allow.
@@ -126,8 +102,6 @@ class Exchange:
         self.finished = False
         self.status = 0
         self.bytes_out = 0
-        self.reused = False
-        self.t_connect = 0.0
         self.upstream_time: float | None = None
         self.set_cookie: bytes | None = None
         # The access-log line's start time, taken only when there will be a line to write.
@@ -136,10 +110,6 @@ class Exchange:
             if client.listener.access_log.enabled
             else None
         )
-        # The backend's read (or the tunnel's idle) limit and its send limit, made when needed.
-        self._upstream_wait: Deadline | None = None
-        self._idle_for = 0.0  # the limit _upstream_wait was armed with
-        self._send_wait: Deadline | None = None
         self.edge: EdgeState | None = None  # set by the listener's guard, when it has one
         # The client waits for a 100 Continue before it sends the body (HTTP/1.1 only).
         self.expects_continue = (
@@ -188,7 +158,7 @@ class Exchange:
             drop_expect=inspecting and self.expects_continue,
         )
         target = route.rewrite_target(request.target)
-        self.upstream_head = encode_request_head(request.method, target, headers)
+        self.link.head = encode_request_head(request.method, target, headers)
         key = pool.hash_key(request, client_ip)
         selection = Selection(client_ip.decode(), pool.clock.now(), key)
         self.attempts = Attempts(pool, selection, listener.metrics)
@@ -227,7 +197,7 @@ class Exchange:
             edge.floor.start_meter(self, edge)
 
     def reencode_head(self, method: bytes, target: bytes, headers: Headers) -> None:
-        self.upstream_head = encode_request_head(method, target, headers)
+        self.link.head = encode_request_head(method, target, headers)
 
     def resume_after_inspection(self) -> None:
         """The body rules let the request through: now choose a backend and send it."""
@@ -250,13 +220,7 @@ class Exchange:
             return
         pool = attempts.pool
         self.set_cookie = pool.chosen(attempts.selection, headers, backend)
-        # A connection that opened with one client's PROXY header serves that client only.
-        owner = self.client if pool.config.send_proxy_protocol is not None else None
-        conn = take_idle(backend, owner)
-        if conn is not None:
-            self._attach(conn, reused=True)
-        else:
-            self._connect(backend)
+        self.link.open(pool, backend)
 
     def _dequeued(self) -> None:
         """A slot is free: try again (soon, not inside the other request's finish)."""
@@ -267,83 +231,16 @@ class Exchange:
         if not self.finished:
             self.respond_error(503, "no backend had room in time")
 
-    def _connect(self, backend: Backend) -> None:
-        assert self.pool is not None
-        self.t_connect = time.perf_counter()
-        config = self.pool.config
-        client = self.client
-        preamble = None
-        if config.send_proxy_protocol is not None:
-            source = (client.client_ip.decode(), client.client_port)
-            if client.local is None:  # looked up only for pools that send PROXY headers
-                local = client.transport.get_extra_info("sockname")
-                if isinstance(local, tuple):
-                    client.local = (str(local[0]), int(local[1]))
-            preamble = encode_proxy_header(config.send_proxy_protocol, source, client.local)
-        self.pending = PendingConnect(
-            client.loop,
-            backend,
-            config.timeouts.connect,
-            self._connected,
-            tls=config.tls,
-            context=self.pool.tls_context(),
-            preamble=preamble,
-            owner=client if preamble is not None else None,
-            send_timeout=config.timeouts.send,
-        )
-
-    def _connected(self, conn: UpstreamConnection | None, exc: Exception | None) -> None:
-        self.pending = None
-        if self.finished:
-            if conn is not None:
-                conn.close()
-            return
-        if conn is None:
-            assert exc is not None
-            self._attempt_failed(exc)
-            return
-        attempts = self.attempts
-        if attempts is not None and attempts.backend is not None:
-            self.client.listener.metrics.connect(
-                attempts.pool.name, attempts.backend.label, time.perf_counter() - self.t_connect
-            )
-        self._attach(conn, reused=False)
-
-    def _attach(self, conn: UpstreamConnection, *, reused: bool) -> None:
-        self.conn = conn
-        self.reused = reused
-        conn.user = self
-        conn.used += 1
-        conn.reader.expect(self.request.method)
-        transport = conn.transport
-        assert transport is not None
-        buffered = self.body_buffer or ()
-        if buffered:
-            self.body_started = True
-            transport.writelines([self.upstream_head, *buffered])
-        else:
-            transport.write(self.upstream_head)
-        self.body_buffer = None
-        self.body_buffered = 0
-        self.client.unblock(BLOCK_BUFFERING)
-        if conn.write_paused:  # a reused connection whose last request is still being sent
-            self.upstream_pause_writing()
-        if self.client.write_paused:
-            # Not reading the backend is our doing: its read timeout starts on resume.
-            transport.pause_reading()
-        else:
-            self._arm_read_timeout()
-
-    def _attempt_failed(self, exc: Exception) -> None:
+    def attempt_failed(self, exc: Exception) -> None:
         """The current attempt failed before any answer: try another backend if allowed."""
         attempts = self.attempts
         assert attempts is not None
-        self.conn = None
-        self.cancel_upstream_timers()
+        self.link.conn = None
+        self.link.cancel_timers()
         shortage = attempts.out_of_resources(exc, f"listener {self.client.listener.name}")
         if shortage is not None:  # no socket for us: neither this backend's fault nor others'
             self.respond_error(503, "the balancer is out of resources", reason=shortage)
-        elif attempts.failed(exc, replayable=not self.body_started):
+        elif attempts.failed(exc, replayable=not self.link.body_started):
             self.attempt()
         else:
             self.respond_error(*answer_for(exc))
@@ -392,20 +289,8 @@ class Exchange:
         return self.attempts.elapsed() if self.attempts is not None else 0.0
 
     def _send_body(self, chunk: bytes) -> None:
-        if self.finished:
-            return
-        buffer = self.body_buffer
-        if buffer is None:
-            conn = self.conn
-            if conn is not None:
-                conn.write(chunk)
-            return
-        buffer.append(chunk)
-        self.body_buffered += len(chunk)
-        if self.body_buffered > BODY_BUFFER_LIMIT and (
-            self.edge is None or self.edge.inspect is None  # body rules need up to their limit
-        ):
-            self.client.block(BLOCK_BUFFERING)
+        if not self.finished:
+            self.link.send_body(chunk)
 
     def client_tunnel_bytes(self, data: bytes) -> None:
         self.tunnel_tail.append(data)
@@ -425,8 +310,9 @@ class Exchange:
     def client_lost(self) -> None:
         if self.finished:
             return
-        if self.conn is not None and self.conn.tunnel:
-            self.conn.close()
+        conn = self.link.conn
+        if conn is not None and conn.tunnel:
+            conn.close()
         self._abort_upstream()
         if not self.response_done:
             self.status = CLIENT_CLOSED
@@ -436,17 +322,10 @@ class Exchange:
         self.finish(True, close=True)
 
     def client_pause_writing(self) -> None:
-        conn = self.conn
-        if conn is not None and conn.transport is not None:
-            conn.transport.pause_reading()
-            self._cancel_read_timeout()  # the backend is not slow: we stopped reading it
+        self.link.pause_reading()
 
     def client_resume_writing(self) -> None:
-        conn = self.conn
-        if conn is not None and conn.transport is not None and not conn.closed:
-            conn.transport.resume_reading()
-            if not self.response_done:
-                self._arm_read_timeout()
+        self.link.resume_reading(answered=self.response_done)
 
     # Events from the backend (UpstreamUser)
 
@@ -458,18 +337,19 @@ class Exchange:
         """The backend spoke garbage; its connection is already closed."""
         if self.finished:
             return
-        self.conn = None
+        self.link.conn = None
         if self.response_started:
             self._fail_midway()
         else:
-            self._attempt_failed(exc)
+            self.attempt_failed(exc)
 
     def upstream_lost(self, exc: Exception | None) -> None:
         """The backend connection closed while this exchange was using it."""
         if self.finished:
             return
-        conn = self.conn
-        self.conn = None
+        link = self.link
+        conn = link.conn
+        link.conn = None
         if conn is not None and conn.tunnel:
             self.client.close()
             self.finish(True, close=True)
@@ -478,33 +358,25 @@ class Exchange:
             self._fail_midway()
             return
         if (
-            self.reused
-            and not self.body_started
+            link.reused
+            and not link.body_started
             and may_replay(self.request.method, self.request.has_body)
             and self.attempts is not None
             and self.attempts.backend is not None
         ):
             # A kept-alive connection the backend had closed just as we reused it: not the
             # backend's fault. Try again on a fresh connection to the same backend.
-            self.reused = False
-            self.cancel_upstream_timers()
-            self._connect(self.attempts.backend)
+            link.reused = False
+            link.cancel_timers()
+            link.connect(self.attempts.pool, self.attempts.backend)
             return
-        self._attempt_failed(UpstreamError("the backend closed the connection before answering"))
+        self.attempt_failed(UpstreamError("the backend closed the connection before answering"))
 
     def upstream_pause_writing(self) -> None:
-        self.client.block(BLOCK_UPSTREAM_FULL)
-        if self.pool is not None:
-            wait = self._send_wait
-            if wait is None:
-                wait = self._send_wait = Deadline(self.client.loop, self._upstream_timed_out)
-            if not wait.armed:
-                wait.arm(self.pool.config.timeouts.send)
+        self.link.pause_writing()
 
     def upstream_resume_writing(self) -> None:
-        if self._send_wait is not None:
-            self._send_wait.cancel()
-        self.client.unblock(BLOCK_UPSTREAM_FULL)
+        self.link.resume_writing()
 
     def tunnel_data(self, data: bytes) -> None:
         self.client.write(data)
@@ -512,9 +384,7 @@ class Exchange:
 
     def touch(self) -> None:
         """Bytes moved (through the tunnel, or from the backend): it is not idle."""
-        wait = self._upstream_wait
-        if wait is not None and wait.armed:
-            wait.arm(self._idle_for)
+        self.link.touch()
 
     def tunnel_eof(self) -> None:
         """The backend ended its direction of the tunnel."""
@@ -526,7 +396,7 @@ class Exchange:
 
     def tunnel_client_eof(self) -> None:
         """The client ended its direction of the tunnel."""
-        conn = self.conn
+        conn = self.link.conn
         ends = self.tunnel_ends
         receiver = None if conn is None or conn.closed else conn.transport
         if ends is None or ends.ended(from_client=True, receiver=receiver):
@@ -537,8 +407,8 @@ class Exchange:
         if self.finished:
             return
         self.client.close()
-        if self.conn is not None:
-            self.conn.close()
+        if self.link.conn is not None:
+            self.link.conn.close()
         self.finish(True, close=True)
 
     # Answers made by usher itself
@@ -588,9 +458,9 @@ class Exchange:
     # Tunnels (WebSocket and any other upgrade)
 
     def start_tunnel(self, upstream_tail: bytes) -> None:
-        client, conn = self.client, self.conn
+        client, conn = self.client, self.link.conn
         assert conn is not None
-        self.cancel_upstream_timers()
+        self.link.cancel_timers()
         if upstream_tail:
             client.write(upstream_tail)
         conn.tunnel = True
@@ -602,54 +472,29 @@ class Exchange:
         client.unblock(BLOCK_UPGRADE)
         self.upstream_time = self.attempt_time()
         record_exchange(self)
-        self._arm_read_timeout()  # now the tunnel's idle limit (timeouts.tunnel)
+        self.link.arm_read_timeout()  # now the tunnel's idle limit (timeouts.tunnel)
 
-    # Timeouts toward the backend
+    # Timeouts toward the backend (the link's deadlines)
 
-    def _idle_limit(self) -> float:
-        assert self.pool is not None
-        timeouts = self.pool.config.timeouts
-        return timeouts.tunnel if self.client.tunnel is not None else timeouts.read
-
-    def _arm_read_timeout(self) -> None:
-        wait = self._upstream_wait
-        if wait is None:
-            wait = self._upstream_wait = Deadline(self.client.loop, self._upstream_idle)
-        self._idle_for = self._idle_limit()
-        wait.arm(self._idle_for)
-
-    def _cancel_read_timeout(self) -> None:
-        if self._upstream_wait is not None:
-            self._upstream_wait.cancel()
-
-    def _upstream_idle(self) -> None:
+    def upstream_idle(self) -> None:
         if self.finished or self.pool is None:
             return
         if not (self.request_done or self.response_started):
             # While the client is still sending the body, a quiet backend is waiting for it:
             # the client's body timeout applies, not the backend's read timeout.
-            self._arm_read_timeout()
+            self.link.arm_read_timeout()
             return
         if self.client.tunnel is not None:
             self._end_tunnel()  # an idle tunnel ends quietly, like a closed one
             return
-        self._upstream_timed_out()
+        self.upstream_timed_out()
 
-    def _upstream_timed_out(self) -> None:
-        conn = self.conn
-        self.conn = None
-        if conn is not None:
-            conn.user = None
-            conn.abort()
+    def upstream_timed_out(self) -> None:
+        self.link.cut()
         if self.response_started:
             self._fail_midway()
         else:
-            self._attempt_failed(UpstreamTimeout("the backend did not answer in time"))
-
-    def cancel_upstream_timers(self) -> None:
-        self._cancel_read_timeout()
-        if self._send_wait is not None:
-            self._send_wait.cancel()
+            self.attempt_failed(UpstreamTimeout("the backend did not answer in time"))
 
     # Endings
 
@@ -663,42 +508,16 @@ class Exchange:
     def _abort_upstream(self) -> None:
         if self.attempts is not None:
             self.attempts.stop_waiting()
-        if self.pending is not None:
-            self.pending.cancel()
-            self.pending = None
-        conn = self.conn
-        if conn is not None:
-            self.conn = None
-            conn.user = None
-            conn.close()
-        self.cancel_upstream_timers()
+        self.link.abort()
 
     def finish(self, ok: bool, *, close: bool = False) -> None:
         if self.finished:
             return
         self.finished = True
-        self.cancel_upstream_timers()
         if self.edge is not None:
             self.edge.cancel()
         client = self.client
-        conn = self.conn
-        if conn is not None:
-            self.conn = None
-            if conn.tunnel or not (self.request_done and self.response_done):
-                conn.user = None
-                conn.close()
-            else:
-                assert self.pool is not None
-                timeouts = self.pool.config.timeouts
-                release(
-                    conn,
-                    client.loop,
-                    max_idle=self.pool.config.max_idle_connections,
-                    idle_timeout=timeouts.idle,
-                )
-        if self.pending is not None:
-            self.pending.cancel()
-            self.pending = None
+        self.link.release(self.pool, self.request_done and self.response_done)
         if self.attempts is not None:
             # A tunnel's latency is its handshake, not the life of the WebSocket.
             tunnel = self.status == 101 and self.upstream_time is not None

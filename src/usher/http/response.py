@@ -110,10 +110,7 @@ class ResponseRelay:
         would turn the connection into a raw tunnel past every rule. The backend is wrong
         (502), and what it sends after the 101 is never read."""
         ex = self.exchange
-        conn = ex.conn
-        if conn is not None:
-            conn.user = None
-            conn.close()
+        ex.link.drop()
         ex.upstream_failed(UpstreamProtocolError("a 101 switching to a protocol not asked for"))
 
     def _retry_on_status(self, response: Response) -> bool:
@@ -123,12 +120,8 @@ class ResponseRelay:
         replayable = may_replay(request.method, request.has_body) and request.upgrade is None
         if attempts is None or not attempts.retry_status(response.status, replayable):
             return False
-        conn = ex.conn
-        ex.conn = None
-        if conn is not None:
-            conn.user = None
-            conn.close()  # the rest of this answer is not wanted: the connection cannot be reused
-        ex.cancel_upstream_timers()
+        ex.link.drop()
+        ex.link.cancel_timers()
         ex.attempt()
         return True
 
@@ -190,13 +183,9 @@ class ResponseRelay:
             or response.status in NO_BODY_STATUSES
         ):
             return False
-        conn = ex.conn
-        ex.conn = None
-        if conn is not None:
-            conn.user = None
-            conn.close()  # the rest of this answer is not wanted
+        ex.link.drop()
         if ex.attempts is not None:
             ex.attempts.finish(True)
-        ex.cancel_upstream_timers()
+        ex.link.cancel_timers()
         ex.respond_error(502, "the backend used a transfer coding HTTP/1.0 cannot carry")
         return True
