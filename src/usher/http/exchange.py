@@ -38,7 +38,7 @@ from usher.http.headers import (
 from usher.http.link import UpstreamLink
 from usher.http.recording import record_exchange
 from usher.http.response import ResponseRelay
-from usher.http.tunnel import TunnelEnds
+from usher.http.tunnel import Tunnel
 from usher.logs import AccessRecord
 from usher.pool import Pool, Selection
 
@@ -76,8 +76,7 @@ class Exchange:
         "set_cookie",
         "status",
         "t_start",
-        "tunnel_ends",
-        "tunnel_tail",
+        "upgraded",
         "upstream_time",
         "upstream_upgrade",
     )
@@ -90,8 +89,7 @@ class Exchange:
         self.pool: Pool | None = None
         self.attempts: Attempts | None = None  # set once a pool is chosen
         self.link = UpstreamLink(self)
-        self.tunnel_tail: list[bytes] = []
-        self.tunnel_ends: TunnelEnds | None = None  # set when the tunnel starts
+        self.upgraded: Tunnel | None = None  # made for an upgrade request's bytes
         # The Upgrade value forwarded: the request's, less what the route does not allow.
         self.upstream_upgrade: bytes | None = None
         self.request_done = False
@@ -281,7 +279,7 @@ class Exchange:
         elif kind is Upgraded:
             assert isinstance(event, Upgraded)
             if event.tail:
-                self.tunnel_tail.append(event.tail)
+                self.tunnel().hold(event.tail)
             if not self.finished:
                 self.client.block(BLOCK_UPGRADE)
 
@@ -293,7 +291,7 @@ class Exchange:
             self.link.send_body(chunk)
 
     def client_tunnel_bytes(self, data: bytes) -> None:
-        self.tunnel_tail.append(data)
+        self.tunnel().hold(data)
 
     def client_refused(self, exc: ClientError) -> None:
         """The client's request turned bad mid-way (e.g. a body over the size limit)."""
@@ -387,29 +385,17 @@ class Exchange:
         self.link.touch()
 
     def tunnel_eof(self) -> None:
-        """The backend ended its direction of the tunnel."""
-        client = self.client
-        ends = self.tunnel_ends
-        receiver = None if client.closed else client.transport
-        if ends is None or ends.ended(from_client=False, receiver=receiver):
-            self._end_tunnel()
+        self.tunnel().backend_eof()
 
     def tunnel_client_eof(self) -> None:
-        """The client ended its direction of the tunnel."""
-        conn = self.link.conn
-        ends = self.tunnel_ends
-        receiver = None if conn is None or conn.closed else conn.transport
-        if ends is None or ends.ended(from_client=True, receiver=receiver):
-            self._end_tunnel()
+        self.tunnel().client_eof()
 
-    def _end_tunnel(self) -> None:
-        """The tunnel is over (both directions ended, or it went idle): close both sides."""
-        if self.finished:
-            return
-        self.client.close()
-        if self.link.conn is not None:
-            self.link.conn.close()
-        self.finish(True, close=True)
+    def tunnel(self) -> Tunnel:
+        """The tunnel of this upgrade request, made at its first use."""
+        tunnel = self.upgraded
+        if tunnel is None:
+            tunnel = self.upgraded = Tunnel(self)
+        return tunnel
 
     # Answers made by usher itself
 
@@ -455,25 +441,6 @@ class Exchange:
         self.response_started = self.response_done = True
         self.finish(True, close=not self.keep_alive)
 
-    # Tunnels (WebSocket and any other upgrade)
-
-    def start_tunnel(self, upstream_tail: bytes) -> None:
-        client, conn = self.client, self.link.conn
-        assert conn is not None
-        self.link.cancel_timers()
-        if upstream_tail:
-            client.write(upstream_tail)
-        conn.tunnel = True
-        client.tunnel = conn
-        self.tunnel_ends = TunnelEnds()
-        for chunk in self.tunnel_tail:
-            conn.write(chunk)
-        self.tunnel_tail = []
-        client.unblock(BLOCK_UPGRADE)
-        self.upstream_time = self.attempt_time()
-        record_exchange(self)
-        self.link.arm_read_timeout()  # now the tunnel's idle limit (timeouts.tunnel)
-
     # Timeouts toward the backend (the link's deadlines)
 
     def upstream_idle(self) -> None:
@@ -485,7 +452,7 @@ class Exchange:
             self.link.arm_read_timeout()
             return
         if self.client.tunnel is not None:
-            self._end_tunnel()  # an idle tunnel ends quietly, like a closed one
+            self.tunnel().end()  # an idle tunnel ends quietly, like a closed one
             return
         self.upstream_timed_out()
 

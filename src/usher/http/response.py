@@ -91,7 +91,7 @@ class ResponseRelay:
             elif kind is Upgraded:
                 assert isinstance(event, Upgraded)
                 self._flush(out)
-                ex.start_tunnel(event.tail)
+                ex.tunnel().start(event.tail)
                 return
         self._flush(out)
 
