@@ -7,11 +7,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from usher.attempts import Attempts, answer_for, may_replay
+from usher.attempts import Attempts, answer_for
 from usher.errors import (
     ClientError,
-    UpstreamError,
-    UpstreamTimeout,
 )
 from usher.http.answers import (
     REJECTION_REASONS,
@@ -325,67 +323,9 @@ class Exchange:
     def client_resume_writing(self) -> None:
         self.link.resume_reading(answered=self.response_done)
 
-    # Events from the backend (UpstreamUser)
-
-    def upstream_events(self, events: list[Event]) -> None:
-        if not self.finished:
-            self.response.relay(events)
-
-    def upstream_failed(self, exc: Exception) -> None:
-        """The backend spoke garbage; its connection is already closed."""
-        if self.finished:
-            return
-        self.link.conn = None
-        if self.response_started:
-            self._fail_midway()
-        else:
-            self.attempt_failed(exc)
-
-    def upstream_lost(self, exc: Exception | None) -> None:
-        """The backend connection closed while this exchange was using it."""
-        if self.finished:
-            return
-        link = self.link
-        conn = link.conn
-        link.conn = None
-        if conn is not None and conn.tunnel:
-            self.client.close()
-            self.finish(True, close=True)
-            return
-        if self.response_started:
-            self._fail_midway()
-            return
-        if (
-            link.reused
-            and not link.body_started
-            and may_replay(self.request.method, self.request.has_body)
-            and self.attempts is not None
-            and self.attempts.backend is not None
-        ):
-            # A kept-alive connection the backend had closed just as we reused it: not the
-            # backend's fault. Try again on a fresh connection to the same backend.
-            link.reused = False
-            link.cancel_timers()
-            link.connect(self.attempts.pool, self.attempts.backend)
-            return
-        self.attempt_failed(UpstreamError("the backend closed the connection before answering"))
-
-    def upstream_pause_writing(self) -> None:
-        self.link.pause_writing()
-
-    def upstream_resume_writing(self) -> None:
-        self.link.resume_writing()
-
-    def tunnel_data(self, data: bytes) -> None:
-        self.client.write(data)
-        self.touch()
-
     def touch(self) -> None:
         """Bytes moved (through the tunnel, or from the backend): it is not idle."""
         self.link.touch()
-
-    def tunnel_eof(self) -> None:
-        self.tunnel().backend_eof()
 
     def tunnel_client_eof(self) -> None:
         self.tunnel().client_eof()
@@ -441,31 +381,9 @@ class Exchange:
         self.response_started = self.response_done = True
         self.finish(True, close=not self.keep_alive)
 
-    # Timeouts toward the backend (the link's deadlines)
-
-    def upstream_idle(self) -> None:
-        if self.finished or self.pool is None:
-            return
-        if not (self.request_done or self.response_started):
-            # While the client is still sending the body, a quiet backend is waiting for it:
-            # the client's body timeout applies, not the backend's read timeout.
-            self.link.arm_read_timeout()
-            return
-        if self.client.tunnel is not None:
-            self.tunnel().end()  # an idle tunnel ends quietly, like a closed one
-            return
-        self.upstream_timed_out()
-
-    def upstream_timed_out(self) -> None:
-        self.link.cut()
-        if self.response_started:
-            self._fail_midway()
-        else:
-            self.attempt_failed(UpstreamTimeout("the backend did not answer in time"))
-
     # Endings
 
-    def _fail_midway(self) -> None:
+    def fail_midway(self) -> None:
         """The backend failed after the answer had started: all we can do is cut the client."""
         if self.attempts is not None:
             self.attempts.finish(False)

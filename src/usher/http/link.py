@@ -7,12 +7,15 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Final
 
+from usher.attempts import may_replay
+from usher.errors import UpstreamError, UpstreamTimeout
 from usher.http.flow import BLOCK_BUFFERING, BLOCK_UPSTREAM_FULL
 from usher.http.upstream import PendingConnect, UpstreamConnection, release, take_idle
 from usher.proxy_protocol import encode as encode_proxy_header
 from usher.timers import Deadline
 
 if TYPE_CHECKING:
+    from usher.http.codec import Event
     from usher.http.exchange import Exchange
     from usher.pool import Backend, Pool
 
@@ -113,7 +116,7 @@ class UpstreamLink:
         client = exchange.client
         self.conn = conn
         self.reused = reused
-        conn.user = exchange
+        conn.user = self
         conn.used += 1
         conn.reader.expect(exchange.request.method)
         transport = conn.transport
@@ -128,7 +131,7 @@ class UpstreamLink:
         self.body_buffered = 0
         client.unblock(BLOCK_BUFFERING)
         if conn.write_paused:  # a reused connection whose last request is still being sent
-            self.pause_writing()
+            self.upstream_pause_writing()
         if client.write_paused:
             # Not reading the backend is our doing: its read timeout starts on resume.
             transport.pause_reading()
@@ -200,6 +203,61 @@ class UpstreamLink:
             self.pending.cancel()
             self.pending = None
 
+    # Events from the backend (UpstreamUser)
+
+    def upstream_events(self, events: list[Event]) -> None:
+        exchange = self.exchange
+        if not exchange.finished:
+            exchange.response.relay(events)
+
+    def upstream_failed(self, exc: Exception) -> None:
+        """The backend spoke garbage; its connection is already closed."""
+        exchange = self.exchange
+        if exchange.finished:
+            return
+        self.conn = None
+        if exchange.response_started:
+            exchange.fail_midway()
+        else:
+            exchange.attempt_failed(exc)
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        """The backend connection closed while this exchange was using it."""
+        exchange = self.exchange
+        if exchange.finished:
+            return
+        conn = self.conn
+        self.conn = None
+        if conn is not None and conn.tunnel:
+            exchange.client.close()
+            exchange.finish(True, close=True)
+            return
+        if exchange.response_started:
+            exchange.fail_midway()
+            return
+        request, attempts = exchange.request, exchange.attempts
+        if (
+            self.reused
+            and not self.body_started
+            and may_replay(request.method, request.has_body)
+            and attempts is not None
+            and attempts.backend is not None
+        ):
+            # A kept-alive connection the backend had closed just as we reused it: not the
+            # backend's fault. Try again on a fresh connection to the same backend.
+            self.reused = False
+            self.cancel_timers()
+            self.connect(attempts.pool, attempts.backend)
+            return
+        exchange.attempt_failed(UpstreamError("the backend closed the connection before answering"))
+
+    def tunnel_data(self, data: bytes) -> None:
+        self.exchange.client.write(data)
+        self.touch()
+
+    def tunnel_eof(self) -> None:
+        self.exchange.tunnel().backend_eof()
+
     # Flow control
 
     def pause_reading(self) -> None:
@@ -216,18 +274,18 @@ class UpstreamLink:
             if not answered:
                 self.arm_read_timeout()
 
-    def pause_writing(self) -> None:
+    def upstream_pause_writing(self) -> None:
         """The backend is not taking the body as fast as the client sends it."""
         exchange = self.exchange
         exchange.client.block(BLOCK_UPSTREAM_FULL)
         if exchange.pool is not None:
             wait = self._send_wait
             if wait is None:
-                wait = self._send_wait = Deadline(exchange.client.loop, exchange.upstream_timed_out)
+                wait = self._send_wait = Deadline(exchange.client.loop, self._timed_out)
             if not wait.armed:
                 wait.arm(exchange.pool.config.timeouts.send)
 
-    def resume_writing(self) -> None:
+    def upstream_resume_writing(self) -> None:
         if self._send_wait is not None:
             self._send_wait.cancel()
         self.exchange.client.unblock(BLOCK_UPSTREAM_FULL)
@@ -239,7 +297,7 @@ class UpstreamLink:
         exchange = self.exchange
         wait = self._read_wait
         if wait is None:
-            wait = self._read_wait = Deadline(exchange.client.loop, exchange.upstream_idle)
+            wait = self._read_wait = Deadline(exchange.client.loop, self._idle)
         pool = exchange.pool
         assert pool is not None
         timeouts = pool.config.timeouts
@@ -251,6 +309,28 @@ class UpstreamLink:
         wait = self._read_wait
         if wait is not None and wait.armed:
             wait.arm(self._idle_for)
+
+    def _idle(self) -> None:
+        exchange = self.exchange
+        if exchange.finished or exchange.pool is None:
+            return
+        if not (exchange.request_done or exchange.response_started):
+            # While the client is still sending the body, a quiet backend is waiting for it:
+            # the client's body timeout applies, not the backend's read timeout.
+            self.arm_read_timeout()
+            return
+        if exchange.client.tunnel is not None:
+            exchange.tunnel().end()  # an idle tunnel ends quietly, like a closed one
+            return
+        self._timed_out()
+
+    def _timed_out(self) -> None:
+        self.cut()
+        exchange = self.exchange
+        if exchange.response_started:
+            exchange.fail_midway()
+        else:
+            exchange.attempt_failed(UpstreamTimeout("the backend did not answer in time"))
 
     def cancel_read_timeout(self) -> None:
         if self._read_wait is not None:

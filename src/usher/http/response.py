@@ -111,7 +111,9 @@ class ResponseRelay:
         (502), and what it sends after the 101 is never read."""
         ex = self.exchange
         ex.link.drop()
-        ex.upstream_failed(UpstreamProtocolError("a 101 switching to a protocol not asked for"))
+        ex.link.upstream_failed(
+            UpstreamProtocolError("a 101 switching to a protocol not asked for")
+        )
 
     def _retry_on_status(self, response: Response) -> bool:
         """Drop this answer and try another backend, when the pool retries its status."""
