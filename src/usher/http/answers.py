@@ -4,7 +4,7 @@ codec's `ServerWriter`, and the rejection reason each error status is counted un
 from __future__ import annotations
 
 from collections import deque
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from usher.errors import ClientError
 from usher.http.codec import (
@@ -18,6 +18,9 @@ from usher.http.codec import (
     Response,
     ServerWriter,
 )
+
+if TYPE_CHECKING:
+    from usher.http.exchange import Exchange
 
 # usher_rejected_total{reason} for the answers usher gives itself.
 REJECTION_REASONS = {
@@ -109,3 +112,52 @@ def redirect_answer(
 def continue_answer(request: Request) -> bytes:
     """The 100 Continue usher says itself, when it reads the body before a backend is chosen."""
     return answer_writer(request).send(InformationalResponse(100))
+
+
+def answer_error(
+    exchange: Exchange,
+    status: int,
+    detail: str,
+    *,
+    reason: str | None = None,
+    headers: Headers | None = None,
+) -> None:
+    """Answer `exchange` with an error page of usher's own, counted as a rejection when it is
+    the client's doing (or `reason` names why), and end it."""
+    client = exchange.client
+    listener = client.listener
+    if reason is not None or status in (404, 503) or 400 <= status < 500:
+        listener.metrics.rejected(
+            listener.name, reason or REJECTION_REASONS.get(status, "bad_request")
+        )
+    exchange.status = status
+    if not exchange.request_done or exchange.request.upgrade is not None:
+        exchange.keep_alive = False
+    keep_alive = exchange.keep_alive = exchange.keep_alive and not listener.draining
+    edge = exchange.edge
+    if edge is not None and edge.response_headers:
+        headers = [*(headers or ()), *edge.response_headers]
+    exchange.bytes_out = client.send_error(
+        status, detail, keep_alive=keep_alive, headers=headers, request=exchange.request
+    )
+    exchange.response_started = exchange.response_done = True
+    exchange.finish(status < 500, close=not keep_alive)
+
+
+def answer_redirect(exchange: Exchange, status: int, location: bytes) -> None:
+    """Answer `exchange` with the redirect its route configures, and end it."""
+    exchange.status = status
+    if not exchange.request_done:
+        exchange.keep_alive = False
+    client = exchange.client
+    client.write(
+        redirect_answer(
+            exchange.request,
+            status,
+            location,
+            keep_alive=exchange.keep_alive,
+            hsts=client.listener.hsts,
+        )
+    )
+    exchange.response_started = exchange.response_done = True
+    exchange.finish(True, close=not exchange.keep_alive)

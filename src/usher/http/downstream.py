@@ -130,7 +130,7 @@ class ClientConnection(asyncio.Protocol):
         exchange = self.exchange
         if self.reader.upgraded:
             if exchange is not None:
-                exchange.client_tunnel_bytes(data)
+                exchange.tunnel().hold(data)
             return
         if exchange is None and self.reader.idle and not self.inbox:
             # The first bytes of a new request: the keep-alive wait becomes the header wait.
@@ -170,7 +170,7 @@ class ClientConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         exchange = self.exchange
         if self.tunnel is not None and exchange is not None:
-            exchange.tunnel_client_eof()
+            exchange.tunnel().client_eof()
             return keeps_half_open(self.transport)
         return None
 

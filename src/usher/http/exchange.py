@@ -8,14 +8,8 @@ import time
 from typing import TYPE_CHECKING
 
 from usher.attempts import Attempts, answer_for
-from usher.errors import (
-    ClientError,
-)
-from usher.http.answers import (
-    REJECTION_REASONS,
-    continue_answer,
-    redirect_answer,
-)
+from usher.errors import ClientError
+from usher.http.answers import answer_error, answer_redirect, continue_answer
 from usher.http.codec import (
     Data,
     EndOfMessage,
@@ -29,10 +23,7 @@ from usher.http.codec import (
 )
 from usher.http.flow import BLOCK_BUFFERING, BLOCK_UPGRADE
 from usher.http.forwarding import controlled_names, normalise_target, upstream_headers
-from usher.http.headers import (
-    expects_continue,
-    forward_trailers,
-)
+from usher.http.headers import expects_continue, forward_trailers
 from usher.http.link import UpstreamLink
 from usher.http.recording import record_exchange
 from usher.http.response import ResponseRelay
@@ -288,9 +279,6 @@ class Exchange:
         if not self.finished:
             self.link.send_body(chunk)
 
-    def client_tunnel_bytes(self, data: bytes) -> None:
-        self.tunnel().hold(data)
-
     def client_refused(self, exc: ClientError) -> None:
         """The client's request turned bad mid-way (e.g. a body over the size limit)."""
         if self.response_started:
@@ -327,9 +315,6 @@ class Exchange:
         """Bytes moved (through the tunnel, or from the backend): it is not idle."""
         self.link.touch()
 
-    def tunnel_client_eof(self) -> None:
-        self.tunnel().client_eof()
-
     def tunnel(self) -> Tunnel:
         """The tunnel of this upgrade request, made at its first use."""
         tunnel = self.upgraded
@@ -340,46 +325,12 @@ class Exchange:
     # Answers made by usher itself
 
     def respond_error(
-        self,
-        status: int,
-        detail: str,
-        *,
-        reason: str | None = None,
-        headers: Headers | None = None,
+        self, status: int, detail: str, *, reason: str | None = None, headers: Headers | None = None
     ) -> None:
-        listener = self.client.listener
-        if reason is not None or status in (404, 503) or 400 <= status < 500:
-            listener.metrics.rejected(
-                listener.name, reason or REJECTION_REASONS.get(status, "bad_request")
-            )
-        self.status = status
-        if not self.request_done or self.request.upgrade is not None:
-            self.keep_alive = False
-        self.keep_alive = self.keep_alive and not self.client.listener.draining
-        edge = self.edge
-        if edge is not None and edge.response_headers:
-            headers = [*(headers or ()), *edge.response_headers]
-        self.bytes_out = self.client.send_error(
-            status, detail, keep_alive=self.keep_alive, headers=headers, request=self.request
-        )
-        self.response_started = self.response_done = True
-        self.finish(status < 500, close=not self.keep_alive)
+        answer_error(self, status, detail, reason=reason, headers=headers)
 
     def respond_redirect(self, status: int, location: bytes) -> None:
-        self.status = status
-        if not self.request_done:
-            self.keep_alive = False
-        self.client.write(
-            redirect_answer(
-                self.request,
-                status,
-                location,
-                keep_alive=self.keep_alive,
-                hsts=self.client.listener.hsts,
-            )
-        )
-        self.response_started = self.response_done = True
-        self.finish(True, close=not self.keep_alive)
+        answer_redirect(self, status, location)
 
     # Endings
 
