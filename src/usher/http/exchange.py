@@ -1,6 +1,8 @@
-"""One request and its response, from routing to the access log: route, select a backend,
-forward, respond, log. Bodies stream both ways; a full write buffer on one side pauses reading
-on the other."""
+"""One request's phases, from routing to the access log: route, edge screening, the upstream
+head, attempts, finish. The other jobs each have an owner the exchange holds: `Attempts`
+(which backend, retry or give up), `UpstreamLink` (the backend connection, the body, flow
+control and deadlines), `ResponseRelay` (the answer on its way to the client) and `Tunnel`
+(after a 101); answers.py makes usher's own answers, recording.py the metrics and log line."""
 
 from __future__ import annotations
 
