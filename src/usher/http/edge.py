@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from usher.config import RateLimitFields
     from usher.config import Route as RouteConfig
     from usher.http.codec import Headers, Request
-    from usher.http.proxy import ClientConnection, Exchange
+    from usher.http.downstream import ClientConnection
+    from usher.http.exchange import Exchange
     from usher.metrics import Metrics
     from usher.routing import Route
 

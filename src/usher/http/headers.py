@@ -255,3 +255,9 @@ def forward_response_headers(
         out.append((b"Connection", b"upgrade"))
         out.append((b"Upgrade", upgrade_value))
     return out
+
+
+def header_key(name: bytes) -> bytes:
+    """A header name compared the way a backend's gateway reads it: CGI, WSGI and PHP read
+    X_Client_Cert_Subject and X-Client-Cert-Subject as the same HTTP_X_CLIENT_CERT_SUBJECT."""
+    return name.lower().replace(b"_", b"-")

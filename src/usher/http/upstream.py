@@ -21,6 +21,7 @@ from usher.errors import ConnectError, UpstreamProtocolError
 from usher.http.codec import Event, ResponseReader
 from usher.http.tunnel import keeps_half_open
 from usher.l4.accept import close_within, connect
+from usher.timers import Deadline
 from usher.tls import upstream_server_name
 
 if TYPE_CHECKING:
@@ -49,9 +50,8 @@ class UpstreamUser(Protocol):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
-        "_idle_deadline",
-        "_idle_timer",
-        "_timer_at",
+        "_closing",
+        "_idle",
         "backend",
         "closed",
         "generation",
@@ -79,9 +79,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.send_timeout = DEFAULT_SEND_TIMEOUT
         # The client connection whose PROXY header opened this one: reused for it alone.
         self.owner: Owner | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
-        self._idle_deadline = 0.0  # when a parked connection expires; 0: not parked
-        self._timer_at = 0.0  # when _idle_timer fires
+        self._idle: Deadline | None = None  # when a parked connection expires, once parked
+        self._closing: asyncio.TimerHandle | None = None  # a reset if the close takes too long
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
@@ -117,7 +116,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._cancel_idle_timer()
+        self._cancel_timers()
         idle = self.backend.idle
         if self in idle:
             idle.remove(self)
@@ -148,21 +147,23 @@ class UpstreamConnection(asyncio.Protocol):
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self._cancel_idle_timer()
+            self._cancel_timers()
             if self.transport is not None:
                 loop = asyncio.get_running_loop()
-                self._idle_timer = close_within(loop, self.transport, self.send_timeout)
+                self._closing = close_within(loop, self.transport, self.send_timeout)
 
     def abort(self) -> None:
         self.closed = True
-        self._cancel_idle_timer()
+        self._cancel_timers()
         if self.transport is not None:
             self.transport.abort()
 
-    def _cancel_idle_timer(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+    def _cancel_timers(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        if self._closing is not None:
+            self._closing.cancel()
+            self._closing = None
 
     def park(self, loop: asyncio.AbstractEventLoop, idle_timeout: float) -> None:
         """Put this connection on its backend's idle list until it is reused or expires."""
@@ -179,29 +180,21 @@ class UpstreamConnection(asyncio.Protocol):
             owner.owned = [self]
         else:
             owner.owned.append(self)
-        # The expiry timer is made lazily: a busy connection is parked after every answer,
-        # and a timer that fires early and re-arms once per timeout costs less than one timer
-        # handle per request.
-        deadline = self._idle_deadline = loop.time() + idle_timeout
-        if self._idle_timer is None or self._timer_at > deadline:
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-            self._idle_timer = loop.call_at(deadline, self._idle_check, loop)
-            self._timer_at = deadline
+        # The expiry timer is lazy (a Deadline): a busy connection is parked after every
+        # answer, and a timer that fires early and re-arms once per timeout costs less than
+        # one timer handle per request.
+        idle = self._idle
+        if idle is None:
+            idle = self._idle = Deadline(loop, self._expired)
+        idle.arm(idle_timeout)
 
     def unpark(self) -> None:
-        self._idle_deadline = 0.0  # the timer stays; it will find the connection busy
+        if self._idle is not None:
+            self._idle.disarm()  # the timer stays; it will find the connection busy
 
-    def _idle_check(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._idle_timer = None
-        deadline = self._idle_deadline
-        if not deadline or self.closed:
-            return
-        if loop.time() < deadline:
-            self._idle_timer = loop.call_at(deadline, self._idle_check, loop)
-            self._timer_at = deadline
-            return
-        self.close()
+    def _expired(self) -> None:
+        if not self.closed:
+            self.close()
 
 
 def take_idle(backend: Backend, owner: Owner | None = None) -> UpstreamConnection | None:

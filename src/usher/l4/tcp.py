@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from usher.acl import IpList
+from usher.pool.attempts import Attempts
+from usher.errors import ConnectError
 from usher.l4.accept import Acceptor, connect, listening_socket, read_proxy_header
 from usher.l4.relay import ABORTED, StreamRelay
 from usher.l4.sni import ClientHelloReader, Hello, Malformed, NotTls
@@ -24,7 +26,6 @@ from usher.logs import AccessLog, ConnectionRecord
 from usher.metrics import Metrics
 from usher.pool import Backend, Pool, Selection
 from usher.proxy_protocol import ProxyProtocolError, encode
-from usher.shortage import local_reason, report
 from usher.tls import upstream_server_name
 
 if TYPE_CHECKING:
@@ -231,36 +232,25 @@ class TcpSession:
         client_ip = self.client[0]
         key = client_ip.encode() if config.algorithm == "consistent_hash" else None
         selection = Selection(client_ip, pool.clock.now(), key)
-        attempts = config.retries.attempts + 1
+        attempts = Attempts(pool, selection, listener.metrics)
         error = ""
-        while attempts > 0:
-            selection.now = pool.clock.now()
-            backend = pool.choose(selection, [])
-            if backend is None:
-                break
-            attempts -= 1
-            selection.tried.append(backend)
-            pool.on_start(backend)
-            t0 = time.perf_counter()
+        while (backend := attempts.next([])) is not None:
             try:
                 async with asyncio.timeout(config.timeouts.connect):
                     relay = await self._open(loop, pool, backend)
             except (OSError, TimeoutError) as exc:
-                reason = local_reason(exc)
+                reason = attempts.out_of_resources(exc, f"listener {listener.name}")
                 if reason is not None:
                     # No socket or pipe for us: not the backend's fault, nor would another
                     # backend fare better.
-                    pool.on_abandon(backend)
-                    report(f"listener {listener.name}", reason, exc)
                     listener.metrics.rejected(listener.name, reason)
                     self.end(reason)
                     return
                 error = str(exc) or "connect timed out"
-                pool.on_finish(backend, time.perf_counter() - t0, False, f"connect: {error}")
-                if attempts > 0:
-                    listener.metrics.retry(pool.name)
+                # Nothing reached the backend yet: another one may always be tried.
+                attempts.failed(ConnectError(error), detail=f"connect: {error}")
                 continue
-            self.connect_time = time.perf_counter() - t0
+            self.connect_time = attempts.elapsed()
             listener.metrics.connect(pool.name, backend.label, self.connect_time)
             pool.chosen(selection, [], backend)
             self.backend = backend

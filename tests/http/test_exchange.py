@@ -1,0 +1,60 @@
+"""The exchange driven on fake transports: a request forwarded to a kept-alive backend
+connection, its answer relayed, pipelined requests in turn, a client gone mid-body."""
+
+from __future__ import annotations
+
+from tests.http.fake_transport import connected_client, idle_upstream, listener_with_backend
+
+ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+
+
+async def test_a_get_is_forwarded_and_its_answer_relayed() -> None:
+    listener, pool = listener_with_backend()
+    backend = pool.backends[0]
+    conn, upstream = idle_upstream(backend)
+    client, downstream = connected_client(listener)
+
+    client.data_received(b"GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    head = upstream.take()
+    assert head.startswith(b"GET /a?b=1 HTTP/1.1\r\n")
+    assert b"X-Forwarded-For: 192.0.2.7\r\n" in head
+    assert backend.active == 1 and client.exchange is not None
+
+    conn.data_received(ANSWER)
+    answer = downstream.take()
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"\r\n\r\nhi")
+    assert client.exchange is None and not downstream.closed  # kept alive for the next
+    assert backend.active == 0 and backend.idle == [conn]  # and the backend's connection too
+    assert listener.metrics.requests_total == {("web", "web", backend.label, 200): 1}
+
+
+async def test_pipelined_requests_are_forwarded_one_at_a_time_in_order() -> None:
+    listener, pool = listener_with_backend()
+    conn, upstream = idle_upstream(pool.backends[0])
+    client, downstream = connected_client(listener)
+
+    client.data_received(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert upstream.take().startswith(b"GET /1 ")
+    assert not downstream.reading  # the second waits its turn: the client is not read on
+
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1")
+    assert upstream.take().startswith(b"GET /2 ")  # the same kept-alive connection, reused
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2")
+    answers = downstream.take()
+    assert answers.count(b"HTTP/1.1 200 OK") == 2 and answers.endswith(b"\r\n\r\n2")
+    assert answers.index(b"\r\n\r\n1") < answers.index(b"\r\n\r\n2")
+    assert downstream.reading and client.exchange is None
+
+
+async def test_a_client_gone_mid_body_ends_the_exchange_without_blaming_the_backend() -> None:
+    listener, pool = listener_with_backend()
+    backend = pool.backends[0]
+    _, upstream = idle_upstream(backend)
+    client, _ = connected_client(listener)
+
+    client.data_received(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n12345")
+    assert upstream.take().endswith(b"\r\n\r\n12345")
+    client.connection_lost(None)
+    assert upstream.closed  # half a body: the backend connection cannot be reused
+    assert backend.active == 0 and backend.failures_total == 0 and backend.idle == []
+    assert listener.metrics.requests_total == {("web", "web", backend.label, 499): 1}
