@@ -20,7 +20,8 @@ from usher.config import DEFAULT_SEND_TIMEOUT
 from usher.errors import ConnectError, UpstreamProtocolError
 from usher.http.codec import Event, ResponseReader
 from usher.http.tunnel import keeps_half_open
-from usher.l4.accept import close_within, connect
+from usher.l4.accept import close_within
+from usher.net import open_connection
 from usher.timers import Deadline
 from usher.tls import upstream_server_name
 
@@ -271,19 +272,15 @@ async def _open(
         return conn
 
     server_name = upstream_server_name(tls, backend.host) if tls is not None else None
-    if preamble is None:
-        return await loop.create_connection(
-            protocol, backend.host, backend.port, ssl=context, server_hostname=server_name
-        )
-    sock = await connect(loop, backend.host, backend.port)
-    try:
-        await loop.sock_sendall(sock, preamble)
-        return await loop.create_connection(
-            protocol, sock=sock, ssl=context, server_hostname=server_name
-        )
-    except BaseException:
-        sock.close()
-        raise
+    return await open_connection(
+        loop,
+        protocol,
+        backend.host,
+        backend.port,
+        tls=context,
+        server_name=server_name,
+        preamble=preamble,
+    )
 
 
 class PendingConnect:
