@@ -6,12 +6,12 @@ import asyncio
 import errno
 from typing import Any
 
-from usher.pool.attempts import Attempts, answer_for, may_replay
 from usher.clock import ManualClock
 from usher.config import PoolConfig
 from usher.errors import ConnectError, UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from usher.metrics import Metrics
 from usher.pool import Pool, Selection
+from usher.pool.attempts import Attempts, answer_for, may_replay
 
 
 def attempts_on(*backends: str | dict[str, Any], **options: Any) -> Attempts:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from usher.pool.attempts import Attempts, answer_for
 from usher.errors import ClientError
 from usher.http.answers import answer_error, answer_redirect, continue_answer
 from usher.http.codec import (
@@ -32,6 +31,7 @@ from usher.http.response import ResponseRelay
 from usher.http.tunnel import Tunnel
 from usher.logs import AccessRecord
 from usher.pool import Pool, Selection
+from usher.pool.attempts import Attempts, answer_for
 
 if TYPE_CHECKING:
     from usher.http.downstream import ClientConnection

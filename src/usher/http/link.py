@@ -7,10 +7,10 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Final
 
-from usher.pool.attempts import may_replay
 from usher.errors import UpstreamError, UpstreamTimeout
 from usher.http.flow import BLOCK_BUFFERING, BLOCK_UPSTREAM_FULL
 from usher.http.upstream import PendingConnect, UpstreamConnection, release, take_idle
+from usher.pool.attempts import may_replay
 from usher.proxy_protocol import encode as encode_proxy_header
 from usher.timers import Deadline
 

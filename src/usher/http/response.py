@@ -4,9 +4,8 @@ of the request when the pool retries the answer's status, and one write per batc
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
-from usher.pool.attempts import may_replay
 from usher.errors import UpstreamProtocolError
 from usher.http.codec import (
     CHUNKED,
@@ -19,13 +18,13 @@ from usher.http.codec import (
     encode_last_chunk,
     encode_response_head,
 )
+from usher.http.framing import body_forbidden
 from usher.http.headers import forward_response_headers, relayed_transfer_encoding
 from usher.http.upgrades import switches_to_requested
+from usher.pool.attempts import may_replay
 
 if TYPE_CHECKING:
     from usher.http.exchange import Exchange
-
-NO_BODY_STATUSES: Final = frozenset({204, 304})
 
 
 class ResponseRelay:
@@ -153,7 +152,7 @@ class ResponseRelay:
         if request.upgrade is not None and not upgrade:
             keep_alive = False  # the client's reader stopped at the upgrade request
         if not upgrade:
-            no_body = request.method == b"HEAD" or status in NO_BODY_STATUSES
+            no_body = body_forbidden(status, head=request.method == b"HEAD")
             if response.content_length is not None and status != 204:
                 headers.append((b"Content-Length", b"%d" % response.content_length))
             elif not no_body:
@@ -181,8 +180,7 @@ class ResponseRelay:
         if (
             request.version != b"1.0"
             or response.codings in ((), (CHUNKED,))
-            or request.method == b"HEAD"
-            or response.status in NO_BODY_STATUSES
+            or body_forbidden(response.status, head=request.method == b"HEAD")
         ):
             return False
         ex.link.drop()

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from usher.acl import IpList
-from usher.pool.attempts import Attempts
 from usher.errors import ConnectError
 from usher.l4.accept import Acceptor, connect, listening_socket, read_proxy_header
 from usher.l4.relay import ABORTED, StreamRelay
@@ -25,6 +24,7 @@ from usher.limits import ConnectionLimiter
 from usher.logs import AccessLog, ConnectionRecord
 from usher.metrics import Metrics
 from usher.pool import Backend, Pool, Selection
+from usher.pool.attempts import Attempts
 from usher.proxy_protocol import ProxyProtocolError, encode
 from usher.tls import upstream_server_name
 
