@@ -3,7 +3,9 @@
 Backends (nginx, or `usher backend` for WebSocket) and the load client run on one core; the
 balancer under test runs alone on another (taskset). Candidates: direct (no balancer), nginx
 (1 worker, upstream keepalive), HAProxy (1 thread, http-reuse always) and usher (--workers 1),
-all doing plain round robin over 3 backends with access logs off. Rounds are interleaved
+all doing plain round robin over 3 backends with access logs off, except in two scenarios:
+get-log (each one's access log on, to a file) and features (least connections, health checks,
+admin, a rate limit, cookie persistence, a header set). Rounds are interleaved
 (A B C D A B C D ...) and the table shows medians, with ratios to nginx.
 
     python bench/proxies.py [--scenarios get,close,...] [--rounds 3] [--duration 5] [--json]
@@ -259,6 +261,7 @@ http {{
 # max_fails=1 fail_timeout=10s, the defaults); stub_status is its stats page.
 _NGINX_FEATURE_LOCATION = f"""limit_req zone=perip burst=1000 nodelay;
             proxy_pass http://$sticky_pool;
+            proxy_hide_header {FEATURE_HEADER[0]};
             add_header {FEATURE_HEADER[0]} {FEATURE_HEADER[1]} always;
             add_header Set-Cookie $sticky_cookie;"""
 
