@@ -135,3 +135,29 @@ def ratio(value: float, reference: float) -> float | None:
     if not reference or reference != reference or value != value:  # NaN compares unequal
         return None
     return value / reference
+
+
+def answer_problems(head: str, status: int, headers: Mapping[str, str | None]) -> list[str]:
+    """What is wrong with one answer's head (curl -sS -D -: status line and headers), against
+    the status and headers expected of it: a value must match exactly (case-insensitive name), None
+    only that the header is there. The last head counts (curl prints one per 1xx answer too)."""
+    blocks = [b for b in head.replace("\r\n", "\n").split("\n\n") if b.strip()]
+    if not blocks:
+        return ["no answer"]
+    lines = blocks[-1].split("\n")
+    problems: list[str] = []
+    parts = lines[0].split()
+    if len(parts) < 2 or parts[1] != str(status):
+        problems.append(f"status line {lines[0].strip()!r}, expected {status}")
+    seen: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            seen.setdefault(name.strip().lower(), value.strip())
+    for name, want in headers.items():
+        got = seen.get(name.lower())
+        if got is None:
+            problems.append(f"no {name} header")
+        elif want is not None and got != want:
+            problems.append(f"{name}: {got!r}, expected {want!r}")
+    return problems

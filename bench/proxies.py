@@ -3,7 +3,9 @@
 Backends (nginx, or `usher backend` for WebSocket) and the load client run on one core; the
 balancer under test runs alone on another (taskset). Candidates: direct (no balancer), nginx
 (1 worker, upstream keepalive), HAProxy (1 thread, http-reuse always) and usher (--workers 1),
-all doing plain round robin over 3 backends with access logs off. Rounds are interleaved
+all doing plain round robin over 3 backends with access logs off, except in two scenarios:
+get-log (each one's access log on, to a file) and features (least connections, health checks,
+admin, a rate limit, cookie persistence, a header set). Rounds are interleaved
 (A B C D A B C D ...) and the table shows medians, with ratios to nginx.
 
     python bench/proxies.py [--scenarios get,close,...] [--rounds 3] [--duration 5] [--json]
@@ -37,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from clients import idle_connections, raise_fd_limit, websocket_pingpong
 from harness import (
+    answer_problems,
     cpu_us_per_request,
     medians,
     parse_wrk,
@@ -47,10 +50,17 @@ from harness import (
 
 USHER = [sys.executable, "-m", "usher"]
 CANDIDATES = ["direct", "nginx", "haproxy", "usher"]
+BALANCERS = ("nginx", "haproxy", "usher")
 # Extra usher candidates "usher@NAME" and the environment each runs with: --usher-baseline
 # (another copy of usher's source first on the path) and --usher-pure (USHER_PURE=1).
 USHER_VARIANTS: dict[str, dict[str, str]] = {}
 SMALL_BODY = "hello, world\n"
+# The features scenario: the header each balancer sets on answers, its persistence cookie, and a
+# rate limit per client address high enough never to refuse a request of the run.
+FEATURE_HEADER = ("X-Bench", "features")
+COOKIE = "SRV"
+RATE_PER_SECOND = 1_000_000
+HEALTH_PATH = "/health"
 MIB = 1024 * 1024
 # Connections each balancer accepts: room for the memory scenario's idle clients.
 MAXCONN = 11_000
@@ -68,12 +78,30 @@ class Scenario:
     lua: str | None = None
     default: bool = True
     candidates: tuple[str, ...] = tuple(CANDIDATES)
+    # What the balancers do beyond round robin with logs off: plain | log (access log on, each
+    # candidate's default format, to a file) | features (least connections, active health checks,
+    # admin/stats, a rate limit, cookie persistence, a response header set; docs/performance.md).
+    profile: str = "plain"
 
 
 SCENARIOS = {
     s.name: s
     for s in [
         Scenario("get", "small keep-alive GET", "http"),
+        Scenario(
+            "get-log",
+            "small keep-alive GET, access log on (to a file)",
+            "http",
+            candidates=BALANCERS,
+            profile="log",
+        ),
+        Scenario(
+            "features",
+            "GET with features: least conn, health checks, admin, rate limit, cookie, header",
+            "http",
+            candidates=BALANCERS,
+            profile="features",
+        ),
         Scenario("close", "Connection: close", "http", wrk_args=("-H", "Connection: close")),
         Scenario("download", "1 MiB download", "http", path="/1m", connections=10),
         Scenario(
@@ -89,14 +117,14 @@ SCENARIOS = {
             "tls",
             "TLS termination (keep-alive)",
             "https",
-            candidates=("nginx", "haproxy", "usher"),  # the backends speak plain HTTP
+            candidates=BALANCERS,  # the backends speak plain HTTP
         ),
         Scenario("ws", "WebSocket echo messages (32 B)", "ws"),
         Scenario(
             "memory",
             "idle keep-alive connections: RSS",
             "http",
-            candidates=("nginx", "haproxy", "usher"),
+            candidates=BALANCERS,
         ),
         # L4: HTTP through a TCP proxy (nginx needs its stream module, libnginx-mod-stream); a
         # candidate that cannot do it is skipped with the reason.
@@ -137,6 +165,7 @@ http {{
         location = / {{ return 200 "{SMALL_BODY.strip()}\\n"; }}
         location = /1m {{ }}
         location = /upload {{ return 200 "ok\\n"; }}
+        location = {HEALTH_PATH} {{ return 200 "ok\\n"; }}
     }}
 }}
 """
@@ -149,7 +178,14 @@ def _temp_paths(work: Path, name: str) -> str:
     )
 
 
-def nginx_config(mode: str, port: int, backends: list[int], work: Path) -> str:
+def nginx_config(
+    mode: str,
+    port: int,
+    backends: list[int],
+    work: Path,
+    profile: str = "plain",
+    admin_port: int = 0,
+) -> str:
     servers = "\n".join(f"        server 127.0.0.1:{b};" for b in backends)
     head = f"""
 {f"load_module {NGINX_STREAM_MODULE};" if mode == "tcp" else ""}
@@ -178,11 +214,14 @@ stream {{
         if mode == "https"
         else ""
     )
+    # The default format (combined), one write per line (no buffer=), as a default install logs.
+    access_log = f"access_log {work}/nginx-access.log;" if profile == "log" else "access_log off;"
+    features = profile == "features"
     return (
         head
         + f"""
 http {{
-    access_log off;
+    {access_log}
 {_temp_paths(work, "nginx")}
     keepalive_requests 1000000;
     client_max_body_size 0;
@@ -191,15 +230,17 @@ http {{
     proxy_max_temp_file_size 0;
     map $http_upgrade $connection_upgrade {{ default ""; websocket upgrade; }}
     upstream backends {{
+        {"least_conn;" if features else ""}
 {servers}
         keepalive 64;
         keepalive_requests 1000000;
     }}
+{_nginx_features(backends, admin_port) if features else ""}
     server {{
         listen 127.0.0.1:{port}{ssl};
         {certs}
         location / {{
-            proxy_pass http://backends;
+            {_NGINX_FEATURE_LOCATION if features else "proxy_pass http://backends;"}
             proxy_http_version 1.1;
             proxy_set_header Host $host;
             proxy_set_header Connection $connection_upgrade;
@@ -214,10 +255,58 @@ http {{
     )
 
 
+# OSS nginx has no sticky cookie: the closest is a cookie naming the backend, set by hand on
+# answers to clients that sent none (from the address least_conn picked), and a map from that
+# cookie to a one-server upstream of that backend. No active health checks (passive only:
+# max_fails=1 fail_timeout=10s, the defaults); stub_status is its stats page.
+_NGINX_FEATURE_LOCATION = f"""limit_req zone=perip burst=1000 nodelay;
+            proxy_pass http://$sticky_pool;
+            proxy_hide_header {FEATURE_HEADER[0]};
+            add_header {FEATURE_HEADER[0]} {FEATURE_HEADER[1]} always;
+            add_header Set-Cookie $sticky_cookie;"""
+
+
+def _nginx_features(backends: list[int], admin_port: int) -> str:
+    pinned = "\n".join(
+        f"    upstream s{i} {{ server 127.0.0.1:{b}; keepalive 16; keepalive_requests 1000000; }}"
+        for i, b in enumerate(backends)
+    )
+    pools = " ".join(f"s{i} s{i};" for i in range(len(backends)))
+    cookies = "\n".join(
+        f'        "|127.0.0.1:{b}" "{COOKIE}=s{i}; Path=/; HttpOnly";'
+        for i, b in enumerate(backends)
+    )
+    return f"""{pinned}
+    limit_req_zone $binary_remote_addr zone=perip:10m rate={RATE_PER_SECOND}r/s;
+    map $cookie_{COOKIE} $sticky_pool {{ default backends; {pools} }}
+    # An empty value adds no header: the cookie goes only to clients that came without one.
+    map "$cookie_{COOKIE}|$upstream_addr" $sticky_cookie {{
+        default "";
+{cookies}
+    }}
+    server {{
+        listen 127.0.0.1:{admin_port};
+        location / {{ stub_status; }}
+    }}"""
+
+
 def haproxy_config(
-    mode: str, port: int, backends: list[int], work: Path, maxconn: int = 11_000
+    mode: str,
+    port: int,
+    backends: list[int],
+    work: Path,
+    maxconn: int = 11_000,
+    profile: str = "plain",
+    admin_port: int = 0,
 ) -> str:
-    servers = "\n".join(f"    server s{i} 127.0.0.1:{b}" for i, b in enumerate(backends))
+    features = profile == "features"
+    check = " check inter 1s cookie s{i}" if features else ""
+    servers = "\n".join(
+        f"    server s{i} 127.0.0.1:{b}{check.format(i=i)}" for i, b in enumerate(backends)
+    )
+    # Its access log without syslog: raw lines to its standard output (a file here).
+    log_global = "log stdout format raw local0" if profile == "log" else ""
+    log_defaults = "log global\n    option httplog" if profile == "log" else ""
     tls = f" ssl crt {work}/combined.pem" if mode == "https" else ""
     http = mode != "tcp"
     return f"""
@@ -228,7 +317,10 @@ global
     # there is instead of refusing to start.
     no strict-limits
     pidfile {work}/haproxy.pid
+    {log_global}
+    {f"stats socket {work}/haproxy.sock mode 600 level admin" if features else ""}
 defaults
+    {log_defaults}
     mode {"http" if http else "tcp"}
     timeout connect 5s
     timeout client 75s
@@ -240,25 +332,69 @@ defaults
 frontend bench
     bind 127.0.0.1:{port}{tls}
     {"http-request set-header X-Forwarded-Proto %[ssl_fc,iif(https,http)]" if http else ""}
+{_HAPROXY_FRONTEND_FEATURES if features else ""}
     default_backend backends
 backend backends
-    balance roundrobin
+    balance {"leastconn" if features else "roundrobin"}
+{_HAPROXY_BACKEND_FEATURES if features else ""}
 {servers}
+{_haproxy_stats(admin_port) if features else ""}
 """
 
 
-def usher_config(mode: str, port: int, backends: list[int], work: Path) -> str:
+_HAPROXY_FRONTEND_FEATURES = f"""\
+    stick-table type ip size 100k expire 10s store http_req_rate(1s)
+    http-request track-sc0 src
+    http-request deny deny_status 429 if {{ sc_http_req_rate(0) gt {RATE_PER_SECOND} }}
+    http-response set-header {FEATURE_HEADER[0]} {FEATURE_HEADER[1]}"""
+_HAPROXY_BACKEND_FEATURES = f"""    cookie {COOKIE} insert httponly
+    option httpchk GET {HEALTH_PATH}"""
+
+
+def _haproxy_stats(admin_port: int) -> str:
+    return f"""listen stats
+    bind 127.0.0.1:{admin_port}
+    stats enable
+    stats uri /
+"""
+
+
+def usher_config(
+    mode: str,
+    port: int,
+    backends: list[int],
+    work: Path,
+    profile: str = "plain",
+    admin_port: int = 0,
+) -> str:
+    """The listener and pool; the access log is `usher run`'s flag (start_candidate)."""
     protocol = {"ws": "http"}.get(mode, mode)
-    lines = [
+    features = profile == "features"
+    lines = [f"admin: {{bind: 127.0.0.1:{admin_port}}}"] if features else []
+    lines += [
         "listeners:",
         "  - name: bench",
         f"    bind: 127.0.0.1:{port}",
         f"    protocol: {protocol}",
-        "    pool: backends",
     ]
+    if features:
+        name, value = FEATURE_HEADER
+        lines += [
+            f"    limits: {{rate: {RATE_PER_SECOND}/s}}",
+            f"    routes: [{{pool: backends, response_headers: {{set: {{{name}: {value}}}}}}}]",
+        ]
+    else:
+        lines.append("    pool: backends")
     if mode == "https":
         lines.append(f"    tls: {{certificates: [{{cert: {work}/cert.pem, key: {work}/key.pem}}]}}")
-    lines += ["pools:", "  backends:", "    algorithm: round_robin", "    backends:"]
+    algorithm = "least_connections" if features else "round_robin"
+    lines += ["pools:", "  backends:", f"    algorithm: {algorithm}"]
+    if features:
+        lines += [
+            f"    health_check: {{type: http, interval: 1, path: {HEALTH_PATH}}}",
+            f"    sticky: {{type: cookie, cookie: {COOKIE}}}",
+        ]
+    lines.append("    backends:")
     lines += [f"      - {{address: 127.0.0.1:{b}}}" for b in backends]
     return "\n".join(lines) + "\n"
 
@@ -331,29 +467,46 @@ class Unsupported(Exception):
     """This candidate cannot run this scenario (e.g. a module or listener type is missing)."""
 
 
-def start_candidate(name: str, mode: str, backends: list[int], work: Path, cpus: str) -> Running:
+class CheckFailed(Exception):
+    """A candidate's first answer is not the one its scenario expects (status, header, log)."""
+
+
+def access_log_path(name: str, scenario: Scenario, work: Path) -> Path:
+    """Where a candidate's access log goes: nginx's own file; HAProxy's and usher's standard
+    output, which spawn() sends to the candidate's log file."""
+    if name == "nginx":
+        return work / "nginx-access.log"
+    return work / f"{name}-{scenario.name}.log"
+
+
+def start_candidate(
+    name: str, scenario: Scenario, backends: list[int], work: Path, cpus: str
+) -> Running:
     if name == "direct":
         return Running(name, backends[0])
-    port = free_port()
-    cfg = work / f"{name}-{mode}.conf"
-    log = work / f"{name}-{mode}.log"
+    mode, profile = scenario.mode, scenario.profile
+    port, admin_port = free_port(), free_port()
+    cfg = work / f"{name}-{scenario.name}.conf"
+    log = work / f"{name}-{scenario.name}.log"
     if name == "nginx":
         if mode == "tcp" and not NGINX_STREAM_MODULE.exists():
             raise Unsupported("nginx has no stream module (apt-get install libnginx-mod-stream)")
-        cfg.write_text(nginx_config(mode, port, backends, work))
+        cfg.write_text(nginx_config(mode, port, backends, work, profile, admin_port))
         cmd = ["nginx", "-e", str(work / "nginx.err"), "-c", str(cfg), "-g", "daemon off;"]
     elif name == "haproxy":
-        cfg.write_text(haproxy_config(mode, port, backends, work, MAXCONN))
+        cfg.write_text(haproxy_config(mode, port, backends, work, MAXCONN, profile, admin_port))
         cmd = ["haproxy", "-db", "-f", str(cfg)]
     else:
         cfg = cfg.with_suffix(".yaml")
-        cfg.write_text(usher_config(mode, port, backends, work))
+        cfg.write_text(usher_config(mode, port, backends, work, profile, admin_port))
         check = subprocess.run(
             [*USHER, "check", "-c", str(cfg)], capture_output=True, text=True, check=False
         )
         if check.returncode != 0:
             raise Unsupported("usher: " + (check.stdout + check.stderr).strip().splitlines()[-1])
-        cmd = [*USHER, "run", "-c", str(cfg), "--workers", "1", "--no-access-log"]
+        cmd = [*USHER, "run", "-c", str(cfg), "--workers", "1"]
+        if profile != "log":
+            cmd.append("--no-access-log")
         if name in USHER_VARIANTS:
             # Another copy of usher's source (e.g. `git archive` of an older commit) first on
             # the path, or this one uncompiled: before/after figures from one interleaved run.
@@ -378,6 +531,35 @@ def make_certificate(work: Path) -> None:
 
 
 # Measurements
+
+
+def check_candidate(name: str, scenario: Scenario, target: Running, work: Path) -> None:
+    """One request through curl before measuring: 200, the features' header and cookie, the
+    access-log line. Raises CheckFailed saying what is wrong."""
+    if scenario.profile == "plain" or name == "direct":
+        return
+    marker = f"/?bench-check={name}"
+    done = subprocess.run(
+        ["curl", "-sS", "-o", "/dev/null", "-D", "-", "--max-time", "5",
+         f"http://127.0.0.1:{target.port}{marker}"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    expected: dict[str, str | None] = {}
+    if scenario.profile == "features":
+        expected = {FEATURE_HEADER[0]: FEATURE_HEADER[1], "Set-Cookie": None}
+    problems = answer_problems(done.stdout, 200, expected)
+    if done.returncode != 0:
+        problems.insert(0, f"curl exited with {done.returncode}: {done.stderr.strip()}")
+    if not problems and scenario.profile == "log":
+        log = access_log_path(name, scenario, work)
+        deadline = time.monotonic() + 3.0  # usher writes its lines in batches (0.25 s)
+        while not (log.exists() and marker in log.read_text(errors="replace")):
+            if time.monotonic() > deadline:
+                problems.append(f"no access-log line for {marker} in {log.name}")
+                break
+            time.sleep(0.05)
+    if problems:
+        raise CheckFailed("; ".join(problems))
 
 
 def run_wrk(scenario: Scenario, port: int, duration: int, work: Path, scheme: str) -> str:
@@ -458,15 +640,27 @@ def run_scenario(
                 if name not in running:
                     try:
                         running[name] = start_candidate(
-                            name, scenario.mode, backends, work, args.balancer_cpu
+                            name, scenario, backends, work, args.balancer_cpu
                         )
                     except Unsupported as exc:
                         skipped[name] = str(exc)
                         log(f"{scenario.name}: {name} skipped: {exc}")
                         continue
+                    try:
+                        check_candidate(name, scenario, running[name], work)
+                    except CheckFailed as exc:
+                        skipped[name] = f"FAILED its check: {exc}"
+                        log(f"{scenario.name}: {name} FAILED its check: {exc}")
+                        running.pop(name).stop()
+                        continue
                 first = round_no == 0 or fresh_each_round
                 samples[name].append(measure(scenario, running[name], args, work, first))
                 log(f"{scenario.name} round {round_no + 1}: {name} {_brief(samples[name][-1])}")
+                if scenario.profile == "features" and samples[name][-1]["errors"]:
+                    log(
+                        f"{scenario.name}: {name}: errors (a 429 or 503 would be its rate limit "
+                        "or health checks refusing: none are expected)"
+                    )
                 if fresh_each_round:
                     running.pop(name).stop()
     finally:
@@ -704,6 +898,15 @@ def main() -> int:
         print(json.dumps(results, indent=2))
     else:
         print_table(results)
+    failed = [
+        f"{scenario}: {name}"
+        for scenario, rows in results["scenarios"].items()
+        for name, row in rows.items()
+        if str(row.get("skipped", "")).startswith("FAILED")
+    ]
+    if failed:
+        print(f"failed their check: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -148,3 +150,74 @@ def test_a_profiled_usher_run_counts_the_codec_once_per_request(tmp_path: Path) 
     assert len(feeds) == 2  # the request reader's and the response reader's
     assert all(0.9 <= r["calls"] <= 1.5 for r in feeds), feeds
     assert sum(r["calls"] for r in rows) > 50
+
+
+def test_answer_problems_reads_the_last_head() -> None:
+    head = (
+        "HTTP/1.1 100 Continue\r\n\r\n"
+        "HTTP/1.1 200 OK\r\nX-Bench: features\r\nset-cookie: SRV=s1; Path=/\r\n\r\n"
+    )
+    assert harness.answer_problems(head, 200, {"x-bench": "features", "Set-Cookie": None}) == []
+    assert harness.answer_problems(head, 200, {"X-Bench": "other"}) == [
+        "X-Bench: 'features', expected 'other'"
+    ]
+    assert harness.answer_problems("HTTP/1.1 429 Too Many Requests\r\n\r\n", 200, {"X": None}) == [
+        "status line 'HTTP/1.1 429 Too Many Requests', expected 200",
+        "no X header",
+    ]
+    assert harness.answer_problems("", 200, {}) == ["no answer"]
+
+
+proxies = _load("proxies")
+PROFILES = ["plain", "log", "features"]
+
+
+def _run(cmd: list[str]) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="needs nginx")
+@pytest.mark.parametrize("profile", PROFILES)
+def test_nginx_configs_parse(tmp_path: Path, profile: str) -> None:
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(
+        proxies.nginx_config("http", 18080, [18081, 18082, 18083], tmp_path, profile, 18090)
+    )
+    _run(["nginx", "-t", "-q", "-e", str(tmp_path / "err"), "-c", str(conf)])
+    text = conf.read_text()
+    if profile == "log":
+        assert f"access_log {tmp_path}/nginx-access.log;" in text
+    if profile == "features":
+        assert "least_conn;" in text and "stub_status" in text and "limit_req " in text
+        assert '"|127.0.0.1:18082" "SRV=s1; Path=/; HttpOnly"' in text
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs haproxy")
+@pytest.mark.parametrize("profile", PROFILES)
+def test_haproxy_configs_parse(tmp_path: Path, profile: str) -> None:
+    conf = tmp_path / "haproxy.cfg"
+    conf.write_text(
+        proxies.haproxy_config("http", 18080, [18081, 18082], tmp_path, 100, profile, 18090)
+    )
+    _run(["haproxy", "-c", "-q", "-f", str(conf)])
+    text = conf.read_text()
+    if profile == "log":
+        assert "log stdout format raw local0" in text and "option httplog" in text
+    if profile == "features":
+        for line in ("balance leastconn", "cookie SRV insert", "option httpchk GET /health"):
+            assert line in text
+        assert "server s1 127.0.0.1:18082 check inter 1s cookie s1" in text
+        assert "http-response set-header X-Bench features" in text
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_usher_configs_check(tmp_path: Path, profile: str) -> None:
+    conf = tmp_path / "usher.yaml"
+    conf.write_text(proxies.usher_config("http", 18080, [18081, 18082], tmp_path, profile, 18090))
+    _run([sys.executable, "-m", "usher", "check", "-c", str(conf)])
+    text = conf.read_text()
+    if profile == "features":
+        for line in ("algorithm: least_connections", "type: http, interval: 1", "type: cookie"):
+            assert line in text
+        assert "rate: 1000000/s" in text and "admin: {bind: 127.0.0.1:18090}" in text
