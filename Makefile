@@ -47,16 +47,26 @@ system-tools:
 	fi
 
 # The suite twice: on the compiled hot path, then on the same sources uncompiled (USHER_PURE=1).
+# Each run is in two parts. Most tests wait on sockets, timers and the usher processes they
+# start (one run used about half a core), so three pytest-xdist processes share the two cores
+# of CI: a file's tests stay in one process (--dist loadfile), so a module-scoped fixture
+# starts its usher processes once. Then the tests marked `serial` (tests/conftest.py, SERIAL:
+# they measure latency or rates against bounds that hold on a quiet machine) run alone.
+PYTEST_PARALLEL := -n 3 --dist loadfile -m "not serial"
+PYTEST_SERIAL := -m serial
+
 test: test-compiled test-pure
 	$(BIN)/python scripts/gen_config_reference.py --check
 
 test-compiled: $(COMPILED) system-tools
 	$(BIN)/usher version
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
+	$(BIN)/python -m pytest -q $(PYTEST_SERIAL)
 
 test-pure: $(COMPILED) system-tools
 	USHER_PURE=1 $(BIN)/usher version
-	USHER_PURE=1 $(BIN)/python -m pytest -q
+	USHER_PURE=1 $(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
+	USHER_PURE=1 $(BIN)/python -m pytest -q $(PYTEST_SERIAL)
 
 lint: $(STAMP)
 	$(BIN)/ruff check setup.py src tests scripts bench examples

@@ -19,6 +19,27 @@ from usher.demo.origin import BackendOptions, BackendServer, start_backend
 from usher.logs import AccessLog
 from usher.server import Balancer
 
+# `make test` runs the suite on several processes (pytest-xdist, `-n 3 --dist loadfile`: a
+# file's tests share one process, so a module-scoped fixture starts its usher processes once),
+# then the tests below alone, one at a time: they measure latency, rates or throughput against
+# bounds that hold on a quiet machine, not next to other tests' usher processes.
+SERIAL = {
+    "tests/attacks/test_attacks.py": "a normal client's p99 during each attack",
+    "tests/test_global_state.py::test_a_rate_limit_is_exact_whichever_workers_take_the_connections": (
+        "two clients must send faster than the rate"
+    ),
+    "tests/test_cluster.py::test_a_limit_of_100_per_second_holds_over_both_nodes": "the same, two nodes",
+    "tests/test_state_redis.py::test_two_nodes_share_one_bucket": "the same, at the store",
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        test = item.nodeid.partition("[")[0]  # every parameter
+        if test in SERIAL or test.partition("::")[0] in SERIAL:
+            item.add_marker(pytest.mark.serial)
+
 
 def pytest_asyncio_loop_factories(config: Any, item: Any) -> Mapping[str, Callable[[], Any]]:
     # The data plane runs on uvloop in production; test it there.

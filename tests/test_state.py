@@ -61,6 +61,48 @@ def test_a_key_table_forgets_at_expiry(kind: str, shm: SharedState) -> None:
     assert table.get("10.0.0.1", 7.0) == 8
 
 
+def test_put_if_absent_keeps_the_first_live_value(kind: str, shm: SharedState) -> None:
+    table: Any = local.LocalKeyTable[int](100) if kind == "local" else SharedKeyTable(shm, "p:")
+    assert table.put_if_absent("k", 1, 0.0, 5.0) == 1
+    assert table.put_if_absent("k", 2, 1.0, 5.0) == 1  # the first pin wins
+    assert table.get("k", 4.9) == 1  # and its expiry is its own
+    assert table.put_if_absent("k", 3, 5.0, 5.0) == 3  # once expired, the key is free
+    assert table.get("k", 9.9) == 3
+
+
+def test_of_many_processes_pinning_one_new_key_at_once_the_first_wins(shm: SharedState) -> None:
+    """Issue 14 at the table: each process offers its own value for the same new keys, all
+    released together; every one is told the same winner per key."""
+    code = (
+        "import sys\n"
+        "from usher.shared import SharedTable\n"
+        "from usher.state.shm import SharedKeyTable, SharedState\n"
+        f"state = SharedState({shm.fd}, SharedTable.create(4, capacity=16), rows=16)\n"
+        "table = SharedKeyTable(state, 'race:')\n"
+        "me = int(sys.argv[1])\n"
+        "sys.stdin.readline()\n"
+        "print(' '.join(str(table.put_if_absent(str(k), me, 0.0, 60.0)) for k in range(300)))\n"
+    )
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(me)],
+            pass_fds=(shm.fd,),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for me in range(4)
+    ]
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    told = [child.communicate(timeout=60)[0].split() for child in children]
+    table = SharedKeyTable(shm, "race:")
+    for k in range(300):
+        assert {t[k] for t in told} == {str(table.get(str(k), 1.0))}, k
+
+
 def test_the_shared_table_keeps_apart_keys_of_other_prefixes(shm: SharedState) -> None:
     a, b = SharedKeyTable(shm, "a:"), SharedKeyTable(shm, "b:")
     a.put("k", 1, 0.0, 10.0)

@@ -119,6 +119,24 @@ async def test_a_node_that_missed_a_pin_adopts_it(
         await client.aclose()
 
 
+async def test_put_if_absent_keeps_the_pin_this_node_knows_and_adopts_the_stores(
+    store: RedisServer, nodes: tuple[ClusterLink, ClusterLink]
+) -> None:
+    a, b = nodes
+    on_a, on_b = ClusterKeyTable(a, "web", 100), ClusterKeyTable(b, "web", 100)
+    assert on_a.put_if_absent("user2", "127.0.0.1:9001", CLOCK.now(), 60) == "127.0.0.1:9001"
+    assert on_a.put_if_absent("user2", "127.0.0.1:9002", CLOCK.now(), 60) == "127.0.0.1:9001"
+    client = aioredis.Redis.from_url(store.url, decode_responses=True)
+    try:
+        await until_async(lambda: client.exists("usher:st:web\x00user2"))
+        # b has not heard of it yet, or has: either way the store's first pin is what b keeps.
+        on_b.put_if_absent("user2", "127.0.0.1:9003", CLOCK.now(), 60)
+        await until(lambda: on_b.get("user2", CLOCK.now()) == "127.0.0.1:9001", "adoption")
+        assert await client.get("usher:st:web\x00user2") == "127.0.0.1:9001"
+    finally:
+        await client.aclose()
+
+
 async def until_async(check: Callable[[], object], timeout: float = 5.0) -> None:
     start = time.monotonic()
     while not await check():  # type: ignore[misc]

@@ -224,7 +224,8 @@ def test_admin_changes_reach_every_worker(cluster: Cluster) -> None:
 def test_a_drain_waits_for_the_requests_in_flight_in_every_worker(cluster: Cluster) -> None:
     a = f"{cluster.admin}/api/pools/p/backends/127.0.0.1:{cluster.backends['A']}"
     with ThreadPoolExecutor(4) as pool:
-        futures = in_flight(cluster, pool, 4, "/sleep/1.5")
+        # Long enough that none ends before the drain is seen, however slowly they start.
+        futures = in_flight(cluster, pool, 4, "/sleep/3")
         assert cluster.backend("A")["active"] == 2
         assert httpx.patch(a, json={"state": "draining"}, timeout=5).status_code == 200
         time.sleep(0.5)

@@ -246,8 +246,6 @@ class AccessLog:
         self.stream = stream
         self._pending: list[str] = []
         self._flush_pending = False
-        if stream is None:
-            atexit.register(self.flush)
 
     def write(self, record: AccessRecord | ConnectionRecord | QueryRecord) -> None:
         if not self.enabled:
@@ -261,6 +259,8 @@ class AccessLog:
             return
         pending = self._pending
         pending.append(line)
+        if len(pending) == 1:
+            _HOLDING.add(self)
         if len(pending) >= BATCH_LINES:
             self.flush()
         elif not self._flush_pending:
@@ -271,6 +271,7 @@ class AccessLog:
         if self._pending:
             lines = "".join(self._pending)
             self._pending.clear()
+            _HOLDING.discard(self)
             sys.stdout.write(lines)
 
     def _flush_later(self) -> None:
@@ -289,3 +290,16 @@ class AccessLog:
 
 BATCH_LINES = 64
 BATCH_DELAY = 0.25
+
+# The logs that hold lines back for stdout, written by one exit handler. A handler per log kept
+# every log ever built (one per balancer: each test, each reload) alive until exit; here a log
+# is held only while it has lines to write.
+_HOLDING: set[AccessLog] = set()
+
+
+def _flush_held() -> None:
+    for log in list(_HOLDING):
+        log.flush()
+
+
+atexit.register(_flush_held)

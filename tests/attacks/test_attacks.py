@@ -19,8 +19,11 @@ from tests.conftest import read_response
 
 # The normal client runs this long; each attack fits inside it.
 NORMAL_SECONDS = 4.0
-# The bar for a slowloris of 1,000 connections.
+# The bar for a slowloris of 1,000 connections: what the attack may add to the normal
+# client's p99 (on a quiet machine that is about 1 ms, so the p99 stays near the bar).
 SLOWLORIS_P99_MS = 10.0
+# The normal client alone runs this long first, to see what the machine gives it.
+QUIET_SECONDS = 1.0
 
 
 def assert_normal_unharmed(normal: dict) -> None:
@@ -35,6 +38,9 @@ async def warm_up(port: int) -> None:
 
 async def test_slowloris(start_usher, normal_traffic, record, request):
     usher = start_usher({"timeouts": {"header": "2s"}})
+    # On a busy machine (other processes on the same two cores) the normal client's p99 alone
+    # can pass the bar; this was the test's flakiness. The bar is for what the attack adds.
+    quiet = await normal_traffic(usher.port, QUIET_SECONDS).result()
     normal = normal_traffic(usher.port, NORMAL_SECONDS)
     await warm_up(usher.port)
     request.getfixturevalue("remote_attacker")
@@ -74,10 +80,11 @@ async def test_slowloris(start_usher, normal_traffic, record, request):
     await asyncio.gather(*(trickle(r, w) for r, w in conns))
     result = await normal.result()
     cpu = usher.cpu_seconds() - cpu
-    record("slowloris (1000 connections)", {**answers, "usher_cpu_seconds": round(cpu, 2)}, result)
+    attacker = {**answers, "usher_cpu_seconds": round(cpu, 2), "quiet_p99_ms": quiet["p99_ms"]}
+    record("slowloris (1000 connections)", attacker, result)
     assert answers["408"] == 1000, answers  # each cut at the 2 s header timeout
     assert_normal_unharmed(result)
-    assert result["p99_ms"] < SLOWLORIS_P99_MS, result
+    assert result["p99_ms"] < quiet["p99_ms"] + SLOWLORIS_P99_MS, (result, quiet)
 
 
 async def test_request_flood_over_the_rate(start_usher, normal_traffic, record):

@@ -72,6 +72,12 @@ class Persistence(ABC):
         """A backend was chosen for this request: remember it. Returns a Set-Cookie value to
         send with the answer, when the client must be told."""
 
+    def claim(self, headers: Headers, client_ip: str, backend: Backend) -> Backend | None:
+        """A request with no pin chose `backend`: pin it unless another worker or node pinned
+        the same key meanwhile. Returns the backend pinned after the call (None when it is
+        none this pool knows); the caller sends the request there while it is eligible."""
+        return backend
+
     def rebuild(self, backends: Sequence[Backend]) -> None:
         """The pool's backend list changed."""
 
@@ -154,6 +160,13 @@ class TablePersistence(Persistence):
             return None
         return backend
 
+    def claim(self, headers: Headers, client_ip: str, backend: Backend) -> Backend | None:
+        key = self._key(headers, client_ip)
+        if key is None:
+            return backend
+        first = self._table.put_if_absent(key, backend, self.clock.now(), self.ttl)
+        return first if id(first) in self._live else None
+
     def chosen(self, headers: Headers, client_ip: str, backend: Backend) -> bytes | None:
         key = self._key(headers, client_ip)
         if key is not None:
@@ -185,8 +198,9 @@ class RowTable:
 
     def get(self, key: str, now: float) -> Backend | None:
         row = self._rows.get(key, now)
-        if row is None:
-            return None
+        return None if row is None else self._backend(row)
+
+    def _backend(self, row: int) -> Backend | None:
         backend = self._by_row.get(row)
         if backend is None or backend.shared is None or backend.shared.row != row:
             # Rows come with the control process's state, after the backends are built.
@@ -197,6 +211,14 @@ class RowTable:
     def put(self, key: str, value: Backend, now: float, ttl: float) -> None:
         if value.shared is not None:
             self._rows.put(key, value.shared.row, now, ttl)
+
+    def put_if_absent(self, key: str, value: Backend, now: float, ttl: float) -> Backend:
+        """The backend pinned first; `value` when it has no row (it is not pinned) or the
+        pinned row is no backend this worker knows."""
+        if value.shared is None:
+            return value
+        row = self._rows.put_if_absent(key, value.shared.row, now, ttl)
+        return value if row == value.shared.row else self._backend(row) or value
 
 
 class AddressTable:
@@ -240,6 +262,10 @@ class AddressTable:
 
     def put(self, key: str, value: Backend, now: float, ttl: float) -> None:
         self.addresses.put(key, value.label, now, ttl)
+
+    def put_if_absent(self, key: str, value: Backend, now: float, ttl: float) -> Backend:
+        label = self.addresses.put_if_absent(key, value.label, now, ttl)
+        return self._by_label.get(label, value)
 
 
 def build_persistence(

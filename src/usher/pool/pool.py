@@ -144,18 +144,29 @@ class Pool:
         """Like `select`, but a request pinned by persistence keeps its backend while that one
         is eligible."""
         persistence = self.persistence
-        if persistence is not None and not selection.tried:
-            if self.shared is not None:
-                self._look(selection)
-            pinned = persistence.pinned(headers, selection.client_ip)
-            if (
-                pinned is not None
-                and selection.eligible(pinned)
-                and not (pinned.backup and self._any_primary_eligible(selection))
-                and (self.shared is None or self._admit(pinned))
-            ):
-                return pinned
-        return self.select(selection)
+        if persistence is None or selection.tried:
+            return self.select(selection)
+        if self.shared is not None:
+            self._look(selection)
+        pinned = persistence.pinned(headers, selection.client_ip)
+        if pinned is not None and self._keeps(selection, pinned):
+            return pinned
+        backend = self.select(selection)
+        if backend is not None and pinned is None:
+            # Another worker or node may have pinned the key since we looked: the first pin
+            # wins while it is eligible (its admission corrects this one's reservation).
+            first = persistence.claim(headers, selection.client_ip, backend)
+            if first is not None and first is not backend and self._keeps(selection, first):
+                return first
+        return backend
+
+    def _keeps(self, selection: Selection, pinned: Backend) -> bool:
+        """Whether a request pinned to `pinned` goes there."""
+        return (
+            selection.eligible(pinned)
+            and not (pinned.backup and self._any_primary_eligible(selection))
+            and (self.shared is None or self._admit(pinned))
+        )
 
     def chosen(self, selection: Selection, headers: Headers, backend: Backend) -> bytes | None:
         """Remember the choice for persistence; returns a Set-Cookie value to send, if any."""

@@ -56,6 +56,12 @@ class KeyTable(Protocol[V]):
         """Store `value` for `key` until `now + ttl`."""
         ...
 
+    def put_if_absent(self, key: str, value: V, now: float, ttl: float) -> V:
+        """Store `value` for `key` until `now + ttl` unless a live value is there, in one
+        step (two workers pinning the same new key: the first pin wins). Returns the value
+        stored for `key` after the call."""
+        ...
+
 
 class Buckets(Protocol):
     """Token buckets (rate limits); `usher.limits.RateStore` is the same call."""

@@ -64,6 +64,13 @@ class LocalKeyTable(Generic[V]):
         while len(table) > self.size:
             table.popitem(last=False)
 
+    def put_if_absent(self, key: str, value: V, now: float, ttl: float) -> V:
+        current = self.get(key, now)
+        if current is not None:
+            return current
+        self.put(key, value, now, ttl)
+        return value
+
     def discard(self, key: str) -> None:
         self._table.pop(key, None)
 

@@ -539,6 +539,16 @@ class ClusterKeyTable:
             self._link.refresh(self.name, key, ttl)
         self._cache.put(key, (value, written), now, ttl)
 
+    def put_if_absent(self, key: str, value: str, now: float, ttl: float) -> str:
+        """The pin this node knows for `key`, else `value`, pinned as new: the store keeps
+        the pin another node made first (`SET NX GET`) and this node adopts it when the
+        answer comes (the call cannot wait on the network)."""
+        entry = self._cache.get(key, now)
+        if entry is not None:
+            return entry[0]
+        self.put(key, value, now, ttl)
+        return value
+
     def learn(self, key: str, value: str, ttl: float) -> None:
         """A pin made by another node."""
         if ttl > 0:

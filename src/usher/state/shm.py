@@ -233,6 +233,21 @@ class SharedState:
         finally:
             self._unlock(offset)
 
+    def put_if_absent(self, key: Key, value: int, now: float, ttl: float) -> int:
+        """`put` unless `key` has a live entry; returns the value stored after the call. Under
+        the group's lock, so of two workers pinning a new key at once the first one wins."""
+        offset = _LOCK_GROUPS + key.group
+        self._lock(offset)
+        try:
+            cell, new = self._slot(key, now)
+            if not new:
+                return self._q[cell + 6]
+            self._q[cell + 6] = value
+            self._f[cell + 2] = now + ttl
+            return value
+        finally:
+            self._unlock(offset)
+
     def next(self, key: Key) -> int:
         """A counter shared by every worker: returns its value, then adds one."""
         offset = _LOCK_GROUPS + key.group
@@ -409,6 +424,9 @@ class SharedKeyTable:
 
     def put(self, key: str, value: int, now: float, ttl: float) -> None:
         self._state.put(Key(self._prefix + key), value, now, ttl)
+
+    def put_if_absent(self, key: str, value: int, now: float, ttl: float) -> int:
+        return self._state.put_if_absent(Key(self._prefix + key), value, now, ttl)
 
 
 class SharedSequence:
