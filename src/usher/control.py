@@ -172,7 +172,7 @@ class ControlBalancer(Balancer):
 
     # Listeners: reserved here, served by the workers
 
-    async def _bind(self, listener: AnyListener) -> tuple[Serving, Bound]:
+    async def bind(self, listener: AnyListener) -> tuple[Serving, Bound]:
         lc = listener.config
         host = lc.bind.host
         try:
@@ -192,7 +192,7 @@ class ControlBalancer(Balancer):
         host, port = socks[0].getsockname()[:2]
         return Reservation(*socks), Bound(lc.name, host, port, lc.protocol)
 
-    async def _retire_pool(self, pool: Pool) -> None:
+    async def retire_pool(self, pool: Pool) -> None:
         return None  # each worker retires its own copy; nothing is in flight here
 
     def worker_config(self) -> Config:

@@ -16,6 +16,7 @@ import logging
 import signal
 import socket
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 from usher import handover
@@ -71,20 +72,20 @@ class WorkerBalancer(Balancer):
     async def _start_admin(self) -> None:
         return None
 
-    def _restart_checkers(self) -> None:
+    def restart_checkers(self, pools: Iterable[str]) -> None:
         return None
 
-    async def _drain_out(self, pool_name: str, backend: Backend) -> None:
+    async def drain_out(self, pool_name: str, backend: Backend) -> None:
         pool = self.pools.get(pool_name)
         if pool is not None and backend in pool.backends and backend.state == "enabled":
             with quiet_state_log():
                 pool.set_state(backend, "draining", "draining")
 
-    async def _retire_pool(self, pool: Pool) -> None:
+    async def retire_pool(self, pool: Pool) -> None:
         # A pool the reload removed: its rows go back to the control process at once.
         for backend in pool.backends:
             detach(backend)
-        await super()._retire_pool(pool)
+        await super().retire_pool(pool)
 
     def apply(self, state: PoolsState) -> None:
         apply_state(self.pools, state, self.table, self.number)
