@@ -13,7 +13,7 @@ import contextlib
 import socket
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,10 @@ from usher.tls import ServerTls, load_upstream_contexts
 
 if TYPE_CHECKING:
     import uvicorn
+
+# What opens a listener's sockets: by default they are served in this process; the control
+# process of several workers only holds their addresses (usher.process.reserve).
+OpenSockets = Callable[[AnyListener], Awaitable[Serving]]
 
 # How long SIGTERM waits for in-flight requests before cutting them.
 DEFAULT_DRAIN_TIMEOUT = 30.0
@@ -78,8 +82,10 @@ class Balancer:
         reuse_port: bool = False,
         config_path: str | Path | None = None,
         workers: int = 1,
+        open_sockets: OpenSockets | None = None,
     ) -> None:
         self.config = config
+        self._open_sockets = open_sockets or self._serve_sockets
         self.worker_count = workers  # each enforces its share of the rate and connection limits
         self.config_path = Path(config_path) if config_path is not None else None
         self.clock = clock or MonotonicClock()
@@ -205,21 +211,26 @@ class Balancer:
         self.bound[listener.name] = bound
 
     async def bind(self, listener: AnyListener) -> tuple[Serving, Bound]:
-        """Open `listener`'s socket and serve it."""
+        """Open `listener`'s sockets (serve them, or only hold their address)."""
         lc = listener.config
-
-        def tls() -> ssl.SSLContext | None:
-            current = self._tls.get(lc.name)
-            return current.context if current is not None else None
-
         try:
-            server = await bind_listener(listener, tls, reuse_port=self.reuse_port)
+            server = await self._open_sockets(listener)
         except OSError as exc:
             raise BindError(
                 f"listener {lc.name}: cannot listen on {lc.bind}: {exc.strerror or exc}"
             ) from exc
         sockname = server.sockets[0].getsockname()
         return server, Bound(lc.name, sockname[0], sockname[1], lc.protocol)
+
+    async def _serve_sockets(self, listener: AnyListener) -> Serving:
+        """Serve `listener` in this process, with the TLS context its config has now."""
+        name = listener.config.name
+
+        def tls() -> ssl.SSLContext | None:
+            current = self._tls.get(name)
+            return current.context if current is not None else None
+
+        return await bind_listener(listener, tls, reuse_port=self.reuse_port)
 
     async def _start_admin(self) -> None:
         import uvicorn
