@@ -69,9 +69,6 @@ class Balancer:
     """Everything one config describes. Building it checks what the model alone cannot
     (certificates load); nothing binds a socket until `start()`."""
 
-    # Whether this process runs the pools' discovery sources (a worker follows the control's).
-    runs_discovery = True
-
     def __init__(
         self,
         config: Config,
@@ -83,8 +80,12 @@ class Balancer:
         config_path: str | Path | None = None,
         workers: int = 1,
         open_sockets: OpenSockets | None = None,
+        control_plane: bool = True,
     ) -> None:
         self.config = config
+        # Whether this process runs the control plane: health checks, the pools' discovery
+        # sources and the admin API (a worker follows the control process's through the sync).
+        self.runs_control_plane = control_plane
         self._open_sockets = open_sockets or self._serve_sockets
         self.worker_count = workers  # each enforces its share of the rate and connection limits
         self.config_path = Path(config_path) if config_path is not None else None
@@ -111,7 +112,9 @@ class Balancer:
         )
         self.register_cluster_metrics()
         # Active checks and agent polls, one task per backend; idle for pools without them.
-        self.checkers = {name: self._checker(pool) for name, pool in self.pools.items()}
+        self.checkers: dict[str, HealthChecker] = {}
+        if control_plane:
+            self.checkers = {name: self._checker(pool) for name, pool in self.pools.items()}
         self._tls, upstream_tls = self.load_tls(config)
         for name, pool in self.pools.items():
             pool.use_tls_context(upstream_tls.get(name))
@@ -194,12 +197,12 @@ class Balancer:
             self.cluster.start()
         for checker in self.checkers.values():
             checker.start()
-        if self.runs_discovery:
+        if self.runs_control_plane:
             self.discovery.update(self.config.pools)
         try:
             for listener in self.listeners.values():
                 await self._serve(listener)
-            if self.config.admin is not None:
+            if self.runs_control_plane and self.config.admin is not None:
                 await self._start_admin()
         except BindError:
             await self.stop(timeout=0)

@@ -16,7 +16,6 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Iterable
 from typing import Any
 
 from usher import handover
@@ -57,23 +56,19 @@ class WorkerBalancer(Balancer):
     reload drops stay (draining) until the control process, which sees every worker's requests
     in flight, removes them."""
 
-    runs_discovery = False  # the control process discovers; the state sync brings the result
-
     def __init__(
         self, config: Config, table: SharedTable, number: int, access_log: AccessLog
     ) -> None:
         super().__init__(
-            config, access_log=access_log, seed=number, reuse_port=True, workers=table.workers
+            config,
+            access_log=access_log,
+            seed=number,
+            reuse_port=True,
+            workers=table.workers,
+            control_plane=False,  # the control process's checks and discovery reach us by sync
         )
         self.table = table
         self.number = number
-        self.checkers = {}
-
-    async def _start_admin(self) -> None:
-        return None
-
-    def restart_checkers(self, pools: Iterable[str]) -> None:
-        return None
 
     async def drain_out(self, pool_name: str, backend: Backend) -> None:
         pool = self.pools.get(pool_name)

@@ -157,9 +157,9 @@ async def apply(balancer: Balancer, plan: ReloadPlan) -> ReloadReport:
     for name in [n for n in pools if n in plan.pools_retire]:  # in the order they were added
         report.pools_removed.append(name)
         balancer.spawn(balancer.retire_pool(pools.pop(name)))
-    if balancer.runs_discovery:
+    if balancer.runs_control_plane:
         balancer.discovery.update(config.pools)  # kept sources go on; new pools get theirs
-    balancer.restart_checkers(plan.checkers_restart)
+        balancer.restart_checkers(plan.checkers_restart)
     report.overwritten = overwritten(balancer.runtime_changes, config)
     balancer.runtime_changes.clear()
     old_listeners, balancer.listeners = balancer.listeners, {}
