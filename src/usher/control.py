@@ -2,7 +2,7 @@
 reloads; it starts N worker processes (usher.worker) that serve the traffic, and restarts any
 that dies.
 
-It holds every listener's address bound but not listening (SO_REUSEPORT), so that port 0 is
+It holds every listener's address bound but not listening (usher.process.reserve), so that port 0 is
 one real port for all workers, a port in use is found before any worker starts, and the kernel
 spreads connections over the workers' own sockets only. It owns the live pools: every 50 ms it
 reads the workers' counts from the shared table into its backends (requests in flight, totals,
@@ -20,7 +20,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,7 @@ from typing import Any
 from usher import handover
 from usher.channel import Channel, ChannelClosed
 from usher.config import Config
-from usher.dns.server import bind_pair
 from usher.errors import UsherError
-from usher.listeners import AnyListener, Serving
 from usher.logs import AccessLog
 from usher.messages import (
     Connections,
@@ -47,7 +44,8 @@ from usher.messages import (
 )
 from usher.metrics import Metrics, Snapshot, build_registry
 from usher.pool import Backend, Pool
-from usher.server import DEFAULT_DRAIN_TIMEOUT, Balancer, BindError, Bound, ReloadReport
+from usher.process.reserve import Reservation, reserve_listener
+from usher.server import DEFAULT_DRAIN_TIMEOUT, Balancer, ReloadReport
 from usher.shared import RowIndex, SharedTable
 from usher.signals import flush_logs, handle_signals
 from usher.state.shm import SharedState
@@ -69,55 +67,6 @@ SOCKET_TYPES: dict[str, tuple[int, ...]] = {
     "udp": (socket.SOCK_DGRAM,),
     "dns": (socket.SOCK_STREAM, socket.SOCK_DGRAM),  # UDP and TCP on the same address
 }
-
-
-class Reservation:
-    """A listener address bound, never listening: stands for the workers' sockets in the
-    control process's Balancer (it is closed where a served listener would be)."""
-
-    def __init__(self, *socks: socket.socket) -> None:
-        self.socks = socks  # a dns listener has two: TCP, then UDP on the same port
-
-    def release_datagram(self) -> None:
-        """A bound UDP socket in a SO_REUSEPORT group takes its share of the datagrams (a TCP
-        socket that never listens takes no connection), so once the workers hold a UDP port,
-        the control process lets go of its own."""
-        for sock in self.socks:
-            if sock.type == socket.SOCK_DGRAM:
-                sock.close()
-
-    @property
-    def sockets(self) -> Sequence[socket.socket]:
-        return list(self.socks)
-
-    def close(self) -> None:
-        for sock in self.socks:
-            sock.close()
-
-    async def wait_closed(self) -> None:
-        return None
-
-
-def reserve(host: str, port: int, *, datagram: bool = False) -> socket.socket:
-    """Bind the address the workers will share (a UDP listener's as a datagram socket, so
-    that port 0 picks a port free for UDP and a UDP port in use is caught here)."""
-    kind = socket.SOCK_DGRAM if datagram else socket.SOCK_STREAM
-    if port != 0:
-        # After an upgrade, the workers' sockets came over: a new UDP socket would take a share
-        # of the datagrams until released, so the reservation is one of theirs.
-        inherited = handover.copy_of(handover.key_for(host, port, kind))
-        if inherited is not None:
-            return inherited
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, kind)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 @dataclass
@@ -149,7 +98,13 @@ class ControlBalancer(Balancer):
         access_log: AccessLog,
         config_path: Path | None = None,
     ) -> None:
-        super().__init__(config, access_log=access_log, config_path=config_path, workers=workers)
+        super().__init__(
+            config,
+            access_log=access_log,
+            config_path=config_path,
+            workers=workers,
+            open_sockets=reserve_listener,
+        )
         self.count = workers
         self.table = SharedTable.create(workers)
         # The global state (usher.state): limits, queues, pins, buckets, ejections.
@@ -172,27 +127,7 @@ class ControlBalancer(Balancer):
 
     # Listeners: reserved here, served by the workers
 
-    async def _bind(self, listener: AnyListener) -> tuple[Serving, Bound]:
-        lc = listener.config
-        host = lc.bind.host
-        try:
-            socks: tuple[socket.socket, ...]
-            if lc.protocol == "dns":
-                socks = bind_pair(
-                    lc.bind.port,
-                    lambda port: reserve(host, port),
-                    lambda port: reserve(host, port, datagram=True),
-                )
-            else:
-                socks = (reserve(host, lc.bind.port, datagram=lc.protocol == "udp"),)
-        except OSError as exc:
-            raise BindError(
-                f"listener {lc.name}: cannot listen on {lc.bind}: {exc.strerror or exc}"
-            ) from exc
-        host, port = socks[0].getsockname()[:2]
-        return Reservation(*socks), Bound(lc.name, host, port, lc.protocol)
-
-    async def _retire_pool(self, pool: Pool) -> None:
+    async def retire_pool(self, pool: Pool) -> None:
         return None  # each worker retires its own copy; nothing is in flight here
 
     def worker_config(self) -> Config:

@@ -13,6 +13,7 @@ import contextlib
 import socket
 import ssl
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ from usher import handover
 from usher.admin.views import describe_pool
 from usher.balancing import custom as custom_algorithms
 from usher.clock import Clock, MonotonicClock
-from usher.config import BackendConfig, Config, HostPort, Listener, load_config
+from usher.config import BackendConfig, Config, Listener, PoolConfig, load_config
 from usher.discovery import DiscoveryRunner
 from usher.dns.server import DnsListener
 from usher.errors import BindError as BindError  # re-exported: its first home
@@ -32,6 +33,7 @@ from usher.logs import AccessLog
 from usher.metrics import CallbackCollector, Metrics, build_registry
 from usher.pool import ADMIN_SOURCE, Backend, Pool, State
 from usher.routing import Router
+from usher.runtime import reload
 from usher.state import install_cluster
 from usher.state.redis import ClusterLink
 from usher.surface import ReloadReport as ReloadReport  # re-exported: its first home
@@ -39,6 +41,10 @@ from usher.tls import ServerTls, load_upstream_contexts
 
 if TYPE_CHECKING:
     import uvicorn
+
+# What opens a listener's sockets: by default they are served in this process; the control
+# process of several workers only holds their addresses (usher.process.reserve).
+OpenSockets = Callable[[AnyListener], Awaitable[Serving]]
 
 # How long SIGTERM waits for in-flight requests before cutting them.
 DEFAULT_DRAIN_TIMEOUT = 30.0
@@ -59,21 +65,9 @@ class Bound:
         return f"{self.scheme}://{host}:{self.port}"
 
 
-def _same_socket(old: Listener, new: Listener) -> bool:
-    # An http listener that takes PROXY headers accepts raw sockets: another kind of server.
-    return (
-        old.bind == new.bind
-        and old.protocol == new.protocol
-        and old.accept_proxy_protocol == new.accept_proxy_protocol
-    )
-
-
 class Balancer:
     """Everything one config describes. Building it checks what the model alone cannot
     (certificates load); nothing binds a socket until `start()`."""
-
-    # Whether this process runs the pools' discovery sources (a worker follows the control's).
-    runs_discovery = True
 
     def __init__(
         self,
@@ -85,8 +79,14 @@ class Balancer:
         reuse_port: bool = False,
         config_path: str | Path | None = None,
         workers: int = 1,
+        open_sockets: OpenSockets | None = None,
+        control_plane: bool = True,
     ) -> None:
         self.config = config
+        # Whether this process runs the control plane: health checks, the pools' discovery
+        # sources and the admin API (a worker follows the control process's through the sync).
+        self.runs_control_plane = control_plane
+        self._open_sockets = open_sockets or self._serve_sockets
         self.worker_count = workers  # each enforces its share of the rate and connection limits
         self.config_path = Path(config_path) if config_path is not None else None
         self.clock = clock or MonotonicClock()
@@ -101,7 +101,7 @@ class Balancer:
         if self.cluster is not None:
             self.cluster.on_ejection = self._ejected_elsewhere
         self.pools: dict[str, Pool] = {
-            name: Pool(name, cfg, self.clock, seed=seed) for name, cfg in config.pools.items()
+            name: self.new_pool(name, cfg) for name, cfg in config.pools.items()
         }
         self.metrics = Metrics()
         # Read through lambdas: a reload replaces the pools and listeners.
@@ -112,12 +112,15 @@ class Balancer:
         )
         self.register_cluster_metrics()
         # Active checks and agent polls, one task per backend; idle for pools without them.
-        self.checkers = {name: self._checker(pool) for name, pool in self.pools.items()}
-        self._tls, upstream_tls = self._load_tls(config)
+        self.checkers: dict[str, HealthChecker] = {}
+        if control_plane:
+            self.checkers = {name: self._checker(pool) for name, pool in self.pools.items()}
+        self._tls, upstream_tls = self.load_tls(config)
         for name, pool in self.pools.items():
             pool.use_tls_context(upstream_tls.get(name))
         self.listeners: dict[str, AnyListener] = {
-            lc.name: self._listener(lc) for lc in config.listeners
+            lc.name: self.new_listener(lc, Router(lc.effective_routes(), self.pools))
+            for lc in config.listeners
         }
         self._servers: dict[str, Serving] = {}
         self.bound: dict[str, Bound] = {}
@@ -130,7 +133,7 @@ class Balancer:
         self._admin_socket: socket.socket | None = None
         self.admin_url: str | None = None
 
-    def _load_tls(self, config: Config) -> tuple[dict[str, ServerTls], dict[str, ssl.SSLContext]]:
+    def load_tls(self, config: Config) -> tuple[dict[str, ServerTls], dict[str, ssl.SSLContext]]:
         """Every TLS file of `config`, read now: the listeners' and the pools' contexts."""
         tls: dict[str, ServerTls] = {}
         issues: list[ConfigIssue] = []
@@ -149,8 +152,11 @@ class Balancer:
             raise ConfigError(issues)
         return tls, upstream
 
-    def _listener(self, lc: Listener) -> AnyListener:
-        router = Router(lc.effective_routes(), self.pools)
+    def new_pool(self, name: str, config: PoolConfig) -> Pool:
+        return Pool(name, config, self.clock, seed=self.seed)
+
+    def new_listener(self, lc: Listener, router: Router) -> AnyListener:
+        """A listener of this balancer, not yet bound, routing with `router`."""
         return build_listener(
             lc,
             router,
@@ -191,37 +197,43 @@ class Balancer:
             self.cluster.start()
         for checker in self.checkers.values():
             checker.start()
-        if self.runs_discovery:
+        if self.runs_control_plane:
             self.discovery.update(self.config.pools)
         try:
             for listener in self.listeners.values():
                 await self._serve(listener)
-            if self.config.admin is not None:
+            if self.runs_control_plane and self.config.admin is not None:
                 await self._start_admin()
         except BindError:
             await self.stop(timeout=0)
             raise
 
     async def _serve(self, listener: AnyListener) -> None:
-        server, bound = await self._bind(listener)
+        server, bound = await self.bind(listener)
         self._servers[listener.name] = server
         self.bound[listener.name] = bound
 
-    async def _bind(self, listener: AnyListener) -> tuple[Serving, Bound]:
+    async def bind(self, listener: AnyListener) -> tuple[Serving, Bound]:
+        """Open `listener`'s sockets (serve them, or only hold their address)."""
         lc = listener.config
-
-        def tls() -> ssl.SSLContext | None:
-            current = self._tls.get(lc.name)
-            return current.context if current is not None else None
-
         try:
-            server = await bind_listener(listener, tls, reuse_port=self.reuse_port)
+            server = await self._open_sockets(listener)
         except OSError as exc:
             raise BindError(
                 f"listener {lc.name}: cannot listen on {lc.bind}: {exc.strerror or exc}"
             ) from exc
         sockname = server.sockets[0].getsockname()
         return server, Bound(lc.name, sockname[0], sockname[1], lc.protocol)
+
+    async def _serve_sockets(self, listener: AnyListener) -> Serving:
+        """Serve `listener` in this process, with the TLS context its config has now."""
+        name = listener.config.name
+
+        def tls() -> ssl.SSLContext | None:
+            current = self._tls.get(name)
+            return current.context if current is not None else None
+
+        return await bind_listener(listener, tls, reuse_port=self.reuse_port)
 
     async def _start_admin(self) -> None:
         import uvicorn
@@ -409,7 +421,7 @@ class Balancer:
                 )
             if state == "draining":
                 pool.set_state(backend, "draining", "draining")  # visible in this very answer
-                self._spawn(pool.drain(backend))
+                self.spawn(pool.drain(backend))
             else:
                 target: State = "enabled" if state == "enabled" else "disabled"
                 pool.set_state(backend, target)
@@ -433,7 +445,8 @@ class Balancer:
         self.checkers[pool_name].remove_backend(backend)
         return clean
 
-    def _spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> None:
+        """Run `coro` in the background; stop() cancels it."""
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -455,143 +468,25 @@ class Balancer:
         else:
             # Validated elsewhere: a worker is sent its config, and re-imports the user's code.
             _import_user_code(config, fresh=True)
-        report = ReloadReport()
-        if config.cluster != self.config.cluster:
-            # The link (and the nodes' keys) is made once, at start.
-            report.notes.append("cluster: changed; it takes effect on restart")
-        # A certificate or CA that fails to load stops us here: nothing has changed yet.
-        new_tls, upstream_tls = self._load_tls(config)
-        old_by_name = {lc.name: self._as_bound(lc) for lc in self.config.listeners}
-        old_configured = {lc.name: lc for lc in self.config.listeners}
-        kept = {
-            lc.name
-            for lc in config.listeners
-            if lc.name in old_by_name
-            and (
-                _same_socket(old_by_name[lc.name], lc)  # the port it got
-                or _same_socket(old_configured[lc.name], lc)  # port 0 again: keep it
-            )
-        }
-        # New sockets are bound before anything else changes, so a port in use changes nothing.
-        fresh: dict[str, tuple[AnyListener, Serving, Bound]] = {}
-        old_tls, self._tls = self._tls, {**self._tls, **new_tls}
-        try:
-            for lc in config.listeners:
-                if lc.name not in kept:
-                    listener = build_listener(
-                        lc,
-                        Router([], {}),
-                        clock=self.clock,
-                        access_log=self.access_log,
-                        metrics=self.metrics,
-                        workers=self.worker_count,
-                    )
-                    server, bound = await self._bind(listener)
-                    fresh[lc.name] = (listener, server, bound)
-        except BindError:
-            self._tls = old_tls
-            for _, server, _ in fresh.values():
-                server.close()
-            raise
-        # Pools next: every listener's router points at them.
-        for name, pool_config in config.pools.items():
-            pool = self.pools.get(name)
-            if pool is None:
-                self.pools[name] = Pool(name, pool_config, self.clock, seed=self.seed)
-                self.pools[name].use_tls_context(upstream_tls.get(name))
-                report.pools_added.append(name)
-                continue
-            before = {b.label for b in pool.backends}
-            dropped = pool.reconfigure(pool_config)
-            pool.use_tls_context(upstream_tls.get(name))
-            for backend in dropped:
-                report.backends_draining.append(f"{name}/{backend.label}")
-                self._spawn(self._drain_out(name, backend))
-            report.backends_added += [
-                f"{name}/{b.label}" for b in pool.backends if b.label not in before
-            ]
-        for name in [n for n in self.pools if n not in config.pools]:
-            report.pools_removed.append(name)
-            self._spawn(self._retire_pool(self.pools.pop(name)))
-        if self.runs_discovery:
-            self.discovery.update(config.pools)  # kept sources go on; new pools get theirs
-        self._restart_checkers()
-        report.overwritten = self._overwritten(config)
-        self.runtime_changes.clear()
-        # Listeners: those whose address did not change keep their socket and connections.
-        old_listeners, self.listeners = self.listeners, {}
-        for index, lc in enumerate(config.listeners):
-            router = Router(lc.effective_routes(), self.pools)
-            if lc.name in kept:
-                listener = old_listeners.pop(lc.name)
-                listener.apply(lc, router)
-                if lc.tls is not None and lc.name in old_tls:
-                    old_tls[lc.name].update(lc.tls, f"listeners[{index}].tls")
-                    self._tls[lc.name] = old_tls[lc.name]
-                report.listeners_kept.append(lc.name)
-            else:
-                listener = fresh[lc.name][0]
-                listener.apply(lc, router)
-                report.listeners_added.append(lc.name)
-            self.listeners[lc.name] = listener
-        for name, listener in old_listeners.items():
-            old_server = self._servers.pop(name, None)
-            if old_server is not None:
-                old_server.close()
-            self.bound.pop(name, None)
-            listener.drain()
-            if name not in fresh:
-                report.listeners_removed.append(name)
-        for name, (_, server, bound) in fresh.items():
-            self._servers[name] = server
-            self.bound[name] = bound
-        self._tls = {name: tls for name, tls in self._tls.items() if name in self.listeners}
-        if config.admin != self.config.admin:
-            report.notes.append("admin settings change at the next restart")
-            # Keep describing the admin section that runs, so the next reload says it again.
-            config = config.model_copy(update={"admin": self.config.admin})
-        self.config = config
-        return report
+        ports = {name: bound.port for name, bound in self.bound.items()}
+        return await reload.apply(self, reload.plan(self.config, config, ports))
 
     def _as_bound(self, lc: Listener) -> Listener:
         """A listener config with the port it actually got, when it asked for port 0."""
         bound = self.bound.get(lc.name)
-        if lc.bind.port != 0 or bound is None:
-            return lc
-        return lc.model_copy(update={"bind": HostPort(lc.bind.host, bound.port)})
+        return reload.as_bound(lc, bound.port if bound is not None else None)
 
-    def _restart_checkers(self) -> None:
+    def restart_checkers(self, pools: Iterable[str]) -> None:
         """New checkers for the reloaded pools; each starts from its backends' current health."""
         for name in list(self.checkers):
-            self._spawn(self.checkers.pop(name).stop())
-        for name, pool in self.pools.items():
-            checker = self._checker(pool)
+            self.spawn(self.checkers.pop(name).stop())
+        for name in pools:
+            checker = self._checker(self.pools[name])
             self.checkers[name] = checker
             checker.start()
 
-    def _overwritten(self, config: Config) -> list[str]:
-        """Runtime changes the new file does not keep (it is the new truth)."""
-        lost: list[str] = []
-        for pool_name, address, what in self.runtime_changes:
-            pool_config = config.pools.get(pool_name)
-            in_file = None
-            if pool_config is not None:
-                in_file = next((b for b in pool_config.backends if str(b.address) == address), None)
-            if what == "added" and in_file is None:
-                lost.append(f"{pool_name}/{address}: added at runtime, not in the file: removed")
-            elif what == "removed" and in_file is not None:
-                lost.append(f"{pool_name}/{address}: removed at runtime, in the file: back")
-            elif (
-                what.startswith("weight ")
-                and in_file is not None
-                and in_file.weight != int(what.split()[1])
-            ):
-                lost.append(
-                    f"{pool_name}/{address}: {what} at runtime, {in_file.weight} in the file"
-                )
-        return lost
-
-    async def _drain_out(self, pool_name: str, backend: Backend) -> None:
+    async def drain_out(self, pool_name: str, backend: Backend) -> None:
+        """A backend a reload dropped: it drains, then goes."""
         pool = self.pools.get(pool_name)
         if pool is None:
             return
@@ -600,7 +495,8 @@ class Balancer:
         if checker is not None:
             checker.remove_backend(backend)
 
-    async def _retire_pool(self, pool: Pool) -> None:
+    async def retire_pool(self, pool: Pool) -> None:
+        """A pool a reload removed: its backends drain, then their idle connections close."""
         await asyncio.gather(*(pool.drain(b) for b in list(pool.backends)))
         for backend in pool.backends:
             backend.close_idle()

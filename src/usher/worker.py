@@ -56,35 +56,31 @@ class WorkerBalancer(Balancer):
     reload drops stay (draining) until the control process, which sees every worker's requests
     in flight, removes them."""
 
-    runs_discovery = False  # the control process discovers; the state sync brings the result
-
     def __init__(
         self, config: Config, table: SharedTable, number: int, access_log: AccessLog
     ) -> None:
         super().__init__(
-            config, access_log=access_log, seed=number, reuse_port=True, workers=table.workers
+            config,
+            access_log=access_log,
+            seed=number,
+            reuse_port=True,
+            workers=table.workers,
+            control_plane=False,  # the control process's checks and discovery reach us by sync
         )
         self.table = table
         self.number = number
-        self.checkers = {}
 
-    async def _start_admin(self) -> None:
-        return None
-
-    def _restart_checkers(self) -> None:
-        return None
-
-    async def _drain_out(self, pool_name: str, backend: Backend) -> None:
+    async def drain_out(self, pool_name: str, backend: Backend) -> None:
         pool = self.pools.get(pool_name)
         if pool is not None and backend in pool.backends and backend.state == "enabled":
             with quiet_state_log():
                 pool.set_state(backend, "draining", "draining")
 
-    async def _retire_pool(self, pool: Pool) -> None:
+    async def retire_pool(self, pool: Pool) -> None:
         # A pool the reload removed: its rows go back to the control process at once.
         for backend in pool.backends:
             detach(backend)
-        await super()._retire_pool(pool)
+        await super().retire_pool(pool)
 
     def apply(self, state: PoolsState) -> None:
         apply_state(self.pools, state, self.table, self.number)

@@ -1,0 +1,1 @@
+"""The processes of `usher run`: what the control process of several workers holds for them."""

@@ -1,0 +1,192 @@
+"""A reload in two halves: `plan` compares the running config with the new one and says what
+changes (no I/O: it is tested without sockets), then `apply` does it to a running balancer.
+
+`apply` keeps the order that makes a reload safe: the TLS files load and new sockets bind before
+anything else changes (so a bad certificate or a port in use changes nothing), pools change
+before listeners (every listener's router points at them), and old sockets close last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from usher.config import Config, HostPort, Listener
+from usher.errors import BindError
+from usher.routing import Router
+from usher.surface import ReloadReport
+
+if TYPE_CHECKING:
+    from usher.listeners import AnyListener, Serving
+    from usher.server import Balancer, Bound
+
+CLUSTER_NOTE = "cluster: changed; it takes effect on restart"
+ADMIN_NOTE = "admin settings change at the next restart"
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadPlan:
+    """What a reload from one config to another changes, by name, each tuple in config order."""
+
+    # The config the balancer runs afterwards: the new one, with the admin section that runs
+    # (it changes at the next restart, so the next reload notes it again).
+    config: Config
+    listeners_keep: tuple[str, ...]  # same socket: it keeps its connections, takes new settings
+    listeners_bind: tuple[str, ...]  # a new socket: a new listener, or one at a new address
+    listeners_close: tuple[str, ...]  # old sockets that close: removed, or rebound elsewhere
+    pools_add: tuple[str, ...]
+    pools_reconfigure: tuple[str, ...]  # kept pools: their backends' live state stays
+    pools_retire: tuple[str, ...]  # their backends drain, then the pool goes
+    checkers_restart: tuple[str, ...]  # each starts from its backends' current health
+    notes: tuple[str, ...]
+
+    @property
+    def listeners_removed(self) -> tuple[str, ...]:
+        """The closed listeners that no new socket replaces."""
+        return tuple(name for name in self.listeners_close if name not in self.listeners_bind)
+
+
+def plan(old: Config, new: Config, bound: Mapping[str, int]) -> ReloadPlan:
+    """The reload from `old` to `new`; `bound` is the port each listener actually got (what
+    port 0 became), by listener name."""
+    before = {lc.name: lc for lc in old.listeners}
+    keep = tuple(
+        lc.name
+        for lc in new.listeners
+        if lc.name in before
+        and (
+            same_socket(as_bound(before[lc.name], bound.get(lc.name)), lc)  # the port it got
+            or same_socket(before[lc.name], lc)  # port 0 again: keep it
+        )
+    )
+    notes: list[str] = []
+    if new.cluster != old.cluster:
+        notes.append(CLUSTER_NOTE)  # the link (and the nodes' keys) is made once, at start
+    config = new
+    if new.admin != old.admin:
+        notes.append(ADMIN_NOTE)
+        config = new.model_copy(update={"admin": old.admin})
+    return ReloadPlan(
+        config=config,
+        listeners_keep=keep,
+        listeners_bind=tuple(lc.name for lc in new.listeners if lc.name not in keep),
+        listeners_close=tuple(name for name in before if name not in keep),
+        pools_add=tuple(name for name in new.pools if name not in old.pools),
+        pools_reconfigure=tuple(name for name in new.pools if name in old.pools),
+        pools_retire=tuple(name for name in old.pools if name not in new.pools),
+        checkers_restart=tuple(new.pools),
+        notes=tuple(notes),
+    )
+
+
+def same_socket(old: Listener, new: Listener) -> bool:
+    """Whether `new` can serve on `old`'s socket."""
+    # An http listener that takes PROXY headers accepts raw sockets: another kind of server.
+    return (
+        old.bind == new.bind
+        and old.protocol == new.protocol
+        and old.accept_proxy_protocol == new.accept_proxy_protocol
+    )
+
+
+def as_bound(lc: Listener, port: int | None) -> Listener:
+    """A listener config with the port it actually got, when it asked for port 0."""
+    if lc.bind.port != 0 or port is None:
+        return lc
+    return lc.model_copy(update={"bind": HostPort(lc.bind.host, port)})
+
+
+def overwritten(changes: Iterable[tuple[str, str, str]], config: Config) -> list[str]:
+    """Runtime changes, (pool, address, what), that `config` does not keep (it is the new
+    truth)."""
+    lost: list[str] = []
+    for pool_name, address, what in changes:
+        pool_config = config.pools.get(pool_name)
+        in_file = None
+        if pool_config is not None:
+            in_file = next((b for b in pool_config.backends if str(b.address) == address), None)
+        if what == "added" and in_file is None:
+            lost.append(f"{pool_name}/{address}: added at runtime, not in the file: removed")
+        elif what == "removed" and in_file is not None:
+            lost.append(f"{pool_name}/{address}: removed at runtime, in the file: back")
+        elif (
+            what.startswith("weight ")
+            and in_file is not None
+            and in_file.weight != int(what.split()[1])
+        ):
+            lost.append(f"{pool_name}/{address}: {what} at runtime, {in_file.weight} in the file")
+    return lost
+
+
+async def apply(balancer: Balancer, plan: ReloadPlan) -> ReloadReport:
+    """Do `plan` to `balancer`. Raises ConfigError when a TLS file does not load and BindError
+    when a new socket cannot bind: either way nothing has changed."""
+    config = plan.config
+    report = ReloadReport(notes=list(plan.notes))
+    new_tls, upstream_tls = balancer.load_tls(config)
+    by_name = {lc.name: lc for lc in config.listeners}
+    fresh: dict[str, tuple[AnyListener, Serving, Bound]] = {}
+    old_tls, balancer._tls = balancer._tls, {**balancer._tls, **new_tls}
+    try:
+        for name in plan.listeners_bind:
+            listener = balancer.new_listener(by_name[name], Router([], {}))
+            server, bound = await balancer.bind(listener)
+            fresh[name] = (listener, server, bound)
+    except BindError:
+        balancer._tls = old_tls
+        for _, server, _ in fresh.values():
+            server.close()
+        raise
+    pools = balancer.pools
+    for name in plan.pools_add:
+        pools[name] = balancer.new_pool(name, config.pools[name])
+        pools[name].use_tls_context(upstream_tls.get(name))
+        report.pools_added.append(name)
+    for name in plan.pools_reconfigure:
+        pool = pools[name]
+        before = {b.label for b in pool.backends}
+        dropped = pool.reconfigure(config.pools[name])
+        pool.use_tls_context(upstream_tls.get(name))
+        for backend in dropped:
+            report.backends_draining.append(f"{name}/{backend.label}")
+            balancer.spawn(balancer.drain_out(name, backend))
+        report.backends_added += [
+            f"{name}/{b.label}" for b in pool.backends if b.label not in before
+        ]
+    for name in [n for n in pools if n in plan.pools_retire]:  # in the order they were added
+        report.pools_removed.append(name)
+        balancer.spawn(balancer.retire_pool(pools.pop(name)))
+    if balancer.runs_control_plane:
+        balancer.discovery.update(config.pools)  # kept sources go on; new pools get theirs
+        balancer.restart_checkers(plan.checkers_restart)
+    report.overwritten = overwritten(balancer.runtime_changes, config)
+    balancer.runtime_changes.clear()
+    old_listeners, balancer.listeners = balancer.listeners, {}
+    for index, lc in enumerate(config.listeners):
+        router = Router(lc.effective_routes(), pools)
+        if lc.name in plan.listeners_keep:
+            listener = old_listeners.pop(lc.name)
+            listener.apply(lc, router)
+            if lc.tls is not None and lc.name in old_tls:
+                old_tls[lc.name].update(lc.tls, f"listeners[{index}].tls")
+                balancer._tls[lc.name] = old_tls[lc.name]
+            report.listeners_kept.append(lc.name)
+        else:
+            listener = fresh[lc.name][0]
+            listener.apply(lc, router)
+            report.listeners_added.append(lc.name)
+        balancer.listeners[lc.name] = listener
+    for name in plan.listeners_close:
+        old_server = balancer._servers.pop(name, None)
+        if old_server is not None:
+            old_server.close()
+        balancer.bound.pop(name, None)
+        old_listeners.pop(name).drain()
+    report.listeners_removed += plan.listeners_removed
+    for name, (_, server, bound) in fresh.items():
+        balancer._servers[name] = server
+        balancer.bound[name] = bound
+    balancer._tls = {name: tls for name, tls in balancer._tls.items() if name in balancer.listeners}
+    balancer.config = config
+    return report
