@@ -3,13 +3,16 @@ nothing else (the exchange's side is tested through sockets in test_edge.py)."""
 
 from __future__ import annotations
 
+from textwrap import dedent, indent
 from typing import Any
 
 import pytest
 
 from usher.acl import IpList
-from usher.config import FilterRule
+from usher.clock import MonotonicClock
+from usher.config import FilterRule, parse_config
 from usher.http.codec import Headers, Request
+from usher.http.edge import ListenerGuard
 from usher.http.filters import (
     CONTINUE,
     AddHeaders,
@@ -25,7 +28,8 @@ from usher.http.filters import (
     check_body,
 )
 from usher.http.ratelimit import RateLimiter
-from usher.limits import LocalRateStore
+from usher.limits import ConnectionLimiter, LocalRateStore
+from usher.metrics import Metrics
 from usher.waf import RequestFilter
 
 
@@ -127,3 +131,62 @@ def test_verdicts_are_frozen() -> None:
     verdict = Respond(403, "no", "ip_denied")
     with pytest.raises(AttributeError):
         verdict.status = 200  # type: ignore[misc]
+
+
+# The pipelines a listener's guard builds at config load
+
+
+def guard(routes: str, previous: ListenerGuard | None = None, **limits: str) -> ListenerGuard:
+    given = ", ".join(f"{k}: {v}" for k, v in limits.items())
+    text = (
+        "listeners:\n  - name: web\n    bind: 127.0.0.1:0\n"
+        f"    limits: {{{given}}}\n    routes:\n{indent(dedent(routes), '      ')}"
+        "pools:\n  p:\n    backends: [{address: 127.0.0.1:9}]\n"
+    )
+    config = parse_config(text).listeners[0]
+    return ListenerGuard(
+        config,
+        clock=MonotonicClock(),
+        metrics=Metrics(),
+        connections=ConnectionLimiter(None, None),
+        workers=1,
+        previous=previous,
+    )
+
+
+ROUTES = """\
+- {match: {path_prefix: /plain}, pool: p}
+- match: {path_prefix: /guarded}
+  pool: p
+  limits: {rate: 5, deny: [10.0.0.0/8]}
+  filters: [{name: bad, on: path, contains: bad}]
+"""
+
+
+def kinds(filters: tuple[object, ...]) -> list[type]:
+    return [type(f) for f in filters]
+
+
+def test_a_route_passes_only_the_filters_configured_for_it() -> None:
+    built = guard(ROUTES)
+    plain, guarded = built.pipelines
+    assert plain == ()
+    assert kinds(guarded) == [AddressFilter, RateFilter, RuleFilter]
+    assert built.unrouted == ()
+
+
+def test_listener_filters_come_first_and_the_body_floor_last() -> None:
+    built = guard(ROUTES, rate="100", min_body_rate="1KiB/s")
+    plain, guarded = built.pipelines
+    assert kinds(plain) == [RateFilter, BodyRateFloor]
+    assert kinds(guarded) == [RateFilter, AddressFilter, RateFilter, RuleFilter, BodyRateFloor]
+    assert kinds(built.unrouted) == [RateFilter, BodyRateFloor]
+
+
+def test_a_reload_keeps_the_rate_limiters_it_did_not_change() -> None:
+    before = guard(ROUTES, rate="100")
+    after = guard(ROUTES, before, rate="100")
+    assert after.rate is before.rate
+    assert after.route_rates[1] is before.route_rates[1] is not None
+    changed = guard(ROUTES.replace("rate: 5", "rate: 6"), after, rate="100")
+    assert changed.route_rates[1] is not after.route_rates[1]
