@@ -13,11 +13,11 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from usher import waf  # at run time: the compiled dataclasses resolve their field types
 from usher.limits import retry_after
 from usher.routing import split_target
 
 if TYPE_CHECKING:
-    from usher import waf
     from usher.acl import IpList
     from usher.http.codec import Request
     from usher.http.ratelimit import RateLimiter
