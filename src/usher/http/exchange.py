@@ -35,7 +35,7 @@ from usher.pool.attempts import Attempts, answer_for
 
 if TYPE_CHECKING:
     from usher.http.downstream import ClientConnection
-    from usher.http.edge import EdgeState
+    from usher.http.screening import EdgeState
     from usher.routing import Route
 
 # nginx's convention for "the client closed the connection before the answer".
@@ -183,7 +183,7 @@ class Exchange:
         client.arm_read_timer(client.listener.timeouts.body)
         edge = self.edge
         if edge is not None and edge.floor is not None:
-            edge.floor.start_meter(self, edge)
+            edge.start_meter(self)
 
     def reencode_head(self, method: bytes, target: bytes, headers: Headers) -> None:
         self.link.head = encode_request_head(method, target, headers)

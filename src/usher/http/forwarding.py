@@ -13,8 +13,8 @@ from usher.http.upgrades import offers_h2c, with_h2c_settings
 if TYPE_CHECKING:
     from usher.http.codec import Headers, Request
     from usher.http.downstream import ClientConnection
-    from usher.http.edge import EdgeState
     from usher.http.listener import HttpListener
+    from usher.http.screening import EdgeState
     from usher.routing import Route
 
 
