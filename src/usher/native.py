@@ -51,6 +51,7 @@ COMPILED_MODULES: Final = (
     "usher.http.response",
     "usher.http.link",
     "usher.http.upstream",
+    "usher.http.connection_pool",
     "usher.http.edge",
     "usher.http.filters",
     "usher.http.ratelimit",

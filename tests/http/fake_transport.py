@@ -106,5 +106,5 @@ def idle_upstream(backend: Backend) -> tuple[UpstreamConnection, FakeTransport]:
     conn = UpstreamConnection(backend)
     transport = FakeTransport(("127.0.0.1", 9001))
     conn.connection_made(transport)  # type: ignore[arg-type]
-    conn.park(asyncio.get_running_loop(), 60.0)
+    backend.connections.park(conn, asyncio.get_running_loop())
     return conn, transport

@@ -17,14 +17,15 @@ import socket
 import httpx
 
 from tests.conftest import pool_of, simple_config
-from usher.http.upstream import UpstreamConnection, release, take_idle
+from usher.http.upstream import UpstreamConnection
+from usher.pool import Backend
 
 
-async def parked_connection(lb, server) -> tuple[UpstreamConnection, object]:
+async def parked_connection(lb, server) -> tuple[UpstreamConnection, Backend]:
     async with httpx.AsyncClient() as client:
         assert (await client.get(lb.url("/"))).status_code == 200
     (backend,) = lb.pools["web"].backends
-    conn = take_idle(backend)
+    conn = backend.connections.take()
     assert conn is not None and conn.transport is not None
     return conn, backend
 
@@ -32,9 +33,9 @@ async def parked_connection(lb, server) -> tuple[UpstreamConnection, object]:
 async def test_a_connection_parked_with_reading_paused_reads_again(backends, balancer):
     (server,) = await backends(1)
     lb = await balancer(simple_config({"web": pool_of(server)}))
-    conn, _ = await parked_connection(lb, server)
+    conn, backend = await parked_connection(lb, server)
     conn.transport.pause_reading()  # as a slow client's pause_writing does
-    release(conn, asyncio.get_running_loop(), max_idle=8, idle_timeout=60)
+    backend.connections.release(conn, asyncio.get_running_loop())
     assert conn.transport.is_reading()
     # The next request goes over that same connection and its answer flows.
     async with httpx.AsyncClient(timeout=5) as client:
@@ -46,9 +47,9 @@ async def test_a_connection_parked_with_reading_paused_reads_again(backends, bal
 async def test_a_reused_connection_still_sending_holds_back_the_next_body(backends, balancer):
     (server,) = await backends(1)
     lb = await balancer(simple_config({"web": pool_of(server)}))
-    conn, _ = await parked_connection(lb, server)
+    conn, backend = await parked_connection(lb, server)
     conn.pause_writing()  # its send buffer was over the mark when the last exchange ended
-    release(conn, asyncio.get_running_loop(), max_idle=8, idle_timeout=60)
+    backend.connections.release(conn, asyncio.get_running_loop())
     assert conn.write_paused
 
     body = b"x" * 100_000

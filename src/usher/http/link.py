@@ -9,14 +9,15 @@ from typing import TYPE_CHECKING, Final
 
 from usher.errors import UpstreamError, UpstreamTimeout
 from usher.http.flow import BLOCK_BUFFERING, BLOCK_UPSTREAM_FULL
-from usher.http.upstream import PendingConnect, UpstreamConnection, release, take_idle
 from usher.pool.attempts import may_replay
 from usher.proxy_protocol import encode as encode_proxy_header
 from usher.timers import Deadline
 
 if TYPE_CHECKING:
     from usher.http.codec import Event
+    from usher.http.connection_pool import PendingConnect
     from usher.http.exchange import Exchange
+    from usher.http.upstream import UpstreamConnection
     from usher.pool import Backend, Pool
 
 # Body bytes held while the backend connection is being made; past this, stop reading.
@@ -60,10 +61,10 @@ class UpstreamLink:
 
     def open(self, pool: Pool, backend: Backend) -> None:
         """Send the request to `backend`, on an idle connection when it has one."""
-        client = self.exchange.client
+        connections = backend.connections
         # A connection that opened with one client's PROXY header serves that client only.
-        owner = client if pool.config.send_proxy_protocol is not None else None
-        conn = take_idle(backend, owner)
+        owner = self.exchange.client if connections.send_proxy_protocol is not None else None
+        conn = connections.take(owner)
         if conn is not None:
             self._attach(conn, reused=True)
         else:
@@ -71,26 +72,22 @@ class UpstreamLink:
 
     def connect(self, pool: Pool, backend: Backend) -> None:
         self.t_connect = time.perf_counter()
-        config = pool.config
+        connections = backend.connections
+        version = connections.send_proxy_protocol
         client = self.exchange.client
         preamble = None
-        if config.send_proxy_protocol is not None:
+        if version is not None:
             source = (client.client_ip.decode(), client.client_port)
             if client.local is None:  # looked up only for pools that send PROXY headers
                 local = client.transport.get_extra_info("sockname")
                 if isinstance(local, tuple):
                     client.local = (str(local[0]), int(local[1]))
-            preamble = encode_proxy_header(config.send_proxy_protocol, source, client.local)
-        self.pending = PendingConnect(
+            preamble = encode_proxy_header(version, source, client.local)
+        self.pending = connections.connect(
             client.loop,
-            backend,
-            config.timeouts.connect,
             self._connected,
-            tls=config.tls,
-            context=pool.tls_context(),
             preamble=preamble,
             owner=client if preamble is not None else None,
-            send_timeout=config.timeouts.send,
         )
 
     def _connected(self, conn: UpstreamConnection | None, exc: Exception | None) -> None:
@@ -192,13 +189,7 @@ class UpstreamLink:
                 conn.user = None
                 conn.close()
             else:
-                config = pool.config
-                release(
-                    conn,
-                    self.exchange.client.loop,
-                    max_idle=config.max_idle_connections,
-                    idle_timeout=config.timeouts.idle,
-                )
+                conn.backend.connections.release(conn, self.exchange.client.loop)
         if self.pending is not None:
             self.pending.cancel()
             self.pending = None

@@ -11,10 +11,13 @@ A backend's state, as the admin API shows it:
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
+
+from usher.http.connection_pool import ConnectionPool
 
 if TYPE_CHECKING:
     from usher.config import BackendConfig, HostPort
+    from usher.http.upstream import UpstreamConnection
     from usher.shared import Slot
 
 State = Literal["enabled", "draining", "disabled"]
@@ -31,6 +34,7 @@ class Backend:
         "address",
         "backup",
         "check_rtt",
+        "connections",
         "drained",
         "effective_weight",
         "ejections",
@@ -38,10 +42,8 @@ class Backend:
         "fails",
         "fails_5xx",
         "failures_total",
-        "generation",
         "healthy",
         "host",
-        "idle",
         "label",
         "last_check",
         "last_ejected_at",
@@ -95,11 +97,9 @@ class Backend:
         self.drained: asyncio.Event | None = None
         # With several workers: this worker's cells of the shared counts (usher.shared).
         self.shared: Slot | None = None
-        # Idle keep-alive connections to this backend, most recently used last.
-        self.idle: list[Any] = []
-        # Connections remember the generation they were opened in; a reload that changes how
-        # connections are made (tls, PROXY header) starts a new one and the old are not reused.
-        self.generation = 0
+        # Its keep-alive connections, and the pool settings new ones are made with (the Pool
+        # configures it): on the backend, as the connections reach it through their backend.
+        self.connections = ConnectionPool(self)
         # Where it came from: config, admin, or a discovery source (dns:NAME, etcd:PREFIX,
         # file:PATH); a reload keeps discovered backends, the source itself retires them.
         self.source = CONFIG_SOURCE
@@ -126,14 +126,21 @@ class Backend:
             return self.state
         return "healthy" if self.healthy and now >= self.failed_until else "unhealthy"
 
+    @property
+    def idle(self) -> list[UpstreamConnection]:
+        """Idle keep-alive connections to this backend, most recently used last."""
+        return self.connections.idle
+
+    @property
+    def generation(self) -> int:
+        return self.connections.generation
+
     def close_idle(self) -> None:
-        while self.idle:
-            self.idle.pop().close()
+        self.connections.close_idle()
 
     def renew_connections(self) -> None:
         """Connections opened so far must not carry another request (their settings changed)."""
-        self.generation += 1
-        self.close_idle()
+        self.connections.renew()
 
     def __repr__(self) -> str:
         return f"<Backend {self.label} w={self.weight} {self.state} active={self.active}>"
