@@ -207,9 +207,8 @@ class Exchange:
                 return
             self.respond_error(*attempts.verdict())
             return
-        pool = attempts.pool
-        self.set_cookie = pool.chosen(attempts.selection, headers, backend)
-        self.link.open(pool, backend)
+        self.set_cookie = attempts.pool.chosen(attempts.selection, headers, backend)
+        self.link.open(backend)
 
     def _dequeued(self) -> None:
         """A slot is free: try again (soon, not inside the other request's finish)."""

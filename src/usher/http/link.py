@@ -59,7 +59,7 @@ class UpstreamLink:
 
     # Getting a connection
 
-    def open(self, pool: Pool, backend: Backend) -> None:
+    def open(self, backend: Backend) -> None:
         """Send the request to `backend`, on an idle connection when it has one."""
         connections = backend.connections
         # A connection that opened with one client's PROXY header serves that client only.
@@ -68,9 +68,9 @@ class UpstreamLink:
         if conn is not None:
             self._attach(conn, reused=True)
         else:
-            self.connect(pool, backend)
+            self.connect(backend)
 
-    def connect(self, pool: Pool, backend: Backend) -> None:
+    def connect(self, backend: Backend) -> None:
         self.t_connect = time.perf_counter()
         connections = backend.connections
         version = connections.send_proxy_protocol
@@ -238,7 +238,7 @@ class UpstreamLink:
             # backend's fault. Try again on a fresh connection to the same backend.
             self.reused = False
             self.cancel_timers()
-            self.connect(attempts.pool, attempts.backend)
+            self.connect(attempts.backend)
             return
         exchange.attempt_failed(UpstreamError("the backend closed the connection before answering"))
 
