@@ -36,6 +36,7 @@ from usher.messages import (
     Stop,
 )
 from usher.pool import Backend, Pool
+from usher.process.heap import freeze_startup_objects
 from usher.server import Balancer, ReloadReport
 from usher.shared import SharedTable
 from usher.signals import flush_logs
@@ -104,6 +105,7 @@ async def serve(channel: Channel, table: SharedTable, number: int) -> int:
         balancer.apply(start.state)
         await balancer.start()
         handover.release_unclaimed()
+        freeze_startup_objects()
     except UsherError as exc:
         channel.send(Failed(str(exc)))
         with contextlib.suppress(ChannelClosed):

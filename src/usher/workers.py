@@ -16,6 +16,7 @@ from usher.config import Config, HostPort
 from usher.control import run_control
 from usher.errors import UsherError
 from usher.logs import AccessLog, LogFormat
+from usher.process.heap import freeze_startup_objects
 from usher.server import Balancer
 from usher.signals import LOG_FLUSH_INTERVAL as LOG_FLUSH_INTERVAL  # re-exported: their first home
 from usher.signals import flush_logs as flush_logs
@@ -85,6 +86,7 @@ async def _serve(
         workers=workers,
     )
     await balancer.start()
+    freeze_startup_objects()
     for bound in balancer.bound.values():
         print(f"usher: listener {bound.name} on {bound.url}", file=sys.stderr, flush=True)
     if balancer.admin_url is not None:
