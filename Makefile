@@ -31,7 +31,8 @@ cluster-demo: $(COMPILED) system-tools
 
 # System tools the tests drive: Debian's Chromium (the dashboard's browser test), promtool, dig
 # (the dns listener's tests), keepalived (the HA tests), etcd (discovery) and redis-server (the
-# cluster tests start their own).
+# cluster tests start their own), nginx and haproxy (tests/test_bench.py checks the configs
+# `make bench` gives them with `nginx -t` and `haproxy -c`).
 system-tools:
 	@missing=""; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
@@ -40,6 +41,8 @@ system-tools:
 	[ -x /usr/sbin/keepalived ] || missing="$$missing keepalived"; \
 	[ -x /usr/bin/etcd ] || missing="$$missing etcd-server"; \
 	[ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
+	[ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	[ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing (apt-get)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

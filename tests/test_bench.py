@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -177,7 +176,6 @@ def _run(cmd: list[str]) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.skipif(shutil.which("nginx") is None, reason="needs nginx")
 @pytest.mark.parametrize("profile", PROFILES)
 def test_nginx_configs_parse(tmp_path: Path, profile: str) -> None:
     conf = tmp_path / "nginx.conf"
@@ -193,7 +191,6 @@ def test_nginx_configs_parse(tmp_path: Path, profile: str) -> None:
         assert '"|127.0.0.1:18082" "SRV=s1; Path=/; HttpOnly"' in text
 
 
-@pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs haproxy")
 @pytest.mark.parametrize("profile", PROFILES)
 def test_haproxy_configs_parse(tmp_path: Path, profile: str) -> None:
     conf = tmp_path / "haproxy.cfg"
