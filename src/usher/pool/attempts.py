@@ -182,7 +182,7 @@ class Attempts:
         when one has room, `on_timeout` after `queue.timeout`. False when the queue is full
         or off."""
         pool = self.pool
-        if not pool.wait(self._free):
+        if not pool.wait(self._free, self.selection):
             return False
         assert pool.config.queue is not None
         self._on_free, self._on_queue_timeout = on_free, on_timeout

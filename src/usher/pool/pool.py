@@ -117,7 +117,7 @@ class Pool:
         """With several workers: take on the others' ejections (at most every 10 ms), and
         whether anyone waits in the shared queue (then a new request waits behind them)."""
         self.outliers.follow(selection.now)
-        selection.gated = self.wait_queue.gated()
+        selection.gated = self.wait_queue.gated(selection)
 
     def _admit(self, backend: Backend) -> bool:
         """With several workers, a backend under a limit is counted in under a lock, so two
@@ -190,11 +190,11 @@ class Pool:
             for b in self.backends
         )
 
-    def wait(self, callback: Callable[[], None]) -> bool:
+    def wait(self, callback: Callable[[], None], selection: Selection | None = None) -> bool:
         """Queue `callback` for the next free slot; False when the queue is full or off.
         With several workers the queue is one for all (usher.pool.queue): the worker's state
-        loop calls `serve_queue`."""
-        return self.wait_queue.join(callback)
+        loop calls `serve_queue`; `selection` (the request's) lets its attempt through."""
+        return self.wait_queue.join(callback, selection)
 
     def unwait(self, callback: Callable[[], None]) -> None:
         self.wait_queue.leave(callback)

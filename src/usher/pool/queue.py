@@ -3,6 +3,12 @@
 In one process the queue is this process's list of waiters. With several workers it is one
 for all, in shared memory (usher.state.shm): first in, first out over every worker, a waiter
 woken when it heads the queue and a backend has room (the worker's state loop calls `serve`).
+
+A woken waiter holds the head (a grant) until its attempt has run, and every other request,
+in any worker, queues behind it meanwhile: its own worker's new requests too, which the grant
+would otherwise let through between the wake and the attempt (an event loop runs the reads
+that came in before the attempt it scheduled), so that a newcomer took the slot and the woken
+waiter went to the tail.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from usher.state.shm import SharedQueue
 
 if TYPE_CHECKING:
     from usher.pool.pool import Pool
+    from usher.pool.selection import Selection
 
 log = logging.getLogger("usher.health")
 
@@ -31,7 +38,10 @@ class WaitQueue:
         self.waiters: deque[Callable[[], None]] = deque()
         self.shared: SharedQueue | None = self._shared_queue()
         self._tickets: dict[Callable[[], None], int] = {}
+        # The selection of each waiter that gave one: the grant lets that request through.
+        self._selections: dict[Callable[[], None], Selection] = {}
         self._granted: int | None = None
+        self._holder: Selection | None = None  # the granted waiter's selection, if it gave one
 
     def configure(self) -> None:
         """The pool's config is new: a shared queue of another size (or none) is rebuilt."""
@@ -39,13 +49,19 @@ class WaitQueue:
         if self.shared is None or wanted is None or self.shared.size != wanted.size:
             self.shared = self._shared_queue()
 
-    def gated(self) -> bool:
-        """Someone waits in the shared queue (and none of this worker's holds its head): a
-        new request waits behind them."""
-        return self.shared is not None and self._granted is None and self.shared.waiting()
+    def gated(self, selection: Selection) -> bool:
+        """Someone waits in the shared queue and `selection` is not the request this worker
+        was granted the head for: it waits behind them. (A waiter that gave no selection is
+        let through with any other request of its worker while it holds the head.)"""
+        if self.shared is None:
+            return False
+        if self._granted is not None and (self._holder is None or self._holder is selection):
+            return False
+        return self.shared.waiting()
 
-    def join(self, callback: Callable[[], None]) -> bool:
-        """Queue `callback` for the next free slot; False when the queue is full or off."""
+    def join(self, callback: Callable[[], None], selection: Selection | None = None) -> bool:
+        """Queue `callback` for the next free slot; False when the queue is full or off.
+        `selection` is the waiting request's: when woken, its attempt passes the gate."""
         options = self.pool.config.queue
         if options is None or len(self.waiters) >= options.size:
             return False
@@ -56,6 +72,8 @@ class WaitQueue:
             if ticket is None:
                 return False
             self._tickets[callback] = ticket
+            if selection is not None:
+                self._selections[callback] = selection
         self.waiters.append(callback)
         return True
 
@@ -63,6 +81,7 @@ class WaitQueue:
         with contextlib.suppress(ValueError):
             self.waiters.remove(callback)
         ticket = self._tickets.pop(callback, None)
+        self._selections.pop(callback, None)
         state = self.pool.shared
         if ticket is not None and self.shared is not None and state is not None:
             self.shared.leave(ticket, state.worker)
@@ -92,11 +111,13 @@ class WaitQueue:
         callback = self.waiters.popleft()
         self._tickets.pop(callback, None)
         self._granted = ticket
+        self._holder = self._selections.pop(callback, None)
         callback()  # schedules the attempt (call_soon), which runs before the release below
         asyncio.get_running_loop().call_soon(self._release_grant, ticket)
 
     def _release_grant(self, ticket: int) -> None:
         self._granted = None
+        self._holder = None
         state = self.pool.shared
         if self.shared is not None and state is not None:
             self.shared.done(ticket, state.worker)

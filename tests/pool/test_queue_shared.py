@@ -1,0 +1,147 @@
+"""The wait queue shared by two workers' copies of a pool (usher.pool.queue over
+usher.state.shm): first in, first out over both, newcomers included, with the real attempts
+policy (usher.pool.attempts) scheduling each woken attempt on the event loop as the HTTP
+exchange does."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from tests.pool.test_pool_shared import backends, worker_pools
+from usher.clock import ManualClock
+from usher.metrics import Metrics
+from usher.pool import Pool, Selection
+from usher.pool.attempts import Attempts
+from usher.shared import SharedTable
+from usher.state.shm import SharedState
+
+
+@pytest.fixture
+def shm() -> Iterator[SharedState]:
+    table = SharedTable.create(2, capacity=16)
+    state = SharedState.create(table, rows=16)
+    yield state
+    state.close()
+    table.close()
+
+
+class Requests:
+    """Requests to copies of one pool, each retried from the queue when woken; `served`
+    lists them in the order they got the backend."""
+
+    def __init__(self) -> None:
+        self.served: list[str] = []
+        self.running: dict[str, Attempts] = {}
+
+    def send(self, pool: Pool, name: str) -> None:
+        loop = asyncio.get_running_loop()
+        attempts = Attempts(pool, Selection("10.0.0.1", pool.clock.now()), Metrics())
+
+        def attempt() -> None:
+            if attempts.next([]) is not None:
+                self.served.append(name)
+                self.running[name] = attempts
+                return
+            assert attempts.may_wait(), name
+            assert attempts.wait(loop, lambda: loop.call_soon(attempt), self._timed_out), name
+
+        attempt()
+
+    def finish(self, name: str) -> None:
+        self.running.pop(name).finish(True)
+
+    @staticmethod
+    def _timed_out() -> None:
+        raise AssertionError("a waiter timed out")
+
+
+async def settle() -> None:
+    """Let the callbacks the queue scheduled run (the wake, the attempt, the release)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def limited(shm: SharedState) -> list[Pool]:
+    clock = ManualClock(1000.0)
+    return worker_pools(
+        shm,
+        clock,
+        backends=backends(1, max_connections=1),
+        queue={"size": 10, "timeout": "10s"},
+    )
+
+
+async def test_a_newcomer_in_the_woken_waiters_worker_does_not_pass_it(shm: SharedState) -> None:
+    # Issue 14, seen as 0,1,2,4,5,3 at --workers 4: between the wake of the waiter at the
+    # head and its attempt, the event loop handles reads that came in meanwhile; a new
+    # request in that worker was let through by the grant, took the slot, and the woken
+    # waiter went to the tail.
+    one, two = limited(shm)
+    requests = Requests()
+    requests.send(one, "first")
+    requests.send(two, "waiter")
+    assert requests.served == ["first"]
+    requests.finish("first")
+    two.serve_queue()  # the worker's state loop: the waiter heads the queue and is woken
+    requests.send(two, "newcomer")  # read before the waiter's attempt runs
+    await settle()
+    assert requests.served == ["first", "waiter"]
+    requests.finish("waiter")
+    two.serve_queue()
+    await settle()
+    assert requests.served == ["first", "waiter", "newcomer"]
+
+
+async def test_a_newcomer_in_the_other_worker_waits_behind_the_woken_waiter(
+    shm: SharedState,
+) -> None:
+    one, two = limited(shm)
+    requests = Requests()
+    requests.send(one, "first")
+    requests.send(two, "waiter")
+    requests.finish("first")
+    two.serve_queue()
+    requests.send(one, "newcomer")
+    await settle()
+    assert requests.served == ["first", "waiter"]
+
+
+async def test_waiters_of_both_workers_are_served_in_arrival_order(shm: SharedState) -> None:
+    pools = limited(shm)
+    requests = Requests()
+    requests.send(pools[0], "0")
+    # Arrivals alternate unevenly between the workers; each freed slot is taken where the
+    # head waits, whichever worker freed it.
+    for i, worker in enumerate([1, 1, 0, 1, 0, 0, 1], start=1):
+        requests.send(pools[worker], str(i))
+    for _ in range(8):
+        current = requests.served[-1]
+        requests.finish(current)
+        for pool in pools:
+            pool.serve_queue()
+        await settle()
+    assert requests.served == [str(i) for i in range(8)]
+
+
+async def test_newcomers_while_the_queue_drains_are_served_after_every_waiter(
+    shm: SharedState,
+) -> None:
+    pools = limited(shm)
+    requests = Requests()
+    requests.send(pools[0], "w0")
+    for i in range(1, 4):
+        requests.send(pools[i % 2], f"w{i}")
+    late = 0
+    while len(requests.served) < 4 + late:
+        requests.finish(requests.served[-1])
+        for pool in pools:
+            pool.serve_queue()
+        if late < 4:
+            # Sent between the wake and the attempt, to the worker of the woken waiter.
+            requests.send(pools[(late + 1) % 2], f"n{late}")
+            late += 1
+        await settle()
+    assert requests.served == ["w0", "w1", "w2", "w3", "n0", "n1", "n2", "n3"]
