@@ -103,7 +103,7 @@ class Pool:
         if self.config.panic_threshold > 0.0:
             selection.panic = self.outliers.check_panic(now)
         shared = self.shared
-        if shared is not None:
+        if shared is not None or self.wait_queue.woken or selection.gated:
             self._look(selection)
         for algorithm in (self._primary, self._backup):
             if algorithm is None:
@@ -114,9 +114,11 @@ class Pool:
         return None
 
     def _look(self, selection: Selection) -> None:
-        """With several workers: take on the others' ejections (at most every 10 ms), and
-        whether anyone waits in the shared queue (then a new request waits behind them)."""
-        self.outliers.follow(selection.now)
+        """With several workers: take on the others' ejections (at most every 10 ms). And
+        whether anyone waits in the shared queue or was just woken from the queue of this
+        process: then a new request waits behind them."""
+        if self.shared is not None:
+            self.outliers.follow(selection.now)
         selection.gated = self.wait_queue.gated(selection)
 
     def _admit(self, backend: Backend) -> bool:
@@ -148,7 +150,7 @@ class Pool:
         persistence = self.persistence
         if persistence is None or selection.tried:
             return self.select(selection)
-        if self.shared is not None:
+        if self.shared is not None or self.wait_queue.woken or selection.gated:
             self._look(selection)
         pinned = persistence.pinned(headers, selection.client_ip)
         if pinned is not None and self._keeps(selection, pinned):

@@ -8,7 +8,8 @@ A woken waiter holds the head (a grant) until its attempt has run, and every oth
 in any worker, queues behind it meanwhile: its own worker's new requests too, which the grant
 would otherwise let through between the wake and the attempt (an event loop runs the reads
 that came in before the attempt it scheduled), so that a newcomer took the slot and the woken
-waiter went to the tail.
+waiter went to the tail. In one process the same holds from the wake to the attempt: the woken
+requests (`woken`) pass, the others queue behind.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class WaitQueue:
         self._selections: dict[Callable[[], None], Selection] = {}
         self._granted: int | None = None
         self._holder: Selection | None = None  # the granted waiter's selection, if it gave one
+        # In one process: the requests woken whose attempt has not run yet.
+        self.woken: list[Selection] = []
 
     def configure(self) -> None:
         """The pool's config is new: a shared queue of another size (or none) is rebuilt."""
@@ -54,7 +57,7 @@ class WaitQueue:
         was granted the head for: it waits behind them. (A waiter that gave no selection is
         let through with any other request of its worker while it holds the head.)"""
         if self.shared is None:
-            return False
+            return bool(self.woken) and selection not in self.woken
         if self._granted is not None and (self._holder is None or self._holder is selection):
             return False
         return self.shared.waiting()
@@ -72,8 +75,8 @@ class WaitQueue:
             if ticket is None:
                 return False
             self._tickets[callback] = ticket
-            if selection is not None:
-                self._selections[callback] = selection
+        if selection is not None:
+            self._selections[callback] = selection
         self.waiters.append(callback)
         return True
 
@@ -92,7 +95,31 @@ class WaitQueue:
         if self.shared is not None:
             asyncio.get_running_loop().call_soon(self.serve)
         elif backend.has_room():
-            self.waiters.popleft()()
+            self._wake_first()
+
+    def _wake_first(self) -> None:
+        """In one process: wake the first waiter. Until its attempt has run (the callback
+        schedules it on the event loop), the requests that come in queue behind it."""
+        callback = self.waiters.popleft()
+        selection = self._selections.pop(callback, None)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # the simulator's own loop: it runs nothing in between
+            selection = None
+        if selection is not None:
+            self.woken.append(selection)
+        callback()
+        if selection is not None:
+            loop.call_soon(self._woken_done, selection)
+
+    def _woken_done(self, selection: Selection) -> None:
+        """A woken request has made its attempt: the next waiter may go if there is room
+        (a newcomer queued behind it while a slot was free, or its client had left)."""
+        self.woken.remove(selection)
+        pool = self.pool
+        now = pool.clock.now()
+        if self.waiters and any(b.ready(now) and b.has_room() for b in pool.backends):
+            self._wake_first()
 
     def serve(self) -> None:
         """Wake this worker's first waiter when it heads the shared queue and a backend has

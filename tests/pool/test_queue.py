@@ -1,5 +1,5 @@
-"""The wait queue shared by two workers' copies of a pool (usher.pool.queue over
-usher.state.shm): first in, first out over both, newcomers included, with the real attempts
+"""The wait queue (usher.pool.queue), in one process and shared by two workers' copies of a
+pool (over usher.state.shm): first in, first out, newcomers included, with the real attempts
 policy (usher.pool.attempts) scheduling each woken attempt on the event loop as the HTTP
 exchange does."""
 
@@ -12,6 +12,7 @@ import pytest
 
 from tests.pool.test_pool_shared import backends, worker_pools
 from usher.clock import ManualClock
+from usher.config import PoolConfig
 from usher.metrics import Metrics
 from usher.pool import Pool, Selection
 from usher.pool.attempts import Attempts
@@ -36,7 +37,8 @@ class Requests:
         self.served: list[str] = []
         self.running: dict[str, Attempts] = {}
 
-    def send(self, pool: Pool, name: str) -> None:
+    def send(self, pool: Pool, name: str, *, leaves: bool = False) -> None:
+        """A request; with `leaves`, its client is gone by the time it is woken."""
         loop = asyncio.get_running_loop()
         attempts = Attempts(pool, Selection("10.0.0.1", pool.clock.now()), Metrics())
 
@@ -46,7 +48,8 @@ class Requests:
                 self.running[name] = attempts
                 return
             assert attempts.may_wait(), name
-            assert attempts.wait(loop, lambda: loop.call_soon(attempt), self._timed_out), name
+            woken = (lambda: None) if leaves else (lambda: loop.call_soon(attempt))
+            assert attempts.wait(loop, woken, self._timed_out), name
 
         attempt()
 
@@ -72,6 +75,43 @@ def limited(shm: SharedState) -> list[Pool]:
         backends=backends(1, max_connections=1),
         queue={"size": 10, "timeout": "10s"},
     )
+
+
+def alone() -> Pool:
+    config = PoolConfig.model_validate(
+        {
+            "backends": [{"address": "127.0.0.1:9001", "max_connections": 1}],
+            "queue": {"size": 10, "timeout": "10s"},
+        }
+    )
+    return Pool("web", config, ManualClock(1000.0))
+
+
+async def test_in_one_process_a_newcomer_does_not_pass_the_woken_waiter() -> None:
+    # The wake runs in the finish of the request that freed the slot; the woken attempt
+    # runs on the loop after the reads that came in meanwhile.
+    pool = alone()
+    requests = Requests()
+    requests.send(pool, "first")
+    requests.send(pool, "waiter")
+    requests.finish("first")
+    requests.send(pool, "newcomer")
+    await settle()
+    assert requests.served == ["first", "waiter"]
+    requests.finish("waiter")
+    await settle()
+    assert requests.served == ["first", "waiter", "newcomer"]
+
+
+async def test_in_one_process_a_woken_waiter_whose_client_left_lets_the_next_in() -> None:
+    pool = alone()
+    requests = Requests()
+    requests.send(pool, "first")
+    requests.send(pool, "gone", leaves=True)
+    requests.finish("first")
+    requests.send(pool, "newcomer")  # queued behind the woken one
+    await settle()
+    assert requests.served == ["first", "newcomer"]
 
 
 async def test_a_newcomer_in_the_woken_waiters_worker_does_not_pass_it(shm: SharedState) -> None:
