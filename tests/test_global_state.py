@@ -31,11 +31,13 @@ USHER = [sys.executable, "-m", "usher"]
 @dataclass
 class Recorder:
     """A backend that answers its name after `delay` (or `status`), and remembers the order
-    requests came in (their X-Seq header) and the most it had in flight at once."""
+    requests came in (their X-Seq header) and the most it had in flight at once. While
+    `held`, requests wait at it before their delay starts."""
 
     name: str
     delay: float = 0.0
     status: int = 200
+    held: bool = False
     port: int = 0
     hits: int = 0
     in_flight: int = 0
@@ -57,6 +59,8 @@ class Recorder:
                 self.most = max(self.most, self.in_flight)
                 self.order.append(seq)
                 path = head.split(b" ", 2)[1]
+                while self.held:
+                    await asyncio.sleep(0.005)
                 if self.delay and path != b"/fast":
                     await asyncio.sleep(self.delay)
                 self.in_flight -= 1
@@ -203,7 +207,7 @@ def backends() -> Iterator[Backends]:
             Recorder("A"),
             Recorder("B"),
             Recorder("C"),
-            Recorder("L", delay=0.3),
+            Recorder("L", delay=0.05),
             Recorder("E", status=500),
             Recorder("F"),
             Recorder("K", delay=0.6),
@@ -323,27 +327,39 @@ def test_first_requests_of_a_key_racing_on_several_workers_all_keep_the_first_pi
 def test_max_connections_1_is_never_exceeded_and_the_queue_is_first_in_first_out(
     usher: Usher, backends: Backends
 ) -> None:
+    """Six requests, each sent once the one before is at the backend or counted in the queue
+    (the backend holds the first until all are queued, so none is counted twice on its way
+    from the queue to the backend); then newcomers while the queue drains. Every waiter is
+    served in its arrival order, whichever worker it waits in and whichever frees the slot,
+    and the newcomers after all of them."""
     recorder = backends["L"]
     recorder.reset()
-    n = 6
+    n, late = 6, 4
 
-    def one(i: int) -> int:
-        return usher.get("limited", headers={"X-Seq": str(i)}).status_code
+    def one(seq: str) -> int:
+        return usher.get("limited", headers={"X-Seq": seq}).status_code
 
     def queued() -> int:
         found: int = usher.api()["pools"]["limited"]["queued"]
         return found
 
-    with ThreadPoolExecutor(n) as pool:
-        futures = []
-        for i in range(n):
-            futures.append(pool.submit(one, i))
-            # Each is at the backend or in the queue (of any worker) before the next is sent.
-            wait_until(lambda i=i: queued() + recorder.hits > i, 20, f"request {i} to arrive")
-        statuses = [f.result(timeout=60) for f in futures]
-    assert statuses == [200] * n
+    recorder.held = True
+    try:
+        with ThreadPoolExecutor(n + late) as pool:
+            futures = [pool.submit(one, "0")]
+            wait_until(lambda: recorder.hits == 1, 20, "request 0 at the backend")
+            for i in range(1, n):
+                futures.append(pool.submit(one, str(i)))
+                wait_until(lambda i=i: queued() == i, 20, f"request {i} in the queue")
+            recorder.held = False
+            futures += [pool.submit(one, f"late{i}") for i in range(late)]
+            statuses = [f.result(timeout=60) for f in futures]
+    finally:
+        recorder.held = False
+    assert statuses == [200] * (n + late)
     assert recorder.most == 1
-    assert recorder.order == [str(i) for i in range(n)]
+    assert recorder.order[:n] == [str(i) for i in range(n)], recorder.order
+    assert sorted(recorder.order[n:]) == [f"late{i}" for i in range(late)], recorder.order
 
 
 def test_a_rate_limit_is_exact_whichever_workers_take_the_connections(usher: Usher) -> None:
