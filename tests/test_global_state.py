@@ -193,11 +193,16 @@ pools:
   killed:
     backends: [{addr("K", ", max_connections: 2")}]
     {quiet}
+  retrying:
+    algorithm: round_robin
+    backends: [{addr("R1")}, {addr("R2")}]
+    retries: {{attempts: 1, on: [503], budget: 10%}}
+    {quiet}
 admin: {{bind: 127.0.0.1:{admin}}}
 """
 
 
-LISTENERS = ["weights", "by_ip", "by_header", "limited", "rated", "ejecting", "killed"]
+LISTENERS = ["weights", "by_ip", "by_header", "limited", "rated", "ejecting", "killed", "retrying"]
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +216,8 @@ def backends() -> Iterator[Backends]:
             Recorder("E", status=500),
             Recorder("F"),
             Recorder("K", delay=0.6),
+            Recorder("R1", status=503),
+            Recorder("R2", status=503),
         ]
     )
     yield b
@@ -403,6 +410,26 @@ def test_an_ejection_seen_by_one_worker_applies_in_all_within_100ms(
     answers = fresh(usher, "ejecting", 40, lambda i: {})
     assert set(answers) == {"F"}
     assert bad.hits == hits
+
+
+def test_the_retry_budget_is_one_for_every_worker(usher: Usher, backends: Backends) -> None:
+    """Every answer is a 503 that the pool retries on its other backend while its budget
+    lasts: 10 retries in reserve, then 10% of the tries (retries deposit too). Budgets per
+    worker would allow 10 more per worker."""
+    tried = [backends["R1"], backends["R2"]]
+    for recorder in tried:
+        recorder.reset()
+    n = 100
+
+    def one(i: int) -> int:
+        return usher.fetch("retrying", {})[0]
+
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(one, range(n)))
+    assert statuses == [503] * n
+    retries = sum(r.hits for r in tried) - n
+    most = int((10 + 0.1 * n) / 0.9)  # r <= 10 + 0.1 * (n + r)
+    assert 10 <= retries <= most, (retries, most)
 
 
 def test_a_worker_killed_mid_request_leaks_no_count(usher: Usher, backends: Backends) -> None:
