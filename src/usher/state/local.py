@@ -4,7 +4,7 @@ shared-memory store is tested against (tests/test_state.py runs the same checks 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 V = TypeVar("V")
 
@@ -169,3 +169,14 @@ class LocalQueue:
 
     def done(self, ticket: int, worker: int) -> None:
         self.leave(ticket, worker)
+
+
+if TYPE_CHECKING:  # mypy holds each class to its protocol
+    from usher import state
+
+    _counters: type[state.Counters] = LocalCounters
+    _table: type[state.KeyTable[int]] = LocalKeyTable[int]
+    _ejections: type[state.Ejections] = LocalEjections
+    _budget: type[state.Budget] = LocalBudget
+    _sequence: type[state.Sequence] = LocalSequence
+    _queue: type[state.WaitQueue] = LocalQueue

@@ -557,3 +557,10 @@ class ClusterKeyTable:
 
     def __len__(self) -> int:
         return len(self._cache)
+
+
+if TYPE_CHECKING:  # mypy holds each class to the protocol of usher.state it implements
+    from usher import state
+
+    _buckets: type[state.Buckets] = ClusterBuckets
+    _table: type[state.KeyTable[str]] = ClusterKeyTable

@@ -495,3 +495,15 @@ class SharedQueue:
 
     def done(self, ticket: int, worker: int) -> None:
         self._state.leave(self._index, ticket, worker)
+
+
+if TYPE_CHECKING:  # mypy holds each class to its protocol
+    from usher import state
+
+    _counters: type[state.Counters] = SharedState
+    _ejections: type[state.Ejections] = SharedState
+    _table: type[state.KeyTable[int]] = SharedKeyTable
+    _buckets: type[state.Buckets] = SharedBuckets
+    _budget: type[state.Budget] = SharedBudget
+    _sequence: type[state.Sequence] = SharedSequence
+    _queue: type[state.WaitQueue] = SharedQueue
