@@ -4,19 +4,50 @@ round-robin sequence, in CPU time. Runs in one process (the lock is uncontended;
 lock costs the waiting worker its wait, not more system calls).
 
     python bench/state.py [--ops 200000] [--json]
+
+With `--per-request`, what the shared state costs a whole request instead: `usher run
+--workers 2` once per pool variant (least_connections alone; with a backend
+`max_connections`; with `sticky: source_ip`; with a listener rate limit; round_robin), all
+running at once against one `usher backend`, and wrk against each in turn, the order rotated
+every round. The figure is the CPU time of usher's processes per request (a busy machine's
+other work does not count), and each variant's ratio to the plain one in the same round.
+
+    python bench/state.py --per-request [--rounds 5] [--seconds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from algorithms import free_port, wait_for
+from harness import cpu_us_per_request, parse_wrk, tree_cpu_seconds
 
 from usher.limits import LocalRateStore
 from usher.shared import SharedTable
 from usher.state import local
 from usher.state.shm import SharedBuckets, SharedKeyTable, SharedSequence, SharedState
+
+USHER = [sys.executable, "-m", "usher"]
+# name: (algorithm, what the backend adds, what the pool adds, what the listener adds)
+VARIANTS: dict[str, tuple[str, str, str, str]] = {
+    "plain": ("least_connections", "", "", ""),
+    "max_connections": ("least_connections", ", max_connections: 100000", "", ""),
+    "sticky": ("least_connections", "", ", sticky: {type: source_ip}", ""),
+    "rate": ("least_connections", "", "", ", limits: {rate: 1000000/s, burst: 1000000}"),
+    "round_robin": ("round_robin", "", "", ""),
+}
 
 
 def per_op(fn: Callable[[int], object], ops: int) -> float:
@@ -31,11 +62,104 @@ def per_op(fn: Callable[[int], object], ops: int) -> float:
     return best
 
 
+def variant_config(name: str, port: int, backend_port: int) -> str:
+    algorithm, backend, pool, listener = VARIANTS[name]
+    return (
+        f"listeners: [{{name: web, bind: 127.0.0.1:{port}, pool: p{listener}}}]\n"
+        f"pools: {{p: {{algorithm: {algorithm}, "
+        f"backends: [{{address: 127.0.0.1:{backend_port}{backend}}}]{pool}}}}}\n"
+    )
+
+
+@contextmanager
+def started(cmd: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(port, proc, 60)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wrk(port: int, seconds: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", "-c8", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 30,
+    ).stdout
+    return parse_wrk(out)
+
+
+def per_request(rounds: int, seconds: int) -> dict[str, dict[str, float]]:
+    """Per variant: the median CPU µs per request and requests per second over the rounds,
+    and the median of its per-round ratio to `plain`."""
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in VARIANTS}
+    ratios: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    with tempfile.TemporaryDirectory() as work, ExitStack() as stack:
+        backend_port = free_port()
+        stack.enter_context(started([*USHER, "backend", "--port", str(backend_port)], backend_port))
+        ports: dict[str, int] = {}
+        pids: dict[str, int] = {}
+        for name in VARIANTS:
+            port = free_port()
+            config = Path(work) / f"{name}.yaml"
+            config.write_text(variant_config(name, port, backend_port))
+            cmd = [*USHER, "run", "-c", str(config), "--workers", "2", "--no-access-log"]
+            pids[name] = stack.enter_context(started(cmd, port)).pid
+            ports[name] = port
+            wrk(port, 1)  # warm-up
+        names = list(VARIANTS)
+        for round_ in range(rounds):
+            order = names[round_ % len(names) :] + names[: round_ % len(names)]
+            costs: dict[str, float] = {}
+            for name in order:
+                before = tree_cpu_seconds(pids[name])
+                result = wrk(ports[name], seconds)
+                after = tree_cpu_seconds(pids[name])
+                costs[name] = cpu_us_per_request(before, after, result["requests"])
+                samples[name].append((costs[name], result["rps"]))
+            for name in names:
+                ratios[name].append(costs[name] / costs["plain"])
+    return {
+        name: {
+            "cpu_us_per_request": statistics.median(c for c, _ in samples[name]),
+            "rps": statistics.median(r for _, r in samples[name]),
+            "ratio_to_plain": statistics.median(ratios[name]),
+            "ratio_min": min(ratios[name]),
+            "ratio_max": max(ratios[name]),
+        }
+        for name in names
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ops", type=int, default=200_000)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--per-request", action="store_true", help="whole requests, --workers 2")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=3)
     args = parser.parse_args()
+    if args.per_request:
+        found = per_request(args.rounds, args.seconds)
+        if args.json:
+            print(json.dumps(found))
+            return
+        print(f"{'variant':<18}{'CPU us/req':>11}{'req/s':>9}{'ratio':>7}{'range':>13}")
+        for name, row in found.items():
+            span = f"{row['ratio_min']:.2f}-{row['ratio_max']:.2f}"
+            print(
+                f"{name:<18}{row['cpu_us_per_request']:>11.0f}{row['rps']:>9.0f}"
+                f"{row['ratio_to_plain']:>7.2f}{span:>13}"
+            )
+        return
     ops = args.ops
     table = SharedTable.create(4)
     shm = SharedState.create(table)
