@@ -60,15 +60,15 @@ def wait_for(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: fl
 
 
 @contextmanager
-def running(cmd: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+def running(cmd: list[str], port: int, timeout: float = 10.0) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(port, proc)
+        wait_for(port, proc, timeout)
         yield proc
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=max(timeout, 10))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

@@ -19,19 +19,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from algorithms import free_port, wait_for
+from algorithms import free_port, running
 from harness import cpu_us_per_request, parse_wrk, tree_cpu_seconds
 
 from usher.limits import LocalRateStore
@@ -71,21 +70,6 @@ def variant_config(name: str, port: int, backend_port: int) -> str:
     )
 
 
-@contextmanager
-def started(cmd: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(port, proc, 60)
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def wrk(port: int, seconds: int) -> dict[str, float]:
     out = subprocess.run(
         ["wrk", "-t1", "-c8", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"],
@@ -104,7 +88,9 @@ def per_request(rounds: int, seconds: int) -> dict[str, dict[str, float]]:
     ratios: dict[str, list[float]] = {name: [] for name in VARIANTS}
     with tempfile.TemporaryDirectory() as work, ExitStack() as stack:
         backend_port = free_port()
-        stack.enter_context(started([*USHER, "backend", "--port", str(backend_port)], backend_port))
+        stack.enter_context(
+            running([*USHER, "backend", "--port", str(backend_port)], backend_port, 60)
+        )
         ports: dict[str, int] = {}
         pids: dict[str, int] = {}
         for name in VARIANTS:
@@ -112,7 +98,7 @@ def per_request(rounds: int, seconds: int) -> dict[str, dict[str, float]]:
             config = Path(work) / f"{name}.yaml"
             config.write_text(variant_config(name, port, backend_port))
             cmd = [*USHER, "run", "-c", str(config), "--workers", "2", "--no-access-log"]
-            pids[name] = stack.enter_context(started(cmd, port)).pid
+            pids[name] = stack.enter_context(running(cmd, port, 60)).pid
             ports[name] = port
             wrk(port, 1)  # warm-up
         names = list(VARIANTS)

@@ -6,27 +6,17 @@ exchange does."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
-from tests.pool.test_pool_shared import backends, worker_pools
+# `shm` and `table`: the fixtures of the state two workers share (used by name).
+from tests.pool.test_pool_shared import backends, shm, table, worker_pools  # noqa: F401
 from usher.clock import ManualClock
 from usher.config import PoolConfig
 from usher.metrics import Metrics
 from usher.pool import Pool, Selection
 from usher.pool.attempts import Attempts
-from usher.shared import SharedTable
 from usher.state.shm import SharedState
-
-
-@pytest.fixture
-def shm() -> Iterator[SharedState]:
-    table = SharedTable.create(2, capacity=16)
-    state = SharedState.create(table, rows=16)
-    yield state
-    state.close()
-    table.close()
 
 
 class Requests:
@@ -67,11 +57,13 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-def limited(shm: SharedState) -> list[Pool]:
-    clock = ManualClock(1000.0)
+@pytest.fixture
+def limited(request: pytest.FixtureRequest) -> list[Pool]:
+    """Two workers' copies of a pool of one backend at max_connections 1, with a queue."""
+    state: SharedState = request.getfixturevalue("shm")  # test_pool_shared's, by name
     return worker_pools(
-        shm,
-        clock,
+        state,
+        ManualClock(1000.0),
         backends=backends(1, max_connections=1),
         queue={"size": 10, "timeout": "10s"},
     )
@@ -114,12 +106,12 @@ async def test_in_one_process_a_woken_waiter_whose_client_left_lets_the_next_in(
     assert requests.served == ["first", "newcomer"]
 
 
-async def test_a_newcomer_in_the_woken_waiters_worker_does_not_pass_it(shm: SharedState) -> None:
+async def test_a_newcomer_in_the_woken_waiters_worker_does_not_pass_it(limited: list[Pool]) -> None:
     # Issue 14, seen as 0,1,2,4,5,3 at --workers 4: between the wake of the waiter at the
     # head and its attempt, the event loop handles reads that came in meanwhile; a new
     # request in that worker was let through by the grant, took the slot, and the woken
     # waiter went to the tail.
-    one, two = limited(shm)
+    one, two = limited
     requests = Requests()
     requests.send(one, "first")
     requests.send(two, "waiter")
@@ -136,9 +128,9 @@ async def test_a_newcomer_in_the_woken_waiters_worker_does_not_pass_it(shm: Shar
 
 
 async def test_a_newcomer_in_the_other_worker_waits_behind_the_woken_waiter(
-    shm: SharedState,
+    limited: list[Pool],
 ) -> None:
-    one, two = limited(shm)
+    one, two = limited
     requests = Requests()
     requests.send(one, "first")
     requests.send(two, "waiter")
@@ -149,8 +141,8 @@ async def test_a_newcomer_in_the_other_worker_waits_behind_the_woken_waiter(
     assert requests.served == ["first", "waiter"]
 
 
-async def test_waiters_of_both_workers_are_served_in_arrival_order(shm: SharedState) -> None:
-    pools = limited(shm)
+async def test_waiters_of_both_workers_are_served_in_arrival_order(limited: list[Pool]) -> None:
+    pools = limited
     requests = Requests()
     requests.send(pools[0], "0")
     # Arrivals alternate unevenly between the workers; each freed slot is taken where the
@@ -167,9 +159,9 @@ async def test_waiters_of_both_workers_are_served_in_arrival_order(shm: SharedSt
 
 
 async def test_newcomers_while_the_queue_drains_are_served_after_every_waiter(
-    shm: SharedState,
+    limited: list[Pool],
 ) -> None:
-    pools = limited(shm)
+    pools = limited
     requests = Requests()
     requests.send(pools[0], "w0")
     for i in range(1, 4):
