@@ -87,7 +87,13 @@ class H2Client:
             self.writer.write(data)
 
     def send_raw(self, data: bytes) -> None:
-        self.writer.write(data)
+        if not self.writer.is_closing():
+            self.writer.write(data)
+
+    @property
+    def ended(self) -> bool:
+        """The server sent GOAWAY or closed: an attack loop stops here."""
+        return self.goaway is not None or self.closed.is_set()
 
     def request(
         self,
