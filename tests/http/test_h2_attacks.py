@@ -149,7 +149,7 @@ async def test_a_zero_window_stall_resets_the_stream_after_the_send_timeout(
         start = loop.time()
         sid = staller.request(f"/bytes/{64 * HIGH_WATER}")
         await asyncio.sleep(0.3)
-        (origin,) = running.balancer.listeners["web"].connections  # type: ignore[union-attr]
+        (origin,) = running.balancer.listeners["web"].connections
         held = origin.h2.streams[sid].pending_size
         # Memory is bounded: the backend is no longer read past the high-water mark (give or
         # take what one read brings), whatever the size of the answer.

@@ -20,6 +20,7 @@ from tests.conftest import RawHandler, RunningBalancer, pool_of, simple_config
 from tests.http.h2_client import H2Client
 from tests.recording_backend import RecordingBackend
 from usher.demo.origin import BackendServer
+from usher.http.h2_downstream import PREFACE, takes_prior_knowledge
 
 StartBalancer = Callable[..., Awaitable[RunningBalancer]]
 StartBackends = Callable[..., Awaitable[list[BackendServer]]]
@@ -354,3 +355,10 @@ async def test_a_malformed_request_resets_only_its_stream(
         assert (await client.get("/")).status == 200
     finally:
         await client.close()
+
+
+def test_the_h2c_preface_is_told_from_http11_methods() -> None:
+    assert takes_prior_knowledge(PREFACE)
+    assert takes_prior_knowledge(PREFACE[:5])  # the rest may come in the next read
+    for first in (b"PUT / HTTP/1.1\r\n", b"POST /", b"PATCH /", b"PROPFIND /", b"PR"):
+        assert not takes_prior_knowledge(first)
