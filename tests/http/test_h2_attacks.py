@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import hpack
+import pytest
 from h2.errors import ErrorCodes
 from hyperframe.frame import ContinuationFrame, HeadersFrame
 
@@ -68,24 +69,23 @@ async def test_rapid_reset_ends_in_enhance_your_calm(
     await _ends_in_goaway(attacker, ErrorCodes.ENHANCE_YOUR_CALM, port)
 
 
-async def test_ping_flood_ends_in_enhance_your_calm(
-    backends: StartBackends, balancer: StartBalancer
+def _ping(client: H2Client, i: int) -> None:
+    client.h2.ping(i.to_bytes(8, "big"))
+
+
+def _settings(client: H2Client, i: int) -> None:
+    client.h2.update_settings({0x4: 65_535 + i % 2})  # INITIAL_WINDOW_SIZE, flip-flop
+
+
+@pytest.mark.parametrize("frame", [_ping, _settings], ids=["ping", "settings"])
+async def test_control_frame_flood_ends_in_enhance_your_calm(
+    backends: StartBackends, balancer: StartBalancer, frame: Callable[[H2Client, int], None]
 ) -> None:
+    """Each PING and SETTINGS makes us queue an ACK: a flood of them is cut off."""
     port = await _start(backends, balancer)
     attacker = await H2Client.open(port)
     for i in range(MAX_CONTROL_FRAMES + 10):
-        attacker.h2.ping(i.to_bytes(8, "big"))
-    attacker.flush()
-    await _ends_in_goaway(attacker, ErrorCodes.ENHANCE_YOUR_CALM, port)
-
-
-async def test_settings_flood_ends_in_enhance_your_calm(
-    backends: StartBackends, balancer: StartBalancer
-) -> None:
-    port = await _start(backends, balancer)
-    attacker = await H2Client.open(port)
-    for i in range(MAX_CONTROL_FRAMES + 10):
-        attacker.h2.update_settings({0x4: 65_535 + i % 2})  # INITIAL_WINDOW_SIZE, flip-flop
+        frame(attacker, i)
     attacker.flush()
     await _ends_in_goaway(attacker, ErrorCodes.ENHANCE_YOUR_CALM, port)
 

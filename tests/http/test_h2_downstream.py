@@ -41,6 +41,15 @@ async def curl(*args: str) -> tuple[int, bytes, str]:
     return proc.returncode or 0, out, err.decode("latin-1")
 
 
+async def h2c_client(
+    backends: StartBackends, balancer: StartBalancer
+) -> tuple[RunningBalancer, H2Client]:
+    """One demo backend behind an h2c listener, and a raw client connected to it."""
+    (server,) = await backends(1)
+    running = await balancer(h2c_config(server))
+    return running, await H2Client.open(running.port)
+
+
 def log_lines(running: RunningBalancer) -> list[str]:
     return [line for line in running.log.getvalue().splitlines() if line]
 
@@ -144,9 +153,7 @@ async def test_raw_h2_over_tls_streams_multiplexed_to_http11_backends(
 async def test_many_concurrent_streams_are_answered_concurrently(
     backends: StartBackends, balancer: StartBalancer
 ) -> None:
-    (server,) = await backends(1)
-    running = await balancer(h2c_config(server))
-    client = await H2Client.open(running.port)
+    _running, client = await h2c_client(backends, balancer)
     try:
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -304,9 +311,7 @@ async def test_client_reset_cancels_the_exchange_and_frees_the_backend(
 async def test_goaway_on_stop_lets_the_open_stream_finish(
     backends: StartBackends, balancer: StartBalancer
 ) -> None:
-    (server,) = await backends(1)
-    running = await balancer(h2c_config(server))
-    client = await H2Client.open(running.port)
+    running, client = await h2c_client(backends, balancer)
     try:
         first = client.request("/sleep/0.3")
         await asyncio.sleep(0.1)
@@ -326,9 +331,7 @@ async def test_goaway_on_stop_lets_the_open_stream_finish(
 async def test_bad_frames_get_a_goaway_naming_the_error_and_others_are_unharmed(
     backends: StartBackends, balancer: StartBalancer
 ) -> None:
-    (server,) = await backends(1)
-    running = await balancer(h2c_config(server))
-    bad = await H2Client.open(running.port)
+    running, bad = await h2c_client(backends, balancer)
     good = await H2Client.open(running.port)
     try:
         # A DATA frame on stream 0 is a connection error (RFC 9113 §6.1).
@@ -345,9 +348,7 @@ async def test_bad_frames_get_a_goaway_naming_the_error_and_others_are_unharmed(
 async def test_a_malformed_request_resets_only_its_stream(
     backends: StartBackends, balancer: StartBalancer
 ) -> None:
-    (server,) = await backends(1)
-    running = await balancer(h2c_config(server))
-    client = await H2Client.open(running.port)
+    _running, client = await h2c_client(backends, balancer)
     try:
         bad = client.request("/a b")  # a space in :path would split the request line
         answer = await client.response(bad)
