@@ -92,7 +92,15 @@ class H2Downstream(asyncio.Protocol):
         self.listener = origin.listener
         self.loop = origin.loop
         self.transport = origin.transport
-        config = H2Configuration(client_side=False, header_encoding=None)
+        # Inbound fields are validated (RFC 9113 §8.2), outbound ones are ours: h2_headers
+        # writes them lower-cased without connection-specific fields, so h2 need not check
+        # (nor normalise) every answer's head again.
+        config = H2Configuration(
+            client_side=False,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
         self.h2 = H2Connection(config)
         header_list = self.listener.limits.max_header_size
         # In force at once (not after the client's ACK), as a server's first SETTINGS are.
