@@ -21,6 +21,7 @@ from h2.events import (
     StreamEnded,
     StreamReset,
     TrailersReceived,
+    WindowUpdated,
 )
 
 Headers = list[tuple[bytes, bytes]]
@@ -56,6 +57,7 @@ class H2Client:
         self.closed = asyncio.Event()
         self.auto_ack = auto_ack  # give the window back as soon as DATA arrives
         self.unacked: dict[int, int] = {}
+        self.window_updated = asyncio.Event()  # set by each WINDOW_UPDATE, cleared by a sender
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -185,6 +187,8 @@ class H2Client:
             if answer is not None:
                 answer.reset = int(event.error_code)
                 answer.done.set()
+        elif isinstance(event, WindowUpdated):
+            self.window_updated.set()
         elif isinstance(event, ConnectionTerminated):
             self.goaway = event
             if event.error_code == 0:

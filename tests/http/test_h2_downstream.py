@@ -363,3 +363,75 @@ def test_the_h2c_preface_is_told_from_http11_methods() -> None:
     assert takes_prior_knowledge(PREFACE[:5])  # the rest may come in the next read
     for first in (b"PUT / HTTP/1.1\r\n", b"POST /", b"PATCH /", b"PROPFIND /", b"PR"):
         assert not takes_prior_knowledge(first)
+
+
+async def test_head_and_bodiless_statuses_end_the_stream_without_data(
+    backends: StartBackends, balancer: StartBalancer
+) -> None:
+    running, client = await h2c_client(backends, balancer)
+    try:
+        head = await client.get("/", method="HEAD")
+        no_content = await client.get("/status/204")
+        big_head = await client.get(f"/bytes/{1 << 20}", method="HEAD")
+    finally:
+        await client.close()
+    assert head.status == 200 and head.body == b"" and head.reset is None
+    assert no_content.status == 204 and no_content.body == b""
+    assert big_head.header(b"content-length") == b"%d" % (1 << 20) and big_head.body == b""
+    assert '"HEAD /" 200' in running.log.getvalue()
+
+
+async def test_an_upload_is_held_back_while_the_backend_does_not_read(
+    balancer: StartBalancer, raw_backend: RawBackend
+) -> None:
+    go = asyncio.Event()
+    got = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal got
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await go.wait()  # not a byte of the body is read before
+        while got < length:
+            data = await reader.read(1 << 20)
+            if not data:
+                return
+            got += len(data)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+        await writer.drain()
+        await reader.read()
+
+    port = await raw_backend(handler)
+    running = await balancer(h2c_config(f"127.0.0.1:{port}"))
+    client = await H2Client.open(running.port)
+    size = 16 * 1024 * 1024
+    chunk = b"x" * 16384
+    try:
+        sid = client.request(
+            "/up", method="POST", end=False, headers=[(b"content-length", b"%d" % size)]
+        )
+        sent = 0
+        stalled_at = None
+        while sent < size:
+            if client.h2.local_flow_control_window(sid) >= len(chunk):
+                client.h2.send_data(sid, chunk)
+                client.flush()
+                sent += len(chunk)
+                continue
+            client.window_updated.clear()
+            try:
+                await asyncio.wait_for(client.window_updated.wait(), 0.5)
+            except TimeoutError:
+                assert stalled_at is None, "the window stayed shut after the backend read"
+                stalled_at = sent  # half a second without window: usher holds the body back
+                go.set()
+        client.h2.end_stream(sid)
+        client.flush()
+        answer = await client.response(sid, timeout=30)
+    finally:
+        await client.close()
+    # The window stayed shut while the backend read nothing: usher held at most its buffers
+    # and the kernel's, far less than the body.
+    assert stalled_at is not None and stalled_at < size // 2
+    assert answer.status == 200 and bytes(answer.body) == b"done"
+    assert got == size
