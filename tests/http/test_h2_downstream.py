@@ -435,3 +435,20 @@ async def test_an_upload_is_held_back_while_the_backend_does_not_read(
     assert stalled_at is not None and stalled_at < size // 2
     assert answer.status == 200 and bytes(answer.body) == b"done"
     assert got == size
+
+
+async def test_a_connection_outlives_the_header_timeout_and_closes_when_idle(
+    backends: StartBackends, balancer: StartBalancer
+) -> None:
+    (server,) = await backends(1)
+    running = await balancer(h2c_config(server, timeouts={"header": "300ms", "idle": "800ms"}))
+    client = await H2Client.open(running.port)
+    try:
+        assert (await client.get("/")).status == 200
+        await asyncio.sleep(0.5)  # past the header timeout, within the idle one
+        assert (await client.get("/")).status == 200
+        assert client.goaway is None
+        await client.wait_closed(5)  # no stream for longer than the idle timeout
+        assert client.goaway is not None and client.goaway.error_code == ErrorCodes.NO_ERROR
+    finally:
+        await client.close()
