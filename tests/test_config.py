@@ -1327,3 +1327,17 @@ def test_the_package_face_has_every_public_name_of_its_modules() -> None:
         for public in (n for n in defined if not n.startswith("_")):
             assert getattr(face, public, None) is getattr(module, public), f"{name}.{public}"
     assert all(hasattr(face, name) for name in face.__all__)
+
+
+def test_http2_defaults_by_protocol_and_is_refused_off_http() -> None:
+    def listener(extra: str) -> str:
+        return f"""
+            listeners: [{{name: web, bind: "127.0.0.1:0", pool: web{extra}}}]
+            pools: {{web: {{backends: [{{address: "127.0.0.1:9001"}}]}}}}
+        """
+
+    assert not parse_config(listener("")).listeners[0].serves_http2  # http: off by default
+    assert parse_config(listener(", http2: true")).listeners[0].serves_http2  # h2c
+    with pytest.raises(ConfigError) as info:
+        parse_config(listener(", protocol: tcp, http2: true"))
+    assert "listeners[0].http2: only for protocol http or https" in str(info.value)

@@ -140,7 +140,7 @@ class Balancer:
         for i, lc in enumerate(config.listeners):
             if lc.protocol == "https" and lc.tls is not None:
                 try:
-                    tls[lc.name] = ServerTls(lc.tls, f"listeners[{i}].tls")
+                    tls[lc.name] = ServerTls(lc.tls, f"listeners[{i}].tls", http2=lc.serves_http2)
                 except ConfigError as exc:
                     issues.extend(exc.issues)
         upstream: dict[str, ssl.SSLContext] = {}

@@ -20,10 +20,15 @@ if TYPE_CHECKING:
     from usher.config import ListenerTls, PoolConfig, UpstreamTls
 
 
-def _context(cert: str, key: str, tls: ListenerTls, path: str) -> ssl.SSLContext:
+def alpn_protocols(http2: bool) -> list[str]:
+    """What ALPN offers a client, in our order of preference: h2 first when it is served."""
+    return ["h2", "http/1.1"] if http2 else ["http/1.1"]
+
+
+def _context(cert: str, key: str, tls: ListenerTls, path: str, http2: bool) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _set_protocol(ctx, tls, path)
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(alpn_protocols(http2))
     ctx.load_cert_chain(cert, key)
     if tls.client_ca is not None:
         # The handshake verifies against the trust store of the context SNI picked.
@@ -54,8 +59,8 @@ class ServerTls:
     exact names before `*.example.com` wildcards (one label, as browsers match them).
     """
 
-    def __init__(self, tls: ListenerTls, path: str) -> None:
-        self._default, self._exact, self._wildcard = self._load(tls, path)
+    def __init__(self, tls: ListenerTls, path: str, *, http2: bool = False) -> None:
+        self._default, self._exact, self._wildcard = self._load(tls, path, http2)
         # The listening context trusts no client CA of its own: each handshake is moved to a
         # context of the latest load. What stays with the connection is what OpenSSL copies
         # when the connection is created: the verify mode, and the versions, ciphers and
@@ -63,22 +68,23 @@ class ServerTls:
         first = tls.certificates[0]
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         _set_protocol(self.context, tls, path)
-        self.context.set_alpn_protocols(["http/1.1"])
+        # ALPN is chosen after the SNI switch, from the context switched to: set on both.
+        self.context.set_alpn_protocols(alpn_protocols(http2))
         self.context.load_cert_chain(first.cert, first.key)
         self.context.verify_mode = _verify_mode(tls)
         self.context.sni_callback = self._choose
 
-    def update(self, tls: ListenerTls, path: str) -> None:
+    def update(self, tls: ListenerTls, path: str, *, http2: bool = False) -> None:
         """Take new certificates and settings (a reload) for the connections accepted from now
         on; raises ConfigError and changes nothing if a file fails to load."""
-        default, exact, wildcard = self._load(tls, path)
+        default, exact, wildcard = self._load(tls, path, http2)
         _set_protocol(self.context, tls, path)
         self.context.verify_mode = _verify_mode(tls)
         self._default, self._exact, self._wildcard = default, exact, wildcard
 
     @staticmethod
     def _load(
-        tls: ListenerTls, path: str
+        tls: ListenerTls, path: str, http2: bool
     ) -> tuple[ssl.SSLContext, dict[str, ssl.SSLContext], list[tuple[str, ssl.SSLContext]]]:
         issues: list[ConfigIssue] = []
         if tls.client_ca is not None:
@@ -96,7 +102,7 @@ class ServerTls:
         first: ssl.SSLContext | None = None
         for i, certificate in enumerate(tls.certificates):
             try:
-                ctx = _context(certificate.cert, certificate.key, tls, path)
+                ctx = _context(certificate.cert, certificate.key, tls, path, http2)
             except (OSError, ssl.SSLError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 issues.append(

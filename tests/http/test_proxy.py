@@ -277,7 +277,7 @@ async def test_tls_speaks_1_2_and_1_3_only(backends, balancer, tmp_path):
             sslobj.version()
             == {ssl.TLSVersion.TLSv1_2: "TLSv1.2", ssl.TLSVersion.TLSv1_3: "TLSv1.3"}[version]
         )
-        assert sslobj.selected_alpn_protocol() == "http/1.1"
+        assert sslobj.selected_alpn_protocol() == "h2"  # http2 is on by default on https
         writer.close()
 
 

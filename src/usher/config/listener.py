@@ -144,6 +144,12 @@ class Listener(_Model):
         "queries (UDP and TCP on the same address) from the pools' healthy backends, per `dns`.",
     )
     tls: ListenerTls | None = Field(default=None, description="TLS settings; `https` only.")
+    http2: bool | None = Field(
+        default=None,
+        description="Serve HTTP/2 to clients: on `https` ALPN offers `h2` and `http/1.1` "
+        "(the default there); on `http`, `true` also accepts h2c with prior knowledge (off "
+        "by default). Each stream is one request to an HTTP/1.1 backend (docs/http2.md).",
+    )
     routes: list[Route] = Field(
         default=[], description="Routes tried in order; the first that matches wins."
     )
@@ -202,6 +208,13 @@ class Listener(_Model):
         default=None, description="`dns` only: the zones served and their records."
     )
 
+    @property
+    def serves_http2(self) -> bool:
+        """`http2` as set, or its default: on for `https`, off for `http`."""
+        if self.http2 is None:
+            return self.protocol == "https"
+        return self.http2 and self.protocol in ("http", "https")
+
     def effective_routes(self) -> list[Route]:
         """The routes to try in order, with the `pool` shorthand spelled out."""
         if self.pool is not None:
@@ -232,6 +245,8 @@ class Listener(_Model):
             problems.append((("zero_copy",), "only for protocol tcp or tls_passthrough"))
         elif _get(data, "zero_copy") and not hasattr(os, "splice"):
             problems.append((("zero_copy",), "needs os.splice (Linux, Python 3.10+)"))
+        if _get(data, "http2") and protocol not in ("http", "https"):
+            problems.append((("http2",), "only for protocol http or https"))
         if _get(data, "accept_proxy_protocol") and protocol == "udp":
             problems.append((("accept_proxy_protocol",), "not for protocol udp"))
         sessions = _get(data, "max_sessions")

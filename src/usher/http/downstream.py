@@ -13,6 +13,7 @@ from usher.http.answers import REJECTION_REASONS, error_answer, own_refusal
 from usher.http.codec import EndOfMessage, Event, Headers, Request, RequestReader
 from usher.http.exchange import Exchange
 from usher.http.flow import BLOCK_BUFFERING, BLOCK_PIPELINE, BLOCK_UPGRADE, BLOCK_UPSTREAM_FULL
+from usher.http.h2_downstream import H2Downstream, negotiated_h2, takes_prior_knowledge
 from usher.http.tunnel import keeps_half_open
 from usher.http.upstream import close_owned
 from usher.l4.accept import close_within, reset
@@ -42,6 +43,8 @@ class ClientConnection(asyncio.Protocol):
         "closed",
         "edge_ip",
         "exchange",
+        "h2",
+        "h2c_first",
         "inbox",
         "listener",
         "local",
@@ -91,6 +94,8 @@ class ClientConnection(asyncio.Protocol):
         self._read_wait = Deadline(self.loop, self._read_timed_out)
         self._send_wait = Deadline(self.loop, self._send_timed_out)
         self._closing: asyncio.TimerHandle | None = None  # lingering or a reset at the end
+        self.h2: H2Downstream | None = None  # the HTTP/2 connection that took the socket over
+        self.h2c_first = False  # an http listener with http2: the first bytes may be h2c's
 
     # asyncio.Protocol
 
@@ -117,9 +122,19 @@ class ClientConnection(asyncio.Protocol):
         if guard is not None and not guard.admit(self):
             return
         self.arm_read_timer(listener.timeouts.header)
+        if listener.config.serves_http2:  # HTTP/2: http2.md
+            if negotiated_h2(transport):
+                H2Downstream(self).start()
+            else:
+                self.h2c_first = listener.scheme == b"http"
 
     def data_received(self, data: bytes) -> None:
         self.listener.metrics.bytes(self.listener.name, "in", len(data))
+        if self.h2c_first:
+            self.h2c_first = False
+            if takes_prior_knowledge(data):  # h2c with prior knowledge (http2.md)
+                H2Downstream(self).start(data)
+                return
         if self.tunnel is not None:
             self.tunnel.write(data)
             if self.exchange is not None:

@@ -105,6 +105,9 @@ class HttpListener:
         """Stop keeping connections alive: idle ones close now, busy ones after their answer."""
         self.draining = True
         for conn in list(self.connections):
+            if conn.h2 is not None:
+                conn.h2.drain()  # GOAWAY: its streams finish, no new ones (http2.md)
+                continue
             # Waiting between two requests: close. A connection whose first request has not
             # come in whole yet has it answered first (with Connection: close): its client
             # connected while we accepted, and may have sent it already (as in an upgrade).

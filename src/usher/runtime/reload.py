@@ -169,7 +169,7 @@ async def apply(balancer: Balancer, plan: ReloadPlan) -> ReloadReport:
             listener = old_listeners.pop(lc.name)
             listener.apply(lc, router)
             if lc.tls is not None and lc.name in old_tls:
-                old_tls[lc.name].update(lc.tls, f"listeners[{index}].tls")
+                old_tls[lc.name].update(lc.tls, f"listeners[{index}].tls", http2=lc.serves_http2)
                 balancer._tls[lc.name] = old_tls[lc.name]
             report.listeners_kept.append(lc.name)
         else:
