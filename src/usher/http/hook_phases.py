@@ -258,7 +258,7 @@ class HookRun:
                 if ex.attempts is not None:
                     ex.attempts.finish(True)  # the backend answered; the hook failed
                 ex.link.cancel_timers()
-                ex.respond_error(hook.error_status, f"hook {hook.name} failed")
+                ex.respond_error(hook.error_status, f"hook {hook.name} failed", reason="hook")
                 return True
             metrics.hook(hook.name, "on_response", _since(started))
         response.status = head.status
@@ -292,7 +292,7 @@ class HookRun:
     def failed(self, hook: Hook, phase: str, exc: BaseException, started: float) -> bool:
         """A request phase failed: count it, log it (once per burst), answer the error."""
         self.counted_failure(hook, phase, exc, started)
-        self.exchange.respond_error(hook.error_status, f"hook {hook.name} failed")
+        self.exchange.respond_error(hook.error_status, f"hook {hook.name} failed", reason="hook")
         return False
 
     def counted_failure(self, hook: Hook, phase: str, exc: BaseException, started: float) -> None:
