@@ -489,3 +489,58 @@ def test_workers_run_the_hooks(tmp_path: Path) -> None:
             proc.communicate(timeout=15)
     assert len(tags) == 2 and all(t.startswith("w-") for t in tags)  # one per worker
     assert len(after) == 2 and all(t.startswith("v2-") for t in after)
+
+
+async def test_framing_headers_are_usher_s_and_a_failing_on_response_replaces_the_answer(
+    backends, balancer, tmp_path
+):
+    servers = await backends(1)
+    mod = hook_module(
+        tmp_path,
+        """
+        class Smuggler:
+            def __init__(self, options):
+                pass
+
+            def on_request(self, request):
+                if request.path == "/cl":
+                    request.set_header("Content-Length", "5")
+                if request.path == "/crlf":
+                    request.set_header("X-A", "1\\r\\nX-B: 2")
+
+            def on_response(self, request, response):
+                if request.path == "/te":
+                    response.set_header("Transfer-Encoding", "chunked")
+                if request.path == "/204":
+                    response.status = 204
+        """,
+    )
+    hooks = [{"use": f"{mod}:Smuggler", "error_status": 502}]
+    lb = await balancer(config(tmp_path, servers, hooks=hooks))
+    async with httpx.AsyncClient() as client:
+        answers = {p: await client.get(lb.url(p)) for p in ("/cl", "/crlf", "/te", "/204", "/")}
+    assert {p: a.status_code for p, a in answers.items()} == {
+        "/cl": 502,
+        "/crlf": 502,
+        "/te": 502,
+        "/204": 502,
+        "/": 200,
+    }
+    assert answers["/te"].text == f"502 Bad Gateway: hook {mod}:Smuggler failed\n"
+    assert lb.balancer.metrics.hook_errors_total == {
+        (f"{mod}:Smuggler", "on_request"): 2,
+        (f"{mod}:Smuggler", "on_response"): 2,
+    }
+    assert lb.balancer.metrics.rejected_total[("web", "hook")] == 4
+
+
+def test_async_on_response_is_refused_at_its_path(tmp_path):
+    mod = hook_module(
+        tmp_path,
+        "class Late:\n    async def on_response(self, request, response):\n        pass\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(config(tmp_path, ["127.0.0.1:9"], hooks=[f"{mod}:Late"]), "test.yaml")
+    [issue] = caught.value.issues
+    assert issue.path == "listeners[0].routes[0].hooks[0]"
+    assert issue.message == f"{mod}:Late: on_response must be a plain def, not async def"

@@ -167,7 +167,7 @@ class HookRun:
                 self.failed(hook, phase, exc, started)
                 return
             if inspect.isawaitable(result):
-                ex.client.loop.create_task(self._awaited(hook, phase, result, started, step))
+                _keep(ex.client.loop.create_task(self._awaited(hook, phase, result, started, step)))
                 return
             if not self._took(hook, phase, result, started):
                 return
@@ -228,8 +228,10 @@ class HookRun:
         allowed = self.allowed
         if allowed is not None and ex.attempts is not None:
             # In the pool's order, the pool's algorithm chooses among them; in another, the
-            # hook's order is the preference.
+            # hook's order is the preference. (A backend removed while an async select ran
+            # is not chosen: Pool.select takes only the pool's own backends.)
             rank = {b: i for i, b in enumerate(ex.attempts.pool.backends)}
+            allowed = [b for b in allowed if b in rank]
             ranks = [rank[b] for b in allowed]
             ex.attempts.selection.narrow(allowed, preferred=ranks != sorted(ranks))
         if go:
@@ -272,7 +274,9 @@ class HookRun:
             try:
                 result = method(record.as_dict())
                 if inspect.isawaitable(result):
-                    self.exchange.client.loop.create_task(self._logged(hook, result, started))
+                    _keep(
+                        self.exchange.client.loop.create_task(self._logged(hook, result, started))
+                    )
                     continue
             except Exception as exc:  # the user's code may raise anything
                 self.counted_failure(hook, "on_log", exc, started)
@@ -324,6 +328,15 @@ def answer(exchange: Exchange, response: Response) -> None:
     exchange.bytes_out = len(body)
     exchange.response_started = exchange.response_done = True
     exchange.finish(True, close=not keep_alive)
+
+
+# The tasks of async phases: the loop holds tasks only weakly, and one must not vanish midway.
+_running: set[asyncio.Task[None]] = set()
+
+
+def _keep(task: asyncio.Task[None]) -> None:
+    _running.add(task)
+    task.add_done_callback(_running.discard)
 
 
 _last_logged: dict[tuple[str, str], float] = {}
