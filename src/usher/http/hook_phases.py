@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from usher.bursts import BurstLog
 from usher.config import PHASES, hook_class, spec_of
 from usher.errors import ConfigError, ConfigIssue
 from usher.hooks import Candidate, Request, Response, ResponseHead
@@ -38,12 +39,12 @@ QUIET: Final = 10.0
 
 
 class Hook:
-    """One constructed hook and the phases it defines (None for those it leaves out)."""
+    """One constructed hook and the phases it defines (those it leaves out are not in
+    `phases`)."""
 
     __slots__ = ("error_status", "instance", "name", "phases", "timeout")
 
-    def __init__(self, spec: HookSpec, where: str) -> None:
-        cls = hook_class(spec.use)
+    def __init__(self, cls: type, spec: HookSpec, where: str) -> None:
         try:
             self.instance: Any = cls(dict(spec.options))
         except Exception as exc:  # the user's constructor may raise anything
@@ -76,8 +77,7 @@ def build_hooks(config: Config, *, fresh: bool = False) -> dict[str, ListenerHoo
         for where, entry in entries:
             spec = spec_of(entry)
             try:
-                hook_class(spec.use, fresh=fresh)
-                hooks[where] = Hook(spec, where)
+                hooks[where] = Hook(hook_class(spec.use, fresh=fresh), spec, where)
             except ValueError as exc:
                 issues.append(ConfigIssue(where, str(exc)))
             except ConfigError as exc:
@@ -136,13 +136,14 @@ class RouteHooks:
 class HookRun:
     """The hooks of one exchange: its request view, and how far its phases have come."""
 
-    __slots__ = ("allowed", "exchange", "hooks", "request")
+    __slots__ = ("allowed", "exchange", "hooks", "logs", "request")
 
     def __init__(self, hooks: RouteHooks, exchange: Exchange, request: Request) -> None:
         self.hooks = hooks
         self.exchange = exchange
         self.request = request
         self.allowed: list[Backend] | None = None  # select's narrowing, best first
+        self.logs = bool(hooks.on_log)  # the finished record is wanted (even with no access log)
 
     # on_request, then select, then forward
 
@@ -166,7 +167,7 @@ class HookRun:
             except Exception as exc:  # the user's code may raise anything
                 self.failed(hook, phase, exc, started)
                 return
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):
                 _keep(ex.client.loop.create_task(self._awaited(hook, phase, result, started, step)))
                 return
             if not self._took(hook, phase, result, started):
@@ -243,6 +244,8 @@ class HookRun:
         """Let on_response hooks change the status and headers of the backend's answer before
         usher frames and sends it. A hook that fails replaces the answer with its error
         status (True: the exchange has been answered)."""
+        if not self.hooks.on_response:
+            return False
         head = ResponseHead(response.status, response.headers)
         metrics = self.exchange.client.listener.metrics
         for hook, method in self.hooks.on_response:
@@ -273,7 +276,7 @@ class HookRun:
             started = time.perf_counter()
             try:
                 result = method(record.as_dict())
-                if inspect.isawaitable(result):
+                if result is not None and inspect.isawaitable(result):
                     _keep(
                         self.exchange.client.loop.create_task(self._logged(hook, result, started))
                     )
@@ -339,23 +342,15 @@ def _keep(task: asyncio.Task[None]) -> None:
     task.add_done_callback(_running.discard)
 
 
-_last_logged: dict[tuple[str, str], float] = {}
-_suppressed: dict[tuple[str, str], int] = {}
+_bursts = BurstLog(QUIET)
 
 
 def report(hook: Hook, phase: str, exc: BaseException) -> None:
     """Log a hook's failure at most once per QUIET seconds for each hook and phase, with the
     count of the failures in between."""
-    key = (hook.name, phase)
-    now = time.monotonic()
-    last = _last_logged.get(key)
-    if last is not None and now - last < QUIET:
-        _suppressed[key] = _suppressed.get(key, 0) + 1
-        return
-    _last_logged[key] = now
-    more = _suppressed.pop(key, 0)
-    also = f" ({more} more since the last message)" if more else ""
-    log.error("hook %s failed in %s: %s%s", hook.name, phase, _describe(exc), also)
+    also = _bursts.admit((hook.name, phase))
+    if also is not None:
+        log.error("hook %s failed in %s: %s%s", hook.name, phase, _describe(exc), also)
 
 
 def _describe(exc: BaseException) -> str:
