@@ -544,3 +544,36 @@ def test_async_on_response_is_refused_at_its_path(tmp_path):
     [issue] = caught.value.issues
     assert issue.path == "listeners[0].routes[0].hooks[0]"
     assert issue.message == f"{mod}:Late: on_response must be a plain def, not async def"
+
+
+async def test_persistence_holds_inside_the_narrowing_and_never_outside_it(
+    backends, balancer, tmp_path
+):
+    servers = await backends(3)
+    mod = hook_module(
+        tmp_path,
+        """
+        class Only:
+            def __init__(self, options):
+                pass
+
+            def select(self, request, candidates):
+                wanted = request.headers.get("X-Only")
+                return [c for c in candidates if wanted is None or c.address in wanted.split(",")]
+        """,
+    )
+    data = yaml.safe_load(config(tmp_path, servers, hooks=[f"{mod}:Only"]))
+    data["pools"]["p"]["sticky"] = {"type": "header", "header": "X-Session"}
+    lb = await balancer(yaml.safe_dump(data))
+    a, b, c = (f"127.0.0.1:{s.port}" for s in servers)
+    async with httpx.AsyncClient() as client:
+
+        async def name(**headers: str) -> str:
+            return (await client.get(lb.url(), headers=headers)).text.strip()
+
+        pinned = await name(**{"X-Session": "s1", "X-Only": f"{b},{c}"})
+        assert pinned in ("B", "C")
+        again = [await name(**{"X-Session": "s1", "X-Only": f"{b},{c}"}) for _ in range(5)]
+        assert again == [pinned] * 5  # the pin holds among the allowed
+        # Narrowed to a backend that is not the pinned one: the narrowing wins.
+        assert await name(**{"X-Session": "s1", "X-Only": a}) == "A"
