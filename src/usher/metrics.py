@@ -195,23 +195,11 @@ class Metrics:
 
     def connect(self, pool: str, backend: str, seconds: float) -> None:
         """A new connection to a backend was opened in `seconds`."""
-        durations = self.connect_duration
-        key = (pool, backend)
-        histogram = durations.get(key)
-        if histogram is None:
-            histogram = durations[key] = [0] * (_SLOTS + 1)
-        histogram[bisect_left(BUCKETS, seconds)] += 1
-        histogram[_SLOTS] += seconds
+        _observe(self.connect_duration, (pool, backend), seconds)
 
     def hook(self, hook: str, phase: str, seconds: float) -> None:
         """A hook's phase took `seconds` (usher.hooks)."""
-        durations = self.hook_seconds
-        key = (hook, phase)
-        histogram = durations.get(key)
-        if histogram is None:
-            histogram = durations[key] = [0] * (_SLOTS + 1)
-        histogram[bisect_left(BUCKETS, seconds)] += 1
-        histogram[_SLOTS] += seconds
+        _observe(self.hook_seconds, (hook, phase), seconds)
 
     def hook_error(self, hook: str, phase: str) -> None:
         counts = self.hook_errors_total
@@ -323,6 +311,17 @@ class Metrics:
         metrics = cls()
         metrics.add_snapshot(snapshot)
         return metrics
+
+
+def _observe(
+    histograms: dict[tuple[str, str], Histogram], key: tuple[str, str], seconds: float
+) -> None:
+    """Add one observation to the histogram series `key`."""
+    histogram = histograms.get(key)
+    if histogram is None:
+        histogram = histograms[key] = [0] * (_SLOTS + 1)
+    histogram[bisect_left(BUCKETS, seconds)] += 1
+    histogram[_SLOTS] += seconds
 
 
 def merge(snapshots: Iterable[Snapshot]) -> Snapshot:

@@ -24,6 +24,8 @@ def record_exchange(exchange: Exchange) -> None:
     metrics.bytes(listener.name, "out", exchange.bytes_out)
     access_log = listener.access_log
     hooks = exchange.hook_run  # on_log (usher.hooks) sees the record, logged or not
+    if hooks is not None and not hooks.logs:
+        hooks = None
     if not access_log.enabled and hooks is None:
         return
     record = exchange.record
