@@ -35,6 +35,8 @@ CONTRACT_NAMES = [
     "usher_dns_queries_total",
     "usher_dns_answers_total",
     "usher_dns_rate_limited_total",
+    "usher_hook_seconds",
+    "usher_hook_errors_total",
 ]
 
 

@@ -88,6 +88,12 @@ COUNTERS: Final = (
         ("listener", "action"),
         "DNS answers held back by response-rate limiting: dropped, or slipped (sent truncated).",
     ),
+    (
+        "usher_hook_errors_total",
+        "hook_errors_total",
+        ("hook", "phase"),
+        "Hook calls that raised, returned what they may not, or overran their timeout.",
+    ),
 )
 HISTOGRAMS: Final = (
     (
@@ -101,6 +107,12 @@ HISTOGRAMS: Final = (
         "connect_duration",
         ("pool", "backend"),
         "Time to open a new connection to a backend.",
+    ),
+    (
+        "usher_hook_seconds",
+        "hook_seconds",
+        ("hook", "phase"),
+        "Time spent in a hook's phase (an async one: until it is done).",
     ),
 )
 
@@ -140,6 +152,8 @@ class Metrics:
         "dns_queries_total",
         "dns_rate_limited_total",
         "health_checks_total",
+        "hook_errors_total",
+        "hook_seconds",
         "rejected_total",
         "request_duration",
         "requests_total",
@@ -158,6 +172,8 @@ class Metrics:
         self.dns_rate_limited_total: dict[tuple[str, str], int] = {}
         self.request_duration: dict[tuple[str, str], Histogram] = {}
         self.connect_duration: dict[tuple[str, str], Histogram] = {}
+        self.hook_errors_total: dict[tuple[str, str], int] = {}
+        self.hook_seconds: dict[tuple[str, str], Histogram] = {}
 
     # The hot path
 
@@ -179,13 +195,16 @@ class Metrics:
 
     def connect(self, pool: str, backend: str, seconds: float) -> None:
         """A new connection to a backend was opened in `seconds`."""
-        durations = self.connect_duration
-        key = (pool, backend)
-        histogram = durations.get(key)
-        if histogram is None:
-            histogram = durations[key] = [0] * (_SLOTS + 1)
-        histogram[bisect_left(BUCKETS, seconds)] += 1
-        histogram[_SLOTS] += seconds
+        _observe(self.connect_duration, (pool, backend), seconds)
+
+    def hook(self, hook: str, phase: str, seconds: float) -> None:
+        """A hook's phase took `seconds` (usher.hooks)."""
+        _observe(self.hook_seconds, (hook, phase), seconds)
+
+    def hook_error(self, hook: str, phase: str) -> None:
+        counts = self.hook_errors_total
+        key = (hook, phase)
+        counts[key] = counts.get(key, 0) + 1
 
     def retry(self, pool: str) -> None:
         counts = self.retries_total
@@ -292,6 +311,17 @@ class Metrics:
         metrics = cls()
         metrics.add_snapshot(snapshot)
         return metrics
+
+
+def _observe(
+    histograms: dict[tuple[str, str], Histogram], key: tuple[str, str], seconds: float
+) -> None:
+    """Add one observation to the histogram series `key`."""
+    histogram = histograms.get(key)
+    if histogram is None:
+        histogram = histograms[key] = [0] * (_SLOTS + 1)
+    histogram[bisect_left(BUCKETS, seconds)] += 1
+    histogram[_SLOTS] += seconds
 
 
 def merge(snapshots: Iterable[Snapshot]) -> Snapshot:

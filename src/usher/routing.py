@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from usher.config import Route as RouteConfig
     from usher.config import RouteMatch
     from usher.http.codec import Request
+    from usher.http.hook_phases import ListenerHooks, RouteHooks
     from usher.pool import Pool
 
 
@@ -94,6 +95,7 @@ class Route:
     __slots__ = (
         "_current",
         "_split",
+        "hooks",
         "index",
         "matcher",
         "pool",
@@ -127,6 +129,7 @@ class Route:
         self.upgrades = (
             DEFAULT_POLICY if config.upgrades == [ANY] else UpgradePolicy(config.upgrades)
         )
+        self.hooks: RouteHooks | None = None  # set by the Router when the route has hooks
 
     def rewrite_target(self, target: bytes) -> bytes:
         """The target to forward: the matched prefix replaced when the route says so."""
@@ -160,8 +163,19 @@ class Router:
 
     __slots__ = ("pools", "routes")
 
-    def __init__(self, routes: Sequence[RouteConfig], pools: Mapping[str, Pool]) -> None:
+    def __init__(
+        self,
+        routes: Sequence[RouteConfig],
+        pools: Mapping[str, Pool],
+        hooks: ListenerHooks | None = None,
+        *,
+        shorthand: bool = False,
+    ) -> None:
         self.routes = [Route(i, r, pools) for i, r in enumerate(routes)]
+        if hooks is not None:  # the user's hooks (usher.hooks); `shorthand`: a listener's pool:
+            for route in self.routes:
+                if route.redirect is None:
+                    route.hooks = hooks.for_route(route.index, shorthand)
         self.pools = pools  # every pool by name: a dns listener's records name them
 
     def route(self, request: Request) -> Route | None:

@@ -13,7 +13,7 @@ import contextlib
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +28,7 @@ from usher.dns.server import DnsListener
 from usher.errors import BindError as BindError  # re-exported: its first home
 from usher.errors import ChangeError, ConfigError, ConfigIssue
 from usher.health import HealthChecker
+from usher.http.hook_phases import build_hooks
 from usher.listeners import Abortable, AnyListener, Serving, bind_listener, build_listener
 from usher.logs import AccessLog
 from usher.metrics import CallbackCollector, Metrics, build_registry
@@ -94,6 +95,7 @@ class Balancer:
         self.seed = seed
         self.reuse_port = reuse_port
         _import_user_code(config, fresh=False)
+        self.hooks = build_hooks(config)  # the user's hooks (usher.hooks), built once per load
         # With `cluster:`, what it shares lives in Redis; pools and limits built from here on
         # take it (usher.state.cluster).
         self.cluster = ClusterLink(config.cluster, self.clock) if config.cluster else None
@@ -119,8 +121,7 @@ class Balancer:
         for name, pool in self.pools.items():
             pool.use_tls_context(upstream_tls.get(name))
         self.listeners: dict[str, AnyListener] = {
-            lc.name: self.new_listener(lc, Router(lc.effective_routes(), self.pools))
-            for lc in config.listeners
+            lc.name: self.new_listener(lc, self.router(lc, self.pools)) for lc in config.listeners
         }
         self._servers: dict[str, Serving] = {}
         self.bound: dict[str, Bound] = {}
@@ -165,6 +166,11 @@ class Balancer:
             metrics=self.metrics,
             workers=self.worker_count,
         )
+
+    def router(self, lc: Listener, pools: Mapping[str, Pool]) -> Router:
+        """A listener's routes, each with its hooks."""
+        hooks = self.hooks.get(lc.name)
+        return Router(lc.effective_routes(), pools, hooks, shorthand=lc.pool is not None)
 
     def _checker(self, pool: Pool) -> HealthChecker:
         name = pool.name
@@ -468,6 +474,7 @@ class Balancer:
         else:
             # Validated elsewhere: a worker is sent its config, and re-imports the user's code.
             _import_user_code(config, fresh=True)
+        self.hooks = build_hooks(config, fresh=True)  # before anything changes: may refuse it
         ports = {name: bound.port for name, bound in self.bound.items()}
         return await reload.apply(self, reload.plan(self.config, config, ports))
 

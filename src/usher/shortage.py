@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import errno
 import logging
-import time
 from typing import Final
+
+from usher.bursts import BurstLog
 
 log = logging.getLogger("usher.shortage")
 
@@ -24,8 +25,7 @@ _REASONS: Final = {
 # A shortage logged less than this long ago is counted, not logged again.
 QUIET: Final = 10.0
 
-_last_logged: dict[str, float] = {}
-_suppressed: dict[str, int] = {}
+_bursts = BurstLog(QUIET)
 
 
 def local_reason(exc: BaseException) -> str | None:
@@ -42,12 +42,6 @@ def local_reason(exc: BaseException) -> str | None:
 def report(where: str, reason: str, exc: BaseException) -> None:
     """Log a shortage at most once per `QUIET` seconds for each `where`, with the count of
     the ones in between."""
-    now = time.monotonic()
-    last = _last_logged.get(where)
-    if last is not None and now - last < QUIET:
-        _suppressed[where] = _suppressed.get(where, 0) + 1
-        return
-    _last_logged[where] = now
-    more = _suppressed.pop(where, 0)
-    also = f" ({more} more since the last message)" if more else ""
-    log.error("%s: %s, refusing: %s%s", where, reason.replace("_", " "), exc, also)
+    also = _bursts.admit(where)
+    if also is not None:
+        log.error("%s: %s, refusing: %s%s", where, reason.replace("_", " "), exc, also)

@@ -1,4 +1,5 @@
 """User algorithms named by import path (`algorithm: "myalgos:Pinned"`): load, check, reload.
+Hooks (usher.hooks) are found by the same `resolve`.
 
 A user class implements the selection interface of `usher.balancing.Algorithm` (subclassing it
 is the easy way, not a requirement): built as `cls(backends, seed=, clock=, options=)`, it
@@ -37,16 +38,7 @@ def load(path: str, *, fresh: bool = False) -> type[Algorithm]:
     ValueError saying what is wrong (bad path, import error, missing method)."""
     if not fresh and path in _loaded:
         return _loaded[path]
-    if not IMPORT_PATH.fullmatch(path):
-        raise ValueError(f"invalid import path {path!r} (expected package.module:Name)")
-    module_name, _, qualname = path.partition(":")
-    module = _import(module_name, path, fresh=fresh)
-    found: object = module
-    for part in qualname.split("."):
-        try:
-            found = getattr(found, part)
-        except AttributeError:
-            raise ValueError(f"{path}: module {module_name!r} has no {part!r}") from None
+    found = resolve(path, fresh=fresh)
     if not isinstance(found, type):
         raise ValueError(f"{path}: is not a class but {type(found).__name__}")
     missing = [m for m in REQUIRED_METHODS if not callable(getattr(found, m, None))]
@@ -58,6 +50,23 @@ def load(path: str, *, fresh: bool = False) -> type[Algorithm]:
     cls = cast("type[Algorithm]", found)
     _loaded[path] = cls
     return cls
+
+
+def resolve(path: str, *, fresh: bool = False) -> object:
+    """The object named by `path` (`package.module:Name`); with `fresh`, its module is
+    re-imported first (once per load). Shared by user algorithms and hooks (usher.hooks).
+    Raises ValueError saying what is wrong (bad path, import error, missing name)."""
+    if not IMPORT_PATH.fullmatch(path):
+        raise ValueError(f"invalid import path {path!r} (expected package.module:Name)")
+    module_name, _, qualname = path.partition(":")
+    module = _import(module_name, path, fresh=fresh)
+    found: object = module
+    for part in qualname.split("."):
+        try:
+            found = getattr(found, part)
+        except AttributeError:
+            raise ValueError(f"{path}: module {module_name!r} has no {part!r}") from None
+    return found
 
 
 def _import(module_name: str, path: str, *, fresh: bool) -> ModuleType:

@@ -50,6 +50,8 @@ from usher.config.defaults import (
     DEFAULT_HEALTH_PATH as DEFAULT_HEALTH_PATH,
     DEFAULT_HEALTH_TIMEOUT as DEFAULT_HEALTH_TIMEOUT,
     DEFAULT_HEALTH_TYPE as DEFAULT_HEALTH_TYPE,
+    DEFAULT_HOOK_ERROR_STATUS as DEFAULT_HOOK_ERROR_STATUS,
+    DEFAULT_HOOK_TIMEOUT as DEFAULT_HOOK_TIMEOUT,
     DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_BODY_SIZE,
     DEFAULT_MAX_EJECTION_PERCENT as DEFAULT_MAX_EJECTION_PERCENT,
@@ -140,6 +142,12 @@ from usher.config.pool import (
     StickyHeader as StickyHeader,
     StickySourceIp as StickySourceIp,
     UpstreamTls as UpstreamTls,
+)
+from usher.config.hooks import (
+    PHASES as PHASES,
+    HookSpec as HookSpec,
+    hook_class as hook_class,
+    spec_of as spec_of,
 )
 from usher.config.routes import (
     FilterRule as FilterRule,

@@ -81,3 +81,7 @@ DEFAULT_DNS_SLIP: Final = 2
 
 CLUSTER_SHARES: Final = ("rate_limits", "sticky", "ejections")
 DEFAULT_CLUSTER_TIMEOUT: Final = 0.005
+
+# Hooks (usher.hooks): the budget of an async phase, and the answer when a hook fails.
+DEFAULT_HOOK_TIMEOUT: Final = 1.0
+DEFAULT_HOOK_ERROR_STATUS: Final = 500

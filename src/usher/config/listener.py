@@ -19,6 +19,7 @@ from usher.config.defaults import (
     DEFAULT_STRIP_RESPONSE_HEADERS,
 )
 from usher.config.dns import DnsSettings
+from usher.config.hooks import _HOOKS_DESCRIPTION, _HookEntry
 from usher.config.limits import ListenerLimits, ListenerTimeouts
 from usher.config.routes import Route
 from usher.config.validators import (
@@ -207,6 +208,10 @@ class Listener(_Model):
     dns: DnsSettings | None = Field(
         default=None, description="`dns` only: the zones served and their records."
     )
+    hooks: list[_HookEntry] = Field(
+        default=[],
+        description=_HOOKS_DESCRIPTION + " `http` and `https` only; before each route's hooks.",
+    )
 
     @property
     def serves_http2(self) -> bool:
@@ -254,7 +259,15 @@ class Listener(_Model):
             problems.append((("max_sessions",), "only for protocol udp"))
         if protocol in L4_PROTOCOLS or protocol == "dns":
             problems += _layer4_limit_rules(data, protocol)
+            problems += _no_hooks(data)
         return problems
+
+
+def _no_hooks(data: Mapping[str, Any]) -> list[_Problem]:
+    """Hooks see HTTP requests: a listener that relays bytes or answers DNS has none."""
+    places: list[tuple[tuple[str | int, ...], object]] = [(("hooks",), _get(data, "hooks"))]
+    places += [(("routes", i, "hooks"), _get(r, "hooks")) for i, r in _items(_get(data, "routes"))]
+    return [(loc, "hooks run on http and https listeners only") for loc, hooks in places if hooks]
 
 
 def _dns_listener_rules(data: Mapping[str, Any], has_pool: bool) -> list[_Problem]:

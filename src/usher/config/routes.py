@@ -15,6 +15,7 @@ from usher.config.defaults import (
     DEFAULT_REDIRECT_STATUS,
     MAX_FILTER_BODY_LIMIT,
 )
+from usher.config.hooks import _HOOKS_DESCRIPTION, _HookEntry
 from usher.config.limits import RouteLimits
 from usher.config.validators import (
     _POOL_NAME,
@@ -218,6 +219,9 @@ class Route(_Model):
         "tunnel would carry HTTP/2 requests past routing and filters. Other protocols are "
         "removed from the request, which is forwarded as plain HTTP/1.1; `[]`: no upgrades.",
     )
+    hooks: list[_HookEntry] = Field(
+        default=[], description=_HOOKS_DESCRIPTION + " After the listener's hooks."
+    )
 
     @classmethod
     def _rules(cls, data: Mapping[str, Any]) -> list[_Problem]:
@@ -232,4 +236,6 @@ class Route(_Model):
                 problems.append((("prefix_rewrite",), "needs match.path_prefix to replace"))
             elif not isinstance(rewrite, str) or not rewrite.startswith("/"):
                 problems.append((("prefix_rewrite",), "must start with '/'"))
+        if _get(data, "hooks") and _get(data, "redirect") is not None:
+            problems.append((("hooks",), "a redirect route forwards nothing to run hooks on"))
         return problems

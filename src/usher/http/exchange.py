@@ -35,6 +35,7 @@ from usher.pool.attempts import Attempts, answer_for
 
 if TYPE_CHECKING:
     from usher.http.downstream import ClientConnection
+    from usher.http.hook_phases import HookRun
     from usher.http.screening import EdgeState
     from usher.routing import Route
 
@@ -54,6 +55,7 @@ class Exchange:
         "edge",
         "expects_continue",
         "finished",
+        "hook_run",
         "keep_alive",
         "link",
         "pool",
@@ -106,6 +108,7 @@ class Exchange:
         )
         self.body_clock = False  # timeouts.body runs for this request's body
         self.continued = False  # a 100 Continue went to the client (one is enough)
+        self.hook_run: HookRun | None = None  # the route's hooks, when it has any
 
     # Phases
 
@@ -125,8 +128,22 @@ class Exchange:
         if route.redirect is not None:
             self.respond_redirect(route.redirect.status, route.redirect.location)
             return
-        pool = self.pool = route.pick_pool()
-        assert pool is not None
+        self.pool = route.pick_pool()
+        hooks = route.hooks
+        if hooks is not None:
+            hooks.start(self)  # on_request and select (usher.hooks), then forward()
+        elif self.forward():
+            self.attempt()
+
+    def forward(self) -> bool:
+        """Build the head to forward; True when a backend is to be chosen now (False: the
+        request was answered, or the body rules decide first)."""
+        request = self.request
+        client = self.client
+        listener = client.listener
+        route = self.route
+        pool = self.pool
+        assert route is not None and pool is not None
         edge = self.edge
         client_ip = client.client_ip if edge is None else edge.client_ip
         if request.upgrade is not None:
@@ -135,7 +152,7 @@ class Exchange:
                 # The reader kept the upgrade for another route (a reload came in between):
                 # the body went to the tunnel bytes and cannot be forwarded as a body.
                 self.respond_error(400, "this route does not allow the upgrade asked for")
-                return
+                return False
         inspecting = edge is not None and edge.inspect is not None
         headers = upstream_headers(
             request,
@@ -158,8 +175,8 @@ class Exchange:
                 client.write(continue_answer(request))
                 self.continued = True  # a backend's own 100 later is not passed on
                 self.open_body_clock()
-            return  # the body rules decide first (EdgeState.decide)
-        self.attempt()
+            return False  # the body rules decide first (EdgeState.decide)
+        return True
 
     def _normalise_target(self) -> bool:
         """False when the request's target was refused (400)."""

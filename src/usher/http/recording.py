@@ -23,7 +23,10 @@ def record_exchange(exchange: Exchange) -> None:
     metrics.request(listener.name, pool, backend, exchange.status, duration)
     metrics.bytes(listener.name, "out", exchange.bytes_out)
     access_log = listener.access_log
-    if not access_log.enabled:
+    hooks = exchange.hook_run  # on_log (usher.hooks) sees the record, logged or not
+    if hooks is not None and not hooks.logs:
+        hooks = None
+    if not access_log.enabled and hooks is None:
         return
     record = exchange.record
     if record is None:  # logging was switched on during this request
@@ -43,4 +46,7 @@ def record_exchange(exchange: Exchange) -> None:
         duration,
         upstream_time=exchange.upstream_time,
     )
-    access_log.write(record)
+    if access_log.enabled:
+        access_log.write(record)
+    if hooks is not None:
+        hooks.record(record)

@@ -72,6 +72,9 @@ class ResponseRelay:
                     return
                 if self._uncodable_for_http10(event):
                     return
+                hooks = ex.hook_run
+                if hooks is not None and hooks.refuses(event):  # on_response (usher.hooks)
+                    return
                 out.append(self._response_head(event))
             elif kind is EndOfMessage:
                 assert isinstance(event, EndOfMessage)

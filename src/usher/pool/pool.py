@@ -108,7 +108,8 @@ class Pool:
         for algorithm in (self._primary, self._backup):
             if algorithm is None:
                 continue
-            for backend in algorithm.candidates(selection):
+            preferred = selection.preferred  # a hook's order (usher.hooks) over the algorithm's
+            for backend in algorithm.candidates(selection) if preferred is None else preferred:
                 if selection.eligible(backend) and (shared is None or self._admit(backend)):
                     return backend
         return None

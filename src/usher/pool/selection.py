@@ -12,7 +12,7 @@ RetryBudget = LocalBudget
 class Selection:
     """The request-side context of one selection: who asks, and which backends were tried."""
 
-    __slots__ = ("client_ip", "gated", "key", "now", "panic", "tried")
+    __slots__ = ("allowed", "client_ip", "gated", "key", "now", "panic", "preferred", "tried")
 
     def __init__(self, client_ip: str, now: float, key: bytes | None = None) -> None:
         self.client_ip = client_ip
@@ -22,9 +22,19 @@ class Selection:
         # Requests wait in another worker's queue: backends with a limit are theirs first.
         self.gated = False
         self.tried: list[Backend] = []
+        # A hook's `select` (usher.hooks): the only backends allowed, and its order when it
+        # overrides the algorithm's.
+        self.allowed: frozenset[Backend] | None = None
+        self.preferred: list[Backend] | None = None
+
+    def narrow(self, backends: list[Backend], *, preferred: bool) -> None:
+        self.allowed = frozenset(backends)
+        self.preferred = backends if preferred else None
 
     def eligible(self, backend: Backend) -> bool:
         if backend in self.tried or not backend.has_room():
+            return False
+        if self.allowed is not None and backend not in self.allowed:
             return False
         if self.gated and backend.max_connections is not None:
             return False

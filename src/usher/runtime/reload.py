@@ -164,7 +164,7 @@ async def apply(balancer: Balancer, plan: ReloadPlan) -> ReloadReport:
     balancer.runtime_changes.clear()
     old_listeners, balancer.listeners = balancer.listeners, {}
     for index, lc in enumerate(config.listeners):
-        router = Router(lc.effective_routes(), pools)
+        router = balancer.router(lc, pools)
         if lc.name in plan.listeners_keep:
             listener = old_listeners.pop(lc.name)
             listener.apply(lc, router)
