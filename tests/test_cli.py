@@ -103,6 +103,20 @@ def test_check_rejects_a_bad_discovery_entry_with_its_path(tmp_path: Path):
     assert "pools.api.discovery[2].interval: invalid duration 'never'" in result.stderr
 
 
+def test_check_prints_an_import_path_as_written(tmp_path: Path):
+    # rich would turn ":x:" in "nomod:x: cannot import" into an emoji; the console must not.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "listeners: [{name: web, bind: 127.0.0.1:8080, pool: api}]\n"
+        "pools:\n"
+        "  api: {algorithm: 'nomod:x', backends: [{address: 127.0.0.1:9001}]}\n"
+    )
+    result = usher("check", "-c", str(bad))
+    assert result.returncode == 1
+    assert "nomod:x" in result.stderr
+    assert "\u274c" not in result.stderr
+
+
 def test_check_reports_a_missing_certificate(tmp_path: Path):
     cfg = tmp_path / "tls.yaml"
     cfg.write_text(

@@ -37,8 +37,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+err = Console(stderr=True, highlight=False, emoji=False)
+out = Console(highlight=False, emoji=False)
 
 
 class LogFormat(StrEnum):
@@ -341,7 +341,7 @@ def simulate(
     try:
         parsed = load_scenario(scenario)
         # A pipe or a file gets the whole table, however wide, not one cut at 80 columns.
-        console = out if out.is_terminal else Console(highlight=False, width=160)
+        console = out if out.is_terminal else Console(highlight=False, emoji=False, width=160)
         run_simulation(cfg, parsed, out_dir, console, source=str(scenario))
     except ConfigError as exc:
         raise _fail(EXIT_BAD_INPUT, str(exc)) from None
