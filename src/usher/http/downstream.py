@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from usher.errors import ClientError
@@ -17,7 +18,7 @@ from usher.http.tunnel import keeps_half_open
 from usher.http.upstream import close_owned
 from usher.l4.accept import close_within, reset
 from usher.logs import AccessRecord
-from usher.timers import Deadline
+from usher.timers import Deadline, wakeups_for
 from usher.tls import client_subject
 
 if TYPE_CHECKING:
@@ -74,7 +75,9 @@ class ClientConnection(asyncio.Protocol):
         self.client_ip = b""
         self.client_port = 0
         # What the reader produced and no exchange has taken yet; a ClientError is a refusal.
-        self.inbox: deque[Event | ClientError] = deque()
+        # None while empty, as it nearly always is between two reads: a deque is 760 bytes,
+        # which an idle connection would carry for nothing.
+        self.inbox: deque[Event | ClientError] | None = None
         self.exchange: Exchange | None = None
         self.tunnel: UpstreamConnection | None = None
         # Idle backend connections opened with this client's PROXY header (upstream.Owner).
@@ -87,9 +90,10 @@ class ClientConnection(asyncio.Protocol):
         self.between_requests = False  # kept alive after an answer, no byte of the next yet
         self._blocks = 0
         self._pumping = False
-        # The client's wait for its next bytes (head, body, next request) and for taking ours.
-        self._read_wait = Deadline(self.loop, self._read_timed_out)
-        self._send_wait = Deadline(self.loop, self._send_timed_out)
+        # The client's wait for its next bytes (head, body, next request) and for taking ours,
+        # on the balancer's clock; each made when first armed (most clients never stop reading).
+        self._read_wait: Deadline | None = None
+        self._send_wait: Deadline | None = None
         self._closing: asyncio.TimerHandle | None = None  # lingering or a reset at the end
 
     # asyncio.Protocol
@@ -140,30 +144,36 @@ class ClientConnection(asyncio.Protocol):
             events = self.reader.feed(data)
         except ClientError as exc:
             # The refusal takes its turn after whatever was parsed before the bad bytes.
-            self.inbox.extend(self.reader.parsed_before_error)
-            self.inbox.append(exc)
+            inbox = self.inbox
+            if inbox is None:
+                inbox = self.inbox = deque()
+            inbox.extend(self.reader.parsed_before_error)
+            inbox.append(exc)
             self.refused = True
             self._pump()
             return
         if events:
             inbox = self.inbox
-            inbox.extend(events)
+            if inbox is None:
+                inbox = self.inbox = deque(events)
+            else:
+                inbox.extend(events)
             if len(inbox) > self.listener.max_pipelined:
-                self._cap_pipeline()
+                self._cap_pipeline(inbox)
             self._pump()
 
-    def _cap_pipeline(self) -> None:
+    def _cap_pipeline(self, inbox: deque[Event | ClientError]) -> None:
         """Too many requests sent ahead of their answers: those past the cap are refused."""
         cap = self.listener.max_pipelined
         seen = 0 if self.exchange is None else 1
-        for index, event in enumerate(self.inbox):
+        for index, event in enumerate(inbox):
             if type(event) is Request:
                 seen += 1
                 if seen > cap:
-                    kept = list(self.inbox)[:index]
-                    self.inbox.clear()
-                    self.inbox.extend(kept)
-                    self.inbox.append(ClientError(429, "too many pipelined requests"))
+                    kept = list(inbox)[:index]
+                    inbox.clear()
+                    inbox.extend(kept)
+                    inbox.append(ClientError(429, "too many pipelined requests"))
                     self.refused = True
                     return
 
@@ -193,11 +203,15 @@ class ClientConnection(asyncio.Protocol):
         exchange = self.exchange
         if exchange is not None:
             exchange.client_pause_writing()
-        self._send_wait.arm(self.listener.timeouts.send)
+        wait = self._send_wait
+        if wait is None:
+            wait = self._send_wait = self.deadline(self._send_timed_out)
+        wait.arm(self.listener.timeouts.send)
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        self._send_wait.cancel()
+        if self._send_wait is not None:
+            self._send_wait.cancel()
         exchange = self.exchange
         if exchange is not None:
             exchange.client_resume_writing()
@@ -210,6 +224,8 @@ class ClientConnection(asyncio.Protocol):
         self._pumping = True
         try:
             inbox = self.inbox
+            if inbox is None:
+                return
             while inbox and not self.closed:
                 event = inbox[0]
                 if isinstance(event, ClientError):
@@ -254,6 +270,8 @@ class ClientConnection(asyncio.Protocol):
                         exchange.request_event(event)
         finally:
             self._pumping = False
+            if not self.inbox:
+                self.inbox = None  # drained: an idle connection holds no deque
 
     def exchange_done(self, keep_alive: bool) -> None:
         self.exchange = None
@@ -376,14 +394,26 @@ class ClientConnection(asyncio.Protocol):
 
     def arm_read_timer(self, delay: float) -> None:
         """The client has `delay` seconds from now to send its next bytes."""
-        self._read_wait.arm(delay)
+        wait = self._read_wait
+        if wait is None:
+            wait = self._read_wait = self.deadline(self._read_timed_out)
+        wait.arm(delay)
 
     def disarm_read_timer(self) -> None:
-        self._read_wait.disarm()
+        if self._read_wait is not None:
+            self._read_wait.disarm()
+
+    def deadline(self, on_expiry: Callable[[], None]) -> Deadline:
+        """A deadline on the balancer's clock, woken by this connection's loop (or by a manual
+        clock): the client's waits, and the backend's for the exchange it carries."""
+        clock = self.listener.clock
+        return Deadline(clock, wakeups_for(clock, self.loop), on_expiry)
 
     def _cancel_timers(self) -> None:
-        self._read_wait.cancel()
-        self._send_wait.cancel()
+        if self._read_wait is not None:
+            self._read_wait.cancel()
+        if self._send_wait is not None:
+            self._send_wait.cancel()
         if self._closing is not None:
             self._closing.cancel()
             self._closing = None

@@ -4,7 +4,6 @@ both ways, and the deadlines on the backend (read, send, a tunnel's idle limit).
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Final
 
 from usher.errors import UpstreamError, UpstreamTimeout
@@ -71,7 +70,7 @@ class UpstreamLink:
             self.connect(backend)
 
     def connect(self, backend: Backend) -> None:
-        self.t_connect = time.perf_counter()
+        self.t_connect = self.exchange.client.listener.clock.now()
         connections = backend.connections
         version = connections.send_proxy_protocol
         client = self.exchange.client
@@ -104,7 +103,10 @@ class UpstreamLink:
         attempts = exchange.attempts
         if attempts is not None and attempts.backend is not None:
             exchange.client.listener.metrics.connect(
-                attempts.pool.name, attempts.backend.label, time.perf_counter() - self.t_connect
+                attempts.pool.name,
+                attempts.backend.label,
+                exchange.client.listener.clock.now() - self.t_connect,
+
             )
         self._attach(conn, reused=False)
 
@@ -272,7 +274,7 @@ class UpstreamLink:
         if exchange.pool is not None:
             wait = self._send_wait
             if wait is None:
-                wait = self._send_wait = Deadline(exchange.client.loop, self._timed_out)
+                wait = self._send_wait = exchange.client.deadline(self._timed_out)
             if not wait.armed:
                 wait.arm(exchange.pool.config.timeouts.send)
 
@@ -288,7 +290,7 @@ class UpstreamLink:
         exchange = self.exchange
         wait = self._read_wait
         if wait is None:
-            wait = self._read_wait = Deadline(exchange.client.loop, self._idle)
+            wait = self._read_wait = exchange.client.deadline(self._idle)
         pool = exchange.pool
         assert pool is not None
         timeouts = pool.config.timeouts

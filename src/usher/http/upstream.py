@@ -18,9 +18,10 @@ from usher.errors import UpstreamProtocolError
 from usher.http.codec import Event, ResponseReader
 from usher.http.tunnel import keeps_half_open
 from usher.l4.accept import close_within
-from usher.timers import Deadline
+from usher.timers import Deadline, wakeups_for
 
 if TYPE_CHECKING:
+    from usher.clock import Clock
     from usher.pool import Backend
 
 
@@ -160,9 +161,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._closing.cancel()
             self._closing = None
 
-    def park(self, loop: asyncio.AbstractEventLoop, idle_timeout: float) -> None:
+    def park(self, clock: Clock, loop: asyncio.AbstractEventLoop, idle_timeout: float) -> None:
         """Wait, reading, for reuse (the pool has put it on an idle list); close after
-        `idle_timeout`."""
+        `idle_timeout` on `clock` (the pool's)."""
         self.user = None
         transport = self.transport
         if transport is not None and not transport.is_reading():
@@ -174,7 +175,7 @@ class UpstreamConnection(asyncio.Protocol):
         # one timer handle per request.
         idle = self._idle
         if idle is None:
-            idle = self._idle = Deadline(loop, self._expired)
+            idle = self._idle = Deadline(clock, wakeups_for(clock, loop), self._expired)
         idle.arm(idle_timeout)
 
     def unpark(self) -> None:
