@@ -153,7 +153,7 @@ class ConnectionPool:
             owner.owned = [conn]
         else:
             owner.owned.append(conn)
-        conn.park(self.clock, loop, self.idle_timeout)
+        conn.park(loop, self.idle_timeout)
 
     def opened(self, conn: UpstreamConnection) -> None:
         self.live += 1

@@ -28,7 +28,6 @@ class UpstreamLink:
 
     __slots__ = (
         "_idle_for",
-        "_read_wait",
         "_send_wait",
         "body_buffer",
         "body_buffered",
@@ -51,9 +50,9 @@ class UpstreamLink:
         self.body_started = False  # some body bytes went to a backend: no more retries
         self.reused = False
         self.t_connect = 0.0
-        # The backend's read (or the tunnel's idle) limit and its send limit, made when needed.
-        self._read_wait: Deadline | None = None
-        self._idle_for = 0.0  # the limit _read_wait was armed with
+        # The limit on the backend's silence (read, or the tunnel's idle) runs on the
+        # connection's own deadline; the send limit is made when first needed.
+        self._idle_for = 0.0  # the limit the read deadline was armed with
         self._send_wait: Deadline | None = None
 
     # Getting a connection
@@ -106,7 +105,6 @@ class UpstreamLink:
                 attempts.pool.name,
                 attempts.backend.label,
                 exchange.client.listener.clock.now() - self.t_connect,
-
             )
         self._attach(conn, reused=False)
 
@@ -287,23 +285,25 @@ class UpstreamLink:
 
     def arm_read_timeout(self) -> None:
         """The backend has its read limit (a tunnel: its idle limit) from now to send."""
+        conn = self.conn
+        if conn is None:
+            return
         exchange = self.exchange
-        wait = self._read_wait
-        if wait is None:
-            wait = self._read_wait = exchange.client.deadline(self._idle)
         pool = exchange.pool
         assert pool is not None
         timeouts = pool.config.timeouts
-        self._idle_for = timeouts.tunnel if exchange.client.tunnel is not None else timeouts.read
-        wait.arm(self._idle_for)
+        client = exchange.client
+        self._idle_for = timeouts.tunnel if client.tunnel is not None else timeouts.read
+        conn.expect_within(client.loop, self._idle_for)
 
     def touch(self) -> None:
         """Bytes moved (through the tunnel, or from the backend): it is not idle."""
-        wait = self._read_wait
-        if wait is not None and wait.armed:
-            wait.arm(self._idle_for)
+        conn = self.conn
+        if conn is not None:
+            conn.still_within(self._idle_for)
 
-    def _idle(self) -> None:
+    def upstream_quiet(self) -> None:
+        """The backend said nothing for the limit armed by `arm_read_timeout`."""
         exchange = self.exchange
         if exchange.finished or exchange.pool is None:
             return
@@ -326,8 +326,9 @@ class UpstreamLink:
             exchange.attempt_failed(UpstreamTimeout("the backend did not answer in time"))
 
     def cancel_read_timeout(self) -> None:
-        if self._read_wait is not None:
-            self._read_wait.cancel()
+        conn = self.conn
+        if conn is not None:
+            conn.stop_expecting()
 
     def cancel_timers(self) -> None:
         self.cancel_read_timeout()
