@@ -70,6 +70,7 @@ COMPILED_MODULES: Final = (
     "usher.pool.slow_start",
     "usher.clock",
     "usher.timers",
+    "usher.l4.relay",
     "usher.balancing",
     "usher.balancing.hashing",
     "usher.balancing.latency",
