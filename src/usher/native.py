@@ -44,6 +44,7 @@ COMPILED_MODULES: Final = (
     "usher.http.flow",
     "usher.http.answers",
     "usher.http.listener",
+    "usher.http.client_socket",
     "usher.http.downstream",
     "usher.http.exchange",
     "usher.http.forwarding",

@@ -1,58 +1,45 @@
 """The downstream Protocol: moves bytes between a client socket and the sans-IO
 `RequestReader`, and runs the requests it yields one at a time, in order (pipelined ones wait
-their turn); lingering close, the reasons to stop reading, the client's read and send timers."""
+their turn); what a quiet client means. The socket's own upkeep (closing, pausing, the
+deadlines) is `ClientSocket`'s (http/client_socket.py)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from usher.errors import ClientError
 from usher.http.answers import REJECTION_REASONS, error_answer, own_refusal
+from usher.http.client_socket import ClientSocket
 from usher.http.codec import EndOfMessage, Event, Headers, Request, RequestReader
 from usher.http.exchange import Exchange
 from usher.http.flow import BLOCK_BUFFERING, BLOCK_PIPELINE, BLOCK_UPGRADE, BLOCK_UPSTREAM_FULL
 from usher.http.tunnel import keeps_half_open
 from usher.http.upstream import close_owned
-from usher.l4.accept import close_within, reset
 from usher.logs import AccessRecord
-from usher.timers import Deadline, wakeups_for
 from usher.tls import client_subject
 
 if TYPE_CHECKING:
     from usher.http.listener import HttpListener
     from usher.http.upstream import UpstreamConnection
 
-# How long a connection closed mid-request keeps reading (and dropping) the client's bytes.
-LINGER = 2.0
 
-
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(ClientSocket):
     __slots__ = (
-        "_blocks",
-        "_closing",
         "_pumping",
-        "_read_wait",
-        "_send_wait",
         "between_requests",
         "cert_subject",
         "client_ip",
         "client_port",
-        "closed",
         "edge_ip",
         "exchange",
         "inbox",
-        "listener",
         "local",
-        "loop",
         "owned",
         "peer",
         "reader",
-        "refused",
         "served",
-        "transport",
         "tunnel",
         "write_paused",
     )
@@ -64,14 +51,12 @@ class ClientConnection(asyncio.Protocol):
         peer: tuple[str, int] | None = None,
         local: tuple[str, int] | None = None,
     ) -> None:
-        self.listener = listener
+        super().__init__(listener)
         # The client's and our addresses as a PROXY header told them, when one did.
         self.peer = peer
         self.local = local
         self.cert_subject: bytes | None = None
-        self.loop = asyncio.get_running_loop()
         self.reader = RequestReader(listener.limits, upgrade_filter=listener.forwarded_upgrade)
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set on connect
         self.client_ip = b""
         self.client_port = 0
         # What the reader produced and no exchange has taken yet; a ClientError is a refusal.
@@ -82,19 +67,11 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel: UpstreamConnection | None = None
         # Idle backend connections opened with this client's PROXY header (upstream.Owner).
         self.owned: list[UpstreamConnection] | None = None
-        self.closed = False
-        self.refused = False
         self.write_paused = False
         self.edge_ip: str | None = None  # counted in the listener's connection limits
         self.served = 0  # requests, counted when max_requests_per_connection is set
         self.between_requests = False  # kept alive after an answer, no byte of the next yet
-        self._blocks = 0
         self._pumping = False
-        # The client's wait for its next bytes (head, body, next request) and for taking ours,
-        # on the balancer's clock; each made when first armed (most clients never stop reading).
-        self._read_wait: Deadline | None = None
-        self._send_wait: Deadline | None = None
-        self._closing: asyncio.TimerHandle | None = None  # lingering or a reset at the end
 
     # asyncio.Protocol
 
@@ -203,15 +180,11 @@ class ClientConnection(asyncio.Protocol):
         exchange = self.exchange
         if exchange is not None:
             exchange.client_pause_writing()
-        wait = self._send_wait
-        if wait is None:
-            wait = self._send_wait = self.deadline(self._send_timed_out)
-        wait.arm(self.listener.timeouts.send)
+        self.arm_send_timer()
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self._send_wait is not None:
-            self._send_wait.cancel()
+        self.cancel_send_timer()
         exchange = self.exchange
         if exchange is not None:
             exchange.client_resume_writing()
@@ -310,10 +283,6 @@ class ClientConnection(asyncio.Protocol):
 
     # Output
 
-    def write(self, data: bytes) -> None:
-        if not self.closed:
-            self.transport.write(data)
-
     def send_error(
         self,
         status: int,
@@ -336,87 +305,15 @@ class ClientConnection(asyncio.Protocol):
         self.write(answer)
         return sent
 
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._cancel_timers()
-            transport = self.transport
-            if (self.refused or not self.reader.idle) and transport.can_write_eof():
-                self._linger(transport)
-            else:
-                self._close_transport()
+    # What ClientSocket asks
 
-    def _close_transport(self) -> None:
-        self._closing = close_within(self.loop, self.transport, self.listener.timeouts.send)
+    def _may_still_send(self) -> bool:
+        return self.refused or not self.reader.idle  # closed mid-request: linger
 
-    def _linger(self, transport: asyncio.Transport) -> None:
-        """Close a connection the client may still be sending on, as nginx's lingering close:
-        closing at once would answer its next bytes with a reset, which can destroy our answer
-        before the client reads it. Send our FIN, read and drop what comes, close soon."""
-        self.refused = True  # data_received drops everything from now on
-        transport.write_eof()
-        if self._blocks:
-            self._blocks = 0
-            transport.resume_reading()
-        self._closing = self.loop.call_later(LINGER, self._close_transport)
-
-    def abort(self, *, with_reset: bool = False) -> None:
-        """Cut the connection now; `with_reset` also drops what the kernel still holds for a
-        client that stopped reading."""
-        self.closed = True
-        self._cancel_timers()
-        if with_reset:
-            reset(self.transport)
-        else:
-            self.transport.abort()
-
-    # Reading control
-
-    def block(self, reason: int) -> None:
-        if not self._blocks and not self.closed:
-            self.transport.pause_reading()
-        self._blocks |= reason
-
-    def unblock(self, reason: int) -> None:
-        if self._blocks & reason:
-            self._blocks &= ~reason
-            if not self._blocks and not self.closed:
-                self.transport.resume_reading()
-                exchange = self.exchange
-                if exchange is not None and not exchange.request_done:
-                    self.arm_read_timer(self.listener.timeouts.body)
-
-    @property
-    def reading_blocked(self) -> bool:
-        return bool(self._blocks)
-
-    # Timers
-
-    def arm_read_timer(self, delay: float) -> None:
-        """The client has `delay` seconds from now to send its next bytes."""
-        wait = self._read_wait
-        if wait is None:
-            wait = self._read_wait = self.deadline(self._read_timed_out)
-        wait.arm(delay)
-
-    def disarm_read_timer(self) -> None:
-        if self._read_wait is not None:
-            self._read_wait.disarm()
-
-    def deadline(self, on_expiry: Callable[[], None]) -> Deadline:
-        """A deadline on the balancer's clock, woken by this connection's loop (or by a manual
-        clock): the client's waits, and the backend's for the exchange it carries."""
-        clock = self.listener.clock
-        return Deadline(clock, wakeups_for(clock, self.loop), on_expiry)
-
-    def _cancel_timers(self) -> None:
-        if self._read_wait is not None:
-            self._read_wait.cancel()
-        if self._send_wait is not None:
-            self._send_wait.cancel()
-        if self._closing is not None:
-            self._closing.cancel()
-            self._closing = None
+    def _reading_resumed(self) -> None:
+        exchange = self.exchange
+        if exchange is not None and not exchange.request_done:
+            self.arm_read_timer(self.listener.timeouts.body)
 
     def _read_timed_out(self) -> None:
         if self.closed:
@@ -433,6 +330,3 @@ class ClientConnection(asyncio.Protocol):
             self.close()  # a keep-alive connection that stayed quiet: nothing to answer
         else:
             self._refuse(ClientError(408, "the request head was not received in time"))
-
-    def _send_timed_out(self) -> None:
-        self.abort(with_reset=True)  # the client stopped reading; nothing more can be said to it

@@ -4,7 +4,7 @@ both ways, and the deadlines on the backend (read, send, a tunnel's idle limit).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Literal
 
 from usher.errors import UpstreamError, UpstreamTimeout
 from usher.http.flow import BLOCK_BUFFERING, BLOCK_UPSTREAM_FULL
@@ -15,6 +15,7 @@ from usher.timers import Deadline
 if TYPE_CHECKING:
     from usher.http.codec import Event
     from usher.http.connection_pool import PendingConnect
+    from usher.http.downstream import ClientConnection
     from usher.http.exchange import Exchange
     from usher.http.upstream import UpstreamConnection
     from usher.pool import Backend, Pool
@@ -69,18 +70,11 @@ class UpstreamLink:
             self.connect(backend)
 
     def connect(self, backend: Backend) -> None:
-        self.t_connect = self.exchange.client.listener.clock.now()
+        client = self.exchange.client
+        self.t_connect = client.listener.clock.now()
         connections = backend.connections
         version = connections.send_proxy_protocol
-        client = self.exchange.client
-        preamble = None
-        if version is not None:
-            source = (client.client_ip.decode(), client.client_port)
-            if client.local is None:  # looked up only for pools that send PROXY headers
-                local = client.transport.get_extra_info("sockname")
-                if isinstance(local, tuple):
-                    client.local = (str(local[0]), int(local[1]))
-            preamble = encode_proxy_header(version, source, client.local)
+        preamble = proxy_preamble(client, version) if version is not None else None
         self.pending = connections.connect(
             client.loop,
             self._connected,
@@ -334,3 +328,13 @@ class UpstreamLink:
         self.cancel_read_timeout()
         if self._send_wait is not None:
             self._send_wait.cancel()
+
+
+def proxy_preamble(client: ClientConnection, version: Literal["v1", "v2"]) -> bytes:
+    """The PROXY header that tells a backend the client's address and ours."""
+    source = (client.client_ip.decode(), client.client_port)
+    if client.local is None:  # looked up only for pools that send PROXY headers
+        local = client.transport.get_extra_info("sockname")
+        if isinstance(local, tuple):
+            client.local = (str(local[0]), int(local[1]))
+    return encode_proxy_header(version, source, client.local)
