@@ -157,5 +157,11 @@ class ClientSocket(asyncio.Protocol):
             self._closing.cancel()
             self._closing = None
 
+    def forget_timers(self) -> None:
+        """The connection is gone: cancel the deadlines and let go of them (each holds a
+        bound method of this connection: a cycle)."""
+        self._cancel_timers()
+        self._read_wait = self._send_wait = None
+
     def _send_timed_out(self) -> None:
         self.abort(with_reset=True)  # the client stopped reading; nothing more can be said to it

@@ -174,6 +174,10 @@ class ClientConnection(ClientSocket):
             exchange.client_lost()
         if self.owned is not None:
             close_owned(self)
+        # What would otherwise leave this connection to the garbage collector: the reader's
+        # parser and the deadlines point back at their owners.
+        self.reader.release()
+        self.forget_timers()
 
     def pause_writing(self) -> None:
         self.write_paused = True
