@@ -61,7 +61,7 @@ def test_manual_clock_runs_wakeups_in_time_order_as_it_advances() -> None:
     assert seen == []
     clock.advance(2.0)
     assert seen == [("a", 1.0), ("b", 2.0)] and clock.now() == 2.5
-    assert clock.pending() == 1
+    assert clock.pending() == 1 and clock.scheduled == 4
     clock.advance(10.0)
     assert seen[-1] == ("c", 5.0)
     assert clock.pending() == 0

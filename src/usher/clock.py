@@ -77,6 +77,11 @@ class ManualClock:
         heapq.heappush(self._wakeups, (wakeup.at, self._order, wakeup))
         return wakeup
 
+    @property
+    def scheduled(self) -> int:
+        """Wake-ups asked for so far (tests count the timers a change makes)."""
+        return self._order
+
     def pending(self) -> int:
         """Wake-ups still to come (not cancelled)."""
         return sum(1 for _, _, wakeup in self._wakeups if not wakeup.cancelled)
