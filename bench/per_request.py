@@ -3,13 +3,15 @@ compiled and pure (docs/performance.md, "Compiled hot path").
 
     python bench/per_request.py instructions [--requests 1000]   # needs valgrind
     python bench/per_request.py profile [--requests 1000] [--top 25]
+    python bench/per_request.py profile --close   # each request on its own connection
 
 Each measurement runs `usher run --workers 1` as a user would (one pool of one `usher backend`,
 access log off unless --access-log) under valgrind or cProfile, sends it WARMUP requests and then
-either a few or `--requests` more on one keep-alive connection, one at a time, and stops it with
-SIGTERM. Both runs pay the same start, warm-up and shutdown, so the difference of their totals
-divided by the difference of their request counts is the cost of one request alone. Instruction
-counts and call counts do not depend on the machine's load, unlike time.
+either a few or `--requests` more on one keep-alive connection (with --close: each on a new
+connection, with `Connection: close`), one at a time, and stops it with SIGTERM. Both runs pay
+the same start, warm-up and shutdown, so the difference of their totals divided by the
+difference of their request counts is the cost of one request alone. Instruction counts and
+call counts do not depend on the machine's load, unlike time.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ USHER = [sys.executable, "-m", "usher"]
 WARMUP = 200
 FEW = 100
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: per-request\r\n\r\n"
+CLOSING = b"GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: per-request\r\nConnection: close\r\n\r\n"
 MODES = {"compiled": {}, "pure": {"USHER_PURE": "1"}}
 # `python -c PROFILED OUT -m usher ARGS...`: usher under cProfile with a CPU-time clock (its
 # default, wall time, also counts the time the process waits for a core on a busy machine).
@@ -116,6 +119,18 @@ def get_many(port: int, count: int, timeout: float) -> None:
             buffer = buffer[length:]
 
 
+def get_closing(port: int, count: int, timeout: float) -> None:
+    """`count` GETs, each on a new connection with `Connection: close`, read to usher's close."""
+    for _ in range(count):
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(CLOSING)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+            if not answer.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"unexpected answer: {answer[:80]!r}")
+
+
 def _recv(sock: socket.socket) -> bytes:
     data = sock.recv(65536)
     if not data:
@@ -124,7 +139,12 @@ def _recv(sock: socket.socket) -> bytes:
 
 
 def measure_run(
-    python: list[str], env: Mapping[str, str], requests: int, work: Path, access_log: bool
+    python: list[str],
+    env: Mapping[str, str],
+    requests: int,
+    work: Path,
+    access_log: bool,
+    close: bool = False,
 ) -> None:
     """One `usher run` started by `python` (the interpreter, under valgrind, or cProfile's):
     warm-up, `requests` GETs, SIGTERM, wait for its exit."""
@@ -148,7 +168,7 @@ def measure_run(
     try:
         wait_for(backend_port, backend, 30)
         wait_for(port, usher, 600)  # python under valgrind starts slowly
-        get_many(port, WARMUP + requests, timeout=60)
+        (get_closing if close else get_many)(port, WARMUP + requests, timeout=60)
         usher.send_signal(signal.SIGTERM)
         if usher.wait(timeout=600) != 0:
             raise RuntimeError(f"usher exited with {usher.returncode}: see {work / 'usher.log'}")
@@ -159,22 +179,31 @@ def measure_run(
                 proc.wait()
 
 
-def instructions(mode: str, requests: int, work: Path, access_log: bool) -> float:
+def instructions(
+    mode: str, requests: int, work: Path, access_log: bool, close: bool = False
+) -> float:
     totals = []
     for count in (FEW, FEW + requests):
         out = work / f"callgrind.{mode}.{count}"
         valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--quiet"]
-        measure_run([*valgrind, sys.executable], MODES[mode], count, work, access_log)
+        measure_run([*valgrind, sys.executable], MODES[mode], count, work, access_log, close)
         totals.append(callgrind_total(out.read_text()))
     return (totals[1] - totals[0]) / requests
 
 
-def profile(mode: str, requests: int, work: Path, access_log: bool) -> list[dict[str, Any]]:
+def profile(
+    mode: str, requests: int, work: Path, access_log: bool, close: bool = False
+) -> list[dict[str, Any]]:
     counts = []
     for count in (FEW, FEW + requests):
         out = work / f"profile.{mode}.{count}"
         measure_run(
-            [sys.executable, "-c", PROFILED, str(out)], MODES[mode], count, work, access_log
+            [sys.executable, "-c", PROFILED, str(out)],
+            MODES[mode],
+            count,
+            work,
+            access_log,
+            close,
         )
         counts.append(per_call_counts(pstats.Stats(str(out))))
     return per_request(counts[0], counts[1], requests)
@@ -188,6 +217,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=1000, help="requests measured")
     parser.add_argument("--modes", default="compiled,pure", help="compiled, pure or both")
     parser.add_argument("--access-log", action="store_true", help="leave the access log on")
+    parser.add_argument(
+        "--close", action="store_true", help="each request on a new connection (Connection: close)"
+    )
     parser.add_argument("--top", type=int, default=25, help="functions shown by `profile`")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -198,13 +230,19 @@ def main() -> int:
     if "compiled" in modes and "compiled" not in version.stdout:
         print(f"not compiled ({version.stdout.strip()}): run make first", file=sys.stderr)
         return 1
-    results: dict[str, Any] = {"requests": args.requests, "access_log": args.access_log}
+    results: dict[str, Any] = {
+        "requests": args.requests,
+        "access_log": args.access_log,
+        "close": args.close,
+    }
     with tempfile.TemporaryDirectory(prefix="usher-per-request-") as tmp:
         for mode in modes:
             if args.what == "instructions":
-                results[mode] = instructions(mode, args.requests, Path(tmp), args.access_log)
+                results[mode] = instructions(
+                    mode, args.requests, Path(tmp), args.access_log, args.close
+                )
             else:
-                results[mode] = profile(mode, args.requests, Path(tmp), args.access_log)
+                results[mode] = profile(mode, args.requests, Path(tmp), args.access_log, args.close)
     if args.json:
         print(json.dumps(results, indent=2))
     elif args.what == "instructions":

@@ -7,7 +7,7 @@ import asyncio
 import json
 from typing import Any
 
-from usher.clock import MonotonicClock
+from usher.clock import Clock, MonotonicClock
 from usher.config import parse_config
 from usher.http.downstream import ClientConnection
 from usher.http.listener import HttpListener
@@ -73,8 +73,11 @@ class FakeTransport:
         return data
 
 
-def listener_with_backend(**listener_options: Any) -> tuple[HttpListener, Pool]:
-    """An http listener routing everything to a pool of one backend, with no access log."""
+def listener_with_backend(
+    clock: Clock | None = None, **listener_options: Any
+) -> tuple[HttpListener, Pool]:
+    """An http listener routing everything to a pool of one backend, with no access log, on
+    `clock` (a ManualClock drives its timeouts without sleeping; default: the real one)."""
     config = parse_config(
         json.dumps(
             {
@@ -85,7 +88,7 @@ def listener_with_backend(**listener_options: Any) -> tuple[HttpListener, Pool]:
             }
         )
     )
-    clock = MonotonicClock()
+    clock = clock if clock is not None else MonotonicClock()
     pools = {name: Pool(name, pc, clock) for name, pc in config.pools.items()}
     lc = config.listeners[0]
     listener = HttpListener(

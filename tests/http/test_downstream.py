@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from tests.http.fake_transport import connected_client, listener_with_backend
+from usher.clock import ManualClock
 
 
 async def test_bytes_that_are_no_request_are_refused_with_400_and_a_lingering_close() -> None:
@@ -42,3 +43,46 @@ async def test_a_quiet_keep_alive_connection_closes_at_its_idle_timeout() -> Non
     assert not client.closed
     await asyncio.sleep(0.1)
     assert client.closed and transport.closed and not transport.eof_written
+
+
+async def test_a_read_timeout_is_driven_by_a_manual_clock_without_sleeping() -> None:
+    # Deadlines run on the balancer's injected clock: a ManualClock wakes them as it advances.
+    clock = ManualClock(1000.0)
+    listener, _ = listener_with_backend(clock, timeouts={"header": "30s"})
+    client, transport = connected_client(listener)
+    client.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n")  # the head never ends
+    clock.advance(29.9)
+    assert transport.take() == b"" and not client.closed
+    clock.advance(0.1)
+    answer = transport.take()
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert b"the request head was not received in time" in answer
+    assert client.closed
+    assert clock.pending() == 0  # nothing left to wake once the connection is gone
+
+
+async def test_a_keep_alive_wait_ends_on_the_manual_clock_not_on_real_time() -> None:
+    clock = ManualClock()
+    listener, pool = listener_with_backend(clock, timeouts={"idle": "10ms"})
+    pool.backends[0].state = "disabled"
+    client, transport = connected_client(listener)
+    client.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert transport.take().startswith(b"HTTP/1.1 503 ")
+    await asyncio.sleep(0.05)  # real time passing is not the clock's time
+    assert not client.closed
+    clock.advance(0.01)
+    assert client.closed and transport.closed
+    assert client.inbox is None  # a drained connection holds no queue
+
+
+async def test_a_connection_that_never_stops_reading_makes_no_send_deadline() -> None:
+    clock = ManualClock()
+    listener, pool = listener_with_backend(clock)
+    pool.backends[0].state = "disabled"
+    client, _ = connected_client(listener)
+    client.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert client._send_wait is None  # made only when the client first stops taking our bytes
+    client.pause_writing()
+    assert client._send_wait is not None and client._send_wait.armed
+    client.resume_writing()
+    assert not client._send_wait.armed

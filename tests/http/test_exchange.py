@@ -4,6 +4,7 @@ connection, its answer relayed, pipelined requests in turn, a client gone mid-bo
 from __future__ import annotations
 
 from tests.http.fake_transport import connected_client, idle_upstream, listener_with_backend
+from usher.clock import ManualClock
 
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
 
@@ -58,3 +59,40 @@ async def test_a_client_gone_mid_body_ends_the_exchange_without_blaming_the_back
     assert upstream.closed  # half a body: the backend connection cannot be reused
     assert backend.active == 0 and backend.failures_total == 0 and backend.idle == []
     assert listener.metrics.requests_total == {("web", "web", backend.label, 499): 1}
+
+
+async def test_a_backend_read_timeout_is_driven_by_a_manual_clock() -> None:
+    clock = ManualClock()
+    listener, pool = listener_with_backend(clock)
+    backend = pool.backends[0]
+    conn, upstream = idle_upstream(backend)
+    client, downstream = connected_client(listener)
+    client.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert upstream.take().startswith(b"GET / ")
+    read = pool.config.timeouts.read
+    clock.advance(read - 0.5)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nh")  # the limit restarts
+    clock.advance(read - 0.5)
+    assert not upstream.aborted
+    clock.advance(0.5)
+    assert upstream.aborted  # cut: too slow
+    assert downstream.take().startswith(b"HTTP/1.1 200 OK\r\n") and downstream.closed
+    assert backend.idle == []
+
+
+async def test_a_kept_alive_backend_connection_keeps_one_timer_across_requests() -> None:
+    # In use, the read limit; parked, the idle limit: one deadline on the connection, so a
+    # request re-arms the pending timer instead of making one.
+    clock = ManualClock()
+    listener, pool = listener_with_backend(clock)
+    conn, _ = idle_upstream(pool.backends[0])
+    client, downstream = connected_client(listener)
+    made = clock.scheduled
+    for _ in range(5):
+        client.data_received(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        conn.data_received(ANSWER)
+        clock.advance(0.001)
+    assert downstream.take().count(b"HTTP/1.1 200 OK") == 5
+    assert pool.backends[0].idle == [conn]
+    assert clock.scheduled == made  # every deadline moved later: no new timer
+    assert clock.pending() == 2  # the client's keep-alive wait, the connection's idle limit

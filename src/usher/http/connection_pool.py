@@ -19,6 +19,7 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
+from usher.clock import MonotonicClock
 from usher.config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_MAX_IDLE_CONNECTIONS,
@@ -31,6 +32,7 @@ from usher.net import open_connection
 from usher.tls import upstream_server_name
 
 if TYPE_CHECKING:
+    from usher.clock import Clock
     from usher.config import PoolConfig, UpstreamTls
     from usher.pool import Backend
 
@@ -47,6 +49,7 @@ class ConnectionPool:
 
     __slots__ = (
         "backend",
+        "clock",
         "connect_timeout",
         "connecting",
         "generation",
@@ -75,9 +78,14 @@ class ConnectionPool:
         self.send_proxy_protocol: Literal["v1", "v2"] | None = None
         # The pool's context for `tls` (Pool.tls_context: built once per pool, on first use).
         self.tls_context: Callable[[], ssl.SSLContext | None] = _no_tls_context
+        # The pool's (the balancer's) clock, which parked connections expire on.
+        self.clock: Clock = MonotonicClock()
 
     def configure(
-        self, config: PoolConfig, tls_context: Callable[[], ssl.SSLContext | None]
+        self,
+        config: PoolConfig,
+        tls_context: Callable[[], ssl.SSLContext | None],
+        clock: Clock,
     ) -> None:
         """Take the pool's settings (at start and on a reload). Connections already made keep
         theirs until `renew` says they must not be reused."""
@@ -88,6 +96,7 @@ class ConnectionPool:
         self.tls = config.tls
         self.send_proxy_protocol = config.send_proxy_protocol
         self.tls_context = tls_context
+        self.clock = clock
 
     @property
     def active(self) -> int:

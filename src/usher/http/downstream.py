@@ -1,6 +1,7 @@
 """The downstream Protocol: moves bytes between a client socket and the sans-IO
 `RequestReader`, and runs the requests it yields one at a time, in order (pipelined ones wait
-their turn); lingering close, the reasons to stop reading, the client's read and send timers."""
+their turn); what a quiet client means. The socket's own upkeep (closing, pausing, the
+deadlines) is `ClientSocket`'s (http/client_socket.py)."""
 
 from __future__ import annotations
 
@@ -10,51 +11,38 @@ from typing import TYPE_CHECKING
 
 from usher.errors import ClientError
 from usher.http.answers import REJECTION_REASONS, error_answer, own_refusal
+from usher.http.client_socket import ClientSocket
 from usher.http.codec import EndOfMessage, Event, Headers, Request, RequestReader
 from usher.http.exchange import Exchange
 from usher.http.flow import BLOCK_BUFFERING, BLOCK_PIPELINE, BLOCK_UPGRADE, BLOCK_UPSTREAM_FULL
 from usher.http.h2_downstream import H2Downstream, negotiated_h2, takes_prior_knowledge
 from usher.http.tunnel import keeps_half_open
 from usher.http.upstream import close_owned
-from usher.l4.accept import close_within, reset
 from usher.logs import AccessRecord
-from usher.timers import Deadline
 from usher.tls import client_subject
 
 if TYPE_CHECKING:
     from usher.http.listener import HttpListener
     from usher.http.upstream import UpstreamConnection
 
-# How long a connection closed mid-request keeps reading (and dropping) the client's bytes.
-LINGER = 2.0
 
-
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(ClientSocket):
     __slots__ = (
-        "_blocks",
-        "_closing",
         "_pumping",
-        "_read_wait",
-        "_send_wait",
         "between_requests",
         "cert_subject",
         "client_ip",
         "client_port",
-        "closed",
         "edge_ip",
         "exchange",
         "h2",
         "h2c_first",
         "inbox",
-        "listener",
         "local",
-        "loop",
         "owned",
         "peer",
         "reader",
-        "refused",
         "served",
-        "transport",
         "tunnel",
         "write_paused",
     )
@@ -66,34 +54,27 @@ class ClientConnection(asyncio.Protocol):
         peer: tuple[str, int] | None = None,
         local: tuple[str, int] | None = None,
     ) -> None:
-        self.listener = listener
+        super().__init__(listener)
         # The client's and our addresses as a PROXY header told them, when one did.
         self.peer = peer
         self.local = local
         self.cert_subject: bytes | None = None
-        self.loop = asyncio.get_running_loop()
         self.reader = RequestReader(listener.limits, upgrade_filter=listener.forwarded_upgrade)
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set on connect
         self.client_ip = b""
         self.client_port = 0
         # What the reader produced and no exchange has taken yet; a ClientError is a refusal.
-        self.inbox: deque[Event | ClientError] = deque()
+        # None while empty, as it nearly always is between two reads: a deque is 760 bytes,
+        # which an idle connection would carry for nothing.
+        self.inbox: deque[Event | ClientError] | None = None
         self.exchange: Exchange | None = None
         self.tunnel: UpstreamConnection | None = None
         # Idle backend connections opened with this client's PROXY header (upstream.Owner).
         self.owned: list[UpstreamConnection] | None = None
-        self.closed = False
-        self.refused = False
         self.write_paused = False
         self.edge_ip: str | None = None  # counted in the listener's connection limits
         self.served = 0  # requests, counted when max_requests_per_connection is set
         self.between_requests = False  # kept alive after an answer, no byte of the next yet
-        self._blocks = 0
         self._pumping = False
-        # The client's wait for its next bytes (head, body, next request) and for taking ours.
-        self._read_wait = Deadline(self.loop, self._read_timed_out)
-        self._send_wait = Deadline(self.loop, self._send_timed_out)
-        self._closing: asyncio.TimerHandle | None = None  # lingering or a reset at the end
         self.h2: H2Downstream | None = None  # the HTTP/2 connection that took the socket over
         self.h2c_first = False  # an http listener with http2: the first bytes may be h2c's
 
@@ -155,30 +136,36 @@ class ClientConnection(asyncio.Protocol):
             events = self.reader.feed(data)
         except ClientError as exc:
             # The refusal takes its turn after whatever was parsed before the bad bytes.
-            self.inbox.extend(self.reader.parsed_before_error)
-            self.inbox.append(exc)
+            inbox = self.inbox
+            if inbox is None:
+                inbox = self.inbox = deque()
+            inbox.extend(self.reader.parsed_before_error)
+            inbox.append(exc)
             self.refused = True
             self._pump()
             return
         if events:
             inbox = self.inbox
-            inbox.extend(events)
+            if inbox is None:
+                inbox = self.inbox = deque(events)
+            else:
+                inbox.extend(events)
             if len(inbox) > self.listener.max_pipelined:
-                self._cap_pipeline()
+                self._cap_pipeline(inbox)
             self._pump()
 
-    def _cap_pipeline(self) -> None:
+    def _cap_pipeline(self, inbox: deque[Event | ClientError]) -> None:
         """Too many requests sent ahead of their answers: those past the cap are refused."""
         cap = self.listener.max_pipelined
         seen = 0 if self.exchange is None else 1
-        for index, event in enumerate(self.inbox):
+        for index, event in enumerate(inbox):
             if type(event) is Request:
                 seen += 1
                 if seen > cap:
-                    kept = list(self.inbox)[:index]
-                    self.inbox.clear()
-                    self.inbox.extend(kept)
-                    self.inbox.append(ClientError(429, "too many pipelined requests"))
+                    kept = list(inbox)[:index]
+                    inbox.clear()
+                    inbox.extend(kept)
+                    inbox.append(ClientError(429, "too many pipelined requests"))
                     self.refused = True
                     return
 
@@ -202,17 +189,21 @@ class ClientConnection(asyncio.Protocol):
             exchange.client_lost()
         if self.owned is not None:
             close_owned(self)
+        # What would otherwise leave this connection to the garbage collector: the reader's
+        # parser and the deadlines point back at their owners.
+        self.reader.release()
+        self.forget_timers()
 
     def pause_writing(self) -> None:
         self.write_paused = True
         exchange = self.exchange
         if exchange is not None:
             exchange.client_pause_writing()
-        self._send_wait.arm(self.listener.timeouts.send)
+        self.arm_send_timer()
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        self._send_wait.cancel()
+        self.cancel_send_timer()
         exchange = self.exchange
         if exchange is not None:
             exchange.client_resume_writing()
@@ -225,6 +216,8 @@ class ClientConnection(asyncio.Protocol):
         self._pumping = True
         try:
             inbox = self.inbox
+            if inbox is None:
+                return
             while inbox and not self.closed:
                 event = inbox[0]
                 if isinstance(event, ClientError):
@@ -269,6 +262,8 @@ class ClientConnection(asyncio.Protocol):
                         exchange.request_event(event)
         finally:
             self._pumping = False
+            if not self.inbox:
+                self.inbox = None  # drained: an idle connection holds no deque
 
     def exchange_done(self, keep_alive: bool) -> None:
         self.exchange = None
@@ -307,10 +302,6 @@ class ClientConnection(asyncio.Protocol):
 
     # Output
 
-    def write(self, data: bytes) -> None:
-        if not self.closed:
-            self.transport.write(data)
-
     def send_error(
         self,
         status: int,
@@ -333,75 +324,15 @@ class ClientConnection(asyncio.Protocol):
         self.write(answer)
         return sent
 
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._cancel_timers()
-            transport = self.transport
-            if (self.refused or not self.reader.idle) and transport.can_write_eof():
-                self._linger(transport)
-            else:
-                self._close_transport()
+    # What ClientSocket asks
 
-    def _close_transport(self) -> None:
-        self._closing = close_within(self.loop, self.transport, self.listener.timeouts.send)
+    def _may_still_send(self) -> bool:
+        return self.refused or not self.reader.idle  # closed mid-request: linger
 
-    def _linger(self, transport: asyncio.Transport) -> None:
-        """Close a connection the client may still be sending on, as nginx's lingering close:
-        closing at once would answer its next bytes with a reset, which can destroy our answer
-        before the client reads it. Send our FIN, read and drop what comes, close soon."""
-        self.refused = True  # data_received drops everything from now on
-        transport.write_eof()
-        if self._blocks:
-            self._blocks = 0
-            transport.resume_reading()
-        self._closing = self.loop.call_later(LINGER, self._close_transport)
-
-    def abort(self, *, with_reset: bool = False) -> None:
-        """Cut the connection now; `with_reset` also drops what the kernel still holds for a
-        client that stopped reading."""
-        self.closed = True
-        self._cancel_timers()
-        if with_reset:
-            reset(self.transport)
-        else:
-            self.transport.abort()
-
-    # Reading control
-
-    def block(self, reason: int) -> None:
-        if not self._blocks and not self.closed:
-            self.transport.pause_reading()
-        self._blocks |= reason
-
-    def unblock(self, reason: int) -> None:
-        if self._blocks & reason:
-            self._blocks &= ~reason
-            if not self._blocks and not self.closed:
-                self.transport.resume_reading()
-                exchange = self.exchange
-                if exchange is not None and not exchange.request_done:
-                    self.arm_read_timer(self.listener.timeouts.body)
-
-    @property
-    def reading_blocked(self) -> bool:
-        return bool(self._blocks)
-
-    # Timers
-
-    def arm_read_timer(self, delay: float) -> None:
-        """The client has `delay` seconds from now to send its next bytes."""
-        self._read_wait.arm(delay)
-
-    def disarm_read_timer(self) -> None:
-        self._read_wait.disarm()
-
-    def _cancel_timers(self) -> None:
-        self._read_wait.cancel()
-        self._send_wait.cancel()
-        if self._closing is not None:
-            self._closing.cancel()
-            self._closing = None
+    def _reading_resumed(self) -> None:
+        exchange = self.exchange
+        if exchange is not None and not exchange.request_done:
+            self.arm_read_timer(self.listener.timeouts.body)
 
     def _read_timed_out(self) -> None:
         if self.closed:
@@ -418,6 +349,3 @@ class ClientConnection(asyncio.Protocol):
             self.close()  # a keep-alive connection that stayed quiet: nothing to answer
         else:
             self._refuse(ClientError(408, "the request head was not received in time"))
-
-    def _send_timed_out(self) -> None:
-        self.abort(with_reset=True)  # the client stopped reading; nothing more can be said to it

@@ -6,7 +6,6 @@ control and deadlines), `ResponseRelay` (the answer on its way to the client) an
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from usher.errors import ClientError
@@ -77,7 +76,7 @@ class Exchange:
     def __init__(self, client: ClientConnection, request: Request) -> None:
         self.client = client
         self.request = request
-        self.t_start = time.perf_counter()
+        self.t_start = client.listener.clock.now()  # the injected clock, as its deadlines
         self.route: Route | None = None
         self.pool: Pool | None = None
         self.attempts: Attempts | None = None  # set once a pool is chosen

@@ -33,7 +33,6 @@ from hyperframe.frame import GoAwayFrame
 
 from usher.http.h2_headers import MalformedRequest, request_head, trailer_fields
 from usher.http.h2_stream import H2Stream
-from usher.timers import Deadline
 
 if TYPE_CHECKING:
     from usher.http.downstream import ClientConnection
@@ -121,8 +120,8 @@ class H2Downstream(asyncio.Protocol):
         self.last_stream_id = 0  # the GOAWAY's, once draining: later streams are refused
         self._resets = _Budget(MAX_RESETS, FLOOD_INTERVAL)
         self._control = _Budget(MAX_CONTROL_FRAMES, FLOOD_INTERVAL)
-        self._send_wait = Deadline(self.loop, self._send_timed_out)
-        self._idle_wait = Deadline(self.loop, self._idle_timed_out)
+        self._send_wait = origin.deadline(self._send_timed_out)
+        self._idle_wait = origin.deadline(self._idle_timed_out)
 
     def start(self, data: bytes = b"") -> None:
         """Take the socket over from the origin connection; `data` is what it read already."""
@@ -253,12 +252,12 @@ class H2Downstream(asyncio.Protocol):
         stream = self.streams.get(event.stream_id or 0)
         if stream is not None:
             stream.reset_by_client()
-        if event.remote_reset and not self._resets.spend(self.loop.time()):
+        if event.remote_reset and not self._resets.spend(self.listener.clock.now()):
             self.calm_down("too many streams reset")
 
     def _calm(self) -> bool:
         """Count a control frame that makes us answer; False when the client floods."""
-        if self._control.spend(self.loop.time()):
+        if self._control.spend(self.listener.clock.now()):
             return True
         self.calm_down("too many PING or SETTINGS frames")
         return False

@@ -4,8 +4,7 @@ both ways, and the deadlines on the backend (read, send, a tunnel's idle limit).
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Literal
 
 from usher.errors import UpstreamError, UpstreamTimeout
 from usher.http.flow import BLOCK_BUFFERING, BLOCK_UPSTREAM_FULL
@@ -16,6 +15,7 @@ from usher.timers import Deadline
 if TYPE_CHECKING:
     from usher.http.codec import Event
     from usher.http.connection_pool import PendingConnect
+    from usher.http.downstream import ClientConnection
     from usher.http.exchange import Exchange
     from usher.http.upstream import UpstreamConnection
     from usher.pool import Backend, Pool
@@ -29,7 +29,6 @@ class UpstreamLink:
 
     __slots__ = (
         "_idle_for",
-        "_read_wait",
         "_send_wait",
         "body_buffer",
         "body_buffered",
@@ -52,9 +51,9 @@ class UpstreamLink:
         self.body_started = False  # some body bytes went to a backend: no more retries
         self.reused = False
         self.t_connect = 0.0
-        # The backend's read (or the tunnel's idle) limit and its send limit, made when needed.
-        self._read_wait: Deadline | None = None
-        self._idle_for = 0.0  # the limit _read_wait was armed with
+        # The limit on the backend's silence (read, or the tunnel's idle) runs on the
+        # connection's own deadline; the send limit is made when first needed.
+        self._idle_for = 0.0  # the limit the read deadline was armed with
         self._send_wait: Deadline | None = None
 
     # Getting a connection
@@ -71,18 +70,11 @@ class UpstreamLink:
             self.connect(backend)
 
     def connect(self, backend: Backend) -> None:
-        self.t_connect = time.perf_counter()
+        client = self.exchange.client
+        self.t_connect = client.listener.clock.now()
         connections = backend.connections
         version = connections.send_proxy_protocol
-        client = self.exchange.client
-        preamble = None
-        if version is not None:
-            source = (client.client_ip.decode(), client.client_port)
-            if client.local is None:  # looked up only for pools that send PROXY headers
-                local = client.transport.get_extra_info("sockname")
-                if isinstance(local, tuple):
-                    client.local = (str(local[0]), int(local[1]))
-            preamble = encode_proxy_header(version, source, client.local)
+        preamble = proxy_preamble(client, version) if version is not None else None
         self.pending = connections.connect(
             client.loop,
             self._connected,
@@ -104,7 +96,9 @@ class UpstreamLink:
         attempts = exchange.attempts
         if attempts is not None and attempts.backend is not None:
             exchange.client.listener.metrics.connect(
-                attempts.pool.name, attempts.backend.label, time.perf_counter() - self.t_connect
+                attempts.pool.name,
+                attempts.backend.label,
+                exchange.client.listener.clock.now() - self.t_connect,
             )
         self._attach(conn, reused=False)
 
@@ -272,7 +266,7 @@ class UpstreamLink:
         if exchange.pool is not None:
             wait = self._send_wait
             if wait is None:
-                wait = self._send_wait = Deadline(exchange.client.loop, self._timed_out)
+                wait = self._send_wait = exchange.client.deadline(self._timed_out)
             if not wait.armed:
                 wait.arm(exchange.pool.config.timeouts.send)
 
@@ -285,23 +279,25 @@ class UpstreamLink:
 
     def arm_read_timeout(self) -> None:
         """The backend has its read limit (a tunnel: its idle limit) from now to send."""
+        conn = self.conn
+        if conn is None:
+            return
         exchange = self.exchange
-        wait = self._read_wait
-        if wait is None:
-            wait = self._read_wait = Deadline(exchange.client.loop, self._idle)
         pool = exchange.pool
         assert pool is not None
         timeouts = pool.config.timeouts
-        self._idle_for = timeouts.tunnel if exchange.client.tunnel is not None else timeouts.read
-        wait.arm(self._idle_for)
+        client = exchange.client
+        self._idle_for = timeouts.tunnel if client.tunnel is not None else timeouts.read
+        conn.expect_within(client.loop, self._idle_for)
 
     def touch(self) -> None:
         """Bytes moved (through the tunnel, or from the backend): it is not idle."""
-        wait = self._read_wait
-        if wait is not None and wait.armed:
-            wait.arm(self._idle_for)
+        conn = self.conn
+        if conn is not None:
+            conn.still_within(self._idle_for)
 
-    def _idle(self) -> None:
+    def upstream_quiet(self) -> None:
+        """The backend said nothing for the limit armed by `arm_read_timeout`."""
         exchange = self.exchange
         if exchange.finished or exchange.pool is None:
             return
@@ -324,10 +320,21 @@ class UpstreamLink:
             exchange.attempt_failed(UpstreamTimeout("the backend did not answer in time"))
 
     def cancel_read_timeout(self) -> None:
-        if self._read_wait is not None:
-            self._read_wait.cancel()
+        conn = self.conn
+        if conn is not None:
+            conn.stop_expecting()
 
     def cancel_timers(self) -> None:
         self.cancel_read_timeout()
         if self._send_wait is not None:
             self._send_wait.cancel()
+
+
+def proxy_preamble(client: ClientConnection, version: Literal["v1", "v2"]) -> bytes:
+    """The PROXY header that tells a backend the client's address and ours."""
+    source = (client.client_ip.decode(), client.client_port)
+    if client.local is None:  # looked up only for pools that send PROXY headers
+        local = client.transport.get_extra_info("sockname")
+        if isinstance(local, tuple):
+            client.local = (str(local[0]), int(local[1]))
+    return encode_proxy_header(version, source, client.local)

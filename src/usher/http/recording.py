@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 def record_exchange(exchange: Exchange) -> None:
     """Count the request in the metrics and write its access-log line."""
     listener = exchange.client.listener
-    duration = time.perf_counter() - exchange.t_start
+    duration = listener.clock.now() - exchange.t_start
     pool = exchange.pool.name if exchange.pool is not None else None
     attempts = exchange.attempts
     tried = attempts.selection.tried if attempts is not None else None

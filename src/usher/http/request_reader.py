@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 import httptools
 
@@ -111,6 +112,11 @@ class RequestReader:
         # nothing but plain chunked is ever taken: the strictness stays usher's.
         parser.set_dangerous_leniencies(lenient_transfer_encoding=True)
         return parser
+
+    def release(self) -> None:
+        """The connection is gone: let go of the parser. It holds this reader's own bound
+        methods, a cycle that only the garbage collector would free, once per connection."""
+        self._parser = _SPENT_PARSER
 
     @property
     def idle(self) -> bool:
@@ -354,3 +360,10 @@ class RequestReader:
     def _fail(self, status: int, detail: str) -> None:
         self._pending_error = ClientError(status, detail)
         raise self._pending_error
+
+
+class _Nobody:
+    """The protocol of the parser a released reader holds: it is never fed again."""
+
+
+_SPENT_PARSER: Final = httptools.HttpRequestParser(_Nobody())

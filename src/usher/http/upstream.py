@@ -18,7 +18,7 @@ from usher.errors import UpstreamProtocolError
 from usher.http.codec import Event, ResponseReader
 from usher.http.tunnel import keeps_half_open
 from usher.l4.accept import close_within
-from usher.timers import Deadline
+from usher.timers import Deadline, wakeups_for
 
 if TYPE_CHECKING:
     from usher.pool import Backend
@@ -37,6 +37,7 @@ class UpstreamUser(Protocol):
     def upstream_events(self, events: list[Event]) -> None: ...
     def upstream_failed(self, exc: Exception) -> None: ...
     def upstream_lost(self, exc: Exception | None) -> None: ...
+    def upstream_quiet(self) -> None: ...
     def upstream_pause_writing(self) -> None: ...
     def upstream_resume_writing(self) -> None: ...
     def tunnel_data(self, data: bytes) -> None: ...
@@ -46,7 +47,7 @@ class UpstreamUser(Protocol):
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_closing",
-        "_idle",
+        "_wait",
         "backend",
         "closed",
         "generation",
@@ -75,7 +76,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.send_timeout = DEFAULT_SEND_TIMEOUT
         # The client connection whose PROXY header opened this one: reused for it alone.
         self.owner: Owner | None = None
-        self._idle: Deadline | None = None  # when a parked connection expires, once parked
+        # Its one deadline, on the pool's clock, made when first needed: in use, the user's
+        # limit on the backend's silence (read, or a tunnel's idle); parked, when it expires.
+        # One timer for both, so that a connection moving between the two (every request
+        # on a kept-alive connection) re-arms a pending timer rather than make a new one.
+        self._wait: Deadline | None = None
         self._closing: asyncio.TimerHandle | None = None  # a reset if the close takes too long
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -154,8 +159,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
     def _cancel_timers(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
+        if self._wait is not None:
+            self._wait.cancel()
         if self._closing is not None:
             self._closing.cancel()
             self._closing = None
@@ -172,18 +177,42 @@ class UpstreamConnection(asyncio.Protocol):
         # The expiry timer is lazy (a Deadline): a busy connection is parked after every
         # answer, and a timer that fires early and re-arms once per timeout costs less than
         # one timer handle per request.
-        idle = self._idle
-        if idle is None:
-            idle = self._idle = Deadline(loop, self._expired)
-        idle.arm(idle_timeout)
+        self._deadline(loop).arm(idle_timeout)
 
     def unpark(self) -> None:
-        if self._idle is not None:
-            self._idle.disarm()  # the timer stays; it will find the connection busy
+        if self._wait is not None:
+            self._wait.disarm()  # the timer stays; it will find the connection busy
+
+    def expect_within(self, loop: asyncio.AbstractEventLoop, limit: float) -> None:
+        """In use: the backend has `limit` seconds from now to send (else `upstream_quiet`)."""
+        self._deadline(loop).arm(limit)
+
+    def still_within(self, limit: float) -> None:
+        """Bytes moved: a pending `expect_within` counts its `limit` from now."""
+        wait = self._wait
+        if wait is not None and wait.armed:
+            wait.arm(limit)
+
+    def stop_expecting(self) -> None:
+        """No limit on the backend's silence for now (the timer stays for the next arming)."""
+        if self._wait is not None:
+            self._wait.disarm()
+
+    def _deadline(self, loop: asyncio.AbstractEventLoop) -> Deadline:
+        wait = self._wait
+        if wait is None:
+            clock = self.backend.connections.clock
+            wait = self._wait = Deadline(clock, wakeups_for(clock, loop), self._expired)
+        return wait
 
     def _expired(self) -> None:
-        if not self.closed:
-            self.close()
+        if self.closed:
+            return
+        user = self.user
+        if user is None:
+            self.close()  # parked for its idle timeout
+        else:
+            user.upstream_quiet()
 
 
 def close_owned(owner: Owner) -> None:

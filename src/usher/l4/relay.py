@@ -46,14 +46,18 @@ class _Side(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
+        # The relay's `moved`, inlined: this runs for every chunk either way.
         relay = self.relay
-        relay.moved(self.is_client, len(data))
+        relay.last_activity = relay.loop.time()
+        relay.on_bytes(self.is_client, len(data))
         peer = self.peer
-        if peer is None or peer.transport is None:
-            self.pending.append(data)
-            _pause(self.transport)
-            return
-        peer.transport.write(data)
+        if peer is not None:
+            transport = peer.transport
+            if transport is not None:
+                transport.write(data)
+                return
+        self.pending.append(data)
+        _pause(self.transport)
 
     def eof_received(self) -> bool | None:
         self.eof = True

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -160,7 +159,7 @@ class TcpSession:
         self.backend_sock: socket.socket | None = None
         self.relay: StreamRelay | SpliceRelay | None = None
         self.task: asyncio.Task[None] | None = None
-        self.started = time.perf_counter()
+        self.started = listener.clock.now()
         self.connect_time = 0.0
         self.counted_ip: str | None = None  # counted in the listener's connection limits
         self.ended = False
@@ -385,7 +384,7 @@ class TcpSession:
             pool.on_finish(backend, self.connect_time, True)
         record = self.record
         record.result = result
-        record.duration = time.perf_counter() - self.started
+        record.duration = self.listener.clock.now() - self.started
         listener.metrics.connection(listener.name, record.pool, record.backend, result)
         listener.connections.discard(self)
         listener.access_log.write(record)

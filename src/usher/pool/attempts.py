@@ -9,7 +9,6 @@ reset: 502, timed out: 504), decided here only.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
@@ -64,7 +63,7 @@ class Attempts:
         self.metrics = metrics
         self.left = pool.config.retries.attempts + 1
         self.backend: Backend | None = None  # the one being tried, until its try is settled
-        self.started = 0.0  # when the current try began (perf_counter)
+        self.started = 0.0  # when the current try began, on the pool's (injected) clock
         self.last_error: Exception | None = None
         self.retried_status = 0  # the status of an answer dropped for a retry
         self._queue_timer: asyncio.TimerHandle | None = None
@@ -82,12 +81,12 @@ class Attempts:
         selection.tried.append(backend)
         self.backend = backend
         pool.on_start(backend)
-        self.started = time.perf_counter()
+        self.started = selection.now
         return backend
 
     def elapsed(self) -> float:
         """Seconds since the current try began."""
-        return time.perf_counter() - self.started
+        return self.pool.clock.now() - self.started
 
     def failed(self, exc: Exception, *, replayable: bool = True, detail: str | None = None) -> bool:
         """The current try failed before any answer; True when the caller may try `next`

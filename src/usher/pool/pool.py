@@ -66,7 +66,7 @@ class Pool:
         # each reload (it reads files); built on first use when nobody did.
         self._tls_context: ssl.SSLContext | None = None
         for backend in self.backends:
-            backend.connections.configure(config, self.tls_context)
+            backend.connections.configure(config, self.tls_context, clock)
         # Called with (backend, old status, new status, reason) on every change of state.
         self.on_state_change: list[Callable[[Backend, str, str, str], None]] = []
         self.slow_start = SlowStart(config.slow_start)
@@ -340,7 +340,7 @@ class Pool:
                 if self.find(str(spec.address)) is not None:
                     continue  # listed twice: the first spec holds
                 backend = spec.build()
-                backend.connections.configure(self.config, self.tls_context)
+                backend.connections.configure(self.config, self.tls_context, self.clock)
                 self.backends.append(backend)
                 self.slow_start.start(backend, now)
                 rebuild = True
@@ -433,7 +433,7 @@ class Pool:
                 backend.renew_connections()
         self.config = config
         for backend in kept + dropped:
-            backend.connections.configure(config, self.tls_context)
+            backend.connections.configure(config, self.tls_context, self.clock)
         self.slow_start.duration = config.slow_start
         self._algorithm_cls = get_algorithm(config.algorithm)
         self.backends = kept + dropped
