@@ -62,11 +62,26 @@ def wait_for(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: fl
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
+# What usher prints once its workers serve: it listens before, from the control process, and
+# a connection made then waits for a worker (seconds, on a busy machine: wrk counted timeouts).
+SERVING = b" workers serving"
+
+
 @contextmanager
-def running(cmd: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def running(
+    cmd: list[str], port: int, log: Path, timeout: float = 30.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`cmd` started with its output in `log`, once it listens on `port` (and, for usher, once
+    its workers serve)."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for(port, proc)
+        deadline = time.monotonic() + timeout
+        while cmd[: len(USHER)] == USHER and SERVING not in log.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"its workers did not start: {log.read_text()[-500:]}")
+            time.sleep(0.05)
         yield proc
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -185,7 +200,7 @@ def _run(
             cfg.write_text(nginx_config(port, ports, "least_conn" in candidate, workdir))
             cmd = ["nginx", "-c", str(cfg), "-g", "daemon off;"]
         try:
-            with running(cmd, port):
+            with running(cmd, port, workdir / "candidate.log"):
                 time.sleep(0.5)  # let agents report, connections warm up
                 return wrk(port, args.duration, args.connections)
         except (RuntimeError, TimeoutError) as exc:

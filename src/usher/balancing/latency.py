@@ -73,7 +73,9 @@ class LeastResponseTime(Stepwise):
                 rank, score, load = SCORED, _INF, _INF
             else:
                 active = backend.in_flight()  # over every worker
-                rank = rank_of(i, backend, latency, fastest)
+                # One without a sample yet counts as the mean: that says nothing of its speed.
+                sampled = backend.latency_ewma > 0.0
+                rank = rank_of(i, backend, latency, fastest) if sampled else SCORED
                 load = active / weight
                 score = (active + 1) * latency / weight
             if best < 0 or rank < best_rank:
