@@ -12,6 +12,7 @@ from itertools import count
 import pytest
 
 from usher.balancing.probes import (
+    FLOOR_RISE,
     HELD_BACK,
     PROBE_DUE,
     PROBE_GAP,
@@ -138,23 +139,60 @@ def test_a_backend_a_little_slower_keeps_its_share_by_score(algorithm: str) -> N
 
 def test_ranks() -> None:
     clock = ManualClock()
-    backend = Backend(HostPort("10.0.0.1", 80))
-    probes = SlowProbes([backend], clock, interval=10.0)
-    assert probes.rank(0, backend, 0.050, 0.0) == SCORED  # nothing to compare with yet
-    assert probes.rank(0, backend, SLOW_FACTOR * 0.010, 0.010) == SCORED  # not slow enough
-    assert probes.rank(0, backend, 0.050, 0.010) == HELD_BACK  # slow, and just sent one
+    fast, backend = Backend(HostPort("10.0.0.1", 80)), Backend(HostPort("10.0.0.2", 80))
+    probes = SlowProbes([fast, backend], clock, interval=10.0)
+    both = 0b11
+    assert probes.lowest(both) == 0.0
+    probes.answered(backend, 0.050)
+    assert probes.rank(1, backend, probes.lowest(both)) == SCORED  # nothing to compare with
+    probes.answered(fast, 0.010)
+    assert probes.lowest(both) == 0.010
+    assert probes.lowest(0b10) == 0.050  # the fast one is not eligible: it is the fastest
+    assert probes.rank(1, backend, 0.010) == HELD_BACK  # slow, and just sent one (its start)
     clock.advance(PROBE_GAP)
-    assert probes.rank(0, backend, 0.050, 0.010) == SCORED  # idle a while: a probe may go
+    assert probes.rank(1, backend, 0.010) == SCORED  # idle a while: a probe may go
     backend.active = 1
-    assert probes.rank(0, backend, 0.050, 0.010) == HELD_BACK  # its probe is out
+    assert probes.rank(1, backend, 0.010) == HELD_BACK  # its probe is out
     backend.active = 0
     clock.advance(10.5)  # nothing sent for longer than the interval: the probe is due
-    assert probes.rank(0, backend, 0.050, 0.010) == PROBE_DUE
-    assert probes.rank(0, backend, 0.010, 0.010) == PROBE_DUE  # fast or slow
+    assert probes.rank(1, backend, 0.010) == PROBE_DUE
+    assert probes.rank(0, fast, 0.010) == PROBE_DUE  # fast or slow
     probes.started(backend)
-    assert probes.rank(0, backend, 0.050, 0.010) == HELD_BACK
-    assert probes.rank(0, backend, 0.010, 0.010) == SCORED
+    assert probes.rank(1, backend, 0.010) == HELD_BACK
+    probes.answered(backend, SLOW_FACTOR * 0.010)  # a lower sample: its floor follows at once
+    assert probes.rank(1, backend, 0.010) == SCORED
     probes.started(Backend(HostPort("10.0.0.9", 80)))  # not one of its backends: ignored
+
+
+def test_the_floor_keeps_the_low_end_and_rises_slowly() -> None:
+    clock = ManualClock()
+    backend = Backend(HostPort("10.0.0.1", 80))
+    probes = SlowProbes([backend], clock, interval=10.0)
+    probes.answered(backend, 0.002)
+    probes.answered(backend, 0.030)  # one slow answer lifts it by FLOOR_RISE of the gap only
+    assert probes.lowest(1) == pytest.approx(0.002 + FLOOR_RISE * 0.028)
+    for _ in range(500):  # a backend slow for good: its floor gets there
+        probes.answered(backend, 0.030)
+    assert probes.lowest(1) > 0.029
+
+
+@pytest.mark.parametrize("algorithm", LATENCY_AWARE)
+def test_on_a_busy_host_the_slow_backend_is_still_known_slow(algorithm: str) -> None:
+    # Every answer also waits 0-10 ms for a core: 2.5 ms and 20.5 ms backends average about 7.5
+    # and 25.5 ms, under 4x apart, but their floors stay about 8x apart.
+    clock = ManualClock()
+    pool = make_pool(algorithm, clock)
+    fast, other, slow = pool.backends
+    latencies = {fast: FAST, other: FAST, slow: SLOW}
+    rng = random.Random(1)
+    loop = ClosedLoop(pool, clock, clients=32)
+
+    def latency_of(backend: Backend) -> float:
+        return latencies[backend] + rng.uniform(0.0, 0.010)
+
+    loop.run(0.5, latency_of)
+    picks = loop.run(2.0, latency_of)
+    assert picks[slow] <= 21, picks
 
 
 @pytest.mark.parametrize("algorithm", LATENCY_AWARE)

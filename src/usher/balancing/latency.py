@@ -54,12 +54,11 @@ class LeastResponseTime(Stepwise):
 
     def pick(self, ctx: SelectionContext, excluded: int) -> int:
         latencies = self._latencies(ctx, excluded)
-        fastest = _INF
-        for latency in latencies:
-            if 0.0 < latency < fastest:
-                fastest = latency
-        if fastest == _INF:
-            fastest = 0.0
+        candidates = 0  # bit i: backends[i] may be picked
+        for i, latency in enumerate(latencies):
+            if latency >= 0.0:
+                candidates |= 1 << i
+        lowest = self._probes.lowest(candidates)
         rank_of = self._probes.rank
         tie_key = self._ties.key
         best = best_rank = -1
@@ -73,9 +72,7 @@ class LeastResponseTime(Stepwise):
                 rank, score, load = SCORED, _INF, _INF
             else:
                 active = backend.in_flight()  # over every worker
-                # One without a sample yet counts as the mean: that says nothing of its speed.
-                sampled = backend.latency_ewma > 0.0
-                rank = rank_of(i, backend, latency, fastest) if sampled else SCORED
+                rank = rank_of(i, backend, lowest)
                 load = active / weight
                 score = (active + 1) * latency / weight
             if best < 0 or rank < best_rank:
@@ -135,6 +132,7 @@ class LeastResponseTime(Stepwise):
         # The pool updates `latency_ewma` on success only; note when that happened.
         if ok and index is not None:
             self._sampled[index] = self.clock.now()
+            self._probes.answered(backend, latency)
 
 
 register("least_response_time")(LeastResponseTime)
@@ -169,9 +167,9 @@ class PowerOfTwoChoices(Algorithm):
             return
         now = self.clock.now()
         if second >= 0:
-            fastest = self._fastest(ctx, now)
-            first_rank = self._rank(first, fastest, now)
-            second_rank = self._rank(second, fastest, now)
+            lowest = self._probes.lowest(self._eligible(ctx))
+            first_rank = self._probes.rank(first, self.backends[first], lowest)
+            second_rank = self._probes.rank(second, self.backends[second], lowest)
             if second_rank < first_rank or (
                 second_rank == first_rank and self._score(second, now) < self._score(first, now)
             ):
@@ -228,21 +226,14 @@ class PowerOfTwoChoices(Algorithm):
         # Float rounding can leave `point` a hair above zero at the end.
         return last
 
-    def _fastest(self, ctx: SelectionContext, now: float) -> float:
-        """The lowest cost of the eligible backends probed so far, or 0 when none is."""
-        fastest = _INF
+    def _eligible(self, ctx: SelectionContext) -> int:
+        """The eligible backends, as a bit set."""
         eligible = ctx.eligible
+        bits = 0
         for i, backend in enumerate(self.backends):
-            if self._cost[i] >= 0.0 and eligible(backend):
-                cost = self._decayed(i, now)
-                if cost < fastest:
-                    fastest = cost
-        return fastest if fastest < _INF else 0.0
-
-    def _rank(self, index: int, fastest: float, now: float) -> int:
-        if self._cost[index] < 0.0:
-            return SCORED  # unprobed: Finagle's penalty holds it to one request at a time
-        return self._probes.rank(index, self.backends[index], self._decayed(index, now), fastest)
+            if eligible(backend):
+                bits |= 1 << i
+        return bits
 
     def cost(self, backend: Backend) -> float | None:
         """The backend's peak-EWMA latency as of now, in seconds; None before its first answer."""
@@ -275,7 +266,9 @@ class PowerOfTwoChoices(Algorithm):
             return
         now = self.clock.now()
         cost = self._cost[index]
-        if not ok:
+        if ok:
+            self._probes.answered(backend, latency)
+        else:
             # A fast failure (refused, reset) must not make a backend look fast.
             if cost < 0.0:
                 return  # still unprobed: a failure says nothing of its speed
