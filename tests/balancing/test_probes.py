@@ -75,17 +75,24 @@ class ClosedLoop:
         heapq.heappush(self._pending, (now + latency, next(self._order), backend, latency))
 
 
+def bench_pool(
+    algorithm: str, clients: int, slow: float = SLOW, ewma_decay: str = "10s"
+) -> tuple[ClosedLoop, dict[Backend, float], list[Backend]]:
+    """The pool of `make bench-algorithms` (the last backend `slow`) under `clients` clients:
+    the loop, each backend's latency (to change at will), the backends."""
+    clock = ManualClock()
+    pool = make_pool(algorithm, clock, ewma_decay)
+    fast, other, last = pool.backends
+    return ClosedLoop(pool, clock, clients), {fast: FAST, other: FAST, last: slow}, pool.backends
+
+
 @pytest.mark.parametrize("algorithm", LATENCY_AWARE)
 def test_under_load_a_slow_backend_gets_under_one_percent_and_regains_its_share(
     algorithm: str,
 ) -> None:
-    clock = ManualClock()
     # p2c's peak-EWMA forgets a peak over `ewma_decay` however many samples come, so its
     # recovery takes about that long: a short decay keeps the test short.
-    pool = make_pool(algorithm, clock, ewma_decay="1s")
-    fast, other, slow = pool.backends
-    latencies = {fast: FAST, other: FAST, slow: SLOW}
-    loop = ClosedLoop(pool, clock, clients=32)
+    loop, latencies, (_, _, slow) = bench_pool(algorithm, clients=32, ewma_decay="1s")
     loop.run(0.5, latencies.__getitem__)  # it becomes known slow
     picks = loop.run(2.0, latencies.__getitem__)
     total = sum(picks.values())
@@ -100,10 +107,7 @@ def test_under_load_a_slow_backend_gets_under_one_percent_and_regains_its_share(
 
 @pytest.mark.parametrize("algorithm", LATENCY_AWARE)
 def test_at_low_load_a_slow_backend_is_still_probed_and_recovers(algorithm: str) -> None:
-    clock = ManualClock()
-    pool = make_pool(algorithm, clock)
-    fast, other, slow = pool.backends
-    latencies = {fast: FAST, other: FAST, slow: SLOW}
+    loop, latencies, (_, _, slow) = bench_pool(algorithm, clients=4)  # too few for the score
     rng = random.Random(1)
 
     def latency_of(backend: Backend) -> float:
@@ -111,7 +115,6 @@ def test_at_low_load_a_slow_backend_is_still_probed_and_recovers(algorithm: str)
         # ones at best, and ties are not what this is about.
         return latencies[backend] * rng.uniform(0.8, 1.2)
 
-    loop = ClosedLoop(pool, clock, clients=4)  # too few for the score ever to pick it
     loop.run(1.0, latency_of)
     picks = loop.run(60.0, latency_of)
     # Probed now and then (every `ewma_decay`, 10 s), not more.
@@ -125,12 +128,8 @@ def test_at_low_load_a_slow_backend_is_still_probed_and_recovers(algorithm: str)
 @pytest.mark.parametrize("algorithm", LATENCY_AWARE)
 def test_a_backend_a_little_slower_keeps_its_share_by_score(algorithm: str) -> None:
     # The control: under SLOW_FACTOR the score alone decides, and gives it a real share.
-    clock = ManualClock()
-    pool = make_pool(algorithm, clock)
-    fast, other, slower = pool.backends
     latency = FAST * (SLOW_FACTOR - 1.0)
-    latencies = {fast: FAST, other: FAST, slower: latency}
-    loop = ClosedLoop(pool, clock, clients=32)
+    loop, latencies, (_, _, slower) = bench_pool(algorithm, clients=32, slow=latency)
     loop.run(1.0, latencies.__getitem__)
     picks = loop.run(5.0, latencies.__getitem__)
     # Three requests in flight on average, where a probed backend has one at most.
@@ -180,12 +179,8 @@ def test_the_floor_keeps_the_low_end_and_rises_slowly() -> None:
 def test_on_a_busy_host_the_slow_backend_is_still_known_slow(algorithm: str) -> None:
     # Every answer also waits 0-10 ms for a core: 2.5 ms and 20.5 ms backends average about 7.5
     # and 25.5 ms, under 4x apart, but their floors stay about 8x apart.
-    clock = ManualClock()
-    pool = make_pool(algorithm, clock)
-    fast, other, slow = pool.backends
-    latencies = {fast: FAST, other: FAST, slow: SLOW}
+    loop, latencies, (_, _, slow) = bench_pool(algorithm, clients=32)
     rng = random.Random(1)
-    loop = ClosedLoop(pool, clock, clients=32)
 
     def latency_of(backend: Backend) -> float:
         return latencies[backend] + rng.uniform(0.0, 0.010)
