@@ -111,6 +111,19 @@ def test_the_bench_algorithms_example_predicts_the_measured_ranking_by_throughpu
     assert all(by_name[n]["p99_ms"] > 20.0 for n in ("round_robin", "least_connections"))
 
 
+def test_the_slow_backend_recovers_example_gives_it_its_share_back(tmp_path: Path) -> None:
+    examples = ROOT / "examples" / "scenarios"
+    result = simulate(
+        examples / "bench-algorithms.usher.yaml", examples / "slow-backend-recovers.yaml", tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    share = {s["algorithm"]: s["share"]["127.0.0.1:9003"] for s in summary["algorithms"]}
+    # least_response_time: probes only while it is slow (10 s), a third once it is not (10 s).
+    assert 0.12 < share["least_response_time"] < 0.17, share
+    assert share["p2c"] > 0.02, share  # it comes back, over its ewma_decay
+
+
 def test_an_output_directory_that_cannot_be_made_exits_2(tmp_path: Path) -> None:
     text = "duration: 100ms\narrivals: {concurrency: 2}\n" + three_backends()
     config, scenario = write(tmp_path, text)
