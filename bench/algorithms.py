@@ -2,9 +2,11 @@
 and least_conn, in one run with interleaved rounds.
 
 Three demo backends answer after 2 ms, one of them after 20 ms (10x slower). wrk drives each
-candidate in turn; rounds are interleaved (A B C ... A B C) and the table shows medians.
+candidate in turn; rounds are interleaved (A B C ... A B C) and the table shows medians, with
+the share of the requests each backend served (counted by the backends themselves).
 
     python bench/algorithms.py [--rounds 3] [--duration 5] [--connections 32] [--json]
+                               [--only "usher p2c" --only "nginx least_conn"]
 
 Needs wrk (and nginx for its rows): `apt-get install wrk nginx`.
 """
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,11 +62,26 @@ def wait_for(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: fl
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
+# What usher prints once its workers serve: it listens before, from the control process, and
+# a connection made then waits for a worker (seconds, on a busy machine: wrk counted timeouts).
+SERVING = b" workers serving"
+
+
 @contextmanager
-def running(cmd: list[str], port: int, timeout: float = 10.0) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def running(
+    cmd: list[str], port: int, log: Path, timeout: float = 30.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`cmd` started with its output in `log`, once it listens on `port` (and, for usher, once
+    its workers serve)."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for(port, proc, timeout)
+        deadline = time.monotonic() + timeout
+        while cmd[: len(USHER) + 1] == [*USHER, "run"] and SERVING not in log.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"its workers did not start: {log.read_text()[-500:]}")
+            time.sleep(0.05)
         yield proc
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -147,7 +165,27 @@ def wrk(port: int, duration: int, connections: int) -> dict[str, float]:
     return result
 
 
+def served(port: int) -> int:
+    """How many requests the demo backend on `port` has answered (its /conn report)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/conn", timeout=10) as answer:
+        return int(json.load(answer)["requests_total"])
+
+
 def measure(
+    candidate: str, ports: list[int], workdir: Path, args: argparse.Namespace
+) -> dict[str, float]:
+    """wrk's figures for `candidate`, and `share<i>`: the share of the requests backend i
+    served meanwhile (the warm-up's few included)."""
+    before = [served(p) for p in ports]
+    result = _run(candidate, ports, workdir, args)
+    counts = [served(p) - b for p, b in zip(ports, before, strict=True)]
+    total = sum(counts) or 1
+    for i, count in enumerate(counts):
+        result[f"share{i}"] = count / total
+    return result
+
+
+def _run(
     candidate: str, ports: list[int], workdir: Path, args: argparse.Namespace
 ) -> dict[str, float]:
     for attempt in (1, 2):  # a free port can be taken by someone else before we bind it
@@ -162,7 +200,7 @@ def measure(
             cfg.write_text(nginx_config(port, ports, "least_conn" in candidate, workdir))
             cmd = ["nginx", "-c", str(cfg), "-g", "daemon off;"]
         try:
-            with running(cmd, port):
+            with running(cmd, port, workdir / "candidate.log"):
                 time.sleep(0.5)  # let agents report, connections warm up
                 return wrk(port, args.duration, args.connections)
         except (RuntimeError, TimeoutError) as exc:
@@ -179,6 +217,12 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=5, help="seconds per measurement")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="CANDIDATE",
+        help='measure only this candidate ("usher p2c", "nginx least_conn"); repeatable',
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is missing: apt-get install wrk nginx", file=sys.stderr)
@@ -192,6 +236,11 @@ def main() -> int:
     candidates: list[str] = [f"usher {a}" for a in ALGORITHMS]
     if have_nginx:
         candidates += ["nginx round robin", "nginx least_conn"]
+    if args.only:
+        unknown = sorted(set(args.only) - set(candidates))
+        if unknown:
+            parser.error(f"unknown candidates {unknown} (known: {', '.join(candidates)})")
+        candidates = [c for c in candidates if c in args.only]
     samples: dict[str, list[dict[str, float]]] = {c: [] for c in candidates}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -208,8 +257,13 @@ def main() -> int:
                 wait_for(p)
             for round_no in range(args.rounds):
                 for candidate in candidates:
-                    samples[candidate].append(measure(candidate, ports, workdir, args))
-                    print(f"round {round_no + 1}: {candidate} done", file=sys.stderr)
+                    r = measure(candidate, ports, workdir, args)
+                    samples[candidate].append(r)
+                    print(
+                        f"round {round_no + 1}: {candidate}: {r['rps']:.0f} req/s, "
+                        f"p99 {r['p99_ms']:.2f} ms, slow share {r[f'share{len(ports) - 1}']:.2%}",
+                        file=sys.stderr,
+                    )
         finally:
             for proc in backends:
                 proc.terminate()
@@ -228,13 +282,18 @@ def main() -> int:
         f"three backends, latencies {', '.join(latencies)}; wrk -c{args.connections}, "
         f"{args.duration}s x {args.rounds} interleaved rounds, medians\n"
     )
-    print(f"| {'candidate':<28} | {'req/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} |")
-    print(f"|{'-' * 30}|{'-' * 10}|{'-' * 9}|{'-' * 9}|{'-' * 8}|")
+    share_head = " / ".join(latencies)
+    print(
+        f"| {'candidate':<28} | {'req/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} "
+        f"| share {share_head} |"
+    )
+    print(f"|{'-' * 30}|{'-' * 10}|{'-' * 9}|{'-' * 9}|{'-' * 8}|{'-' * (len(share_head) + 8)}|")
     for c, r in table.items():
         cells = (
             f"{r['rps']:>8.0f} | {r['p50_ms']:>7.2f} | {r['p99_ms']:>7.2f} | {r['errors']:>6.0f}"
         )
-        print(f"| {c:<28} | {cells} |")
+        shares = " / ".join(f"{r[f'share{i}']:.1%}" for i in range(len(ports)))
+        print(f"| {c:<28} | {cells} | {shares} |")
     return 0
 
 

@@ -89,7 +89,12 @@ def per_request(rounds: int, seconds: int) -> dict[str, dict[str, float]]:
     with tempfile.TemporaryDirectory() as work, ExitStack() as stack:
         backend_port = free_port()
         stack.enter_context(
-            running([*USHER, "backend", "--port", str(backend_port)], backend_port, 60)
+            running(
+                [*USHER, "backend", "--port", str(backend_port)],
+                backend_port,
+                Path(work) / "backend.log",
+                60,
+            )
         )
         ports: dict[str, int] = {}
         pids: dict[str, int] = {}
@@ -98,7 +103,7 @@ def per_request(rounds: int, seconds: int) -> dict[str, dict[str, float]]:
             config = Path(work) / f"{name}.yaml"
             config.write_text(variant_config(name, port, backend_port))
             cmd = [*USHER, "run", "-c", str(config), "--workers", "2", "--no-access-log"]
-            pids[name] = stack.enter_context(running(cmd, port, 60)).pid
+            pids[name] = stack.enter_context(running(cmd, port, Path(work) / f"{name}.log", 60)).pid
             ports[name] = port
             wrk(port, 1)  # warm-up
         names = list(VARIANTS)

@@ -75,6 +75,7 @@ COMPILED_MODULES: Final = (
     "usher.balancing",
     "usher.balancing.hashing",
     "usher.balancing.latency",
+    "usher.balancing.probes",
     "usher.balancing.least",
     "usher.balancing.random",
     "usher.balancing.resource",

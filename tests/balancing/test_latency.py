@@ -137,7 +137,7 @@ def test_an_old_latency_is_forgotten_so_a_recovered_backend_is_tried_again() -> 
     for backend in (fast, other):
         backend.active = 4  # 5 * 0.010 = 0.050: still better than the slow one's 0.1 ...
     assert pool.select(Selection("192.0.2.1", clock.now())) is not slow
-    clock.advance(60.0)  # ... but not than the mean (0.04) it is forgotten towards
+    clock.advance(60.0)  # ... but not than the fastest (0.01) it is forgotten towards
     assert pool.select(Selection("192.0.2.1", clock.now())) is slow
 
 
