@@ -67,6 +67,15 @@ def wait_for(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: fl
 SERVING = b" workers serving"
 
 
+def spawns_workers(cmd: list[str]) -> bool:
+    """Whether `cmd` is an `usher run` with worker processes (one per core unless --workers)."""
+    if cmd[: len(USHER) + 1] != [*USHER, "run"]:
+        return False
+    if "--workers" in cmd[:-1]:
+        return int(cmd[cmd.index("--workers") + 1]) > 1
+    return (os.cpu_count() or 1) > 1
+
+
 @contextmanager
 def running(
     cmd: list[str], port: int, log: Path, timeout: float = 30.0
@@ -78,7 +87,7 @@ def running(
     try:
         wait_for(port, proc, timeout)
         deadline = time.monotonic() + timeout
-        while cmd[: len(USHER) + 1] == [*USHER, "run"] and SERVING not in log.read_bytes():
+        while spawns_workers(cmd) and SERVING not in log.read_bytes():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"its workers did not start: {log.read_text()[-500:]}")
             time.sleep(0.05)
