@@ -3,6 +3,7 @@ compiled and pure (docs/performance.md, "Compiled hot path").
 
     python bench/per_request.py instructions [--requests 1000]   # needs valgrind
     python bench/per_request.py profile [--requests 1000] [--top 25]
+    ... [--profile features] [--access-log]   # the `features` scenario's config (bench/proxies.py)
 
 Each measurement runs `usher run --workers 1` as a user would (one pool of one `usher backend`,
 access log off unless --access-log) under valgrind or cProfile, sends it WARMUP requests and then
@@ -30,6 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from algorithms import free_port, wait_for
+from proxies import usher_config
 
 USHER = [sys.executable, "-m", "usher"]
 WARMUP = 200
@@ -123,27 +125,42 @@ def _recv(sock: socket.socket) -> bytes:
     return data
 
 
-def measure_run(
-    python: list[str], env: Mapping[str, str], requests: int, work: Path, access_log: bool
-) -> None:
+class Run:
+    """What every measured run of one invocation shares: the environment, the access log and
+    the config's profile (`plain`: one pool of one backend, round robin; `features`: the
+    benchmark's features scenario with that backend)."""
+
+    def __init__(self, env: Mapping[str, str], access_log: bool, profile: str) -> None:
+        self.env = env
+        self.access_log = access_log
+        self.profile = profile
+
+
+def config_text(profile: str, port: int, backend_port: int) -> str:
+    if profile == "features":
+        return usher_config("http", port, [backend_port], Path(), "features", free_port())
+    return (
+        f"listeners: [{{name: web, bind: 127.0.0.1:{port}, pool: p}}]\n"
+        f"pools: {{p: {{backends: [{{address: 127.0.0.1:{backend_port}}}]}}}}\n"
+    )
+
+
+def measure_run(python: list[str], run: Run, requests: int, work: Path) -> None:
     """One `usher run` started by `python` (the interpreter, under valgrind, or cProfile's):
     warm-up, `requests` GETs, SIGTERM, wait for its exit."""
     backend_port, port = free_port(), free_port()
     config = work / "usher.yaml"
-    config.write_text(
-        f"listeners: [{{name: web, bind: 127.0.0.1:{port}, pool: p}}]\n"
-        f"pools: {{p: {{backends: [{{address: 127.0.0.1:{backend_port}}}]}}}}\n"
-    )
+    config.write_text(config_text(run.profile, port, backend_port))
     backend = subprocess.Popen(
         [*USHER, "backend", "--port", str(backend_port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    flags = [] if access_log else ["--no-access-log"]
+    flags = [] if run.access_log else ["--no-access-log"]
     cmd = [*python, "-m", "usher", "run", "-c", str(config), "--workers", "1", *flags]
     with (work / "usher.log").open("ab") as log:
         usher = subprocess.Popen(
-            cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=log
+            cmd, env={**os.environ, **run.env}, stdout=subprocess.DEVNULL, stderr=log
         )
     try:
         wait_for(backend_port, backend, 30)
@@ -159,23 +176,21 @@ def measure_run(
                 proc.wait()
 
 
-def instructions(mode: str, requests: int, work: Path, access_log: bool) -> float:
+def instructions(mode: str, requests: int, work: Path, run: Run) -> float:
     totals = []
     for count in (FEW, FEW + requests):
         out = work / f"callgrind.{mode}.{count}"
         valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--quiet"]
-        measure_run([*valgrind, sys.executable], MODES[mode], count, work, access_log)
+        measure_run([*valgrind, sys.executable], run, count, work)
         totals.append(callgrind_total(out.read_text()))
     return (totals[1] - totals[0]) / requests
 
 
-def profile(mode: str, requests: int, work: Path, access_log: bool) -> list[dict[str, Any]]:
+def profile(mode: str, requests: int, work: Path, run: Run) -> list[dict[str, Any]]:
     counts = []
     for count in (FEW, FEW + requests):
         out = work / f"profile.{mode}.{count}"
-        measure_run(
-            [sys.executable, "-c", PROFILED, str(out)], MODES[mode], count, work, access_log
-        )
+        measure_run([sys.executable, "-c", PROFILED, str(out)], run, count, work)
         counts.append(per_call_counts(pstats.Stats(str(out))))
     return per_request(counts[0], counts[1], requests)
 
@@ -188,6 +203,12 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=1000, help="requests measured")
     parser.add_argument("--modes", default="compiled,pure", help="compiled, pure or both")
     parser.add_argument("--access-log", action="store_true", help="leave the access log on")
+    parser.add_argument(
+        "--profile",
+        choices=["plain", "features"],
+        default="plain",
+        help="the config: one round-robin pool (plain) or the features scenario's",
+    )
     parser.add_argument("--top", type=int, default=25, help="functions shown by `profile`")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -198,13 +219,18 @@ def main() -> int:
     if "compiled" in modes and "compiled" not in version.stdout:
         print(f"not compiled ({version.stdout.strip()}): run make first", file=sys.stderr)
         return 1
-    results: dict[str, Any] = {"requests": args.requests, "access_log": args.access_log}
+    results: dict[str, Any] = {
+        "requests": args.requests,
+        "access_log": args.access_log,
+        "profile": args.profile,
+    }
     with tempfile.TemporaryDirectory(prefix="usher-per-request-") as tmp:
         for mode in modes:
+            run = Run(MODES[mode], args.access_log, args.profile)
             if args.what == "instructions":
-                results[mode] = instructions(mode, args.requests, Path(tmp), args.access_log)
+                results[mode] = instructions(mode, args.requests, Path(tmp), run)
             else:
-                results[mode] = profile(mode, args.requests, Path(tmp), args.access_log)
+                results[mode] = profile(mode, args.requests, Path(tmp), run)
     if args.json:
         print(json.dumps(results, indent=2))
     elif args.what == "instructions":

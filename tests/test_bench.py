@@ -143,7 +143,8 @@ def test_per_request_counts_only_what_the_extra_requests_added() -> None:
 
 def test_a_profiled_usher_run_counts_the_codec_once_per_request(tmp_path: Path) -> None:
     # The method end to end, bounded: two short runs of the real `usher run` under cProfile.
-    rows = per_request.profile("pure", 20, tmp_path, access_log=False)
+    run = per_request.Run(per_request.MODES["pure"], access_log=False, profile="plain")
+    rows = per_request.profile("pure", 20, tmp_path, run)
     readers = ("feed (request_reader.py", "feed (response_reader.py")
     feeds = [r for r in rows if r["function"].startswith(readers)]
     assert len(feeds) == 2  # the request reader's and the response reader's

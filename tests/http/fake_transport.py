@@ -73,15 +73,20 @@ class FakeTransport:
         return data
 
 
-def listener_with_backend(**listener_options: Any) -> tuple[HttpListener, Pool]:
-    """An http listener routing everything to a pool of one backend, with no access log."""
+def listener_with_backend(
+    pool_options: dict[str, Any] | None = None, **listener_options: Any
+) -> tuple[HttpListener, Pool]:
+    """An http listener routing everything to a pool of one backend, with no access log
+    (`routes` in the listener's options instead of its `pool`, when given)."""
+    target = {} if "routes" in listener_options else {"pool": "web"}
+    pool = {"backends": [{"address": "127.0.0.1:9001"}], **(pool_options or {})}
     config = parse_config(
         json.dumps(
             {
                 "listeners": [
-                    {"name": "web", "bind": "127.0.0.1:8080", "pool": "web", **listener_options}
+                    {"name": "web", "bind": "127.0.0.1:8080", **target, **listener_options}
                 ],
-                "pools": {"web": {"backends": [{"address": "127.0.0.1:9001"}]}},
+                "pools": {"web": pool},
             }
         )
     )

@@ -1,8 +1,10 @@
 """One request's phases, from routing to the access log: route, edge screening, the upstream
 head, attempts, finish. The other jobs each have an owner the exchange holds: `Attempts`
 (which backend, retry or give up), `UpstreamLink` (the backend connection, the body, flow
-control and deadlines), `ResponseRelay` (the answer on its way to the client) and `Tunnel`
-(after a 101); answers.py makes usher's own answers, recording.py the metrics and log line."""
+control and deadlines), response.py (the answer on its way to the client) and `Tunnel`
+(after a 101); answers.py makes usher's own answers, recording.py the metrics and log line.
+None of them keeps the exchange once it is finished, so a finished exchange is freed by
+reference counting, without the cyclic collector."""
 
 from __future__ import annotations
 
@@ -27,7 +29,6 @@ from usher.http.forwarding import controlled_names, normalise_target, upstream_h
 from usher.http.headers import expects_continue, forward_trailers
 from usher.http.link import UpstreamLink
 from usher.http.recording import record_exchange
-from usher.http.response import ResponseRelay
 from usher.http.tunnel import Tunnel
 from usher.logs import AccessRecord
 from usher.pool import Pool, Selection
@@ -49,6 +50,7 @@ class Exchange:
         "attempts",
         "body_clock",
         "bytes_out",
+        "chunked_out",
         "client",
         "continued",
         "edge",
@@ -60,7 +62,6 @@ class Exchange:
         "record",
         "request",
         "request_done",
-        "response",
         "response_done",
         "response_started",
         "route",
@@ -86,7 +87,7 @@ class Exchange:
         self.request_done = False
         self.response_started = False
         self.response_done = False
-        self.response = ResponseRelay(self)
+        self.chunked_out = False  # the response body is relayed chunked (coded by usher)
         self.keep_alive = request.keep_alive
         self.finished = False
         self.status = 0
