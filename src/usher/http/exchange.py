@@ -357,9 +357,9 @@ class Exchange:
         client = self.client
         self.link.release(self.pool, self.request_done and self.response_done)
         if self.attempts is not None:
-            # A tunnel's latency is its handshake, not the life of the WebSocket.
-            tunnel = self.status == 101 and self.upstream_time is not None
-            self.attempts.finish(ok, self.upstream_time if tunnel else None)
+            # The try's latency is the time to its answer's end (a tunnel's: its handshake, not
+            # the life of the WebSocket), taken when the answer ended; else the time until now.
+            self.attempts.finish(ok, self.upstream_time)
         if self.request.upgrade is None or self.status != 101:
             record_exchange(self)
         if client.exchange is self:
