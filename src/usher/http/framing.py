@@ -96,18 +96,33 @@ REASONS: Final[dict[int, bytes]] = {
 }
 
 
+# A head is joined once from its pieces: concatenating them (`name + b": " + value`, then the
+# head onto its headers) made and copied an intermediate bytes object per `+`.
+
+
+def _head(parts: list[bytes], headers: Headers) -> bytes:
+    """`parts` (the start line), the header lines and the blank line, in one join."""
+    for name, value in headers:
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
+        parts.append(CRLF)
+    parts.append(CRLF)
+    return b"".join(parts)
+
+
 def encode_headers(headers: Headers) -> bytes:
-    return b"".join([name + b": " + value + CRLF for name, value in headers])
+    return _head([], headers)[:-2]
 
 
 def encode_request_head(method: bytes, target: bytes, headers: Headers) -> bytes:
-    return method + b" " + target + b" HTTP/1.1\r\n" + encode_headers(headers) + CRLF
+    return _head([method, b" ", target, b" HTTP/1.1\r\n"], headers)
 
 
 def encode_response_head(status: int, reason: bytes, headers: Headers) -> bytes:
     if not reason:
         reason = REASONS.get(status, b"")
-    return b"HTTP/1.1 %d %s\r\n" % (status, reason) + encode_headers(headers) + CRLF
+    return _head([b"HTTP/1.1 %d " % status, reason, CRLF], headers)
 
 
 def encode_chunk(data: bytes) -> bytes:
