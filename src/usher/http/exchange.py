@@ -150,7 +150,8 @@ class Exchange:
         target = route.rewrite_target(request.target)
         self.link.head = encode_request_head(request.method, target, headers)
         key = pool.hash_key(request, client_ip)
-        selection = Selection(client_ip.decode(), pool.clock.now(), key)
+        # No time yet: Attempts.next reads the pool's clock for each choice it makes.
+        selection = Selection(client_ip.decode(), 0.0, key)
         self.attempts = Attempts(pool, selection, listener.metrics)
         if inspecting:
             assert edge is not None
