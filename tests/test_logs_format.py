@@ -148,4 +148,4 @@ def test_milliseconds_match_the_float_formatting_at_ties_and_far_from_them() -> 
     wide = [rng.uniform(0, 10) for _ in range(3000)] + [rng.expovariate(1000) for _ in range(3000)]
     huge = [1e6, 3.6e5 + 0.00005, 1e7, 1e12, float("inf")]
     for seconds in [*ties, *near, *wide, *huge, 0.0, -0.0, -1.0]:
-        assert logs._ms(seconds) == f"{seconds * 1000:.1f}", seconds
+        assert logs._ms(seconds) == f"{seconds * 1000:.1f}ms", seconds
