@@ -96,33 +96,18 @@ REASONS: Final[dict[int, bytes]] = {
 }
 
 
-# A head is joined once from its pieces: concatenating them (`name + b": " + value`, then the
-# head onto its headers) made and copied an intermediate bytes object per `+`.
-
-
-def _head(parts: list[bytes], headers: Headers) -> bytes:
-    """`parts` (the start line), the header lines and the blank line, in one join."""
-    for name, value in headers:
-        parts.append(name)
-        parts.append(b": ")
-        parts.append(value)
-        parts.append(CRLF)
-    parts.append(CRLF)
-    return b"".join(parts)
-
-
 def encode_headers(headers: Headers) -> bytes:
-    return _head([], headers)[:-2]
+    return b"".join([name + b": " + value + CRLF for name, value in headers])
 
 
 def encode_request_head(method: bytes, target: bytes, headers: Headers) -> bytes:
-    return _head([method, b" ", target, b" HTTP/1.1\r\n"], headers)
+    return method + b" " + target + b" HTTP/1.1\r\n" + encode_headers(headers) + CRLF
 
 
 def encode_response_head(status: int, reason: bytes, headers: Headers) -> bytes:
     if not reason:
         reason = REASONS.get(status, b"")
-    return _head([b"HTTP/1.1 %d " % status, reason, CRLF], headers)
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason) + encode_headers(headers) + CRLF
 
 
 def encode_chunk(data: bytes) -> bytes:
