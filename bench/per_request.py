@@ -4,6 +4,7 @@ compiled and pure (docs/performance.md, "Compiled hot path").
     python bench/per_request.py instructions [--requests 1000]   # needs valgrind
     python bench/per_request.py profile [--requests 1000] [--top 25]
     python bench/per_request.py profile --close   # each request on its own connection
+    ... [--profile features] [--access-log]   # the `features` scenario's config (bench/proxies.py)
 
 Each measurement runs `usher run --workers 1` as a user would (one pool of one `usher backend`,
 access log off unless --access-log) under valgrind or cProfile, sends it WARMUP requests and then
@@ -32,6 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from algorithms import free_port, wait_for
+from proxies import usher_config
 
 USHER = [sys.executable, "-m", "usher"]
 WARMUP = 200
@@ -138,37 +140,53 @@ def _recv(sock: socket.socket) -> bytes:
     return data
 
 
-def measure_run(
-    python: list[str],
-    env: Mapping[str, str],
-    requests: int,
-    work: Path,
-    access_log: bool,
-    close: bool = False,
-) -> None:
+class Run:
+    """What every measured run of one invocation shares: the environment, the access log and
+    the config's profile (`plain`: one pool of one backend, round robin; `features`: the
+    benchmark's features scenario with that backend)."""
+
+    def __init__(
+        self, env: Mapping[str, str], access_log: bool, profile: str, close: bool = False
+    ) -> None:
+        self.env = env
+        self.access_log = access_log
+        self.profile = profile
+        self.close = close  # each request on a new connection
+
+
+def config_text(profile: str, port: int, backend_port: int) -> str:
+    if profile == "features":
+        text = usher_config("http", port, [backend_port], Path(), "features", free_port())
+        # Without the admin API: idle, it costs a request nothing, and under valgrind its
+        # start (FastAPI, pydantic's schemas) takes minutes.
+        return "".join(line for line in text.splitlines(True) if not line.startswith("admin:"))
+    return (
+        f"listeners: [{{name: web, bind: 127.0.0.1:{port}, pool: p}}]\n"
+        f"pools: {{p: {{backends: [{{address: 127.0.0.1:{backend_port}}}]}}}}\n"
+    )
+
+
+def measure_run(python: list[str], run: Run, requests: int, work: Path) -> None:
     """One `usher run` started by `python` (the interpreter, under valgrind, or cProfile's):
     warm-up, `requests` GETs, SIGTERM, wait for its exit."""
     backend_port, port = free_port(), free_port()
     config = work / "usher.yaml"
-    config.write_text(
-        f"listeners: [{{name: web, bind: 127.0.0.1:{port}, pool: p}}]\n"
-        f"pools: {{p: {{backends: [{{address: 127.0.0.1:{backend_port}}}]}}}}\n"
-    )
+    config.write_text(config_text(run.profile, port, backend_port))
     backend = subprocess.Popen(
         [*USHER, "backend", "--port", str(backend_port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    flags = [] if access_log else ["--no-access-log"]
+    flags = [] if run.access_log else ["--no-access-log"]
     cmd = [*python, "-m", "usher", "run", "-c", str(config), "--workers", "1", *flags]
     with (work / "usher.log").open("ab") as log:
         usher = subprocess.Popen(
-            cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=log
+            cmd, env={**os.environ, **run.env}, stdout=subprocess.DEVNULL, stderr=log
         )
     try:
         wait_for(backend_port, backend, 30)
         wait_for(port, usher, 600)  # python under valgrind starts slowly
-        (get_closing if close else get_many)(port, WARMUP + requests, timeout=60)
+        (get_closing if run.close else get_many)(port, WARMUP + requests, timeout=60)
         usher.send_signal(signal.SIGTERM)
         if usher.wait(timeout=600) != 0:
             raise RuntimeError(f"usher exited with {usher.returncode}: see {work / 'usher.log'}")
@@ -179,32 +197,21 @@ def measure_run(
                 proc.wait()
 
 
-def instructions(
-    mode: str, requests: int, work: Path, access_log: bool, close: bool = False
-) -> float:
+def instructions(mode: str, requests: int, work: Path, run: Run) -> float:
     totals = []
     for count in (FEW, FEW + requests):
         out = work / f"callgrind.{mode}.{count}"
         valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--quiet"]
-        measure_run([*valgrind, sys.executable], MODES[mode], count, work, access_log, close)
+        measure_run([*valgrind, sys.executable], run, count, work)
         totals.append(callgrind_total(out.read_text()))
     return (totals[1] - totals[0]) / requests
 
 
-def profile(
-    mode: str, requests: int, work: Path, access_log: bool, close: bool = False
-) -> list[dict[str, Any]]:
+def profile(mode: str, requests: int, work: Path, run: Run) -> list[dict[str, Any]]:
     counts = []
     for count in (FEW, FEW + requests):
         out = work / f"profile.{mode}.{count}"
-        measure_run(
-            [sys.executable, "-c", PROFILED, str(out)],
-            MODES[mode],
-            count,
-            work,
-            access_log,
-            close,
-        )
+        measure_run([sys.executable, "-c", PROFILED, str(out)], run, count, work)
         counts.append(per_call_counts(pstats.Stats(str(out))))
     return per_request(counts[0], counts[1], requests)
 
@@ -217,6 +224,12 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=1000, help="requests measured")
     parser.add_argument("--modes", default="compiled,pure", help="compiled, pure or both")
     parser.add_argument("--access-log", action="store_true", help="leave the access log on")
+    parser.add_argument(
+        "--profile",
+        choices=["plain", "features"],
+        default="plain",
+        help="the config: one round-robin pool (plain) or the features scenario's",
+    )
     parser.add_argument(
         "--close", action="store_true", help="each request on a new connection (Connection: close)"
     )
@@ -233,16 +246,16 @@ def main() -> int:
     results: dict[str, Any] = {
         "requests": args.requests,
         "access_log": args.access_log,
+        "profile": args.profile,
         "close": args.close,
     }
     with tempfile.TemporaryDirectory(prefix="usher-per-request-") as tmp:
         for mode in modes:
+            run = Run(MODES[mode], args.access_log, args.profile, args.close)
             if args.what == "instructions":
-                results[mode] = instructions(
-                    mode, args.requests, Path(tmp), args.access_log, args.close
-                )
+                results[mode] = instructions(mode, args.requests, Path(tmp), run)
             else:
-                results[mode] = profile(mode, args.requests, Path(tmp), args.access_log, args.close)
+                results[mode] = profile(mode, args.requests, Path(tmp), run)
     if args.json:
         print(json.dumps(results, indent=2))
     elif args.what == "instructions":

@@ -143,7 +143,8 @@ def test_per_request_counts_only_what_the_extra_requests_added() -> None:
 
 def test_a_profiled_usher_run_counts_the_codec_once_per_request(tmp_path: Path) -> None:
     # The method end to end, bounded: two short runs of the real `usher run` under cProfile.
-    rows = per_request.profile("pure", 20, tmp_path, access_log=False)
+    run = per_request.Run(per_request.MODES["pure"], access_log=False, profile="plain")
+    rows = per_request.profile("pure", 20, tmp_path, run)
     readers = ("feed (request_reader.py", "feed (response_reader.py")
     feeds = [r for r in rows if r["function"].startswith(readers)]
     assert len(feeds) == 2  # the request reader's and the response reader's
@@ -218,3 +219,14 @@ def test_usher_configs_check(tmp_path: Path, profile: str) -> None:
         for line in ("algorithm: least_connections", "type: http, interval: 1", "type: cookie"):
             assert line in text
         assert "rate: 1000000/s" in text and "admin: {bind: 127.0.0.1:18090}" in text
+
+
+@pytest.mark.parametrize("profile", ["plain", "features"])
+def test_per_request_configs_check(tmp_path: Path, profile: str) -> None:
+    conf = tmp_path / "usher.yaml"
+    conf.write_text(per_request.config_text(profile, 18080, 18081))
+    _run([sys.executable, "-m", "usher", "check", "-c", str(conf)])
+    text = conf.read_text()
+    assert "admin:" not in text  # its start under valgrind would take minutes
+    if profile == "features":
+        assert "sticky: {type: cookie" in text and "rate: 1000000/s" in text

@@ -139,3 +139,13 @@ async def test_flush_writes_what_is_held_back(monkeypatch: pytest.MonkeyPatch) -
     assert out.getvalue() == reference_text(r) + "\n"
     log.flush()  # nothing more
     assert out.getvalue() == reference_text(r) + "\n"
+
+
+def test_milliseconds_match_the_float_formatting_at_ties_and_far_from_them() -> None:
+    rng = random.Random(3)
+    ties = [n / 20_000 for n in range(0, 4000)]  # 0.05 ms steps: every x.x5 and x.x0
+    near = [t + d for t in ties[:500] for d in (-1e-12, 1e-12, -1e-9, 1e-9)]
+    wide = [rng.uniform(0, 10) for _ in range(3000)] + [rng.expovariate(1000) for _ in range(3000)]
+    huge = [1e6, 3.6e5 + 0.00005, 1e7, 1e12, float("inf")]
+    for seconds in [*ties, *near, *wide, *huge, 0.0, -0.0, -1.0]:
+        assert logs._ms(seconds) == f"{seconds * 1000:.1f}ms", seconds

@@ -74,17 +74,22 @@ class FakeTransport:
 
 
 def listener_with_backend(
-    clock: Clock | None = None, **listener_options: Any
+    clock: Clock | None = None,
+    pool_options: dict[str, Any] | None = None,
+    **listener_options: Any,
 ) -> tuple[HttpListener, Pool]:
     """An http listener routing everything to a pool of one backend, with no access log, on
-    `clock` (a ManualClock drives its timeouts without sleeping; default: the real one)."""
+    `clock` (a ManualClock drives its timeouts without sleeping; default: the real one);
+    `routes` in the listener's options instead of its `pool`, when given."""
+    target = {} if "routes" in listener_options else {"pool": "web"}
+    pool = {"backends": [{"address": "127.0.0.1:9001"}], **(pool_options or {})}
     config = parse_config(
         json.dumps(
             {
                 "listeners": [
-                    {"name": "web", "bind": "127.0.0.1:8080", "pool": "web", **listener_options}
+                    {"name": "web", "bind": "127.0.0.1:8080", **target, **listener_options}
                 ],
-                "pools": {"web": {"backends": [{"address": "127.0.0.1:9001"}]}},
+                "pools": {"web": pool},
             }
         )
     )

@@ -1,7 +1,11 @@
 """The exchange driven on fake transports: a request forwarded to a kept-alive backend
-connection, its answer relayed, pipelined requests in turn, a client gone mid-body."""
+connection, its answer relayed, pipelined requests in turn, a client gone mid-body, and no
+reference cycle left behind by a finished exchange."""
 
 from __future__ import annotations
+
+import gc
+from typing import Any
 
 from tests.http.fake_transport import connected_client, idle_upstream, listener_with_backend
 from usher.clock import ManualClock
@@ -96,3 +100,61 @@ async def test_a_kept_alive_backend_connection_keeps_one_timer_across_requests()
     assert pool.backends[0].idle == [conn]
     assert clock.scheduled == made  # every deadline moved later: no new timer
     assert clock.pending() == 2  # the client's keep-alive wait, the connection's idle limit
+
+
+def _garbage_after(requests: list[bytes], **options: Any) -> list[str]:
+    """The type names of what `requests` (each answered by the backend, when forwarded) left
+    for the cyclic collector: with it off, everything a request leaves in a reference cycle
+    stays until `gc.collect()`, which DEBUG_SAVEALL keeps in `gc.garbage` to be seen."""
+    listener, pool = listener_with_backend(**options)
+    conn, upstream = idle_upstream(pool.backends[0])
+    client, downstream = connected_client(listener)
+
+    def serve(request: bytes) -> bytes:
+        client.data_received(request)
+        if upstream.take():
+            conn.data_received(ANSWER)
+        return downstream.take()
+
+    for request in requests:  # caches, lazily made objects: made before the count
+        serve(request)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        answers = [serve(request) for request in requests * 50]
+        assert all(a.startswith(b"HTTP/1.1 ") for a in answers) and not downstream.closed
+        gc.collect()
+        return [type(o).__name__ for o in gc.garbage]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
+async def test_a_finished_exchange_leaves_no_reference_cycle() -> None:
+    # Refcounting frees each exchange and its owners when it ends: none waits for the cyclic
+    # collector, whose passes over that garbage would cost every request.
+    get = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n"
+    assert _garbage_after([get]) == []
+
+
+async def test_nor_with_the_features_of_the_benchmark_nor_an_answer_of_usher() -> None:
+    features: dict[str, Any] = {
+        "pool_options": {
+            "algorithm": "least_connections",
+            "sticky": {"type": "cookie", "cookie": "SRV"},
+        },
+        "limits": {"rate": "1000000/s"},
+        "routes": [
+            {
+                "match": {"path_prefix": "/a"},
+                "pool": "web",
+                "request_headers": {"set": {"X-Request": "set"}, "remove": ["X-Gone"]},
+                "response_headers": {"set": {"X-Bench": "features"}},
+            }
+        ],
+    }
+    get = b"GET /a HTTP/1.1\r\nHost: a\r\nX-Gone: 1\r\n\r\n"
+    unrouted = b"GET /nowhere HTTP/1.1\r\nHost: a\r\n\r\n"  # usher's own 404
+    assert _garbage_after([get, unrouted], **features) == []

@@ -1,8 +1,10 @@
 """One request's phases, from routing to the access log: route, edge screening, the upstream
 head, attempts, finish. The other jobs each have an owner the exchange holds: `Attempts`
 (which backend, retry or give up), `UpstreamLink` (the backend connection, the body, flow
-control and deadlines), `ResponseRelay` (the answer on its way to the client) and `Tunnel`
-(after a 101); answers.py makes usher's own answers, recording.py the metrics and log line."""
+control and deadlines), response.py (the answer on its way to the client) and `Tunnel`
+(after a 101); answers.py makes usher's own answers, recording.py the metrics and log line.
+None of them keeps the exchange once it is finished, so a finished exchange is freed by
+reference counting, without the cyclic collector."""
 
 from __future__ import annotations
 
@@ -26,7 +28,6 @@ from usher.http.forwarding import controlled_names, normalise_target, upstream_h
 from usher.http.headers import expects_continue, forward_trailers
 from usher.http.link import UpstreamLink
 from usher.http.recording import record_exchange
-from usher.http.response import ResponseRelay
 from usher.http.tunnel import Tunnel
 from usher.logs import AccessRecord
 from usher.pool import Pool, Selection
@@ -49,6 +50,7 @@ class Exchange:
         "attempts",
         "body_clock",
         "bytes_out",
+        "chunked_out",
         "client",
         "continued",
         "edge",
@@ -61,7 +63,6 @@ class Exchange:
         "record",
         "request",
         "request_done",
-        "response",
         "response_done",
         "response_started",
         "route",
@@ -87,7 +88,7 @@ class Exchange:
         self.request_done = False
         self.response_started = False
         self.response_done = False
-        self.response = ResponseRelay(self)
+        self.chunked_out = False  # the response body is relayed chunked (coded by usher)
         self.keep_alive = request.keep_alive
         self.finished = False
         self.status = 0
@@ -165,7 +166,8 @@ class Exchange:
         target = route.rewrite_target(request.target)
         self.link.head = encode_request_head(request.method, target, headers)
         key = pool.hash_key(request, client_ip)
-        selection = Selection(client_ip.decode(), pool.clock.now(), key)
+        # No time yet: Attempts.next reads the pool's clock for each choice it makes.
+        selection = Selection(client_ip.decode(), 0.0, key)
         self.attempts = Attempts(pool, selection, listener.metrics)
         if inspecting:
             assert edge is not None
@@ -372,9 +374,9 @@ class Exchange:
         client = self.client
         self.link.release(self.pool, self.request_done and self.response_done)
         if self.attempts is not None:
-            # A tunnel's latency is its handshake, not the life of the WebSocket.
-            tunnel = self.status == 101 and self.upstream_time is not None
-            self.attempts.finish(ok, self.upstream_time if tunnel else None)
+            # The try's latency is the time to its answer's end (a tunnel's: its handshake, not
+            # the life of the WebSocket), taken when the answer ended; else the time until now.
+            self.attempts.finish(ok, self.upstream_time)
         if self.request.upgrade is None or self.status != 101:
             record_exchange(self)
         if client.exchange is self:

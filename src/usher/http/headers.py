@@ -30,7 +30,7 @@ VIA_REQUEST: Final = {b"1.1": b"1.1 usher", b"1.0": b"1.0 usher"}
 class HeaderRules:
     """A compiled `request_headers` / `response_headers` rewrite: remove, then set."""
 
-    __slots__ = ("drop", "set")
+    __slots__ = ("drop", "lengths", "set")
 
     def __init__(self, set_headers: Mapping[str, str], remove: Sequence[str]) -> None:
         self.set: Headers = [
@@ -40,10 +40,12 @@ class HeaderRules:
         self.drop = frozenset(n.lower().encode("latin-1") for n in remove) | frozenset(
             name.lower() for name, _ in self.set
         )
+        # A name of another length cannot be dropped: most headers pass without a lower().
+        self.lengths = frozenset(len(name) for name in self.drop)
 
     def apply(self, headers: Headers) -> Headers:
-        drop = self.drop
-        out = [h for h in headers if h[0].lower() not in drop]
+        drop, lengths = self.drop, self.lengths
+        out = [h for h in headers if len(h[0]) not in lengths or h[0].lower() not in drop]
         out.extend(self.set)
         return out
 

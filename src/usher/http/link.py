@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Final, Literal
 
 from usher.errors import UpstreamError, UpstreamTimeout
 from usher.http.flow import BLOCK_BUFFERING, BLOCK_UPSTREAM_FULL
+from usher.http.response import relay_response
 from usher.pool.attempts import may_replay
 from usher.proxy_protocol import encode as encode_proxy_header
 from usher.timers import Deadline
@@ -40,6 +41,7 @@ class UpstreamLink:
         "reused",
         "t_connect",
     )
+    __deletable__ = ("exchange",)  # let go of at release (mypyc: may be deleted)
 
     def __init__(self, exchange: Exchange) -> None:
         self.exchange = exchange
@@ -187,13 +189,17 @@ class UpstreamLink:
         if self.pending is not None:
             self.pending.cancel()
             self.pending = None
+        # Nothing calls a released link: letting go of its exchange and of the timers (which
+        # hold this link's methods) leaves no cycle, so refcounting frees the exchange at once.
+        self._send_wait = None
+        del self.exchange
 
     # Events from the backend (UpstreamUser)
 
     def upstream_events(self, events: list[Event]) -> None:
         exchange = self.exchange
         if not exchange.finished:
-            exchange.response.relay(events)
+            relay_response(exchange, events)
 
     def upstream_failed(self, exc: Exception) -> None:
         """The backend spoke garbage; its connection is already closed."""

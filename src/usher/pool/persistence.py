@@ -102,16 +102,21 @@ class CookiePersistence(Persistence):
     def rebuild(self, backends: Sequence[Backend]) -> None:
         self._by_token = {backend_token(self.pool, b): b for b in backends}
         self._token = {id(b): t for t, b in self._by_token.items()}
+        # The Set-Cookie value of each backend, made here rather than per answer.
+        self._set_cookie = {
+            key: self.name + b"=" + token + self._suffix for key, token in self._token.items()
+        }
 
     def pinned(self, headers: Headers, client_ip: str) -> Backend | None:
         token = request_cookie(headers, self.name)
         return self._by_token.get(token) if token is not None else None
 
     def chosen(self, headers: Headers, client_ip: str, backend: Backend) -> bytes | None:
-        token = self._token.get(id(backend))
+        key = id(backend)
+        token = self._token.get(key)
         if token is None or request_cookie(headers, self.name) == token:
             return None
-        return self.name + b"=" + token + self._suffix
+        return self._set_cookie[key]
 
 
 class TablePersistence(Persistence):
