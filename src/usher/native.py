@@ -46,6 +46,7 @@ COMPILED_MODULES: Final = (
     "usher.http.listener",
     "usher.http.downstream",
     "usher.http.exchange",
+    "usher.http.request_key",
     "usher.http.forwarding",
     "usher.http.recording",
     "usher.http.response",

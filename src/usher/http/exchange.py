@@ -27,6 +27,7 @@ from usher.http.forwarding import controlled_names, normalise_target, upstream_h
 from usher.http.headers import expects_continue, forward_trailers
 from usher.http.link import UpstreamLink
 from usher.http.recording import record_exchange
+from usher.http.request_key import hash_key
 from usher.http.response import ResponseRelay
 from usher.http.tunnel import Tunnel
 from usher.logs import AccessRecord
@@ -148,7 +149,7 @@ class Exchange:
         )
         target = route.rewrite_target(request.target)
         self.link.head = encode_request_head(request.method, target, headers)
-        key = pool.hash_key(request, client_ip)
+        key = hash_key(pool.config, request, client_ip)
         selection = Selection(client_ip.decode(), pool.clock.now(), key)
         self.attempts = Attempts(pool, selection, listener.metrics)
         if inspecting:
