@@ -44,6 +44,7 @@ from usher.messages import (
 )
 from usher.metrics import Metrics, Snapshot
 from usher.pool import Pool
+from usher.process.counts import Counts
 from usher.process.reserve import Reservation, reserve_listener
 from usher.runtime import reload
 from usher.runtime.controlplane import ControlPlane
@@ -115,6 +116,7 @@ class Supervisor:
         # The global state (usher.state): limits, queues, pins, buckets, ejections.
         self.state = SharedState.create(self.table)
         self.rows = RowIndex(self.table.capacity)
+        self.counts = Counts(self.table, self.rows)
         self.workers: dict[int, WorkerProcess] = {}
         self.stopping = False
         self.failure: str | None = None
@@ -124,7 +126,6 @@ class Supervisor:
         self._ids = itertools.count()
         # Counts of workers that died, so that totals never go backwards.
         self._retired_metrics = Metrics()
-        self._retired_counts: dict[tuple[str, str], tuple[int, int]] = {}
         self._merged = Metrics()
         self._syncer: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -281,21 +282,7 @@ class Supervisor:
     def _retire_counts(self, worker: WorkerProcess) -> None:
         """A dead worker's requests in flight are gone: clear its slots and its waiters in the
         queues, keep its totals."""
-        table = self.table
-        width = table.workers
-        for name, pool in self.pools.items():
-            for backend in pool.backends:
-                row = self.rows.get(name, backend.label)
-                if row is None:
-                    continue
-                cell = row * width + worker.number
-                key = (name, backend.label)
-                requests, failures = self._retired_counts.get(key, (0, 0))
-                self._retired_counts[key] = (
-                    requests + table.requests[cell],
-                    failures + table.failures[cell],
-                )
-        table.clear_worker(worker.number)
+        self.counts.retire_worker(self.pools, worker.number)
         self.state.forget_worker(worker.number)
         if worker.snapshot is not None:
             self._retired_metrics.add_snapshot(worker.snapshot)
@@ -310,20 +297,7 @@ class Supervisor:
             await asyncio.sleep(SYNC_INTERVAL)
 
     def sync_counts(self) -> None:
-        table = self.table
-        for name, pool in self.pools.items():
-            for backend in pool.backends:
-                row = self.rows.get(name, backend.label)
-                if row is None:
-                    continue
-                active, requests, failures, latency = table.totals(row)
-                retired = self._retired_counts.get((name, backend.label), (0, 0))
-                backend.active = active
-                backend.requests_total = requests + retired[0]
-                backend.failures_total = failures + retired[1]
-                backend.latency_ewma = latency
-                if backend.drained is not None and active == 0:
-                    backend.drained.set()
+        self.counts.read_into(self.pools)
 
     def _state(self) -> PoolsState:
         return pools_state(self.pools, self.rows)
@@ -337,12 +311,8 @@ class Supervisor:
                 worker.channel.send(State(state))
         self._sent = state
         # Rows of backends gone from every pool are free once the workers have been told.
-        alive = {(name, b.label) for name, pool in self.pools.items() for b in pool.backends}
-        for row in self.rows.keep_only(alive):
-            self.table.clear_row(row)
+        for row in self.counts.keep_only(self.pools):
             self.state.clear_row(row)
-        for key in [k for k in self._retired_counts if k not in alive]:
-            del self._retired_counts[key]
 
     # Views
 
