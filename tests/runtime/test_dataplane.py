@@ -10,10 +10,10 @@ import yaml
 
 from tests.conftest import pool_of, simple_config
 from usher.config import Config, parse_config
+from usher.process.sync import pools_state
 from usher.runtime import reload
 from usher.runtime.dataplane import DataPlane
 from usher.shared import RowIndex
-from usher.sync import pools_state
 
 
 def cfg(d: dict[str, Any]) -> Config:

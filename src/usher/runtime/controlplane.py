@@ -2,7 +2,7 @@
 
 It holds a data plane (usher.runtime.dataplane): in one process, the one that serves; in the
 control process of several workers, one whose listeners only hold their addresses, with a
-`Fleet` (usher.control's supervisor) that runs the workers, sums their counts and passes
+`Fleet` (usher.process.supervisor's supervisor) that runs the workers, sums their counts and passes
 reloads on. Around it: the health checkers, the pools' discovery sources, the admin API,
 operator changes (usher.runtime.changes) and reloads (usher.runtime.reload). A reload validates
 the whole new config first and changes nothing when it is bad; when it is good, listeners that

@@ -22,10 +22,10 @@ from usher.listeners import Abortable, AnyListener, Serving, bind_listener, buil
 from usher.logs import AccessLog
 from usher.metrics import Metrics
 from usher.pool import Pool
+from usher.process.sync import PoolsState, apply_state, detach
 from usher.routing import Router
 from usher.state import install_cluster
 from usher.state.redis import ClusterLink
-from usher.sync import PoolsState, apply_state, detach
 from usher.tls import ServerTls, load_upstream_contexts
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """A reload in two halves: `plan` compares the running config with the new one and says what
 changes (no I/O: it is tested without sockets), then `apply` does it to a running data plane
-(its owner then drains what it dropped: usher.runtime.controlplane, usher.worker).
+(its owner then drains what it dropped: usher.runtime.controlplane, usher.process.worker).
 
 `apply` keeps the order that makes a reload safe: the TLS files load and new sockets bind before
 anything else changes (so a bad certificate or a port in use changes nothing), pools change

@@ -1,6 +1,6 @@
 """The control process of `usher run --workers N`: config, health checks, admin API, metrics,
-reloads; it starts N worker processes (usher.worker) that serve the traffic, and restarts any
-that dies.
+reloads; it starts N worker processes (usher.process.worker) that serve the traffic, and
+restarts any that dies.
 
 It holds every listener's address bound but not listening (usher.process.reserve), so that port 0 is
 one real port for all workers, a port in use is found before any worker starts, and the kernel
@@ -25,11 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from usher import handover
-from usher.channel import Channel, ChannelClosed
 from usher.config import DEFAULT_DRAIN_TIMEOUT, Config
 from usher.errors import UsherError
 from usher.logs import AccessLog
-from usher.messages import (
+from usher.metrics import Metrics, Snapshot
+from usher.pool import Pool
+from usher.process.channel import Channel, ChannelClosed
+from usher.process.counts import Counts
+from usher.process.messages import (
     Connections,
     Failed,
     Ready,
@@ -42,18 +45,15 @@ from usher.messages import (
     ToControl,
     WorkerOptions,
 )
-from usher.metrics import Metrics, Snapshot
-from usher.pool import Pool
-from usher.process.counts import Counts
 from usher.process.reserve import Reservation, reserve_listener
+from usher.process.signals import flush_logs, handle_signals
+from usher.process.sync import PoolsState, pools_state
+from usher.process.worker_sockets import WorkerSockets
 from usher.runtime import reload
 from usher.runtime.controlplane import ControlPlane
 from usher.shared import RowIndex, SharedTable
-from usher.signals import flush_logs, handle_signals
 from usher.state.shm import SharedState
 from usher.surface import ReloadReport
-from usher.sync import PoolsState, pools_state
-from usher.worker_sockets import WorkerSockets
 
 # How often counts come in from the shared table and state goes out to the workers: well
 # under any health check interval, so a verdict reaches every worker within one.
@@ -185,7 +185,7 @@ class Supervisor:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "usher.worker",
+                "usher.process.worker",
                 str(theirs.fileno()),
                 str(self.table.fd),
                 str(self.state.fd),

@@ -7,10 +7,13 @@ import asyncio
 import signal
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from usher.errors import UsherError
-from usher.runtime.controlplane import ControlPlane
 from usher.upgrade import Upgrader
+
+if TYPE_CHECKING:  # a worker flushes its logs here; it has no control plane (nor the admin API)
+    from usher.runtime.controlplane import ControlPlane
 
 LOG_FLUSH_INTERVAL = 1.0
 

@@ -1,10 +1,10 @@
 """A data-plane worker process of `usher run --workers N`: serves the listeners, nothing else.
 
-The control process starts it as `python -m usher.worker CHANNEL_FD TABLE_FD STATE_FD NUMBER
-WORKERS CAPACITY` and sends
-the config and the backends' state over the channel (usher.channel). Health checks, the admin
-API and reloads are the control process's; the worker applies what it is sent, publishes its
-counts in its slots of the shared table (usher.shared), and answers scrapes with its counters.
+The control process starts it as `python -m usher.process.worker CHANNEL_FD TABLE_FD STATE_FD
+NUMBER WORKERS CAPACITY` and sends the config and the backends' state over the channel
+(usher.process.channel). Health checks, the admin API and reloads are the control process's;
+the worker applies what it is sent, publishes its counts in its slots of the shared table
+(usher.shared), and answers scrapes with its counters.
 It drains and exits on SIGTERM, on a `Stop` message, or when the control process goes away.
 """
 
@@ -19,11 +19,12 @@ import sys
 from typing import Any
 
 from usher import handover
-from usher.channel import Channel, ChannelClosed
 from usher.config import Config
 from usher.errors import UsherError
 from usher.logs import AccessLog
-from usher.messages import (
+from usher.process.channel import Channel, ChannelClosed
+from usher.process.heap import freeze_startup_objects
+from usher.process.messages import (
     Connections,
     Failed,
     Ready,
@@ -35,14 +36,13 @@ from usher.messages import (
     State,
     Stop,
 )
-from usher.process.heap import freeze_startup_objects
+from usher.process.signals import flush_logs
+from usher.process.sync import quiet_state_log
 from usher.runtime import reload
 from usher.runtime.dataplane import DataPlane, Follower, import_user_code
 from usher.shared import SharedTable
-from usher.signals import flush_logs
 from usher.state import install
 from usher.state.shm import SharedState
-from usher.sync import quiet_state_log
 
 # How often the worker tells the control process its open client connections per listener.
 CONNECTIONS_INTERVAL = 1.0
@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 6:
         sys.exit(
-            "usage: python -m usher.worker CHANNEL_FD TABLE_FD STATE_FD NUMBER WORKERS CAPACITY"
+            "usage: python -m usher.process.worker"
+            " CHANNEL_FD TABLE_FD STATE_FD NUMBER WORKERS CAPACITY"
         )
     channel_fd, table_fd, state_fd, number, workers, capacity = (int(a) for a in args)
     # The control process passes Ctrl-C on as SIGTERM; the terminal's own SIGINT to the whole

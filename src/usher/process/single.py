@@ -1,5 +1,6 @@
-"""Process model: serve in this process (`--workers 1`), or start the control process of
-N worker processes (usher.control, usher.worker) that share the listeners with SO_REUSEPORT.
+"""`usher run`: serve in this process (`--workers 1`), or start the control process of N worker
+processes (usher.process.supervisor, usher.process.worker) that share the listeners with
+SO_REUSEPORT.
 """
 
 from __future__ import annotations
@@ -12,15 +13,13 @@ import sys
 from pathlib import Path
 
 from usher import handover
-from usher.config import Config, HostPort
-from usher.control import run_control
+from usher.config import Config
 from usher.errors import UsherError
 from usher.logs import AccessLog, LogFormat
 from usher.process.heap import freeze_startup_objects
+from usher.process.signals import flush_logs, handle_signals
+from usher.process.supervisor import run_control
 from usher.server import Balancer
-from usher.signals import LOG_FLUSH_INTERVAL as LOG_FLUSH_INTERVAL  # re-exported: their first home
-from usher.signals import flush_logs as flush_logs
-from usher.signals import handle_signals as handle_signals
 
 
 def run_balancer(
@@ -104,6 +103,3 @@ async def _serve(
     flusher.cancel()
     access_log.flush()  # the lines it holds back for one batched write
     sys.stdout.flush()
-
-
-__all__ = ["HostPort", "run_balancer"]
