@@ -19,7 +19,7 @@ from usher.logs import AccessLog, LogFormat
 from usher.process.heap import freeze_startup_objects
 from usher.process.signals import flush_logs, handle_signals
 from usher.process.supervisor import run_control
-from usher.server import Balancer
+from usher.runtime.controlplane import ControlPlane
 
 
 def run_balancer(
@@ -35,7 +35,7 @@ def run_balancer(
     # Until the handler is in place (once serving), SIGUSR2 must not end the process (its
     # default action); there is nothing to hand over yet.
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-    Balancer(config)  # certificates load here, once, so a bad one is a config error (exit 1)
+    ControlPlane(config)  # certificates load here, once, so a bad one is a config error (exit 1)
     try:
         handover.receive_from_env()  # started by `kill -USR2`: the old process's sockets
     except (OSError, ValueError) as exc:
@@ -76,7 +76,7 @@ async def _serve(
     config_path: Path | None,
     workers: int,
 ) -> None:
-    balancer = Balancer(
+    balancer = ControlPlane(
         config,
         access_log=access_log,
         seed=seed,
