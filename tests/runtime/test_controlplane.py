@@ -4,6 +4,8 @@ or in front of a fleet of workers (their counts are read before a change depends
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from typing import Any
 
 import yaml
@@ -126,3 +128,14 @@ async def test_a_reload_reaches_the_workers_after_this_process() -> None:
         await control.stop(timeout=5)
     # the workers drain with the whole timeout; nothing is in flight in this process
     assert workers.calls[-2:] == ["stop 5", "close"]
+
+
+def test_the_admin_api_is_loaded_only_for_a_config_that_has_one() -> None:
+    probe = (
+        "import sys, usher.server, usher.runtime.controlplane; "
+        "print(sorted(m for m in ('fastapi', 'uvicorn', 'usher.admin.api') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]"  # `usher check` and a start without `admin:` skip them

@@ -16,11 +16,10 @@ import asyncio
 import time
 from collections.abc import Coroutine, Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
-from usher.admin.serve import AdminServer
 from usher.admin.views import describe_pool
 from usher.clock import Clock
 from usher.config import DEFAULT_DRAIN_TIMEOUT, Config, load_config
@@ -35,6 +34,9 @@ from usher.pool import ADMIN_SOURCE, Backend, Pool
 from usher.runtime import changes, reload
 from usher.runtime.dataplane import Bound, DataPlane, OpenSockets, import_user_code
 from usher.surface import ReloadReport
+
+if TYPE_CHECKING:
+    from usher.admin.serve import AdminServer
 
 
 class Fleet(Protocol):
@@ -159,6 +161,10 @@ class ControlPlane:
         try:
             await self.dataplane.start()
             if self.config.admin is not None:
+                # Imported here: FastAPI and uvicorn cost every start (and `usher check`) a
+                # few hundred ms, and a config without `admin:` never needs them.
+                from usher.admin.serve import AdminServer
+
                 self.admin = AdminServer(self.config.admin, self)
                 await self.admin.start()
         except BindError:
