@@ -15,7 +15,7 @@ import logging
 import ssl
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from usher.balancing import Algorithm, get_algorithm
 from usher.clock import Clock
@@ -105,7 +105,8 @@ class Pool:
         for algorithm in (self._primary, self._backup):
             if algorithm is None:
                 continue
-            for backend in algorithm.candidates(selection):
+            for view in algorithm.candidates(selection):
+                backend = cast(Backend, view)  # the algorithm was built on this pool's backends
                 if selection.eligible(backend) and (shared is None or self._admit(backend)):
                     return backend
         return None
