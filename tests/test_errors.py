@@ -113,7 +113,7 @@ def test_the_docstring_draws_every_class_of_the_tree() -> None:
         ("usher.server", "BindError"),
         ("usher.cli", "RuntimeFailure"),
         ("usher.status", "StatusError"),
-        ("usher.channel", "ChannelClosed"),
+        ("usher.process.channel", "ChannelClosed"),
         ("usher.proxy_protocol", "ProxyProtocolError"),
         ("usher.tls_profile", "GroupsUnreachable"),
         ("usher.ha", "HaError"),

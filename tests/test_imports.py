@@ -170,3 +170,39 @@ def test_type_checking_and_function_imports_are_told_apart() -> None:
         for deferred in (False, True)
     ]
     assert names == [["usher.a", "usher.c"], ["usher.a", "usher.c", "usher.d"]]
+
+
+# Packages that must not import another at all, not even for types: (importer, imported, why).
+FORBIDDEN = [
+    ("usher.balancing", "usher.pool", "an algorithm reads a BackendView, not the pool's Backend"),
+    ("usher.balancing", "usher.http", "an algorithm balances bytes keys, not HTTP requests"),
+]
+
+
+def every_import(path: Path) -> set[str]:
+    """The modules a file names in any import statement (TYPE_CHECKING and functions too)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+def test_no_package_imports_one_it_must_not() -> None:
+    broken = [
+        f"{module_name(path)} imports {name}: {why}"
+        for importer, imported, why in FORBIDDEN
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if module_name(path) == importer or module_name(path).startswith(importer + ".")
+        for name in sorted(every_import(path))
+        if name == imported or name.startswith(imported + ".")
+    ]
+    assert broken == []
+
+
+def test_a_forbidden_import_is_seen_under_type_checking(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text("if TYPE_CHECKING:\n    from usher.pool import Backend\n")
+    assert every_import(source) == {"usher.pool"}

@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from usher.channel import Channel, ChannelClosed
 from usher.config import parse_config
-from usher.messages import (
+from usher.metrics import Metrics
+from usher.process.channel import Channel, ChannelClosed
+from usher.process.messages import (
     MESSAGE_TYPES,
     Connections,
     Failed,
@@ -28,8 +29,7 @@ from usher.messages import (
     Stop,
     WorkerOptions,
 )
-from usher.metrics import Metrics
-from usher.sync import BackendState, PoolsState
+from usher.process.sync import BackendState, PoolsState
 
 CONFIG = """
 listeners: [{name: web, bind: "127.0.0.1:0", pool: p}]

@@ -14,8 +14,8 @@ import pytest
 from usher.clock import ManualClock
 from usher.config import PoolConfig
 from usher.pool import Pool, Selection
+from usher.process.sync import apply_state, pools_state
 from usher.shared import RowIndex, SharedTable
-from usher.sync import apply_state, pools_state
 
 
 @pytest.fixture

@@ -16,7 +16,13 @@ import trustme
 from usher import tls_profile
 from usher.config import ListenerTls, PoolConfig, UpstreamTls
 from usher.errors import ConfigError
-from usher.tls import ServerTls, check_upstream_tls, load_upstream_contexts, upstream_context
+from usher.tls import (
+    ServerTls,
+    UpstreamContext,
+    check_upstream_tls,
+    load_upstream_contexts,
+    upstream_context,
+)
 from usher.tls_profile import GroupsUnreachable, _ssl_ctx_pointer, check_curves, set_groups
 
 
@@ -309,3 +315,17 @@ def test_a_python_that_cannot_set_curves_is_a_config_error_even_by_default(
     (issue,) = caught.value.issues
     assert issue.path == "listeners[0].tls.curves"
     assert "needs CPython" in issue.message
+
+
+def test_a_pools_upstream_context_is_built_once_and_renewed_when_replaced() -> None:
+    cache = UpstreamContext(UpstreamTls.model_validate({"verify": False}))
+    first = cache.get()
+    assert first is not None and first.verify_mode == ssl.CERT_NONE
+    assert cache.get() is first  # built once, on first use
+    fresh = ssl.create_default_context()
+    assert cache.use(fresh)  # there was one: connections made with it are not reused
+    assert cache.get() is fresh
+    cache.reset(None)  # the pool's tls went away
+    assert cache.get() is None
+    assert not cache.use(None)
+    assert UpstreamContext(None).get() is None

@@ -17,8 +17,7 @@ import math
 from collections.abc import Iterator
 from hashlib import blake2b
 
-from usher.balancing import Algorithm, SelectionContext
-from usher.pool import Backend
+from usher.balancing import Algorithm, BackendView, SelectionContext
 
 _SCALE = float(1 << 64)
 
@@ -27,13 +26,13 @@ class Pinned(Algorithm):
     """Candidates in order of their score for this client: the pinned backend first, then the
     backends its clients would move to if it were out."""
 
-    def candidates(self, ctx: SelectionContext) -> Iterator[Backend]:
+    def candidates(self, ctx: SelectionContext) -> Iterator[BackendView]:
         client = ctx.client_ip.encode()
         ranked = sorted(self.backends, key=lambda b: _score(client, b), reverse=True)
         return iter(ranked)
 
 
-def _score(client: bytes, backend: Backend) -> float:
+def _score(client: bytes, backend: BackendView) -> float:
     weight = backend.weight
     if weight <= 0:
         return -math.inf

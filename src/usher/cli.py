@@ -97,7 +97,7 @@ def run(
 ) -> None:
     """Serve a config. SIGHUP reloads it; SIGTERM (or Ctrl-C) drains and exits."""
     cfg = _load(config)
-    from usher.workers import run_balancer
+    from usher.process.single import run_balancer
 
     _install_logging()
     logging.getLogger("usher").info("usher %s, %s", __version__, build_mode())

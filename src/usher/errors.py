@@ -25,7 +25,7 @@ Each upstream error also says which status usher answers the client with (`statu
 and what that answer says (`client_detail`: the message itself may name backends).
 
 The modules that raise these re-export them where they were defined first
-(`usher.server.BindError`, `usher.channel.ChannelClosed`, ...), so either import works.
+(`usher.server.BindError`, `usher.process.channel.ChannelClosed`, ...), so either import works.
 """
 
 from __future__ import annotations

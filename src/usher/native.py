@@ -49,6 +49,7 @@ COMPILED_MODULES: Final = (
     "usher.http.client_socket",
     "usher.http.downstream",
     "usher.http.exchange",
+    "usher.http.request_key",
     "usher.http.forwarding",
     "usher.http.recording",
     "usher.http.response",

@@ -1,8 +1,8 @@
 """What the admin API asks of a running balancer (`ControlSurface`), and what a reload reports.
 
-The admin API depends on this protocol, not on `usher.server`, which starts the API: so neither
-imports the other. `Balancer` (one process) and `ControlBalancer` (the control process of
-several workers) implement it.
+The admin API depends on this protocol, not on usher.runtime.controlplane, which starts the
+API: so neither imports the other. `ControlPlane` implements it, alone (one process) or in
+front of the workers (the control process of several).
 """
 
 from __future__ import annotations

@@ -146,6 +146,37 @@ def server_context(tls: ListenerTls, path: str) -> ssl.SSLContext:
     return ServerTls(tls, path).context
 
 
+class UpstreamContext:
+    """A pool's client context for TLS to its backends: handed over when the files are read
+    (at start and on each reload, `use`), else built from the pool's `tls` on first use."""
+
+    __slots__ = ("_context", "tls")
+
+    def __init__(self, tls: UpstreamTls | None) -> None:
+        self.tls = tls
+        self._context: ssl.SSLContext | None = None
+
+    def get(self) -> ssl.SSLContext | None:
+        """The context; None without `tls`. Raises OSError or ssl.SSLError when it has to be
+        built and its files are bad."""
+        if self.tls is None:
+            return None
+        if self._context is None:
+            self._context = upstream_context(self.tls)
+        return self._context
+
+    def reset(self, tls: UpstreamTls | None) -> None:
+        """New TLS settings: the next use builds the context afresh."""
+        self.tls = tls
+        self._context = None
+
+    def use(self, context: ssl.SSLContext | None) -> bool:
+        """Take `context` from now on; returns whether there was one before (connections
+        made with it must not be reused)."""
+        previous, self._context = self._context, context
+        return previous is not None
+
+
 def upstream_context(tls: UpstreamTls) -> ssl.SSLContext:
     """A new client context for re-encrypting to a pool's backends. It reads the files: the
     balancer builds one per pool at start and on each reload (`load_upstream_contexts`), so

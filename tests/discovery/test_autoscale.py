@@ -22,8 +22,8 @@ import yaml
 
 from tests.conftest import RunningBalancer, free_port
 from tests.discovery.servers import DnsServer, EtcdServer, etcd_binary, write_atomically
-from usher.control import SYNC_INTERVAL
 from usher.demo.origin import BackendServer
+from usher.process.supervisor import SYNC_INTERVAL
 
 pytestmark = pytest.mark.timeout(120)
 

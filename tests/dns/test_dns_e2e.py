@@ -450,7 +450,7 @@ async def test_health_checks_going_down_flip_the_answers(
 async def test_reload_changes_records_and_keeps_the_sockets(balancer: StartBalancer) -> None:
     running = await balancer(dns_config())
     port = running.port
-    server = running.balancer._servers["gslb"]
+    server = running.balancer.dataplane.servers["gslb"]
     before = [s.getsockname() for s in server.sockets]
     changed = dns_config(
         [
@@ -461,7 +461,7 @@ async def test_reload_changes_records_and_keeps_the_sockets(balancer: StartBalan
     changed["listeners"][0]["bind"] = f"127.0.0.1:{port}"
     report = await running.balancer.reload(parse_config(json.dumps(changed), "reloaded.yaml"))
     assert report.listeners_kept == ["gslb"]
-    assert running.balancer._servers["gslb"] is server
+    assert running.balancer.dataplane.servers["gslb"] is server
     assert [s.getsockname() for s in server.sockets] == before
     for tcp in (False, True):
         assert addresses(await query(port, "api.example.com", tcp=tcp)) == ["198.51.100.1"]

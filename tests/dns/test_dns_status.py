@@ -45,7 +45,7 @@ async def test_check_exits_0_when_serving_and_1_when_not(balancer: Any, backends
     assert (code, err.strip()) == (1, "none of the 2 backends is healthy")
     pool.set_healthy(pool.backends[0], True, "test")
     assert (await usher("status", "--check", "--admin", admin))[0] == 0
-    running.balancer._servers["web"].close()  # the listener stops accepting
+    running.balancer.dataplane.servers["web"].close()  # the listener stops accepting
     code, out, err = await usher("status", "--check", "--admin", admin)
     assert code == 1 and err.startswith("listener web (127.0.0.1:") and "refuses" in err
 

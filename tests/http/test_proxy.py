@@ -263,7 +263,7 @@ async def test_tls_speaks_1_2_and_1_3_only(backends, balancer, tmp_path):
     cert.private_key_pem.write_to_path(tmp_path / "c.key")
     tls = {"certificates": [{"cert": str(tmp_path / "c.pem"), "key": str(tmp_path / "c.key")}]}
     lb = await balancer(simple_config({"web": pool_of(server)}, protocol="https", tls=tls))
-    assert lb.balancer._tls["web"].context.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert lb.balancer.dataplane.tls["web"].context.minimum_version == ssl.TLSVersion.TLSv1_2
     for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ca.configure_trust(ctx)

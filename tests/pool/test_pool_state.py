@@ -12,8 +12,8 @@ import pytest
 from usher.clock import ManualClock
 from usher.config import PoolConfig
 from usher.pool import Pool, RetryBudget, Selection
+from usher.process.sync import apply_state, pools_state
 from usher.shared import RowIndex
-from usher.sync import apply_state, pools_state
 
 
 def make_pool(n: int = 4, **options: Any) -> tuple[Pool, ManualClock]:

@@ -6,9 +6,8 @@ which backends the pool will accept right now (ready, under their connection lim
 tried for this request), and the caller skips any candidate that is not eligible. Stateful
 algorithms learn from `on_start` and `on_finish`; time comes from the injected clock.
 
-What an algorithm may read of a backend: `weight`, `effective_weight` (weight during slow
-start), `active` (requests in flight in this worker), `latency_ewma` (seconds),
-`load` (0..1 as reported by its agent, or None), `max_connections`, `address`, `label`.
+What an algorithm may read of a backend is `BackendView`: the interface is typed on it, not on
+the pool's `BackendView` (which is one), so an algorithm cannot change a backend behind the pool.
 """
 
 from __future__ import annotations
@@ -22,8 +21,44 @@ from mypy_extensions import mypyc_attr
 from usher.clock import Clock, MonotonicClock
 
 if TYPE_CHECKING:
-    from usher.config import PoolConfig
-    from usher.pool import Backend
+    from usher.config import HostPort, PoolConfig
+
+
+class BackendView(Protocol):
+    """What an algorithm may read of a backend (usher.pool.Backend is one)."""
+
+    @property
+    def address(self) -> HostPort: ...
+    @property
+    def label(self) -> str: ...
+    @property
+    def weight(self) -> int: ...
+    @property
+    def effective_weight(self) -> float:
+        """The weight during slow start (`weight` once ramped up)."""
+
+    @property
+    def ramp_start(self) -> float | None:
+        """When its slow start began; None when it is not ramping."""
+
+    @property
+    def backup(self) -> bool: ...
+    @property
+    def max_connections(self) -> int | None: ...
+    @property
+    def active(self) -> int:
+        """Requests in flight to it from this worker."""
+
+    @property
+    def latency_ewma(self) -> float:
+        """Its answers' latency, a moving average in seconds."""
+
+    @property
+    def load(self) -> float | None:
+        """0..1 as its agent last reported it, or None."""
+
+    def in_flight(self) -> int:
+        """Requests in flight to it from every worker (this one's when alone)."""
 
 
 class SelectionContext(Protocol):
@@ -34,7 +69,7 @@ class SelectionContext(Protocol):
     # when the request has none (e.g. the header is absent).
     key: bytes | None
 
-    def eligible(self, backend: Backend) -> bool: ...
+    def eligible(self, backend: BackendView) -> bool: ...
 
 
 # Algorithms written in Python (a user's own, or a test's) subclass these two; compiled classes
@@ -48,7 +83,7 @@ class Algorithm(ABC):
 
     def __init__(
         self,
-        backends: Sequence[Backend],
+        backends: Sequence[BackendView],
         *,
         seed: int = 0,
         clock: Clock | None = None,
@@ -67,13 +102,13 @@ class Algorithm(ABC):
         compiled, `super().__init__(backends, **kwargs)` passes the dict as `seed`."""
 
     @abstractmethod
-    def candidates(self, ctx: SelectionContext) -> Iterator[Backend]:
+    def candidates(self, ctx: SelectionContext) -> Iterator[BackendView]:
         """Backends in order of preference for this request."""
 
-    def on_start(self, backend: Backend) -> None:
+    def on_start(self, backend: BackendView) -> None:
         """A request was sent to `backend`."""
 
-    def on_finish(self, backend: Backend, latency: float, ok: bool) -> None:
+    def on_finish(self, backend: BackendView, latency: float, ok: bool) -> None:
         """A request to `backend` finished after `latency` seconds; `ok` is False on failure."""
 
 
@@ -82,7 +117,7 @@ class Stepwise(Algorithm):
     """An algorithm that picks one backend at a time: `candidates` offers its pick, then picks
     again among the rest (the state may have moved since), until none is left."""
 
-    def candidates(self, ctx: SelectionContext) -> Iterator[Backend]:
+    def candidates(self, ctx: SelectionContext) -> Iterator[BackendView]:
         excluded = 0  # bit i: backends[i] was offered already
         while True:
             index = self.pick(ctx, excluded)
@@ -97,10 +132,10 @@ class Stepwise(Algorithm):
 
 
 def smooth_step(
-    backends: Sequence[Backend],
+    backends: Sequence[BackendView],
     current: list[float],
-    weight_of: Callable[[Backend], float],
-    eligible: Callable[[Backend], bool],
+    weight_of: Callable[[BackendView], float],
+    eligible: Callable[[BackendView], bool],
     excluded: int = 0,
 ) -> int:
     """One step of smooth weighted round robin (nginx's) among eligible backends of positive
@@ -123,7 +158,7 @@ def smooth_step(
     return best
 
 
-def any_backend(_backend: Backend) -> bool:
+def any_backend(_backend: BackendView) -> bool:
     return True
 
 

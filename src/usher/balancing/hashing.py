@@ -15,7 +15,7 @@ from mypy_extensions import mypyc_attr
 from usher.balancing import Algorithm, SelectionContext, register
 
 if TYPE_CHECKING:
-    from usher.pool import Backend
+    from usher.balancing import BackendView
 
 _MASK64 = (1 << 64) - 1
 # nginx gives up rehashing after 20 tries, then walks the list.
@@ -57,7 +57,7 @@ class IpHash(Algorithm):
         self._bounds = list(accumulate(max(b.weight, 0) for b in self.backends))
         self._total = self._bounds[-1] if self._bounds else 0
 
-    def candidates(self, ctx: SelectionContext) -> Iterator[Backend]:
+    def candidates(self, ctx: SelectionContext) -> Iterator[BackendView]:
         backends = self.backends
         n = len(backends)
         if self._total <= 0:
@@ -120,7 +120,7 @@ class ConsistentHash(Algorithm):
         self._hashes = [h for h, _ in points]
         self._owners = [i for _, i in points]
 
-    def candidates(self, ctx: SelectionContext) -> Iterator[Backend]:
+    def candidates(self, ctx: SelectionContext) -> Iterator[BackendView]:
         owners = self._owners
         size = len(owners)
         if not size:
@@ -131,7 +131,7 @@ class ConsistentHash(Algorithm):
         key = ctx.key if ctx.key is not None else ctx.client_ip.encode()
         position = bisect_left(self._hashes, hash64(key))
         scale = self._cap_scale(ctx) if self._factor is not None else 0.0
-        over: list[Backend] | None = None
+        over: list[BackendView] | None = None
         seen = 0
         count = 0
         # Stop once every backend has been met: with all of them ineligible, that takes about

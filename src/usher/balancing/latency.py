@@ -15,7 +15,7 @@ from usher.balancing.least import FairTies
 from usher.balancing.probes import SCORED, SlowProbes
 
 if TYPE_CHECKING:
-    from usher.pool import Backend
+    from usher.balancing import BackendView
 
 _INF = float("inf")
 # Used when no options are given; the config's own default is the same.
@@ -123,11 +123,11 @@ class LeastResponseTime(Stepwise):
             latencies[i] = latency
         return latencies
 
-    def on_start(self, backend: Backend) -> None:
+    def on_start(self, backend: BackendView) -> None:
         self._ties.started(backend)
         self._probes.started(backend)
 
-    def on_finish(self, backend: Backend, latency: float, ok: bool) -> None:
+    def on_finish(self, backend: BackendView, latency: float, ok: bool) -> None:
         index = self._index.get(backend)
         # The pool updates `latency_ewma` on success only; note when that happened.
         if ok and index is not None:
@@ -161,7 +161,7 @@ class PowerOfTwoChoices(Algorithm):
         self._rng = random.Random(self.seed)
         self._probes = SlowProbes(self.backends, self.clock, self._decay)
 
-    def candidates(self, ctx: SelectionContext) -> Iterator[Backend]:
+    def candidates(self, ctx: SelectionContext) -> Iterator[BackendView]:
         first, second = self._draw(ctx)
         if first < 0:
             return
@@ -235,7 +235,7 @@ class PowerOfTwoChoices(Algorithm):
                 bits |= 1 << i
         return bits
 
-    def cost(self, backend: Backend) -> float | None:
+    def cost(self, backend: BackendView) -> float | None:
         """The backend's peak-EWMA latency as of now, in seconds; None before its first answer."""
         index = self._index.get(backend)
         if index is None or self._cost[index] < 0.0:
@@ -257,10 +257,10 @@ class PowerOfTwoChoices(Algorithm):
             return 0.0 if active == 0 else UNPROBED_PENALTY + active / weight
         return self._decayed(index, now) * (active + 1) / weight
 
-    def on_start(self, backend: Backend) -> None:
+    def on_start(self, backend: BackendView) -> None:
         self._probes.started(backend)
 
-    def on_finish(self, backend: Backend, latency: float, ok: bool) -> None:
+    def on_finish(self, backend: BackendView, latency: float, ok: bool) -> None:
         index = self._index.get(backend)
         if index is None:  # a request that outlived a rebuild of the algorithm
             return
@@ -285,6 +285,6 @@ class PowerOfTwoChoices(Algorithm):
 register("p2c")(PowerOfTwoChoices)
 
 
-def _weight(backend: Backend) -> float:
+def _weight(backend: BackendView) -> float:
     weight = backend.effective_weight
     return weight if weight > 0 else 0.0

@@ -10,7 +10,7 @@ from mypy_extensions import mypyc_attr
 from usher.balancing import SelectionContext, Stepwise, register
 
 if TYPE_CHECKING:
-    from usher.pool import Backend
+    from usher.balancing import BackendView
 
 _INF = float("inf")
 
@@ -30,7 +30,7 @@ class FairTies:
 
     __slots__ = ("_index", "_tags", "_vtime")
 
-    def __init__(self, backends: Sequence[Backend]) -> None:
+    def __init__(self, backends: Sequence[BackendView]) -> None:
         self._index = {backend: i for i, backend in enumerate(backends)}
         self._tags = [0.0] * len(backends)
         self._vtime = 0.0
@@ -40,7 +40,7 @@ class FairTies:
         tag = self._tags[index]
         return tag if tag > self._vtime else self._vtime
 
-    def started(self, backend: Backend) -> None:
+    def started(self, backend: BackendView) -> None:
         index = self._index.get(backend)
         if index is None:  # a request that outlived a rebuild of the algorithm
             return
@@ -78,7 +78,7 @@ class LeastConnections(Stepwise):
                     best, best_tie = i, tie
         return best
 
-    def on_start(self, backend: Backend) -> None:
+    def on_start(self, backend: BackendView) -> None:
         self._ties.started(backend)
 
 

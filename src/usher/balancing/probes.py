@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from usher.clock import Clock
 
 if TYPE_CHECKING:
-    from usher.pool import Backend
+    from usher.balancing import BackendView
 
 # A floor more than this many times the lowest makes a backend known slow. Four leaves a backend
 # two or three times slower (another machine type, another zone) to the score.
@@ -51,7 +51,7 @@ class SlowProbes:
 
     __slots__ = ("_clock", "_floor", "_index", "_interval", "_started")
 
-    def __init__(self, backends: Sequence[Backend], clock: Clock, interval: float) -> None:
+    def __init__(self, backends: Sequence[BackendView], clock: Clock, interval: float) -> None:
         self._clock = clock
         self._interval = interval
         self._index = {backend: i for i, backend in enumerate(backends)}
@@ -67,7 +67,7 @@ class SlowProbes:
                 lowest = floor
         return lowest
 
-    def rank(self, index: int, backend: Backend, lowest: float) -> int:
+    def rank(self, index: int, backend: BackendView, lowest: float) -> int:
         """`lowest`: the lowest floor of the eligible backends (`lowest()`)."""
         idle = backend.in_flight() == 0  # over every worker
         since = self._clock.now() - self._started[index]
@@ -78,12 +78,12 @@ class SlowProbes:
             return SCORED
         return SCORED if idle and since >= PROBE_GAP else HELD_BACK
 
-    def started(self, backend: Backend) -> None:
+    def started(self, backend: BackendView) -> None:
         index = self._index.get(backend)
         if index is not None:  # else a request that outlived a rebuild of the algorithm
             self._started[index] = self._clock.now()
 
-    def answered(self, backend: Backend, latency: float) -> None:
+    def answered(self, backend: BackendView, latency: float) -> None:
         """A request to `backend` succeeded after `latency` seconds."""
         index = self._index.get(backend)
         if index is None or latency <= 0.0:

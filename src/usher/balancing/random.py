@@ -11,7 +11,7 @@ from mypy_extensions import mypyc_attr
 from usher.balancing import Algorithm, SelectionContext, register
 
 if TYPE_CHECKING:
-    from usher.pool import Backend
+    from usher.balancing import BackendView
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # a user may extend it
@@ -22,7 +22,7 @@ class WeightedRandom(Algorithm):
     def prepare(self) -> None:
         self._rng = random.Random(self.seed)
 
-    def candidates(self, ctx: SelectionContext) -> Iterator[Backend]:
+    def candidates(self, ctx: SelectionContext) -> Iterator[BackendView]:
         excluded = 0
         while True:
             index = self._draw(ctx, excluded)

@@ -10,13 +10,13 @@ from mypy_extensions import mypyc_attr
 from usher.balancing import SelectionContext, Stepwise, any_backend, register, smooth_step
 
 if TYPE_CHECKING:
-    from usher.pool import Backend
+    from usher.balancing import BackendView
 
 # The load assumed of a backend whose agent has not reported yet: neither favoured nor starved.
 UNKNOWN_LOAD = 0.5
 
 
-def headroom(backend: Backend) -> float:
+def headroom(backend: BackendView) -> float:
     """The backend's dynamic weight: its effective weight times its spare capacity."""
     load = backend.load
     if load is None:
@@ -29,7 +29,7 @@ def headroom(backend: Backend) -> float:
     return weight * (1.0 - load) if weight > 0 else 0.0
 
 
-def _floor(backend: Backend) -> float:
+def _floor(backend: BackendView) -> float:
     weight = backend.effective_weight
     return weight if weight > 0 else 0.0
 
@@ -54,7 +54,7 @@ class Resource(Stepwise):
     def pick(self, ctx: SelectionContext, excluded: int) -> int:
         return self._step(ctx.eligible, excluded)
 
-    def _step(self, eligible: Callable[[Backend], bool], excluded: int) -> int:
+    def _step(self, eligible: Callable[[BackendView], bool], excluded: int) -> int:
         index = smooth_step(self.backends, self._current, headroom, eligible, excluded)
         if index >= 0:
             return index

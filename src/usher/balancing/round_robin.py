@@ -11,9 +11,9 @@ from mypy_extensions import mypyc_attr
 from usher.balancing import SelectionContext, Stepwise, any_backend, register, smooth_step
 
 if TYPE_CHECKING:
+    from usher.balancing import BackendView
     from usher.clock import Clock
     from usher.config import PoolConfig
-    from usher.pool import Backend
     from usher.state import Sequence as Position
 
 # Longest schedule kept for a shared position (sum of the weights over their gcd); beyond it
@@ -33,7 +33,7 @@ class RoundRobin(Stepwise):
 
     def __init__(
         self,
-        backends: Sequence[Backend],
+        backends: Sequence[BackendView],
         *,
         sequence: Position | None = None,
         seed: int = 0,
@@ -62,7 +62,7 @@ class RoundRobin(Stepwise):
         return smooth_step(self.backends, self._current, _effective_weight, ctx.eligible, excluded)
 
 
-def schedule(backends: Sequence[Backend]) -> list[int]:
+def schedule(backends: Sequence[BackendView]) -> list[int]:
     """One period of smooth weighted round robin over the configured weights (indexes into
     `backends`); empty when it would be longer than MAX_SCHEDULE or no weight is positive."""
     weights = [b.weight for b in backends if b.weight > 0]
@@ -78,9 +78,9 @@ def schedule(backends: Sequence[Backend]) -> list[int]:
 register("round_robin", "weighted_round_robin")(RoundRobin)
 
 
-def _effective_weight(backend: Backend) -> float:
+def _effective_weight(backend: BackendView) -> float:
     return backend.effective_weight
 
 
-def _configured_weight(backend: Backend) -> float:
+def _configured_weight(backend: BackendView) -> float:
     return backend.weight

@@ -28,6 +28,7 @@ from usher.http.forwarding import controlled_names, normalise_target, upstream_h
 from usher.http.headers import expects_continue, forward_trailers
 from usher.http.link import UpstreamLink
 from usher.http.recording import record_exchange
+from usher.http.request_key import hash_key
 from usher.http.tunnel import Tunnel
 from usher.logs import AccessRecord
 from usher.pool import Pool, Selection
@@ -165,7 +166,7 @@ class Exchange:
         )
         target = route.rewrite_target(request.target)
         self.link.head = encode_request_head(request.method, target, headers)
-        key = pool.hash_key(request, client_ip)
+        key = hash_key(pool.config, request, client_ip)
         # No time yet: Attempts.next reads the pool's clock for each choice it makes.
         selection = Selection(client_ip.decode(), 0.0, key)
         self.attempts = Attempts(pool, selection, listener.metrics)

@@ -292,7 +292,7 @@ class TcpSession:
             await loop.create_connection(
                 relay.backend_side,
                 sock=sock,
-                ssl=pool.tls_context(),
+                ssl=pool.upstream_tls.get(),
                 server_hostname=(
                     upstream_server_name(tls, backend.host) if tls is not None else None
                 ),

@@ -15,7 +15,7 @@ import logging
 import ssl
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from usher.balancing import Algorithm, get_algorithm
 from usher.clock import Clock
@@ -24,8 +24,6 @@ from usher.pool.outlier import Outliers
 from usher.pool.persistence import (
     Persistence,
     build_persistence,
-    request_cookie,
-    request_header,
 )
 from usher.pool.queue import WaitQueue
 from usher.pool.selection import Selection
@@ -33,11 +31,11 @@ from usher.pool.slow_start import SlowStart
 from usher.state import Budget, installed
 from usher.state.local import RETRY_BUDGET_RESERVE, RETRY_BUDGET_ROOM, LocalBudget
 from usher.state.shm import SharedBudget, SharedSequence, SharedState
-from usher.tls import upstream_context
+from usher.tls import UpstreamContext
 
 if TYPE_CHECKING:
     from usher.config import BackendConfig, PoolConfig
-    from usher.http.codec import Headers, Request
+    from usher.http.codec import Headers
 
 log = logging.getLogger("usher.health")
 
@@ -62,11 +60,10 @@ class Pool:
         )
         self.retry_budget: Budget = self._budget(config.retries.budget)
         self.wait_queue = WaitQueue(self)
-        # The client TLS context of `config.tls`, handed over by the balancer at start and on
-        # each reload (it reads files); built on first use when nobody did.
-        self._tls_context: ssl.SSLContext | None = None
+        # The client TLS context of `config.tls` (usher.tls.UpstreamContext).
+        self.upstream_tls = UpstreamContext(config.tls)
         for backend in self.backends:
-            backend.connections.configure(config, self.tls_context, clock)
+            backend.connections.configure(config, self.upstream_tls.get, clock)
         # Called with (backend, old status, new status, reason) on every change of state.
         self.on_state_change: list[Callable[[Backend, str, str, str], None]] = []
         self.slow_start = SlowStart(config.slow_start)
@@ -109,7 +106,9 @@ class Pool:
             if algorithm is None:
                 continue
             preferred = selection.preferred  # a hook's order (usher.hooks) over the algorithm's
-            for backend in algorithm.candidates(selection) if preferred is None else preferred:
+            views = algorithm.candidates(selection) if preferred is None else preferred
+            for view in views:
+                backend = cast(Backend, view)  # the algorithm was built on this pool's backends
                 if selection.eligible(backend) and (shared is None or self._admit(backend)):
                     return backend
         return None
@@ -130,20 +129,6 @@ class Pool:
         if limit is None or slot is None or self.shared is None:
             return True
         return self.shared.admit(slot.row, slot.worker, backend.active, limit)
-
-    def hash_key(self, request: Request, client_ip: bytes) -> bytes | None:
-        """The key `consistent_hash` hashes this request on (pool `hash.key`)."""
-        if self.config.algorithm != "consistent_hash":
-            return None
-        options = self.config.hash
-        if options.key == "source_ip":
-            return client_ip
-        if options.key == "path":
-            return request.target.partition(b"?")[0]
-        name = (options.name or "").encode("latin-1")
-        if options.key == "cookie":
-            return request_cookie(request.headers, name)
-        return request_header(request.headers, name.lower())
 
     def choose(self, selection: Selection, headers: Headers) -> Backend | None:
         """Like `select`, but a request pinned by persistence keeps its backend while that one
@@ -340,7 +325,7 @@ class Pool:
                 if self.find(str(spec.address)) is not None:
                     continue  # listed twice: the first spec holds
                 backend = spec.build()
-                backend.connections.configure(self.config, self.tls_context, self.clock)
+                backend.connections.configure(self.config, self.upstream_tls.get, self.clock)
                 self.backends.append(backend)
                 self.slow_start.start(backend, now)
                 rebuild = True
@@ -428,12 +413,12 @@ class Pool:
             self.config.tls,
             self.config.send_proxy_protocol,
         ):
-            self._tls_context = None
+            self.upstream_tls.reset(config.tls)
             for backend in kept:
                 backend.renew_connections()
         self.config = config
         for backend in kept + dropped:
-            backend.connections.configure(config, self.tls_context, self.clock)
+            backend.connections.configure(config, self.upstream_tls.get, self.clock)
         self.slow_start.duration = config.slow_start
         self._algorithm_cls = get_algorithm(config.algorithm)
         self.backends = kept + dropped
@@ -448,22 +433,10 @@ class Pool:
         self._rebuild()
         return dropped
 
-    def tls_context(self) -> ssl.SSLContext | None:
-        """The context for TLS to the backends; None without `tls`. Raises OSError or
-        ssl.SSLError when it has to be built and its files are bad."""
-        if self.config.tls is None:
-            return None
-        if self._tls_context is None:
-            self._tls_context = upstream_context(self.config.tls)
-        return self._tls_context
-
     def use_tls_context(self, context: ssl.SSLContext | None) -> None:
         """Take a context freshly built from the files (a reload re-reads them): connections
         made with the previous one (its CA, its client certificate) are not reused."""
-        if context is None and self._tls_context is None:
-            return
-        previous, self._tls_context = self._tls_context, context
-        if previous is not None:
+        if self.upstream_tls.use(context):
             for backend in self.backends:
                 backend.renew_connections()
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 from usher.pool.backend import Backend
 from usher.state.local import LocalBudget
+
+if TYPE_CHECKING:
+    from usher.balancing import BackendView
 
 # The in-process retry budget, by the name it always had.
 RetryBudget = LocalBudget
@@ -31,7 +36,9 @@ class Selection:
         self.allowed = frozenset(backends)
         self.preferred = backends if preferred else None
 
-    def eligible(self, backend: Backend) -> bool:
+    def eligible(self, view: BackendView) -> bool:
+        # An algorithm offers back the pool's own backends: the view is one of them.
+        backend = cast(Backend, view)
         if backend in self.tried or not backend.has_room():
             return False
         if self.allowed is not None and backend not in self.allowed:

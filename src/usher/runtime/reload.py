@@ -1,5 +1,6 @@
 """A reload in two halves: `plan` compares the running config with the new one and says what
-changes (no I/O: it is tested without sockets), then `apply` does it to a running balancer.
+changes (no I/O: it is tested without sockets), then `apply` does it to a running data plane
+(its owner then drains what it dropped: usher.runtime.controlplane, usher.process.worker).
 
 `apply` keeps the order that makes a reload safe: the TLS files load and new sockets bind before
 anything else changes (so a bad certificate or a port in use changes nothing), pools change
@@ -9,17 +10,21 @@ before listeners (every listener's router points at them), and old sockets close
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from usher.config import Config, HostPort, Listener
 from usher.errors import BindError
+from usher.http.hook_phases import build_hooks
 from usher.routing import Router
+from usher.runtime.dataplane import load_tls
 from usher.surface import ReloadReport
 
 if TYPE_CHECKING:
     from usher.listeners import AnyListener, Serving
-    from usher.server import Balancer, Bound
+    from usher.pool import Backend, Pool
+    from usher.runtime.dataplane import Bound, DataPlane
+    from usher.tls import ServerTls
 
 CLUSTER_NOTE = "cluster: changed; it takes effect on restart"
 ADMIN_NOTE = "admin settings change at the next restart"
@@ -119,28 +124,52 @@ def overwritten(changes: Iterable[tuple[str, str, str]], config: Config) -> list
     return lost
 
 
-async def apply(balancer: Balancer, plan: ReloadPlan) -> ReloadReport:
-    """Do `plan` to `balancer`. Raises ConfigError when a TLS file does not load and BindError
-    when a new socket cannot bind: either way nothing has changed."""
+@dataclass(slots=True)
+class Applied:
+    """What `apply` did, and what it leaves to the data plane's owner: the backends the new
+    config dropped (still in their pools) and the pools it removed (no longer in them)."""
+
+    plan: ReloadPlan
+    report: ReloadReport
+    dropped: list[tuple[str, Backend]] = field(default_factory=list)
+    retired: list[Pool] = field(default_factory=list)
+
+
+async def reload_to(plane: DataPlane, config: Config) -> Applied:
+    """Plan the reload of `plane` from the config it runs to `config`, and apply it."""
+    ports = {name: bound.port for name, bound in plane.bound.items()}
+    # The user's hooks are built before anything changes: one that fails refuses the reload.
+    old_hooks, plane.hooks = plane.hooks, build_hooks(config, fresh=True)
+    try:
+        return await apply(plane, plan(plane.config, config, ports))
+    except BaseException:
+        plane.hooks = old_hooks
+        raise
+
+
+async def apply(plane: DataPlane, plan: ReloadPlan) -> Applied:
+    """Do `plan` to the data plane `plane`. Raises ConfigError when a TLS file does not load
+    and BindError when a new socket cannot bind: either way nothing has changed."""
     config = plan.config
-    report = ReloadReport(notes=list(plan.notes))
-    new_tls, upstream_tls = balancer.load_tls(config)
+    applied = Applied(plan, ReloadReport(notes=list(plan.notes)))
+    report = applied.report
+    new_tls, upstream_tls = load_tls(config)
     by_name = {lc.name: lc for lc in config.listeners}
     fresh: dict[str, tuple[AnyListener, Serving, Bound]] = {}
-    old_tls, balancer._tls = balancer._tls, {**balancer._tls, **new_tls}
+    old_tls, plane.tls = plane.tls, {**plane.tls, **new_tls}
     try:
         for name in plan.listeners_bind:
-            listener = balancer.new_listener(by_name[name], Router([], {}))
-            server, bound = await balancer.bind(listener)
+            listener = plane.new_listener(by_name[name], Router([], {}))
+            server, bound = await plane.bind(listener)
             fresh[name] = (listener, server, bound)
     except BindError:
-        balancer._tls = old_tls
+        plane.tls = old_tls
         for _, server, _ in fresh.values():
             server.close()
         raise
-    pools = balancer.pools
+    pools = plane.pools
     for name in plan.pools_add:
-        pools[name] = balancer.new_pool(name, config.pools[name])
+        pools[name] = plane.new_pool(name, config.pools[name])
         pools[name].use_tls_context(upstream_tls.get(name))
         report.pools_added.append(name)
     for name in plan.pools_reconfigure:
@@ -150,43 +179,50 @@ async def apply(balancer: Balancer, plan: ReloadPlan) -> ReloadReport:
         pool.use_tls_context(upstream_tls.get(name))
         for backend in dropped:
             report.backends_draining.append(f"{name}/{backend.label}")
-            balancer.spawn(balancer.drain_out(name, backend))
+            applied.dropped.append((name, backend))
         report.backends_added += [
             f"{name}/{b.label}" for b in pool.backends if b.label not in before
         ]
     for name in [n for n in pools if n in plan.pools_retire]:  # in the order they were added
         report.pools_removed.append(name)
-        balancer.spawn(balancer.retire_pool(pools.pop(name)))
-    if balancer.runs_control_plane:
-        balancer.discovery.update(config.pools)  # kept sources go on; new pools get theirs
-        balancer.restart_checkers(plan.checkers_restart)
-    report.overwritten = overwritten(balancer.runtime_changes, config)
-    balancer.runtime_changes.clear()
-    old_listeners, balancer.listeners = balancer.listeners, {}
+        applied.retired.append(pools.pop(name))
+    _swap_listeners(plane, plan, fresh, old_tls, report)
+    plane.config = config
+    return applied
+
+
+def _swap_listeners(
+    plane: DataPlane,
+    plan: ReloadPlan,
+    fresh: dict[str, tuple[AnyListener, Serving, Bound]],
+    old_tls: dict[str, ServerTls],
+    report: ReloadReport,
+) -> None:
+    """Kept listeners take their new settings, fresh ones take their place, old sockets close."""
+    config = plan.config
+    old_listeners, plane.listeners = plane.listeners, {}
     for index, lc in enumerate(config.listeners):
-        router = balancer.router(lc, pools)
+        router = plane.router(lc, plane.pools)
         if lc.name in plan.listeners_keep:
             listener = old_listeners.pop(lc.name)
             listener.apply(lc, router)
             if lc.tls is not None and lc.name in old_tls:
                 old_tls[lc.name].update(lc.tls, f"listeners[{index}].tls", http2=lc.serves_http2)
-                balancer._tls[lc.name] = old_tls[lc.name]
+                plane.tls[lc.name] = old_tls[lc.name]
             report.listeners_kept.append(lc.name)
         else:
             listener = fresh[lc.name][0]
             listener.apply(lc, router)
             report.listeners_added.append(lc.name)
-        balancer.listeners[lc.name] = listener
+        plane.listeners[lc.name] = listener
     for name in plan.listeners_close:
-        old_server = balancer._servers.pop(name, None)
+        old_server = plane.servers.pop(name, None)
         if old_server is not None:
             old_server.close()
-        balancer.bound.pop(name, None)
+        plane.bound.pop(name, None)
         old_listeners.pop(name).drain()
     report.listeners_removed += plan.listeners_removed
     for name, (_, server, bound) in fresh.items():
-        balancer._servers[name] = server
-        balancer.bound[name] = bound
-    balancer._tls = {name: tls for name, tls in balancer._tls.items() if name in balancer.listeners}
-    balancer.config = config
-    return report
+        plane.servers[name] = server
+        plane.bound[name] = bound
+    plane.tls = {name: tls for name, tls in plane.tls.items() if name in plane.listeners}

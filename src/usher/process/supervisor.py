@@ -1,6 +1,6 @@
 """The control process of `usher run --workers N`: config, health checks, admin API, metrics,
-reloads; it starts N worker processes (usher.worker) that serve the traffic, and restarts any
-that dies.
+reloads; it starts N worker processes (usher.process.worker) that serve the traffic, and
+restarts any that dies.
 
 It holds every listener's address bound but not listening (usher.process.reserve), so that port 0 is
 one real port for all workers, a port in use is found before any worker starts, and the kernel
@@ -25,11 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from usher import handover
-from usher.channel import Channel, ChannelClosed
-from usher.config import Config
+from usher.config import DEFAULT_DRAIN_TIMEOUT, Config
 from usher.errors import UsherError
 from usher.logs import AccessLog
-from usher.messages import (
+from usher.metrics import Metrics, Snapshot
+from usher.pool import Pool
+from usher.process.channel import Channel, ChannelClosed
+from usher.process.counts import Counts
+from usher.process.messages import (
     Connections,
     Failed,
     Ready,
@@ -42,15 +45,15 @@ from usher.messages import (
     ToControl,
     WorkerOptions,
 )
-from usher.metrics import Metrics, Snapshot, build_registry
-from usher.pool import Backend, Pool
 from usher.process.reserve import Reservation, reserve_listener
-from usher.server import DEFAULT_DRAIN_TIMEOUT, Balancer, ReloadReport
+from usher.process.signals import flush_logs, handle_signals
+from usher.process.sync import PoolsState, pools_state
+from usher.process.worker_sockets import WorkerSockets
+from usher.runtime import reload
+from usher.runtime.controlplane import ControlPlane
 from usher.shared import RowIndex, SharedTable
-from usher.signals import flush_logs, handle_signals
 from usher.state.shm import SharedState
-from usher.sync import PoolsState, pools_state
-from usher.worker_sockets import WorkerSockets
+from usher.surface import ReloadReport
 
 # How often counts come in from the shared table and state goes out to the workers: well
 # under any health check interval, so a verdict reaches every worker within one.
@@ -87,8 +90,9 @@ class WorkerProcess:
         return self.proc.pid
 
 
-class ControlBalancer(Balancer):
-    """The Balancer of the control process: it serves no traffic itself."""
+class Supervisor:
+    """The worker processes of the control process, behind its control plane (which serves no
+    traffic itself): it is that control plane's `Fleet` (usher.runtime.controlplane)."""
 
     def __init__(
         self,
@@ -98,42 +102,52 @@ class ControlBalancer(Balancer):
         access_log: AccessLog,
         config_path: Path | None = None,
     ) -> None:
-        super().__init__(
+        # Its listeners only hold their addresses; the workers serve them.
+        self.control = ControlPlane(
             config,
             access_log=access_log,
             config_path=config_path,
             workers=workers,
             open_sockets=reserve_listener,
+            fleet=self,
         )
         self.count = workers
         self.table = SharedTable.create(workers)
         # The global state (usher.state): limits, queues, pins, buckets, ejections.
         self.state = SharedState.create(self.table)
         self.rows = RowIndex(self.table.capacity)
+        self.counts = Counts(self.table, self.rows)
         self.workers: dict[int, WorkerProcess] = {}
         self.stopping = False
         self.failure: str | None = None
         self.done = asyncio.Event()
+        self._options: WorkerOptions | None = None
         self._sent: PoolsState | None = None
         self._ids = itertools.count()
         # Counts of workers that died, so that totals never go backwards.
         self._retired_metrics = Metrics()
-        self._retired_counts: dict[tuple[str, str], tuple[int, int]] = {}
         self._merged = Metrics()
-        self.registry = build_registry(lambda: self._merged, lambda: self.pools, self.connections)
-        self.register_cluster_metrics()
         self._syncer: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
         self.worker_sockets = WorkerSockets()
 
-    # Listeners: reserved here, served by the workers
+    @property
+    def pools(self) -> dict[str, Pool]:
+        return self.control.pools
 
-    async def retire_pool(self, pool: Pool) -> None:
-        return None  # each worker retires its own copy; nothing is in flight here
+    def merged_metrics(self) -> Metrics:
+        """The counters of every worker, dead ones and this process's (the health checks), as
+        the last scrape summed them."""
+        return self._merged
 
     def worker_config(self) -> Config:
         """The config as the workers serve it: the ports actually reserved, no admin API."""
-        listeners = [self._as_bound(lc) for lc in self.config.listeners]
-        return self.config.model_copy(update={"listeners": listeners, "admin": None})
+        bound = self.control.bound
+        listeners = [
+            reload.as_bound(lc, bound[lc.name].port if lc.name in bound else None)
+            for lc in self.control.config.listeners
+        ]
+        return self.control.config.model_copy(update={"listeners": listeners, "admin": None})
 
     # Workers
 
@@ -158,7 +172,7 @@ class ControlBalancer(Balancer):
         ]
 
     def listening_fds(self) -> list[int]:
-        return [*self.worker_sockets.fds(), *self.admin_fds()]  # the reservations stay here
+        return self.worker_sockets.fds()  # the reservations stay here
 
     async def _spawn_worker(self, number: int) -> WorkerProcess:
         try:
@@ -171,7 +185,7 @@ class ControlBalancer(Balancer):
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "usher.worker",
+                "usher.process.worker",
                 str(theirs.fileno()),
                 str(self.table.fd),
                 str(self.state.fd),
@@ -187,6 +201,7 @@ class ControlBalancer(Balancer):
         loop = asyncio.get_running_loop()
         worker = WorkerProcess(number, proc, channel, time.monotonic(), loop.create_future())
         self.workers[number] = worker
+        assert self._options is not None, "start_workers sets the options first"
         channel.send(Start(self.worker_config(), self._state(), self._options, tuple(fds)))
         worker.watcher = loop.create_task(self._watch(worker))
         return worker
@@ -267,21 +282,7 @@ class ControlBalancer(Balancer):
     def _retire_counts(self, worker: WorkerProcess) -> None:
         """A dead worker's requests in flight are gone: clear its slots and its waiters in the
         queues, keep its totals."""
-        table = self.table
-        width = table.workers
-        for name, pool in self.pools.items():
-            for backend in pool.backends:
-                row = self.rows.get(name, backend.label)
-                if row is None:
-                    continue
-                cell = row * width + worker.number
-                key = (name, backend.label)
-                requests, failures = self._retired_counts.get(key, (0, 0))
-                self._retired_counts[key] = (
-                    requests + table.requests[cell],
-                    failures + table.failures[cell],
-                )
-        table.clear_worker(worker.number)
+        self.counts.retire_worker(self.pools, worker.number)
         self.state.forget_worker(worker.number)
         if worker.snapshot is not None:
             self._retired_metrics.add_snapshot(worker.snapshot)
@@ -296,20 +297,7 @@ class ControlBalancer(Balancer):
             await asyncio.sleep(SYNC_INTERVAL)
 
     def sync_counts(self) -> None:
-        table = self.table
-        for name, pool in self.pools.items():
-            for backend in pool.backends:
-                row = self.rows.get(name, backend.label)
-                if row is None:
-                    continue
-                active, requests, failures, latency = table.totals(row)
-                retired = self._retired_counts.get((name, backend.label), (0, 0))
-                backend.active = active
-                backend.requests_total = requests + retired[0]
-                backend.failures_total = failures + retired[1]
-                backend.latency_ewma = latency
-                if backend.drained is not None and active == 0:
-                    backend.drained.set()
+        self.counts.read_into(self.pools)
 
     def _state(self) -> PoolsState:
         return pools_state(self.pools, self.rows)
@@ -323,35 +311,25 @@ class ControlBalancer(Balancer):
                 worker.channel.send(State(state))
         self._sent = state
         # Rows of backends gone from every pool are free once the workers have been told.
-        alive = {(name, b.label) for name, pool in self.pools.items() for b in pool.backends}
-        for row in self.rows.keep_only(alive):
-            self.table.clear_row(row)
+        for row in self.counts.keep_only(self.pools):
             self.state.clear_row(row)
-        for key in [k for k in self._retired_counts if k not in alive]:
-            del self._retired_counts[key]
 
     # Views
 
     def connections(self) -> dict[str, int]:
-        total = dict.fromkeys(self.listeners, 0)
+        total = dict.fromkeys(self.control.listeners, 0)
         for worker in self.workers.values():
             for name, count in worker.connections.items():
                 if name in total:
                     total[name] += count
         return total
 
-    def describe(self) -> dict[str, Any]:
-        self.sync_counts()
-        view = super().describe()
-        connections = self.connections()
-        for listener in view["listeners"]:
-            listener["connections"] = connections.get(listener["name"], 0)
+    def describe(self, view: dict[str, Any]) -> None:
         for name, pool in view["pools"].items():
             pool["queued"] = self.state.queued(name)  # waiting in every worker
         view["workers"] = [
             {"number": w.number, "pid": w.pid} for w in sorted(self.workers.values(), key=_number)
         ]
-        return view
 
     async def before_scrape(self) -> None:
         """Ask every worker for its counters and sum them with this process's own (the health
@@ -372,7 +350,7 @@ class ControlBalancer(Balancer):
         if waits:
             await asyncio.wait([f for _, f in waits], timeout=ANSWER_TIMEOUT)
         total = Metrics()
-        total.add_snapshot(self.metrics.snapshot())
+        total.add_snapshot(self.control.metrics.snapshot())
         total.add_snapshot(self._retired_metrics.snapshot())
         for worker in list(self.workers.values()):
             if worker.snapshot is not None:
@@ -383,28 +361,12 @@ class ControlBalancer(Balancer):
                 future.cancel()
         self._merged = total
 
-    # Runtime changes, reload and stop: each reads the counts first, so a drain that starts
-    # now sees the requests in flight now, not those of the last tick.
+    # Reload and stop
 
-    def update_backend(
-        self, pool_name: str, address: str, *, weight: int | None = None, state: str | None = None
-    ) -> Backend:
-        self.sync_counts()
-        return super().update_backend(pool_name, address, weight=weight, state=state)
-
-    async def remove_backend(
-        self, pool_name: str, address: str, *, timeout: float | None = None
-    ) -> bool:
-        self.sync_counts()
-        return await super().remove_backend(pool_name, address, timeout=timeout)
-
-    async def reload(self, config: Config | None = None) -> ReloadReport:
-        """Validate and apply here (nothing changes anywhere if the file is bad), then have
-        every worker apply the same config; a worker's failure is reported in the notes."""
-        self.sync_counts()
-        report = await super().reload(config)
-        if not hasattr(self, "_options"):
-            return report  # no workers yet
+    async def reloaded(self, report: ReloadReport) -> None:
+        """Have every worker apply the config the control plane has just reloaded."""
+        if self._options is None:
+            return  # no workers yet: they start with the new config
         worker_config = self.worker_config()
         loop = asyncio.get_running_loop()
         waits: list[tuple[int, asyncio.Future[str | None]]] = []
@@ -426,15 +388,14 @@ class ControlBalancer(Balancer):
                 report.notes.append(f"worker {number}: {error}")
         self._release_datagram_reservations()
         self.worker_sockets.keep_only(self._worker_addresses())
-        return report
 
     def _release_datagram_reservations(self) -> None:
-        for serving in self._servers.values():
+        for serving in self.control.dataplane.servers.values():
             if isinstance(serving, Reservation):
                 serving.release_datagram()
 
     async def stop(self, timeout: float = DEFAULT_DRAIN_TIMEOUT) -> None:
-        """Every worker drains (up to `timeout`) and exits, then the control plane stops."""
+        """Every worker drains (up to `timeout`) and exits."""
         self.stopping = True
         if self._syncer is not None:
             self._syncer.cancel()
@@ -455,7 +416,10 @@ class ControlBalancer(Balancer):
             if worker.watcher is not None:
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     await asyncio.wait_for(worker.watcher, 5.0)
-        await super().stop(timeout=0)
+        for task in list(self._background):
+            task.cancel()
+
+    def close(self) -> None:
         self.state.close()
         self.worker_sockets.close()
         self.table.close()
@@ -474,34 +438,31 @@ async def run_control(
 ) -> None:
     """Serve until SIGTERM/SIGINT; SIGHUP reloads. Raises UsherError when the workers cannot
     start (the first one's message) or keep failing at start."""
-    balancer = ControlBalancer(
-        config, workers=workers, access_log=access_log, config_path=config_path
-    )
+    supervisor = Supervisor(config, workers=workers, access_log=access_log, config_path=config_path)
+    control = supervisor.control
     # Signals are ours from the start: a SIGHUP while the workers start reloads (they start
     # with the new config), a SIGTERM stops them as soon as they are up.
-    upgrader = handle_signals(balancer, balancer.done.set)
-    await balancer.start()
+    upgrader = handle_signals(control, supervisor.done.set)
+    await control.start()
     try:
-        await balancer.start_workers(WorkerOptions(access_log.enabled, access_log.format))
+        await supervisor.start_workers(WorkerOptions(access_log.enabled, access_log.format))
     except UsherError as exc:
-        await balancer.stop(timeout=0)
-        raise UsherError(balancer.failure or str(exc)) from None
-    for bound in balancer.bound.values():
+        await control.stop(timeout=0)
+        raise UsherError(supervisor.failure or str(exc)) from None
+    for bound in control.bound.values():
         print(f"usher: listener {bound.name} on {bound.url}", file=sys.stderr, flush=True)
-    if balancer.admin_url is not None:
-        print(
-            f"usher: admin API and dashboard on {balancer.admin_url}", file=sys.stderr, flush=True
-        )
-    pids = ", ".join(str(w.pid) for w in sorted(balancer.workers.values(), key=_number))
+    if control.admin_url is not None:
+        print(f"usher: admin API and dashboard on {control.admin_url}", file=sys.stderr, flush=True)
+    pids = ", ".join(str(w.pid) for w in sorted(supervisor.workers.values(), key=_number))
     print(f"usher: {workers} workers serving (pids {pids})", file=sys.stderr, flush=True)
     handover.announce_ready()
     upgrader.serving = True
     flusher = asyncio.get_running_loop().create_task(flush_logs())
-    await balancer.done.wait()
-    failure = balancer.failure
+    await supervisor.done.wait()
+    failure = supervisor.failure
     if failure is None:
         print("usher: draining", file=sys.stderr, flush=True)
-    await balancer.stop(timeout=0 if failure else DEFAULT_DRAIN_TIMEOUT)
+    await control.stop(timeout=0 if failure else DEFAULT_DRAIN_TIMEOUT)
     flusher.cancel()
     sys.stdout.flush()
     if failure is not None:

@@ -1,6 +1,6 @@
 """The control process's line to one worker: a Unix socket pair carrying small framed messages.
 
-A message is one of the frozen dataclasses of usher.messages; it travels pickled behind a
+A message is one of the frozen dataclasses of usher.process.messages; it travels pickled behind a
 4-byte length. Pickle is safe here because both ends are usher processes of one `usher run`
 and the socket pair is never reachable by anyone else; it carries the validated `Config` as it
 is, so a worker never re-reads or re-validates the file. The socket closing is news too: the
@@ -17,7 +17,7 @@ import struct
 from typing import Final
 
 from usher.errors import ChannelClosed as ChannelClosed  # re-exported: its first home
-from usher.messages import MESSAGE_TYPES, Message
+from usher.process.messages import MESSAGE_TYPES, Message
 
 _HEADER: Final = struct.Struct("!I")
 # A config with thousands of backends pickles to well under this.

@@ -7,17 +7,20 @@ import asyncio
 import signal
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from usher.errors import UsherError
-from usher.server import Balancer
 from usher.upgrade import Upgrader
+
+if TYPE_CHECKING:  # a worker flushes its logs here; it has no control plane (nor the admin API)
+    from usher.runtime.controlplane import ControlPlane
 
 LOG_FLUSH_INTERVAL = 1.0
 
 
-def handle_signals(balancer: Balancer, stop: Callable[[], None]) -> Upgrader:
-    """SIGTERM and SIGINT call `stop`; SIGHUP reloads the config file (Balancer.reload runs one
-    reload at a time); SIGUSR2 upgrades (a new process takes the sockets over, then `stop`).
+def handle_signals(balancer: ControlPlane, stop: Callable[[], None]) -> Upgrader:
+    """SIGTERM and SIGINT call `stop`; SIGHUP reloads the config file (ControlPlane.reload runs
+    one reload at a time); SIGUSR2 upgrades (a new process takes the sockets over, then `stop`).
     The caller sets the upgrader's `serving` once there are sockets to hand over."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -37,7 +40,7 @@ def handle_signals(balancer: Balancer, stop: Callable[[], None]) -> Upgrader:
     return upgrader
 
 
-async def _reload(balancer: Balancer) -> None:
+async def _reload(balancer: ControlPlane) -> None:
     """SIGHUP: re-read the config file; a bad one is reported and the running config stays."""
     try:
         report = await balancer.reload()

@@ -1,6 +1,6 @@
 """The messages between the control process of `usher run --workers N` and its workers.
 
-Each is a frozen dataclass; the channel (usher.channel) carries them pickled. The control
+Each is a frozen dataclass; the channel (usher.process.channel) carries them pickled. The control
 sends a worker `Start` first, then `State`, `Reload`, `Scrape` or `Stop`; a worker answers
 `Ready` or `Failed` to the start, `Reloaded` to a reload and `Scraped` to a scrape, and sends
 `Connections` on its own every second.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from usher.config import Config
 from usher.logs import LogFormat
 from usher.metrics import Snapshot
-from usher.sync import PoolsState
+from usher.process.sync import PoolsState
 
 # Control to worker.
 

@@ -1,5 +1,6 @@
-"""Process model: serve in this process (`--workers 1`), or start the control process of
-N worker processes (usher.control, usher.worker) that share the listeners with SO_REUSEPORT.
+"""`usher run`: serve in this process (`--workers 1`), or start the control process of N worker
+processes (usher.process.supervisor, usher.process.worker) that share the listeners with
+SO_REUSEPORT.
 """
 
 from __future__ import annotations
@@ -12,15 +13,13 @@ import sys
 from pathlib import Path
 
 from usher import handover
-from usher.config import Config, HostPort
-from usher.control import run_control
+from usher.config import Config
 from usher.errors import UsherError
 from usher.logs import AccessLog, LogFormat
 from usher.process.heap import freeze_startup_objects
-from usher.server import Balancer
-from usher.signals import LOG_FLUSH_INTERVAL as LOG_FLUSH_INTERVAL  # re-exported: their first home
-from usher.signals import flush_logs as flush_logs
-from usher.signals import handle_signals as handle_signals
+from usher.process.signals import flush_logs, handle_signals
+from usher.process.supervisor import run_control
+from usher.runtime.controlplane import ControlPlane
 
 
 def run_balancer(
@@ -36,7 +35,7 @@ def run_balancer(
     # Until the handler is in place (once serving), SIGUSR2 must not end the process (its
     # default action); there is nothing to hand over yet.
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-    Balancer(config)  # certificates load here, once, so a bad one is a config error (exit 1)
+    ControlPlane(config)  # certificates load here, once, so a bad one is a config error (exit 1)
     try:
         handover.receive_from_env()  # started by `kill -USR2`: the old process's sockets
     except (OSError, ValueError) as exc:
@@ -77,7 +76,7 @@ async def _serve(
     config_path: Path | None,
     workers: int,
 ) -> None:
-    balancer = Balancer(
+    balancer = ControlPlane(
         config,
         access_log=access_log,
         seed=seed,
@@ -104,6 +103,3 @@ async def _serve(
     flusher.cancel()
     access_log.flush()  # the lines it holds back for one batched write
     sys.stdout.flush()
-
-
-__all__ = ["HostPort", "run_balancer"]

@@ -1,10 +1,10 @@
 """A data-plane worker process of `usher run --workers N`: serves the listeners, nothing else.
 
-The control process starts it as `python -m usher.worker CHANNEL_FD TABLE_FD STATE_FD NUMBER
-WORKERS CAPACITY` and sends
-the config and the backends' state over the channel (usher.channel). Health checks, the admin
-API and reloads are the control process's; the worker applies what it is sent, publishes its
-counts in its slots of the shared table (usher.shared), and answers scrapes with its counters.
+The control process starts it as `python -m usher.process.worker CHANNEL_FD TABLE_FD STATE_FD
+NUMBER WORKERS CAPACITY` and sends the config and the backends' state over the channel
+(usher.process.channel). Health checks, the admin API and reloads are the control process's;
+the worker applies what it is sent, publishes its counts in its slots of the shared table
+(usher.shared), and answers scrapes with its counters.
 It drains and exits on SIGTERM, on a `Stop` message, or when the control process goes away.
 """
 
@@ -19,11 +19,12 @@ import sys
 from typing import Any
 
 from usher import handover
-from usher.channel import Channel, ChannelClosed
 from usher.config import Config
 from usher.errors import UsherError
 from usher.logs import AccessLog
-from usher.messages import (
+from usher.process.channel import Channel, ChannelClosed
+from usher.process.heap import freeze_startup_objects
+from usher.process.messages import (
     Connections,
     Failed,
     Ready,
@@ -35,14 +36,13 @@ from usher.messages import (
     State,
     Stop,
 )
-from usher.pool import Backend, Pool
-from usher.process.heap import freeze_startup_objects
-from usher.server import Balancer, ReloadReport
+from usher.process.signals import flush_logs
+from usher.process.sync import quiet_state_log
+from usher.runtime import reload
+from usher.runtime.dataplane import DataPlane, Follower, import_user_code
 from usher.shared import SharedTable
-from usher.signals import flush_logs
 from usher.state import install
 from usher.state.shm import SharedState
-from usher.sync import PoolsState, apply_state, detach, quiet_state_log
 
 # How often the worker tells the control process its open client connections per listener.
 CONNECTIONS_INTERVAL = 1.0
@@ -52,42 +52,17 @@ FOLLOW_INTERVAL = 0.02
 EXIT_RUNTIME = 2
 
 
-class WorkerBalancer(Balancer):
-    """A Balancer without the control plane: no health checks and no admin API, and backends a
-    reload drops stay (draining) until the control process, which sees every worker's requests
-    in flight, removes them."""
-
-    def __init__(
-        self, config: Config, table: SharedTable, number: int, access_log: AccessLog
-    ) -> None:
-        super().__init__(
-            config,
-            access_log=access_log,
-            seed=number,
-            reuse_port=True,
-            workers=table.workers,
-            control_plane=False,  # the control process's checks and discovery reach us by sync
-        )
-        self.table = table
-        self.number = number
-
-    async def drain_out(self, pool_name: str, backend: Backend) -> None:
-        pool = self.pools.get(pool_name)
-        if pool is not None and backend in pool.backends and backend.state == "enabled":
-            with quiet_state_log():
-                pool.set_state(backend, "draining", "draining")
-
-    async def retire_pool(self, pool: Pool) -> None:
-        # A pool the reload removed: its rows go back to the control process at once.
-        for backend in pool.backends:
-            detach(backend)
-        await super().retire_pool(pool)
-
-    def apply(self, state: PoolsState) -> None:
-        apply_state(self.pools, state, self.table, self.number)
-
-    def connections(self) -> dict[str, int]:
-        return {name: len(listener.connections) for name, listener in self.listeners.items()}
+def data_plane(config: Config, table: SharedTable, number: int, access_log: AccessLog) -> DataPlane:
+    """A worker's data plane: no health checks and no admin API (the control process's reach
+    it by the state it sends), its backends attached to their rows of the shared table."""
+    return DataPlane(
+        config,
+        access_log=access_log,
+        seed=number,
+        reuse_port=True,
+        workers=table.workers,
+        follower=Follower(table, number),
+    )
 
 
 async def serve(channel: Channel, table: SharedTable, number: int) -> int:
@@ -101,79 +76,109 @@ async def serve(channel: Channel, table: SharedTable, number: int) -> int:
     # the next process in an upgrade); the listeners take them where they bind.
     handover.adopt_fds(start.listening)
     try:
-        balancer = WorkerBalancer(start.config, table, number, access_log)
-        balancer.apply(start.state)
-        await balancer.start()
+        plane = data_plane(start.config, table, number, access_log)
+    except UsherError as exc:
+        return await _failed(channel, exc)
+    try:
+        plane.apply(start.state)
+        await plane.start()
         handover.release_unclaimed()
         freeze_startup_objects()
     except UsherError as exc:
-        channel.send(Failed(str(exc)))
-        with contextlib.suppress(ChannelClosed):
-            await channel.drain()
-        return EXIT_RUNTIME
-    channel.send(Ready(tuple(bound.url for bound in balancer.bound.values())))
+        await plane.stop(timeout=0)
+        return await _failed(channel, exc)
+    channel.send(Ready(tuple(bound.url for bound in plane.bound.values())))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    background: set[asyncio.Task[None]] = set()
     tasks = [
-        loop.create_task(_listen(channel, balancer, stop)),
-        loop.create_task(_report_connections(channel, balancer)),
-        loop.create_task(_follow_shared(balancer)),
+        loop.create_task(_listen(channel, plane, number, stop, background)),
+        loop.create_task(_report_connections(channel, plane)),
+        loop.create_task(_follow_shared(plane)),
         loop.create_task(flush_logs()),
     ]
     await stop.wait()
-    await balancer.stop()
-    for task in tasks:
+    await plane.stop()
+    for task in [*tasks, *background]:
         task.cancel()
     access_log.flush()  # the lines it holds back for one batched write
     sys.stdout.flush()
     return 0
 
 
-async def _listen(channel: Channel, balancer: WorkerBalancer, stop: asyncio.Event) -> None:
+async def _failed(channel: Channel, exc: UsherError) -> int:
+    """Tell the control process why this worker cannot serve; returns the exit code."""
+    channel.send(Failed(str(exc)))
+    with contextlib.suppress(ChannelClosed):
+        await channel.drain()
+    return EXIT_RUNTIME
+
+
+async def _listen(
+    channel: Channel,
+    plane: DataPlane,
+    number: int,
+    stop: asyncio.Event,
+    background: set[asyncio.Task[None]],
+) -> None:
     """Handle the control process's messages in order (a reload before the state after it)."""
     try:
         while True:
             match await channel.recv():
                 case State(state):
-                    balancer.apply(state)
+                    plane.apply(state)
                 case Reload(config):
-                    channel.send(Reloaded(await _reload(balancer, config)))
+                    channel.send(Reloaded(await _reload(plane, config, background)))
                 case Scrape(ident):
-                    snapshot = balancer.metrics.snapshot()
-                    channel.send(Scraped(ident, snapshot, balancer.connections()))
+                    snapshot = plane.metrics.snapshot()
+                    channel.send(Scraped(ident, snapshot, plane.connections()))
                 case Stop():
                     break
     except ChannelClosed:
         print(
-            f"usher worker {balancer.number}: the control process is gone; draining",
+            f"usher worker {number}: the control process is gone; draining",
             file=sys.stderr,
             flush=True,
         )
     stop.set()
 
 
-async def _reload(balancer: WorkerBalancer, config: Config) -> str | None:
+async def _reload(
+    plane: DataPlane, config: Config, background: set[asyncio.Task[None]]
+) -> str | None:
+    """Apply the config the control process reloaded (it reports the reload once, for all).
+    Backends it dropped stay, draining, until the control process, which sees every worker's
+    requests in flight, removes them; removed pools retire here at once."""
     try:
-        report: ReloadReport = await balancer.reload(config)
+        import_user_code(config, fresh=True)
+        applied = await reload.reload_to(plane, config)
     except UsherError as exc:
         return str(exc)
-    del report  # the control process reports the reload once, for all
+    with quiet_state_log():
+        for name, backend in applied.dropped:
+            pool = plane.pools.get(name)
+            if pool is not None and backend in pool.backends and backend.state == "enabled":
+                pool.set_state(backend, "draining", "draining")
+    for pool in applied.retired:
+        task = asyncio.get_running_loop().create_task(plane.retire(pool))
+        background.add(task)
+        task.add_done_callback(background.discard)
     return None
 
 
-async def _report_connections(channel: Channel, balancer: WorkerBalancer) -> None:
+async def _report_connections(channel: Channel, plane: DataPlane) -> None:
     with contextlib.suppress(ChannelClosed):
         while True:
             await asyncio.sleep(CONNECTIONS_INTERVAL)
-            channel.send(Connections(balancer.connections()))
+            channel.send(Connections(plane.connections()))
 
 
-async def _follow_shared(balancer: WorkerBalancer) -> None:
+async def _follow_shared(plane: DataPlane) -> None:
     while True:
         await asyncio.sleep(FOLLOW_INTERVAL)
         with quiet_state_log():
-            for pool in list(balancer.pools.values()):
+            for pool in list(plane.pools.values()):
                 pool.follow_shared()
 
 
@@ -197,7 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 6:
         sys.exit(
-            "usage: python -m usher.worker CHANNEL_FD TABLE_FD STATE_FD NUMBER WORKERS CAPACITY"
+            "usage: python -m usher.process.worker"
+            " CHANNEL_FD TABLE_FD STATE_FD NUMBER WORKERS CAPACITY"
         )
     channel_fd, table_fd, state_fd, number, workers, capacity = (int(a) for a in args)
     # The control process passes Ctrl-C on as SIGTERM; the terminal's own SIGINT to the whole
