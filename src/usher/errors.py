@@ -105,6 +105,11 @@ class ClientError(UsherError):
         super().__init__(f"{status}: {detail}")
 
 
+class MalformedRequest(UsherError):
+    """An HTTP/2 stream's request that HTTP/1.1 cannot carry (RFC 9113 §8.1.1: malformed): its
+    stream is reset with PROTOCOL_ERROR, the connection goes on."""
+
+
 class ProxyProtocolError(UsherError, ValueError):
     """The bytes are not a valid PROXY protocol header; the message says what is wrong."""
 

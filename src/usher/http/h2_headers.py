@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from usher.errors import MalformedRequest
 from usher.http.events import Headers
 
 # Fields that name a connection's framing or fate: meaningless (and malformed) in HTTP/2,
@@ -18,11 +19,6 @@ CONNECTION_SPECIFIC: Final = frozenset(
 )
 
 _CHUNKED: Final = (b"transfer-encoding", b"chunked")
-
-
-class MalformedRequest(Exception):
-    """A stream's request that HTTP/1.1 cannot carry (RFC 9113 §8.1.1: malformed): its
-    stream is reset with PROTOCOL_ERROR, the connection goes on."""
 
 
 def _check_token(value: bytes, what: str) -> None:
