@@ -40,7 +40,8 @@ def cluster_config(
 @pytest.fixture(scope="module")
 def backends() -> Iterator[Backends]:
     names = [Recorder(n) for n in "ABCF"] + [Recorder("E", status=500)]
-    b = Backends([*names, Recorder("L", delay=0.3), Recorder("K", delay=0.6)])
+    retried = [Recorder("R1", status=503), Recorder("R2", status=503)]  # the `retrying` pool
+    b = Backends([*names, Recorder("L", delay=0.3), Recorder("K", delay=0.6), *retried])
     yield b
     b.close()
 

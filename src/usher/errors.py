@@ -8,6 +8,7 @@
     │   ├── UpstreamTimeout      connected, but the backend did not answer in time (504)
     │   └── UpstreamProtocolError  the backend spoke something that is not HTTP/1.x (502)
     ├── ClientError              the client sent something we refuse; carries an HTTP status
+    ├── MalformedRequest         an HTTP/2 stream whose request HTTP/1.1 cannot carry (stream reset)
     ├── ProxyProtocolError       a PROXY protocol header is invalid (also a ValueError)
     ├── ChangeError              a runtime change (admin API) is refused; carries an HTTP status
     ├── ChannelClosed            the other end of a control<->worker channel went away

@@ -34,7 +34,10 @@ async def test_a_close_mid_request_lingers_and_then_closes() -> None:
     client.data_received(b"more body")  # read and dropped
     assert client.refused
     # The linger is a loop timer (not a deadline on the clock): it ends in real time.
-    assert client._closing is not None and 0 < client._closing.when() - client.loop.time() <= LINGER
+    # (uvloop's time() is the start of the loop's iteration: on a busy machine the timer's
+    # own reading may be later, so the bound is loose.)
+    assert client._closing is not None
+    assert 0 < client._closing.when() - client.loop.time() <= LINGER + 1.0
 
 
 async def test_reading_resumes_only_once_every_reason_is_gone() -> None:

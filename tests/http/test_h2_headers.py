@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from usher.errors import MalformedRequest
 from usher.http.codec import RequestReader
 from usher.http.h2_headers import (
-    MalformedRequest,
     request_head,
     response_fields,
     trailer_fields,

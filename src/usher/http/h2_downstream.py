@@ -31,7 +31,8 @@ from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
-from usher.http.h2_headers import MalformedRequest, request_head, trailer_fields
+from usher.errors import MalformedRequest
+from usher.http.h2_headers import request_head, trailer_fields
 from usher.http.h2_stream import H2Stream
 
 if TYPE_CHECKING:
