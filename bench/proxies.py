@@ -5,13 +5,14 @@ balancer under test runs alone on another (taskset). Candidates: direct (no bala
 (1 worker, upstream keepalive), HAProxy (1 thread, http-reuse always) and usher (--workers 1),
 all doing plain round robin over 3 backends with access logs off, except in two scenarios:
 get-log (each one's access log on, to a file) and features (least connections, health checks,
-admin, a rate limit, cookie persistence, a header set). Rounds are interleaved
+admin, a rate limit, cookie persistence, a header set). The h2 scenario is HTTP/2 over TLS to
+the balancers (h2load; HTTP/1.1 to the backends). Rounds are interleaved
 (A B C D A B C D ...) and the table shows medians, with ratios to nginx.
 
     python bench/proxies.py [--scenarios get,close,...] [--rounds 3] [--duration 5] [--json]
 
-Needs nginx, haproxy and wrk: `apt-get install nginx haproxy wrk` (and libnginx-mod-stream for
-nginx in the tcp scenario).
+Needs nginx, haproxy, wrk and h2load: `apt-get install nginx haproxy wrk nghttp2-client` (and
+libnginx-mod-stream for nginx in the tcp scenario).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from harness import (
     answer_problems,
     cpu_us_per_request,
     medians,
+    parse_h2load,
     parse_wrk,
     ratio,
     tree_cpu_seconds,
@@ -65,13 +67,15 @@ MIB = 1024 * 1024
 # Connections each balancer accepts: room for the memory scenario's idle clients.
 MAXCONN = 11_000
 NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
+# The h2 scenario: streams h2load keeps open on each connection (h2load -m).
+H2_STREAMS = 10
 
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
     title: str
-    mode: str  # what the balancers speak: http | https | tcp | ws
+    mode: str  # what the balancers speak: http | https | h2 (over TLS, ALPN) | tcp | ws
     path: str = "/"
     connections: int = 50
     wrk_args: tuple[str, ...] = ()
@@ -118,6 +122,13 @@ SCENARIOS = {
             "TLS termination (keep-alive)",
             "https",
             candidates=BALANCERS,  # the backends speak plain HTTP
+        ),
+        Scenario(
+            "h2",
+            f"HTTP/2 over TLS, small GET ({H2_STREAMS} streams per connection)",
+            "h2",
+            connections=10,
+            candidates=BALANCERS,
         ),
         Scenario("ws", "WebSocket echo messages (32 B)", "ws"),
         Scenario(
@@ -208,12 +219,10 @@ stream {{
 }}
 """
         )
-    ssl = " ssl" if mode == "https" else ""
-    certs = (
-        f"ssl_certificate {work}/cert.pem; ssl_certificate_key {work}/key.pem;"
-        if mode == "https"
-        else ""
-    )
+    tls = mode in ("https", "h2")
+    # `listen ... http2` and not `http2 on;`: that directive is nginx 1.25.1's (Debian 12 has 1.22).
+    ssl = {"https": " ssl", "h2": " ssl http2"}.get(mode, "")
+    certs = f"ssl_certificate {work}/cert.pem; ssl_certificate_key {work}/key.pem;" if tls else ""
     # The default format (combined), one write per line (no buffer=), as a default install logs.
     access_log = f"access_log {work}/nginx-access.log;" if profile == "log" else "access_log off;"
     features = profile == "features"
@@ -307,7 +316,8 @@ def haproxy_config(
     # Its access log without syslog: raw lines to its standard output (a file here).
     log_global = "log stdout format raw local0" if profile == "log" else ""
     log_defaults = "log global\n    option httplog" if profile == "log" else ""
-    tls = f" ssl crt {work}/combined.pem" if mode == "https" else ""
+    alpn = " alpn h2,http/1.1" if mode == "h2" else ""
+    tls = f" ssl crt {work}/combined.pem{alpn}" if mode in ("https", "h2") else ""
     http = mode != "tcp"
     return f"""
 global
@@ -368,7 +378,7 @@ def usher_config(
     admin_port: int = 0,
 ) -> str:
     """The listener and pool; the access log is `usher run`'s flag (start_candidate)."""
-    protocol = {"ws": "http"}.get(mode, mode)
+    protocol = {"ws": "http", "h2": "https"}.get(mode, mode)  # http2 is on by default on https
     features = profile == "features"
     lines = [f"admin: {{bind: 127.0.0.1:{admin_port}}}"] if features else []
     lines += [
@@ -385,7 +395,7 @@ def usher_config(
         ]
     else:
         lines.append("    pool: backends")
-    if mode == "https":
+    if protocol == "https":
         lines.append(f"    tls: {{certificates: [{{cert: {work}/cert.pem, key: {work}/key.pem}}]}}")
     algorithm = "least_connections" if features else "round_robin"
     lines += ["pools:", "  backends:", f"    algorithm: {algorithm}"]
@@ -535,7 +545,9 @@ def make_certificate(work: Path) -> None:
 
 def check_candidate(name: str, scenario: Scenario, target: Running, work: Path) -> None:
     """One request through curl before measuring: 200, the features' header and cookie, the
-    access-log line. Raises CheckFailed saying what is wrong."""
+    access-log line; HTTP/2 in the h2 scenario. Raises CheckFailed saying what is wrong."""
+    if scenario.mode == "h2":
+        return check_http2(target.port)
     if scenario.profile == "plain" or name == "direct":
         return
     marker = f"/?bench-check={name}"
@@ -560,6 +572,30 @@ def check_candidate(name: str, scenario: Scenario, target: Running, work: Path) 
             time.sleep(0.05)
     if problems:
         raise CheckFailed("; ".join(problems))
+
+
+def check_http2(port: int) -> None:
+    """curl --http2 over TLS: the balancer must pick h2 by ALPN and answer 200 (not fall back
+    to HTTP/1.1, which h2load would count as failures and wrk would never notice)."""
+    done = subprocess.run(
+        ["curl", "-sS", "-k", "--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}",
+         "--max-time", "5", f"https://127.0.0.1:{port}/"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0 or done.stdout != "2 200":
+        got = done.stderr.strip() or f"HTTP version and status {done.stdout!r}"
+        raise CheckFailed(f"curl --http2: {got}, expected HTTP/2 and 200")
+
+
+def run_h2load(port: int, connections: int, amount: str, seconds: float) -> str:
+    """h2load over TLS (ALPN h2): GETs of / on `connections` connections with H2_STREAMS streams
+    open on each, for `amount`: -nCOUNT requests, or -DSECONDS."""
+    cmd = ["h2load", f"-c{connections}", f"-m{H2_STREAMS}", "-t1", amount]
+    cmd.append(f"https://127.0.0.1:{port}/")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 10 + 30)
+    if done.returncode != 0:
+        raise RuntimeError(f"h2load failed: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout
 
 
 def run_wrk(scenario: Scenario, port: int, duration: int, work: Path, scheme: str) -> str:
@@ -605,6 +641,15 @@ def measure(
                 on_window=lambda _opening: marks.append(cpu()),
             )
         )
+    elif scenario.mode == "h2":
+        # A count of requests, not -D: a timed run stops mid-stream and counts the streams in
+        # flight then as failed. A 1 s timed probe (its failures unread) gives the rate, so the
+        # count lasts about --duration; it also warms up as wrk's first second does.
+        probe = parse_h2load(run_h2load(target.port, scenario.connections, "-D1", 1))
+        count = f"-n{max(1000, round(probe['rps'] * args.duration))}"
+        before = cpu()
+        result = parse_h2load(run_h2load(target.port, scenario.connections, count, args.duration))
+        marks = [before, cpu()]
     else:
         scheme = "https" if scenario.mode == "https" else "http"
         if warm:  # connections to the backends, caches, first-use allocations
@@ -678,7 +723,8 @@ def run_scenario(
     for row in table.values():
         if "skipped" in row:
             continue
-        keys = ("kb_per_connection",) if scenario.name == "memory" else ("cpu_us", "rps", "p99_ms")
+        latency = latency_columns(scenario.mode)[1]
+        keys = ("kb_per_connection",) if scenario.name == "memory" else ("cpu_us", "rps", latency)
         row["vs_nginx"] = {k: ratio(row[k], ref.get(k, 0.0)) for k in keys}
     return table
 
@@ -686,10 +732,19 @@ def run_scenario(
 def _brief(r: dict[str, float]) -> str:
     if "kb_per_connection" in r:
         return f"{r['kb_per_connection']:.1f} KiB/conn, {r['errors']:.0f} errors"
-    return f"{r['rps']:.0f} req/s, {r['cpu_us']:.0f} us/req, p99 {r['p99_ms']:.2f} ms"
+    key = latency_columns("h2" if "mean_ms" in r else "http")[1]
+    return f"{r['rps']:.0f} req/s, {r['cpu_us']:.0f} us/req, {key.split('_')[0]} {r[key]:.2f} ms"
 
 
 # Output
+
+
+def latency_columns(mode: str) -> tuple[tuple[tuple[str, str], ...], str]:
+    """The latency columns (key, heading) of a scenario's rows and the key compared with nginx:
+    wrk's percentiles, or what h2load gives (min, max, mean and sd of a request's time)."""
+    if mode == "h2":
+        return (("mean_ms", "mean ms"), ("sd_ms", "sd ms"), ("max_ms", "max ms")), "mean_ms"
+    return (("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")), "p99_ms"
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -704,8 +759,9 @@ def print_table(results: dict[str, Any]) -> None:
         if name == "memory":
             cols = ["connections", "RSS before MiB", "RSS after MiB", "KiB/conn", "x nginx"]
         else:
-            cols = ["req/s", "CPU us/req", "p50 ms", "p99 ms", "errors", "MiB/s"]
-            cols += ["CPU x nginx", "req/s x nginx", "p99 x nginx"]
+            latency, compared = latency_columns(scenario.mode)
+            cols = ["req/s", "CPU us/req", *(label for _, label in latency), "errors", "MiB/s"]
+            cols += ["CPU x nginx", "req/s x nginx", f"{compared.split('_')[0]} x nginx"]
         for col in cols:
             table.add_column(col, justify="right")
         for cand, row in rows.items():
@@ -726,13 +782,12 @@ def print_table(results: dict[str, Any]) -> None:
                 cells = [
                     f"{row['rps']:.0f}",
                     "-" if direct else f"{row['cpu_us']:.1f}",
-                    f"{row['p50_ms']:.2f}",
-                    f"{row['p99_ms']:.2f}",
+                    *(f"{row[key]:.2f}" for key, _ in latency),
                     f"{row['errors']:.0f}",
                     f"{row['bytes_per_s'] / MIB:.1f}" if row["bytes_per_s"] else "-",
                     "-" if direct else _x(vs["cpu_us"]),
                     _x(vs["rps"]),
-                    _x(vs["p99_ms"]),
+                    _x(vs[compared]),
                 ]
             table.add_row(cand, *cells)
         console.print(table)
@@ -803,7 +858,7 @@ def main() -> int:
 
     # The package that brings each tool, for the install line.
     packages = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk"}
-    packages |= {"taskset": "util-linux", "openssl": "openssl"}
+    packages |= {"taskset": "util-linux", "openssl": "openssl", "h2load": "nghttp2-client"}
     missing = [tool for tool in packages if shutil.which(tool) is None]
     if missing:
         extra = " ".join(
