@@ -229,6 +229,7 @@ def test_answer_problems_reads_the_last_head() -> None:
 
 
 proxies = _load("proxies")
+configs = _load("configs")
 PROFILES = ["plain", "log", "features"]
 
 
@@ -241,7 +242,7 @@ def _run(cmd: list[str]) -> None:
 def test_nginx_configs_parse(tmp_path: Path, profile: str) -> None:
     conf = tmp_path / "nginx.conf"
     conf.write_text(
-        proxies.nginx_config("http", 18080, [18081, 18082, 18083], tmp_path, profile, 18090)
+        configs.nginx_config("http", 18080, [18081, 18082, 18083], tmp_path, profile, 18090)
     )
     _run(["nginx", "-t", "-q", "-e", str(tmp_path / "err"), "-c", str(conf)])
     text = conf.read_text()
@@ -256,7 +257,7 @@ def test_nginx_configs_parse(tmp_path: Path, profile: str) -> None:
 def test_haproxy_configs_parse(tmp_path: Path, profile: str) -> None:
     conf = tmp_path / "haproxy.cfg"
     conf.write_text(
-        proxies.haproxy_config("http", 18080, [18081, 18082], tmp_path, 100, profile, 18090)
+        configs.haproxy_config("http", 18080, [18081, 18082], tmp_path, 100, profile, 18090)
     )
     _run(["haproxy", "-c", "-q", "-f", str(conf)])
     text = conf.read_text()
@@ -272,7 +273,7 @@ def test_haproxy_configs_parse(tmp_path: Path, profile: str) -> None:
 @pytest.mark.parametrize("profile", PROFILES)
 def test_usher_configs_check(tmp_path: Path, profile: str) -> None:
     conf = tmp_path / "usher.yaml"
-    conf.write_text(proxies.usher_config("http", 18080, [18081, 18082], tmp_path, profile, 18090))
+    conf.write_text(configs.usher_config("http", 18080, [18081, 18082], tmp_path, profile, 18090))
     _run([sys.executable, "-m", "usher", "check", "-c", str(conf)])
     text = conf.read_text()
     if profile == "features":
@@ -285,17 +286,17 @@ def test_h2_configs_parse(tmp_path: Path) -> None:
     # nginx -t and haproxy -c read the certificate files: real ones, as the benchmark makes.
     proxies.make_certificate(tmp_path)
     conf = tmp_path / "nginx.conf"
-    conf.write_text(proxies.nginx_config("h2", 18080, [18081, 18082], tmp_path))
+    conf.write_text(configs.nginx_config("h2", 18080, [18081, 18082], tmp_path))
     _run(["nginx", "-t", "-q", "-e", str(tmp_path / "err"), "-c", str(conf)])
     assert "listen 127.0.0.1:18080 ssl http2;" in conf.read_text()
     conf = tmp_path / "haproxy.cfg"
-    conf.write_text(proxies.haproxy_config("h2", 18080, [18081, 18082], tmp_path, 100))
+    conf.write_text(configs.haproxy_config("h2", 18080, [18081, 18082], tmp_path, 100))
     _run(["haproxy", "-c", "-q", "-f", str(conf)])
     assert f"bind 127.0.0.1:18080 ssl crt {tmp_path}/combined.pem alpn h2,http/1.1" in (
         conf.read_text()
     )
     conf = tmp_path / "usher.yaml"
-    conf.write_text(proxies.usher_config("h2", 18080, [18081, 18082], tmp_path))
+    conf.write_text(configs.usher_config("h2", 18080, [18081, 18082], tmp_path))
     _run([sys.executable, "-m", "usher", "check", "-c", str(conf)])
     assert "protocol: https" in conf.read_text()  # where http2 is on by default
 
@@ -307,7 +308,7 @@ def test_the_http2_check_and_h2load_through_usher(tmp_path: Path, http2: bool) -
     proxies.make_certificate(tmp_path)
     cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))
     backend, port = proxies.free_port(), proxies.free_port()
-    text = proxies.usher_config("h2", port, [backend], tmp_path)
+    text = configs.usher_config("h2", port, [backend], tmp_path)
     if not http2:
         text = text.replace("    protocol: https\n", "    protocol: https\n    http2: false\n")
     (tmp_path / "usher.yaml").write_text(text)
