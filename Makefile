@@ -32,7 +32,8 @@ cluster-demo: $(COMPILED) system-tools
 # System tools the tests drive: Debian's Chromium (the dashboard's browser test), promtool, dig
 # (the dns listener's tests), keepalived (the HA tests), etcd (discovery) and redis-server (the
 # cluster tests start their own), nginx and haproxy (tests/test_bench.py checks the configs
-# `make bench` gives them with `nginx -t` and `haproxy -c`).
+# `make bench` gives them with `nginx -t` and `haproxy -c`), and h2load (nghttp2-client: the
+# h2 scenario of `make bench`; its curl checks need curl's HTTP/2, which Debian's has).
 system-tools:
 	@missing=""; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
@@ -43,6 +44,7 @@ system-tools:
 	[ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
 	[ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	[ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
+	[ -x /usr/bin/h2load ] || missing="$$missing nghttp2-client"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing (apt-get)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -1,5 +1,6 @@
-"""The pure parts of `bench/proxies.py`: reading wrk's report, CPU and memory of a process tree
-from /proc, medians and ratios. No sockets, no subprocesses: `tests/test_bench.py` covers them.
+"""The pure parts of `bench/proxies.py`: reading wrk's and h2load's reports, CPU and memory of
+a process tree from /proc, medians and ratios. No sockets, no subprocesses:
+`tests/test_bench.py` covers them.
 """
 
 from __future__ import annotations
@@ -58,6 +59,40 @@ def parse_wrk(out: str) -> dict[str, float]:
         float(transfer.group(1)) * _BYTES[transfer.group(2)] if transfer else 0.0
     )
     return result
+
+
+class H2loadOutputError(ValueError):
+    """h2load printed something this parser does not understand."""
+
+
+def parse_h2load(out: str) -> dict[str, float]:
+    """The figures of one `h2load -n N` run: requests (done), seconds, rps, errors (requests
+    that did not succeed: non-2xx answers, resets, timeouts, never started), bytes per second,
+    and the time for a request as h2load gives it (min, max, mean, sd: no percentiles)."""
+    finished = re.search(r"^finished in ([0-9.]+)(us|ms|s|m), ([0-9.]+) req/s", out, re.MULTILINE)
+    counts = re.search(
+        r"^requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded", out, re.M
+    )
+    if finished is None or counts is None:
+        raise H2loadOutputError("h2load printed no request count: " + out.strip()[-300:])
+    seconds = _latency_ms(finished.group(1) + finished.group(2)) / 1000.0
+    total, done, succeeded = (float(x) for x in counts.groups())
+    traffic = re.search(r"^traffic: .*?\((\d+)\) total", out, re.MULTILINE)
+    times = re.search(r"^time for request:\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)", out, re.MULTILINE)
+    if times is None:
+        raise H2loadOutputError("h2load printed no time for request")
+    low, high, mean, sd = (_latency_ms(t) for t in times.groups())
+    return {
+        "requests": done,
+        "seconds": seconds,
+        "rps": float(finished.group(3)),
+        "errors": total - succeeded,
+        "bytes_per_s": float(traffic.group(1)) / seconds if traffic and seconds else 0.0,
+        "min_ms": low,
+        "max_ms": high,
+        "mean_ms": mean,
+        "sd_ms": sd,
+    }
 
 
 def parse_stat(text: str) -> tuple[int, int]:

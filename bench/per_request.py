@@ -33,7 +33,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from algorithms import free_port, wait_for
-from proxies import usher_config
+
+from configs import usher_config
 
 USHER = [sys.executable, "-m", "usher"]
 WARMUP = 200

@@ -5,13 +5,15 @@ balancer under test runs alone on another (taskset). Candidates: direct (no bala
 (1 worker, upstream keepalive), HAProxy (1 thread, http-reuse always) and usher (--workers 1),
 all doing plain round robin over 3 backends with access logs off, except in two scenarios:
 get-log (each one's access log on, to a file) and features (least connections, health checks,
-admin, a rate limit, cookie persistence, a header set). Rounds are interleaved
-(A B C D A B C D ...) and the table shows medians, with ratios to nginx.
+admin, a rate limit, cookie persistence, a header set). The h2 scenario is HTTP/2 over TLS to
+the balancers (h2load; HTTP/1.1 to the backends). Rounds are interleaved
+(A B C D A B C D ...) and the table shows medians, with ratios to nginx. The candidates' configs
+are bench/configs.py's.
 
     python bench/proxies.py [--scenarios get,close,...] [--rounds 3] [--duration 5] [--json]
 
-Needs nginx, haproxy and wrk: `apt-get install nginx haproxy wrk` (and libnginx-mod-stream for
-nginx in the tcp scenario).
+Needs nginx, haproxy, wrk and h2load: `apt-get install nginx haproxy wrk nghttp2-client` (and
+libnginx-mod-stream for nginx in the tcp scenario).
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ import asyncio
 import json
 import os
 import platform
-import pwd
-import resource
 import shutil
 import signal
 import socket
@@ -42,10 +42,20 @@ from harness import (
     answer_problems,
     cpu_us_per_request,
     medians,
+    parse_h2load,
     parse_wrk,
     ratio,
     tree_cpu_seconds,
     tree_rss_kb,
+)
+
+from configs import (
+    FEATURE_HEADER,
+    NGINX_STREAM_MODULE,
+    backend_nginx_config,
+    haproxy_config,
+    nginx_config,
+    usher_config,
 )
 
 USHER = [sys.executable, "-m", "usher"]
@@ -54,24 +64,18 @@ BALANCERS = ("nginx", "haproxy", "usher")
 # Extra usher candidates "usher@NAME" and the environment each runs with: --usher-baseline
 # (another copy of usher's source first on the path) and --usher-pure (USHER_PURE=1).
 USHER_VARIANTS: dict[str, dict[str, str]] = {}
-SMALL_BODY = "hello, world\n"
-# The features scenario: the header each balancer sets on answers, its persistence cookie, and a
-# rate limit per client address high enough never to refuse a request of the run.
-FEATURE_HEADER = ("X-Bench", "features")
-COOKIE = "SRV"
-RATE_PER_SECOND = 1_000_000
-HEALTH_PATH = "/health"
 MIB = 1024 * 1024
 # Connections each balancer accepts: room for the memory scenario's idle clients.
 MAXCONN = 11_000
-NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
+# The h2 scenario: streams h2load keeps open on each connection (h2load -m).
+H2_STREAMS = 10
 
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
     title: str
-    mode: str  # what the balancers speak: http | https | tcp | ws
+    mode: str  # what the balancers speak: http | https | h2 (over TLS, ALPN) | tcp | ws
     path: str = "/"
     connections: int = 50
     wrk_args: tuple[str, ...] = ()
@@ -119,6 +123,13 @@ SCENARIOS = {
             "https",
             candidates=BALANCERS,  # the backends speak plain HTTP
         ),
+        Scenario(
+            "h2",
+            f"HTTP/2 over TLS, small GET ({H2_STREAMS} streams per connection)",
+            "h2",
+            connections=10,
+            candidates=BALANCERS,
+        ),
         Scenario("ws", "WebSocket echo messages (32 B)", "ws"),
         Scenario(
             "memory",
@@ -131,272 +142,6 @@ SCENARIOS = {
         Scenario("tcp", "L4 TCP (HTTP through it)", "tcp"),
     ]
 }
-
-
-# Configs
-
-
-def _nofile() -> int:
-    return min(2 * MAXCONN, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
-
-
-def _user() -> str:
-    # Started by root, nginx would run its worker as nobody, who cannot read our temp dir.
-    return f"user {pwd.getpwuid(os.getuid()).pw_name};" if os.geteuid() == 0 else ""
-
-
-def backend_nginx_config(ports: list[int], work: Path) -> str:
-    listens = "\n".join(f"        listen 127.0.0.1:{p} reuseport;" for p in ports)
-    return f"""
-{_user()}
-worker_processes 1;
-worker_rlimit_nofile 20000;
-pid {work}/backends.pid;
-error_log {work}/backends.err;
-events {{ worker_connections 10000; }}
-http {{
-    access_log off;
-{_temp_paths(work, "backends")}
-    keepalive_requests 1000000;
-    client_max_body_size 0;
-    server {{
-{listens}
-        root {work}/www;
-        location = / {{ return 200 "{SMALL_BODY.strip()}\\n"; }}
-        location = /1m {{ }}
-        location = /upload {{ return 200 "ok\\n"; }}
-        location = {HEALTH_PATH} {{ return 200 "ok\\n"; }}
-    }}
-}}
-"""
-
-
-def _temp_paths(work: Path, name: str) -> str:
-    return "\n".join(
-        f"    {kind}_temp_path {work}/{name}-{kind};"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-
-
-def nginx_config(
-    mode: str,
-    port: int,
-    backends: list[int],
-    work: Path,
-    profile: str = "plain",
-    admin_port: int = 0,
-) -> str:
-    servers = "\n".join(f"        server 127.0.0.1:{b};" for b in backends)
-    head = f"""
-{f"load_module {NGINX_STREAM_MODULE};" if mode == "tcp" else ""}
-{_user()}
-worker_processes 1;
-worker_rlimit_nofile {_nofile()};
-pid {work}/nginx.pid;
-error_log {work}/nginx.err;
-events {{ worker_connections {2 * MAXCONN}; }}
-"""
-    if mode == "tcp":
-        return (
-            head
-            + f"""
-stream {{
-    upstream backends {{
-{servers}
-    }}
-    server {{ listen 127.0.0.1:{port}; proxy_pass backends; }}
-}}
-"""
-        )
-    ssl = " ssl" if mode == "https" else ""
-    certs = (
-        f"ssl_certificate {work}/cert.pem; ssl_certificate_key {work}/key.pem;"
-        if mode == "https"
-        else ""
-    )
-    # The default format (combined), one write per line (no buffer=), as a default install logs.
-    access_log = f"access_log {work}/nginx-access.log;" if profile == "log" else "access_log off;"
-    features = profile == "features"
-    return (
-        head
-        + f"""
-http {{
-    {access_log}
-{_temp_paths(work, "nginx")}
-    keepalive_requests 1000000;
-    client_max_body_size 0;
-    # Stream bodies both ways as HAProxy and usher do, never through temp files.
-    proxy_request_buffering off;
-    proxy_max_temp_file_size 0;
-    map $http_upgrade $connection_upgrade {{ default ""; websocket upgrade; }}
-    upstream backends {{
-        {"least_conn;" if features else ""}
-{servers}
-        keepalive 64;
-        keepalive_requests 1000000;
-    }}
-{_nginx_features(backends, admin_port) if features else ""}
-    server {{
-        listen 127.0.0.1:{port}{ssl};
-        {certs}
-        location / {{
-            {_NGINX_FEATURE_LOCATION if features else "proxy_pass http://backends;"}
-            proxy_http_version 1.1;
-            proxy_set_header Host $host;
-            proxy_set_header Connection $connection_upgrade;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_read_timeout 1h;
-        }}
-    }}
-}}
-"""
-    )
-
-
-# OSS nginx has no sticky cookie: the closest is a cookie naming the backend, set by hand on
-# answers to clients that sent none (from the address least_conn picked), and a map from that
-# cookie to a one-server upstream of that backend. No active health checks (passive only:
-# max_fails=1 fail_timeout=10s, the defaults); stub_status is its stats page.
-_NGINX_FEATURE_LOCATION = f"""limit_req zone=perip burst=1000 nodelay;
-            proxy_pass http://$sticky_pool;
-            proxy_hide_header {FEATURE_HEADER[0]};
-            add_header {FEATURE_HEADER[0]} {FEATURE_HEADER[1]} always;
-            add_header Set-Cookie $sticky_cookie;"""
-
-
-def _nginx_features(backends: list[int], admin_port: int) -> str:
-    pinned = "\n".join(
-        f"    upstream s{i} {{ server 127.0.0.1:{b}; keepalive 16; keepalive_requests 1000000; }}"
-        for i, b in enumerate(backends)
-    )
-    pools = " ".join(f"s{i} s{i};" for i in range(len(backends)))
-    cookies = "\n".join(
-        f'        "|127.0.0.1:{b}" "{COOKIE}=s{i}; Path=/; HttpOnly";'
-        for i, b in enumerate(backends)
-    )
-    return f"""{pinned}
-    limit_req_zone $binary_remote_addr zone=perip:10m rate={RATE_PER_SECOND}r/s;
-    map $cookie_{COOKIE} $sticky_pool {{ default backends; {pools} }}
-    # An empty value adds no header: the cookie goes only to clients that came without one.
-    map "$cookie_{COOKIE}|$upstream_addr" $sticky_cookie {{
-        default "";
-{cookies}
-    }}
-    server {{
-        listen 127.0.0.1:{admin_port};
-        location / {{ stub_status; }}
-    }}"""
-
-
-def haproxy_config(
-    mode: str,
-    port: int,
-    backends: list[int],
-    work: Path,
-    maxconn: int = 11_000,
-    profile: str = "plain",
-    admin_port: int = 0,
-) -> str:
-    features = profile == "features"
-    check = " check inter 1s cookie s{i}" if features else ""
-    servers = "\n".join(
-        f"    server s{i} 127.0.0.1:{b}{check.format(i=i)}" for i, b in enumerate(backends)
-    )
-    # Its access log without syslog: raw lines to its standard output (a file here).
-    log_global = "log stdout format raw local0" if profile == "log" else ""
-    log_defaults = "log global\n    option httplog" if profile == "log" else ""
-    tls = f" ssl crt {work}/combined.pem" if mode == "https" else ""
-    http = mode != "tcp"
-    return f"""
-global
-    nbthread 1
-    maxconn {maxconn}
-    # It reserves two descriptors per connection; idle clients need one. Run with the limit
-    # there is instead of refusing to start.
-    no strict-limits
-    pidfile {work}/haproxy.pid
-    {log_global}
-    {f"stats socket {work}/haproxy.sock mode 600 level admin" if features else ""}
-defaults
-    {log_defaults}
-    mode {"http" if http else "tcp"}
-    timeout connect 5s
-    timeout client 75s
-    timeout server 60s
-    timeout tunnel 1h
-    {"timeout http-keep-alive 75s" if http else ""}
-    {"option forwardfor" if http else ""}
-    {"http-reuse always" if http else ""}
-frontend bench
-    bind 127.0.0.1:{port}{tls}
-    {"http-request set-header X-Forwarded-Proto %[ssl_fc,iif(https,http)]" if http else ""}
-{_HAPROXY_FRONTEND_FEATURES if features else ""}
-    default_backend backends
-backend backends
-    balance {"leastconn" if features else "roundrobin"}
-{_HAPROXY_BACKEND_FEATURES if features else ""}
-{servers}
-{_haproxy_stats(admin_port) if features else ""}
-"""
-
-
-_HAPROXY_FRONTEND_FEATURES = f"""\
-    stick-table type ip size 100k expire 10s store http_req_rate(1s)
-    http-request track-sc0 src
-    http-request deny deny_status 429 if {{ sc_http_req_rate(0) gt {RATE_PER_SECOND} }}
-    http-response set-header {FEATURE_HEADER[0]} {FEATURE_HEADER[1]}"""
-_HAPROXY_BACKEND_FEATURES = f"""    cookie {COOKIE} insert httponly
-    option httpchk GET {HEALTH_PATH}"""
-
-
-def _haproxy_stats(admin_port: int) -> str:
-    return f"""listen stats
-    bind 127.0.0.1:{admin_port}
-    stats enable
-    stats uri /
-"""
-
-
-def usher_config(
-    mode: str,
-    port: int,
-    backends: list[int],
-    work: Path,
-    profile: str = "plain",
-    admin_port: int = 0,
-) -> str:
-    """The listener and pool; the access log is `usher run`'s flag (start_candidate)."""
-    protocol = {"ws": "http"}.get(mode, mode)
-    features = profile == "features"
-    lines = [f"admin: {{bind: 127.0.0.1:{admin_port}}}"] if features else []
-    lines += [
-        "listeners:",
-        "  - name: bench",
-        f"    bind: 127.0.0.1:{port}",
-        f"    protocol: {protocol}",
-    ]
-    if features:
-        name, value = FEATURE_HEADER
-        lines += [
-            f"    limits: {{rate: {RATE_PER_SECOND}/s}}",
-            f"    routes: [{{pool: backends, response_headers: {{set: {{{name}: {value}}}}}}}]",
-        ]
-    else:
-        lines.append("    pool: backends")
-    if mode == "https":
-        lines.append(f"    tls: {{certificates: [{{cert: {work}/cert.pem, key: {work}/key.pem}}]}}")
-    algorithm = "least_connections" if features else "round_robin"
-    lines += ["pools:", "  backends:", f"    algorithm: {algorithm}"]
-    if features:
-        lines += [
-            f"    health_check: {{type: http, interval: 1, path: {HEALTH_PATH}}}",
-            f"    sticky: {{type: cookie, cookie: {COOKIE}}}",
-        ]
-    lines.append("    backends:")
-    lines += [f"      - {{address: 127.0.0.1:{b}}}" for b in backends]
-    return "\n".join(lines) + "\n"
 
 
 # Processes
@@ -491,7 +236,7 @@ def start_candidate(
     if name == "nginx":
         if mode == "tcp" and not NGINX_STREAM_MODULE.exists():
             raise Unsupported("nginx has no stream module (apt-get install libnginx-mod-stream)")
-        cfg.write_text(nginx_config(mode, port, backends, work, profile, admin_port))
+        cfg.write_text(nginx_config(mode, port, backends, work, profile, admin_port, MAXCONN))
         cmd = ["nginx", "-e", str(work / "nginx.err"), "-c", str(cfg), "-g", "daemon off;"]
     elif name == "haproxy":
         cfg.write_text(haproxy_config(mode, port, backends, work, MAXCONN, profile, admin_port))
@@ -535,7 +280,9 @@ def make_certificate(work: Path) -> None:
 
 def check_candidate(name: str, scenario: Scenario, target: Running, work: Path) -> None:
     """One request through curl before measuring: 200, the features' header and cookie, the
-    access-log line. Raises CheckFailed saying what is wrong."""
+    access-log line; HTTP/2 in the h2 scenario. Raises CheckFailed saying what is wrong."""
+    if scenario.mode == "h2":
+        return check_http2(target.port)
     if scenario.profile == "plain" or name == "direct":
         return
     marker = f"/?bench-check={name}"
@@ -560,6 +307,30 @@ def check_candidate(name: str, scenario: Scenario, target: Running, work: Path) 
             time.sleep(0.05)
     if problems:
         raise CheckFailed("; ".join(problems))
+
+
+def check_http2(port: int) -> None:
+    """curl --http2 over TLS: the balancer must pick h2 by ALPN and answer 200 (not fall back
+    to HTTP/1.1, which h2load would count as failures and wrk would never notice)."""
+    done = subprocess.run(
+        ["curl", "-sS", "-k", "--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}",
+         "--max-time", "5", f"https://127.0.0.1:{port}/"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0 or done.stdout != "2 200":
+        got = done.stderr.strip() or f"HTTP version and status {done.stdout!r}"
+        raise CheckFailed(f"curl --http2: {got}, expected HTTP/2 and 200")
+
+
+def run_h2load(port: int, connections: int, amount: str, seconds: float) -> str:
+    """h2load over TLS (ALPN h2): GETs of / on `connections` connections with H2_STREAMS streams
+    open on each, for `amount`: -nCOUNT requests, or -DSECONDS."""
+    cmd = ["h2load", f"-c{connections}", f"-m{H2_STREAMS}", "-t1", amount]
+    cmd.append(f"https://127.0.0.1:{port}/")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 10 + 30)
+    if done.returncode != 0:
+        raise RuntimeError(f"h2load failed: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout
 
 
 def run_wrk(scenario: Scenario, port: int, duration: int, work: Path, scheme: str) -> str:
@@ -605,6 +376,15 @@ def measure(
                 on_window=lambda _opening: marks.append(cpu()),
             )
         )
+    elif scenario.mode == "h2":
+        # A count of requests, not -D: a timed run stops mid-stream and counts the streams in
+        # flight then as failed. A 1 s timed probe (its failures unread) gives the rate, so the
+        # count lasts about --duration; it also warms up as wrk's first second does.
+        probe = parse_h2load(run_h2load(target.port, scenario.connections, "-D1", 1))
+        count = f"-n{max(1000, round(probe['rps'] * args.duration))}"
+        before = cpu()
+        result = parse_h2load(run_h2load(target.port, scenario.connections, count, args.duration))
+        marks = [before, cpu()]
     else:
         scheme = "https" if scenario.mode == "https" else "http"
         if warm:  # connections to the backends, caches, first-use allocations
@@ -678,7 +458,8 @@ def run_scenario(
     for row in table.values():
         if "skipped" in row:
             continue
-        keys = ("kb_per_connection",) if scenario.name == "memory" else ("cpu_us", "rps", "p99_ms")
+        latency = latency_columns(scenario.mode)[1]
+        keys = ("kb_per_connection",) if scenario.name == "memory" else ("cpu_us", "rps", latency)
         row["vs_nginx"] = {k: ratio(row[k], ref.get(k, 0.0)) for k in keys}
     return table
 
@@ -686,10 +467,19 @@ def run_scenario(
 def _brief(r: dict[str, float]) -> str:
     if "kb_per_connection" in r:
         return f"{r['kb_per_connection']:.1f} KiB/conn, {r['errors']:.0f} errors"
-    return f"{r['rps']:.0f} req/s, {r['cpu_us']:.0f} us/req, p99 {r['p99_ms']:.2f} ms"
+    key = latency_columns("h2" if "mean_ms" in r else "http")[1]
+    return f"{r['rps']:.0f} req/s, {r['cpu_us']:.0f} us/req, {key.split('_')[0]} {r[key]:.2f} ms"
 
 
 # Output
+
+
+def latency_columns(mode: str) -> tuple[tuple[tuple[str, str], ...], str]:
+    """The latency columns (key, heading) of a scenario's rows and the key compared with nginx:
+    wrk's percentiles, or what h2load gives (min, max, mean and sd of a request's time)."""
+    if mode == "h2":
+        return (("mean_ms", "mean ms"), ("sd_ms", "sd ms"), ("max_ms", "max ms")), "mean_ms"
+    return (("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")), "p99_ms"
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -704,8 +494,9 @@ def print_table(results: dict[str, Any]) -> None:
         if name == "memory":
             cols = ["connections", "RSS before MiB", "RSS after MiB", "KiB/conn", "x nginx"]
         else:
-            cols = ["req/s", "CPU us/req", "p50 ms", "p99 ms", "errors", "MiB/s"]
-            cols += ["CPU x nginx", "req/s x nginx", "p99 x nginx"]
+            latency, compared = latency_columns(scenario.mode)
+            cols = ["req/s", "CPU us/req", *(label for _, label in latency), "errors", "MiB/s"]
+            cols += ["CPU x nginx", "req/s x nginx", f"{compared.split('_')[0]} x nginx"]
         for col in cols:
             table.add_column(col, justify="right")
         for cand, row in rows.items():
@@ -726,13 +517,12 @@ def print_table(results: dict[str, Any]) -> None:
                 cells = [
                     f"{row['rps']:.0f}",
                     "-" if direct else f"{row['cpu_us']:.1f}",
-                    f"{row['p50_ms']:.2f}",
-                    f"{row['p99_ms']:.2f}",
+                    *(f"{row[key]:.2f}" for key, _ in latency),
                     f"{row['errors']:.0f}",
                     f"{row['bytes_per_s'] / MIB:.1f}" if row["bytes_per_s"] else "-",
                     "-" if direct else _x(vs["cpu_us"]),
                     _x(vs["rps"]),
-                    _x(vs["p99_ms"]),
+                    _x(vs[compared]),
                 ]
             table.add_row(cand, *cells)
         console.print(table)
@@ -803,7 +593,7 @@ def main() -> int:
 
     # The package that brings each tool, for the install line.
     packages = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk"}
-    packages |= {"taskset": "util-linux", "openssl": "openssl"}
+    packages |= {"taskset": "util-linux", "openssl": "openssl", "h2load": "nghttp2-client"}
     missing = [tool for tool in packages if shutil.which(tool) is None]
     if missing:
         extra = " ".join(

@@ -74,6 +74,67 @@ def test_parse_wrk_refuses_what_it_does_not_understand() -> None:
         harness.parse_wrk(no_latency)
 
 
+# Captured from h2load 1.52.0 (Debian 12) against nginx: a timed run (-D 2), whose streams in
+# flight at the stop count as failed, and a counted run (-n 100) answered 404.
+H2LOAD = """starting benchmark...
+spawning thread #0: 10 total client(s). Timing-based test with 0s of warm-up time and 2s of main duration for measurements.
+TLS Protocol: TLSv1.2
+Cipher: ECDHE-ECDSA-AES128-GCM-SHA256
+Server Temp Key: X25519 253 bits
+Application protocol: h2
+Process Request Failure:2
+Main benchmark duration is over for thread #0. Stopping all clients.
+Stopped all clients for thread #0
+
+finished in 2.02s, 5000.00 req/s, 351.88KB/s
+requests: 10038 total, 10090 started, 10038 done, 10000 succeeded, 38 failed, 38 errored, 0 timeout
+status codes: 10000 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 703.77KB (720660) total, 468.75KB (480000) headers (space savings 51.02%), 58.59KB (60000) data
+                     min         max         mean         sd        +/- sd
+time for request:      200us     18.80ms      3.37ms      3.07ms    90.25%
+time for connect:    36.69ms     44.17ms     41.86ms      3.54ms    70.00%
+time to 1st byte:    43.67ms     62.80ms     56.96ms      9.12ms    70.00%
+req/s           :    2151.51     2232.06     2175.16       26.28    80.00%
+"""
+H2LOAD_404 = """starting benchmark...
+spawning thread #0: 2 total client(s). 100 total requests
+Application protocol: h2
+progress: 100% done
+
+finished in 60.13ms, 1663.15 req/s, 360.53KB/s
+requests: 100 total, 100 started, 100 done, 0 succeeded, 100 failed, 0 errored, 0 timeout
+status codes: 0 2xx, 0 3xx, 100 4xx, 0 5xx
+traffic: 21.68KB (22198) total, 4.88KB (5000) headers (space savings 49.49%), 14.94KB (15300) data
+                     min         max         mean         sd        +/- sd
+time for request:       65us     12.04ms      1.44ms      3.10ms    88.00%
+time for connect:    19.81ms     19.86ms     19.84ms        33us   100.00%
+"""
+
+
+def test_parse_h2load_reads_every_figure() -> None:
+    r = harness.parse_h2load(H2LOAD)
+    assert r["requests"] == 10038 and r["errors"] == 38
+    assert r["seconds"] == pytest.approx(2.02) and r["rps"] == pytest.approx(5000.0)
+    assert r["bytes_per_s"] == pytest.approx(720660 / 2.02)
+    # The time for a request, not to connect nor to the first byte; microseconds converted.
+    assert (r["min_ms"], r["max_ms"]) == pytest.approx((0.2, 18.8))
+    assert (r["mean_ms"], r["sd_ms"]) == pytest.approx((3.37, 3.07))
+
+
+def test_parse_h2load_counts_answers_that_are_not_2xx_as_errors() -> None:
+    r = harness.parse_h2load(H2LOAD_404)
+    assert r["requests"] == 100 and r["errors"] == 100
+    assert r["seconds"] == pytest.approx(0.06013) and r["mean_ms"] == pytest.approx(1.44)
+
+
+def test_parse_h2load_refuses_what_it_does_not_understand() -> None:
+    with pytest.raises(harness.H2loadOutputError, match="no request count"):
+        harness.parse_h2load("starting benchmark...\nNo protocol negotiated. Aborted\n")
+    cut = H2LOAD.split("time for request")[0]
+    with pytest.raises(harness.H2loadOutputError, match="time for request"):
+        harness.parse_h2load(cut)
+
+
 def test_parse_stat_handles_odd_command_names() -> None:
     # pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
     line = "42 (a (b) c) S 7 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0"
@@ -169,6 +230,7 @@ def test_answer_problems_reads_the_last_head() -> None:
 
 
 proxies = _load("proxies")
+configs = _load("configs")
 PROFILES = ["plain", "log", "features"]
 
 
@@ -181,7 +243,7 @@ def _run(cmd: list[str]) -> None:
 def test_nginx_configs_parse(tmp_path: Path, profile: str) -> None:
     conf = tmp_path / "nginx.conf"
     conf.write_text(
-        proxies.nginx_config("http", 18080, [18081, 18082, 18083], tmp_path, profile, 18090)
+        configs.nginx_config("http", 18080, [18081, 18082, 18083], tmp_path, profile, 18090)
     )
     _run(["nginx", "-t", "-q", "-e", str(tmp_path / "err"), "-c", str(conf)])
     text = conf.read_text()
@@ -196,7 +258,7 @@ def test_nginx_configs_parse(tmp_path: Path, profile: str) -> None:
 def test_haproxy_configs_parse(tmp_path: Path, profile: str) -> None:
     conf = tmp_path / "haproxy.cfg"
     conf.write_text(
-        proxies.haproxy_config("http", 18080, [18081, 18082], tmp_path, 100, profile, 18090)
+        configs.haproxy_config("http", 18080, [18081, 18082], tmp_path, 100, profile, 18090)
     )
     _run(["haproxy", "-c", "-q", "-f", str(conf)])
     text = conf.read_text()
@@ -212,7 +274,7 @@ def test_haproxy_configs_parse(tmp_path: Path, profile: str) -> None:
 @pytest.mark.parametrize("profile", PROFILES)
 def test_usher_configs_check(tmp_path: Path, profile: str) -> None:
     conf = tmp_path / "usher.yaml"
-    conf.write_text(proxies.usher_config("http", 18080, [18081, 18082], tmp_path, profile, 18090))
+    conf.write_text(configs.usher_config("http", 18080, [18081, 18082], tmp_path, profile, 18090))
     _run([sys.executable, "-m", "usher", "check", "-c", str(conf)])
     text = conf.read_text()
     if profile == "features":
@@ -230,3 +292,60 @@ def test_per_request_configs_check(tmp_path: Path, profile: str) -> None:
     assert "admin:" not in text  # its start under valgrind would take minutes
     if profile == "features":
         assert "sticky: {type: cookie" in text and "rate: 1000000/s" in text
+
+
+def test_h2_configs_parse(tmp_path: Path) -> None:
+    # nginx -t and haproxy -c read the certificate files: real ones, as the benchmark makes.
+    proxies.make_certificate(tmp_path)
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(configs.nginx_config("h2", 18080, [18081, 18082], tmp_path))
+    _run(["nginx", "-t", "-q", "-e", str(tmp_path / "err"), "-c", str(conf)])
+    assert "listen 127.0.0.1:18080 ssl http2;" in conf.read_text()
+    conf = tmp_path / "haproxy.cfg"
+    conf.write_text(configs.haproxy_config("h2", 18080, [18081, 18082], tmp_path, 100))
+    _run(["haproxy", "-c", "-q", "-f", str(conf)])
+    assert f"bind 127.0.0.1:18080 ssl crt {tmp_path}/combined.pem alpn h2,http/1.1" in (
+        conf.read_text()
+    )
+    conf = tmp_path / "usher.yaml"
+    conf.write_text(configs.usher_config("h2", 18080, [18081, 18082], tmp_path))
+    _run([sys.executable, "-m", "usher", "check", "-c", str(conf)])
+    assert "protocol: https" in conf.read_text()  # where http2 is on by default
+
+
+@pytest.mark.parametrize("http2", [True, False])
+def test_the_http2_check_and_h2load_through_usher(tmp_path: Path, http2: bool) -> None:
+    # End to end, bounded (200 requests): usher on https before a demo backend. With http2 off
+    # ALPN picks HTTP/1.1, which the check must refuse before anything is measured.
+    proxies.make_certificate(tmp_path)
+    cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    backend, port = proxies.free_port(), proxies.free_port()
+    text = configs.usher_config("h2", port, [backend], tmp_path)
+    if not http2:
+        text = text.replace("    protocol: https\n", "    protocol: https\n    http2: false\n")
+    (tmp_path / "usher.yaml").write_text(text)
+    cmd = [*proxies.USHER, "backend", "--port", str(backend)]
+    running = proxies.Running(
+        "usher", port, extra=[proxies.spawn(cmd, cpus, backend, tmp_path / "b.log")]
+    )
+    try:
+        cmd = [
+            *proxies.USHER,
+            "run",
+            "-c",
+            str(tmp_path / "usher.yaml"),
+            "--workers",
+            "1",
+            "--no-access-log",
+        ]
+        running.proc = proxies.spawn(cmd, cpus, port, tmp_path / "usher.log")
+        if not http2:
+            with pytest.raises(proxies.CheckFailed, match=r"status '1\.1 200'"):
+                proxies.check_http2(port)
+            return
+        proxies.check_http2(port)
+        r = harness.parse_h2load(proxies.run_h2load(port, 2, "-n200", 10))
+        assert (r["requests"], r["errors"]) == (200, 0)
+        assert r["rps"] > 0 and 0 < r["min_ms"] <= r["mean_ms"] <= r["max_ms"]
+    finally:
+        running.stop()
