@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # modules it imports. Without a C compiler the build warns and usher runs pure.
 COMPILED := $(VENV)/.compiled
 SOURCES := $(shell find src/usher -name '*.py')
-.PHONY: demo test test-compiled test-pure lint fmt docs screenshot clean system-tools bench bench-algorithms bench-failover bench-tcp bench-state cluster-demo
+.PHONY: demo test test-compiled test-pure lint fmt docs screenshot clean system-tools bench-tools bench bench-algorithms bench-failover bench-tcp bench-state cluster-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,18 @@ system-tools:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# What `make bench` and the other benchmarks drive besides: wrk (the load), nginx's stream
+# module (its tcp scenario). Not needed by the tests.
+bench-tools: system-tools
+	@missing=""; \
+	[ -x /usr/bin/wrk ] || missing="$$missing wrk"; \
+	[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || missing="$$missing libnginx-mod-stream"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing (apt-get)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
 # The suite twice: on the compiled hot path, then on the same sources uncompiled (USHER_PURE=1).
 # Each run is in two parts. Most tests wait on sockets, timers and the usher processes they
 # start (one run used about half a core), so three pytest-xdist processes share the two cores
@@ -83,21 +95,21 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix setup.py src tests scripts bench examples
 
 # usher against nginx and HAProxy (docs/performance.md). Options: make bench ARGS="--rounds 5".
-bench: $(COMPILED)
+bench: $(COMPILED) bench-tools
 	$(BIN)/python bench/proxies.py $(ARGS)
 
-bench-algorithms: $(COMPILED)
+bench-algorithms: $(COMPILED) bench-tools
 	$(BIN)/python bench/algorithms.py
 
-bench-failover: $(COMPILED)
+bench-failover: $(COMPILED) bench-tools
 	$(BIN)/python bench/failover.py
 
 # Cost per operation of the state shared by the workers (docs/workers.md).
-bench-state: $(COMPILED)
+bench-state: $(COMPILED) bench-tools
 	$(BIN)/python bench/state.py
 
 # TCP bulk transfer: usher plain vs splice vs HAProxy mode tcp.
-bench-tcp: $(COMPILED)
+bench-tcp: $(COMPILED) bench-tools
 	$(BIN)/python bench/tcp.py
 
 docs: $(STAMP)
