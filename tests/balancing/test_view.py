@@ -10,10 +10,13 @@ from usher.pool import Backend
 
 
 def view_members() -> list[str]:
+    # Pure, the members are properties and functions; compiled by mypyc, getset and method
+    # descriptors.
     return sorted(
         name
         for name, member in vars(BackendView).items()
-        if not name.startswith("_") and (isinstance(member, property) or inspect.isfunction(member))
+        if not name.startswith("_")
+        and (inspect.isdatadescriptor(member) or inspect.isroutine(member))
     )
 
 
