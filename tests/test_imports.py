@@ -176,6 +176,11 @@ def test_type_checking_and_function_imports_are_told_apart() -> None:
 FORBIDDEN = [
     ("usher.balancing", "usher.pool", "an algorithm reads a BackendView, not the pool's Backend"),
     ("usher.balancing", "usher.http", "an algorithm balances bytes keys, not HTTP requests"),
+    (
+        "usher.pool",
+        "usher.http",
+        "the pool serves HTTP and L4 alike: http plugs its connections in (pool.connections)",
+    ),
 ]
 
 

@@ -29,6 +29,7 @@ from usher.config import (
 from usher.errors import ConnectError
 from usher.http.upstream import Owner, UpstreamConnection
 from usher.net import open_connection
+from usher.pool import connections as backend_connections
 from usher.tls import upstream_server_name
 
 if TYPE_CHECKING:
@@ -283,3 +284,8 @@ class PendingConnect:
             self._timer.cancel()
             self._timer = None
         self._task.cancel()
+
+
+# Every backend built from now on keeps its connections in a ConnectionPool: the pool layer
+# asks for them through usher.pool.connections, which does not import http.
+backend_connections.install(ConnectionPool)

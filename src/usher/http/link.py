@@ -4,7 +4,7 @@ both ways, and the deadlines on the backend (read, send, a tunnel's idle limit).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, cast
 
 from usher.errors import UpstreamError, UpstreamTimeout
 from usher.http.flow import BLOCK_BUFFERING, BLOCK_UPSTREAM_FULL
@@ -15,7 +15,7 @@ from usher.timers import Deadline
 
 if TYPE_CHECKING:
     from usher.http.codec import Event
-    from usher.http.connection_pool import PendingConnect
+    from usher.http.connection_pool import ConnectionPool, PendingConnect
     from usher.http.downstream import ClientConnection
     from usher.http.exchange import Exchange
     from usher.http.upstream import UpstreamConnection
@@ -62,7 +62,8 @@ class UpstreamLink:
 
     def open(self, backend: Backend) -> None:
         """Send the request to `backend`, on an idle connection when it has one."""
-        connections = backend.connections
+        # The http layer installed them (usher.pool.connections): a backend's are a ConnectionPool.
+        connections = cast("ConnectionPool", backend.connections)
         # A connection that opened with one client's PROXY header serves that client only.
         owner = self.exchange.client if connections.send_proxy_protocol is not None else None
         conn = connections.take(owner)
@@ -74,7 +75,7 @@ class UpstreamLink:
     def connect(self, backend: Backend) -> None:
         client = self.exchange.client
         self.t_connect = client.listener.clock.now()
-        connections = backend.connections
+        connections = cast("ConnectionPool", backend.connections)
         version = connections.send_proxy_protocol
         preamble = proxy_preamble(client, version) if version is not None else None
         self.pending = connections.connect(
@@ -185,7 +186,9 @@ class UpstreamLink:
                 conn.user = None
                 conn.close()
             else:
-                conn.backend.connections.release(conn, self.exchange.client.loop)
+                cast("ConnectionPool", conn.backend.connections).release(
+                    conn, self.exchange.client.loop
+                )
         if self.pending is not None:
             self.pending.cancel()
             self.pending = None

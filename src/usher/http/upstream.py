@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from usher.config import DEFAULT_SEND_TIMEOUT
 from usher.errors import UpstreamProtocolError
@@ -21,6 +21,7 @@ from usher.l4.accept import close_within
 from usher.timers import Deadline, wakeups_for
 
 if TYPE_CHECKING:
+    from usher.http.connection_pool import ConnectionPool
     from usher.pool import Backend
 
 
@@ -85,7 +86,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        self.backend.connections.opened(self)
+        cast("ConnectionPool", self.backend.connections).opened(self)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -119,7 +120,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._cancel_timers()
-        self.backend.connections.lost(self)
+        cast("ConnectionPool", self.backend.connections).lost(self)
         user = self.user
         if user is None:
             return
@@ -201,7 +202,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _deadline(self, loop: asyncio.AbstractEventLoop) -> Deadline:
         wait = self._wait
         if wait is None:
-            clock = self.backend.connections.clock
+            clock = cast("ConnectionPool", self.backend.connections).clock
             wait = self._wait = Deadline(clock, wakeups_for(clock, loop), self._expired)
         return wait
 

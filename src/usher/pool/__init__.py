@@ -3,6 +3,7 @@
 The face of the package; each job has its module:
 
     backend      Backend, the record of one server, its State; BackendSpec, what one should be
+    connections  BackendConnections, what the pool asks of a backend's connections (http's)
     selection    Selection, the request side of a choice; RetryBudget
     outlier      passive health: ejections from real traffic, panic mode
     slow_start   the effective weight's ramp

@@ -18,11 +18,10 @@ from usher.shortage import local_reason, report
 if TYPE_CHECKING:
     import asyncio
 
-    from usher.http.codec import Headers
     from usher.metrics import Metrics
     from usher.pool.backend import Backend
     from usher.pool.pool import Pool
-    from usher.pool.selection import Selection
+    from usher.pool.selection import Headers, Selection
 
 # The methods a request may be sent again with, to another backend (RFC 9110 §9.2.2).
 IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})

@@ -11,13 +11,13 @@ A backend's state, as the admin API shows it:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
-from usher.http.connection_pool import ConnectionPool
+from usher.pool.connections import BackendConnections, connections_for
 
 if TYPE_CHECKING:
     from usher.config import BackendConfig, HostPort
-    from usher.http.upstream import UpstreamConnection
     from usher.shared import Slot
 
 State = Literal["enabled", "draining", "disabled"]
@@ -99,7 +99,8 @@ class Backend:
         self.shared: Slot | None = None
         # Its keep-alive connections, and the pool settings new ones are made with (the Pool
         # configures it): on the backend, as the connections reach it through their backend.
-        self.connections = ConnectionPool(self)
+        # The http layer provides them (usher.pool.connections); the pool does not know HTTP.
+        self.connections: BackendConnections = connections_for(self)
         # Where it came from: config, admin, or a discovery source (dns:NAME, etcd:PREFIX,
         # file:PATH); a reload keeps discovered backends, the source itself retires them.
         self.source = CONFIG_SOURCE
@@ -127,7 +128,7 @@ class Backend:
         return "healthy" if self.healthy and now >= self.failed_until else "unhealthy"
 
     @property
-    def idle(self) -> list[UpstreamConnection]:
+    def idle(self) -> Sequence[object]:
         """Idle keep-alive connections to this backend, most recently used last."""
         return self.connections.idle
 

@@ -28,8 +28,8 @@ from usher.state.shm import SharedKeyTable
 
 if TYPE_CHECKING:
     from usher.config import StickyCookie, StickyHeader, StickySourceIp
-    from usher.http.codec import Headers
     from usher.pool.backend import Backend
+    from usher.pool.selection import Headers
     from usher.state.shm import SharedState
 
 

@@ -35,7 +35,7 @@ from usher.tls import UpstreamContext
 
 if TYPE_CHECKING:
     from usher.config import BackendConfig, PoolConfig
-    from usher.http.codec import Headers
+    from usher.pool.selection import Headers
 
 log = logging.getLogger("usher.health")
 

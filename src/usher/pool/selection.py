@@ -13,6 +13,11 @@ if TYPE_CHECKING:
 # The in-process retry budget, by the name it always had.
 RetryBudget = LocalBudget
 
+# A request's header fields, as the pool reads them (persistence's cookie and header, hooks):
+# name and value bytes, the shape of the codec's `usher.http.events.Headers`, which the pool
+# layer does not import.
+Headers = list[tuple[bytes, bytes]]
+
 
 class Selection:
     """The request-side context of one selection: who asks, and which backends were tried."""

@@ -18,6 +18,10 @@ from usher.balancing import custom as custom_algorithms
 from usher.clock import Clock, MonotonicClock
 from usher.config import DEFAULT_DRAIN_TIMEOUT, Config, Listener, PoolConfig
 from usher.errors import BindError, ConfigError, ConfigIssue
+
+# Imported for its effect, before any pool is built: the backends' connections are its
+# ConnectionPool (usher.pool.connections), whichever listeners the config has.
+from usher.http import connection_pool  # noqa: F401
 from usher.http.hook_phases import build_hooks
 from usher.listeners import Abortable, AnyListener, Serving, bind_listener, build_listener
 from usher.logs import AccessLog
