@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import pstats
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from algorithms import free_port, wait_for
-from per_request import FEW, MODES, PROFILED, USHER, WARMUP, per_call_counts, per_request
+from per_request import (
+    FEW,
+    MODES,
+    PROFILED,
+    USHER,
+    WARMUP,
+    kill_left,
+    per_call_counts,
+    per_request,
+    stop,
+)
 
 STREAMS = 10  # h2load -m: streams open at once on the connection
 H2LOAD_TIMEOUT = 120.0
@@ -71,14 +80,9 @@ def measure_run(env: dict[str, str], requests: int, out: Path, work: Path) -> No
         wait_for(port, usher, 120)
         h2load(port, WARMUP)
         h2load(port, requests)
-        usher.send_signal(signal.SIGTERM)
-        if usher.wait(timeout=120) != 0:
-            raise RuntimeError(f"usher exited with {usher.returncode}: see {work / 'usher.log'}")
+        stop(usher, work, timeout=120)
     finally:
-        for proc in (usher, backend):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        kill_left(usher, backend)
 
 
 def profile(mode: str, requests: int, work: Path) -> list[dict[str, Any]]:
