@@ -101,12 +101,14 @@ class H2Downstream(asyncio.Protocol):
         self.transport = origin.transport
         # Inbound fields are validated (RFC 9113 §8.2), outbound ones are ours: h2_headers
         # writes them lower-cased without connection-specific fields, so h2 need not check
-        # (nor normalise) every answer's head again.
+        # (nor normalise) every answer's head again. Nor need it join a request's split
+        # cookie fields: request_head does (one generator step per field less).
         config = H2Configuration(
             client_side=False,
             header_encoding=None,
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
+            normalize_inbound_headers=False,
             logger=_NO_LOG,
         )
         self.h2 = H2Connection(config)
