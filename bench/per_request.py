@@ -188,14 +188,23 @@ def measure_run(python: list[str], run: Run, requests: int, work: Path) -> None:
         wait_for(backend_port, backend, 30)
         wait_for(port, usher, 600)  # python under valgrind starts slowly
         (get_closing if run.close else get_many)(port, WARMUP + requests, timeout=60)
-        usher.send_signal(signal.SIGTERM)
-        if usher.wait(timeout=600) != 0:
-            raise RuntimeError(f"usher exited with {usher.returncode}: see {work / 'usher.log'}")
+        stop(usher, work, timeout=600)
     finally:
-        for proc in (usher, backend):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        kill_left(usher, backend)
+
+
+def stop(usher: subprocess.Popen[bytes], work: Path, timeout: float) -> None:
+    """SIGTERM (so that a profile is written at exit), and a clean exit checked."""
+    usher.send_signal(signal.SIGTERM)
+    if usher.wait(timeout=timeout) != 0:
+        raise RuntimeError(f"usher exited with {usher.returncode}: see {work / 'usher.log'}")
+
+
+def kill_left(*procs: subprocess.Popen[bytes]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def instructions(mode: str, requests: int, work: Path, run: Run) -> float:

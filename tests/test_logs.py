@@ -1,14 +1,18 @@
 """The access log's writes to stdout at exit: one exit handler for the process, however many
-logs are built (the lines themselves: tests/test_logs_format.py)."""
+logs are built (the lines themselves: tests/test_logs_format.py); hpack's per-header debug
+calls made a no-op at logging setup unless asked for."""
 
 from __future__ import annotations
 
 import atexit
 import gc
 import io
+import logging
 import subprocess
 import sys
+from collections.abc import Iterator
 
+import hpack
 import pytest
 
 from usher import logs
@@ -60,3 +64,45 @@ def test_lines_held_back_are_written_at_exit() -> None:
     lines = sorted(done.stdout.splitlines())
     assert len(lines) == 2, done
     assert '"GET /one"' in lines[0] and '"GET /two"' in lines[1], lines
+
+
+@pytest.fixture
+def hpack_loggers() -> Iterator[list[logging.Logger]]:
+    """hpack's module loggers, their level and debug method as they were, after the test."""
+    loggers = [logging.getLogger(name) for name in logs.QUIET_DEBUG_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    yield loggers
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
+        logger.__dict__.pop("debug", None)
+
+
+def _round_trip() -> None:
+    encoder, decoder = hpack.Encoder(), hpack.Decoder()
+    fields = [(b":status", b"200"), (b"content-type", b"text/plain"), (b"x-long", b"v" * 40)]
+    assert decoder.decode(encoder.encode(fields), raw=True) == fields
+
+
+def test_hpack_debug_calls_do_not_reach_logging_when_not_enabled(
+    hpack_loggers: list[logging.Logger], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for logger in hpack_loggers:
+        logger.setLevel(logging.INFO)
+    logs.quiet_library_debug()
+    calls: list[str] = []
+    monkeypatch.setattr(logging.Logger, "isEnabledFor", lambda self, level: calls.append("x"))
+    _round_trip()
+    assert calls == []
+    # Warnings and errors still go through logging as before.
+    assert hpack_loggers[0].warning.__func__ is logging.Logger.warning  # type: ignore[attr-defined]
+
+
+def test_hpack_debug_records_stay_when_a_user_asked_for_them(
+    hpack_loggers: list[logging.Logger], caplog: pytest.LogCaptureFixture
+) -> None:
+    for logger in hpack_loggers:
+        logger.setLevel(logging.DEBUG)
+    logs.quiet_library_debug()
+    with caplog.at_level(logging.DEBUG, logger="hpack"):
+        _round_trip()
+    assert any(record.name == "hpack.hpack" for record in caplog.records)

@@ -72,6 +72,9 @@ def _install_logging() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s usher: %(message)s", stream=sys.stderr
     )
+    from usher.logs import quiet_library_debug
+
+    quiet_library_debug()
 
 
 def _install_loop() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import json
+import logging
 import math
 import sys
 import time
@@ -342,3 +343,29 @@ def _flush_held() -> None:
 
 
 atexit.register(_flush_held)
+
+
+# Module loggers of libraries that call `log.debug` for every header they code (hpack: several
+# per request). Not emitted, each call still cost two Python calls into logging (`debug`,
+# `isEnabledFor`) plus the argument tuple.
+QUIET_DEBUG_LOGGERS: Final = ("hpack.hpack", "hpack.table")
+# Takes any arguments, does nothing, in C: the cheapest stand-in for a logging method.
+_IGNORE_ARGUMENTS: Final = "".format
+
+
+def make_no_op(target: object, *methods: str) -> None:
+    """Replace `methods` of one object (a logger) by a call that ignores its arguments: an
+    instance attribute shadows its class's method for that object only."""
+    for method in methods:
+        setattr(target, method, _IGNORE_ARGUMENTS)
+
+
+def quiet_library_debug() -> None:
+    """After the process's logging is set up: make the debug calls of QUIET_DEBUG_LOGGERS a
+    no-op unless they are enabled for DEBUG now (a user who asked for hpack's debug records,
+    e.g. from an embedding program, gets them). Each logger's other levels are untouched;
+    `del logging.getLogger(name).debug` undoes it."""
+    for name in QUIET_DEBUG_LOGGERS:
+        logger = logging.getLogger(name)
+        if not logger.isEnabledFor(logging.DEBUG):
+            make_no_op(logger, "debug")

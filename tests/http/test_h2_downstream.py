@@ -190,6 +190,27 @@ async def test_post_without_length_goes_chunked_with_trailers(balancer: StartBal
     assert body == b"9\r\npart one,\r\n8\r\npart two\r\n0\r\nx-sum: 17\r\n\r\n"
 
 
+async def test_split_cookie_crumbs_reach_the_backend_as_one_cookie(
+    balancer: StartBalancer,
+) -> None:
+    backend = RecordingBackend()
+    port = await backend.start()
+    try:
+        running = await balancer(h2c_config(f"127.0.0.1:{port}"))
+        client = await H2Client.open(running.port)
+        # The client's h2 splits the field into one crumb per pair (RFC 9113 §8.2.3).
+        cookies = [(b"cookie", b"a=1; b=2"), (b"x-after", b"1"), (b"cookie", b"c=3")]
+        answer = await client.response(client.request("/", headers=cookies))
+        await client.close()
+    finally:
+        await backend.close()
+    assert answer.status == 200
+    head = backend.received.partition(b"\r\n\r\n")[0].lower()
+    assert head.count(b"\r\ncookie:") == 1
+    assert b"\r\ncookie: a=1; b=2; c=3\r\n" in head
+    assert b"\r\nx-after: 1\r\n" in head
+
+
 async def test_response_trailers_and_hop_by_hop_headers(
     balancer: StartBalancer, raw_backend: RawBackend
 ) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from usher import handover
 from usher.config import Config
 from usher.errors import UsherError
-from usher.logs import AccessLog
+from usher.logs import AccessLog, quiet_library_debug
 from usher.process.channel import Channel, ChannelClosed
 from usher.process.heap import freeze_startup_objects
 from usher.process.messages import (
@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         format=f"%(asctime)s usher worker {number}: %(message)s",
         stream=sys.stderr,
     )
+    quiet_library_debug()
     import uvloop
 
     code: Any = uvloop.run(_main(channel_fd, table_fd, state_fd, number, workers, capacity))
