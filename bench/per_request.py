@@ -5,14 +5,19 @@ compiled and pure (docs/performance.md, "Compiled hot path").
     python bench/per_request.py profile [--requests 1000] [--top 25]
     python bench/per_request.py profile --close   # each request on its own connection
     ... [--profile features] [--access-log]   # the `features` scenario's config (bench/proxies.py)
+    ... --algorithm least_connections --backends 3   # the plain pool's algorithm and size
 
-Each measurement runs `usher run --workers 1` as a user would (one pool of one `usher backend`,
-access log off unless --access-log) under valgrind or cProfile, sends it WARMUP requests and then
+Each measurement runs `usher run --workers 1` as a user would (one pool of `--backends`
+`usher backend`s, 1 by default, balanced by `--algorithm`, round robin by default; access log
+off unless --access-log) under valgrind or cProfile, sends it WARMUP requests and then
+
 either a few or `--requests` more on one keep-alive connection (with --close: each on a new
 connection, with `Connection: close`), one at a time, and stops it with SIGTERM. Both runs pay
 the same start, warm-up and shutdown, so the difference of their totals divided by the
 difference of their request counts is the cost of one request alone. Instruction counts and
-call counts do not depend on the machine's load, unlike time.
+call counts do not depend on the machine's load, unlike time. To compare algorithms, give them
+the same --backends (3, say): with one backend there is nothing to choose between, and the
+choice's cost grows with the backends an algorithm looks at.
 """
 
 from __future__ import annotations
@@ -142,42 +147,57 @@ def _recv(sock: socket.socket) -> bytes:
 
 
 class Run:
-    """What every measured run of one invocation shares: the environment, the access log and
-    the config's profile (`plain`: one pool of one backend, round robin; `features`: the
-    benchmark's features scenario with that backend)."""
+    """What every measured run of one invocation shares: the environment, the access log,
+    the config's profile (`plain`: one pool, balanced by `algorithm`; `features`: the
+    benchmark's features scenario with those backends) and the number of backends."""
 
     def __init__(
-        self, env: Mapping[str, str], access_log: bool, profile: str, close: bool = False
+        self,
+        env: Mapping[str, str],
+        access_log: bool,
+        profile: str,
+        close: bool = False,
+        *,
+        algorithm: str = "round_robin",
+        backends: int = 1,
     ) -> None:
         self.env = env
         self.access_log = access_log
         self.profile = profile
         self.close = close  # each request on a new connection
+        self.algorithm = algorithm  # the plain pool's
+        self.backends = backends
 
 
-def config_text(profile: str, port: int, backend_port: int) -> str:
+def config_text(
+    profile: str, port: int, backend_ports: list[int], algorithm: str = "round_robin"
+) -> str:
     if profile == "features":
-        text = usher_config("http", port, [backend_port], Path(), "features", free_port())
+        text = usher_config("http", port, backend_ports, Path(), "features", free_port())
         # Without the admin API: idle, it costs a request nothing, and under valgrind its
         # start (FastAPI, pydantic's schemas) takes minutes.
         return "".join(line for line in text.splitlines(True) if not line.startswith("admin:"))
+    addresses = ", ".join(f"{{address: 127.0.0.1:{p}}}" for p in backend_ports)
     return (
         f"listeners: [{{name: web, bind: 127.0.0.1:{port}, pool: p}}]\n"
-        f"pools: {{p: {{backends: [{{address: 127.0.0.1:{backend_port}}}]}}}}\n"
+        f"pools: {{p: {{algorithm: {algorithm}, backends: [{addresses}]}}}}\n"
     )
 
 
 def measure_run(python: list[str], run: Run, requests: int, work: Path) -> None:
     """One `usher run` started by `python` (the interpreter, under valgrind, or cProfile's):
     warm-up, `requests` GETs, SIGTERM, wait for its exit."""
-    backend_port, port = free_port(), free_port()
+    backend_ports, port = [free_port() for _ in range(run.backends)], free_port()
     config = work / "usher.yaml"
-    config.write_text(config_text(run.profile, port, backend_port))
-    backend = subprocess.Popen(
-        [*USHER, "backend", "--port", str(backend_port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    config.write_text(config_text(run.profile, port, backend_ports, run.algorithm))
+    backends = [
+        subprocess.Popen(
+            [*USHER, "backend", "--port", str(backend_port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for backend_port in backend_ports
+    ]
     flags = [] if run.access_log else ["--no-access-log"]
     cmd = [*python, "-m", "usher", "run", "-c", str(config), "--workers", "1", *flags]
     with (work / "usher.log").open("ab") as log:
@@ -185,12 +205,13 @@ def measure_run(python: list[str], run: Run, requests: int, work: Path) -> None:
             cmd, env={**os.environ, **run.env}, stdout=subprocess.DEVNULL, stderr=log
         )
     try:
-        wait_for(backend_port, backend, 30)
+        for backend_port, backend in zip(backend_ports, backends, strict=True):
+            wait_for(backend_port, backend, 30)
         wait_for(port, usher, 600)  # python under valgrind starts slowly
         (get_closing if run.close else get_many)(port, WARMUP + requests, timeout=60)
         stop(usher, work, timeout=600)
     finally:
-        kill_left(usher, backend)
+        kill_left(usher, *backends)
 
 
 def stop(usher: subprocess.Popen[bytes], work: Path, timeout: float) -> None:
@@ -238,7 +259,15 @@ def main() -> int:
         "--profile",
         choices=["plain", "features"],
         default="plain",
-        help="the config: one round-robin pool (plain) or the features scenario's",
+        help="the config: one pool (plain) or the features scenario's",
+    )
+    parser.add_argument(
+        "--algorithm",
+        default="round_robin",
+        help="the plain pool's balancing algorithm (a config name: round_robin, ...)",
+    )
+    parser.add_argument(
+        "--backends", type=int, default=1, help="backends in the pool (3 to compare algorithms)"
     )
     parser.add_argument(
         "--close", action="store_true", help="each request on a new connection (Connection: close)"
@@ -249,6 +278,14 @@ def main() -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if any(m not in MODES for m in modes) or args.requests < 1:
         parser.error("--modes takes compiled and/or pure; --requests must be >= 1")
+    if args.backends < 1:
+        parser.error(f"--backends must be >= 1, not {args.backends}")
+    if args.profile == "features" and args.algorithm != "round_robin":
+        parser.error("--algorithm sets the plain profile's pool; `features` has its own")
+    from usher.balancing import registered_names
+
+    if args.algorithm not in registered_names():
+        parser.error(f"--algorithm {args.algorithm!r}: known: {', '.join(registered_names())}")
     version = subprocess.run([*USHER, "version"], capture_output=True, text=True, check=True)
     if "compiled" in modes and "compiled" not in version.stdout:
         print(f"not compiled ({version.stdout.strip()}): run make first", file=sys.stderr)
@@ -258,10 +295,19 @@ def main() -> int:
         "access_log": args.access_log,
         "profile": args.profile,
         "close": args.close,
+        "algorithm": args.algorithm,
+        "backends": args.backends,
     }
     with tempfile.TemporaryDirectory(prefix="usher-per-request-") as tmp:
         for mode in modes:
-            run = Run(MODES[mode], args.access_log, args.profile, args.close)
+            run = Run(
+                MODES[mode],
+                args.access_log,
+                args.profile,
+                args.close,
+                algorithm=args.algorithm,
+                backends=args.backends,
+            )
             if args.what == "instructions":
                 results[mode] = instructions(mode, args.requests, Path(tmp), run)
             else:

@@ -286,12 +286,22 @@ def test_usher_configs_check(tmp_path: Path, profile: str) -> None:
 @pytest.mark.parametrize("profile", ["plain", "features"])
 def test_per_request_configs_check(tmp_path: Path, profile: str) -> None:
     conf = tmp_path / "usher.yaml"
-    conf.write_text(per_request.config_text(profile, 18080, 18081))
+    conf.write_text(per_request.config_text(profile, 18080, [18081]))
     _run([sys.executable, "-m", "usher", "check", "-c", str(conf)])
     text = conf.read_text()
     assert "admin:" not in text  # its start under valgrind would take minutes
     if profile == "features":
         assert "sticky: {type: cookie" in text and "rate: 1000000/s" in text
+
+
+def test_per_request_plain_config_takes_the_algorithm_and_every_backend(tmp_path: Path) -> None:
+    conf = tmp_path / "usher.yaml"
+    ports = [18081, 18082, 18083]
+    conf.write_text(per_request.config_text("plain", 18080, ports, "least_connections"))
+    _run([sys.executable, "-m", "usher", "check", "-c", str(conf)])
+    text = conf.read_text()
+    assert "algorithm: least_connections" in text
+    assert all(f"127.0.0.1:{port}" in text for port in ports)
 
 
 def test_h2_configs_parse(tmp_path: Path) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from typing import Any
 
 from usher.balancing import get_algorithm
-from usher.balancing.least import LeastConnections
+from usher.balancing.least import FairTies, LeastConnections
 from usher.clock import ManualClock
 from usher.config import HostPort, PoolConfig
 from usher.pool import Backend, Pool, Selection
@@ -139,3 +140,32 @@ def test_zero_weight_is_a_last_resort() -> None:
     assert list(algorithm.candidates(ctx())) == [b, a]
     b.state = "draining"
     assert first(algorithm) is a
+
+
+def test_starts_off_the_last_pick_keep_the_ties_as_a_reference_does() -> None:
+    # on_start of the backend just picked skips the look-up of its index; a start elsewhere (a
+    # sticky pin, a hook's choice) looks it up: either way the tags move as FairTies' own do.
+    rng = random.Random(7)
+    group = backends(3, 1, 2)
+    algorithm = LeastConnections(group)
+    reference = FairTies(group)
+    for _ in range(300):
+        picked = first(algorithm)
+        assert picked is not None
+        started = picked if rng.random() < 0.7 else rng.choice(group)
+        algorithm.on_start(started)
+        reference.started(started)
+        assert algorithm._ties.tags == reference.tags
+        assert algorithm._ties.vtime == reference.vtime
+
+
+def test_a_start_on_a_backend_it_does_not_know_changes_nothing() -> None:
+    # A request that outlived a rebuild of the algorithm finishes on the new one.
+    a, b = backends(1, 1)
+    (stranger,) = backends(1)
+    algorithm = LeastConnections([a, b])
+    assert first(algorithm) is a
+    algorithm.on_start(stranger)
+    assert algorithm._ties.tags == [0.0, 0.0]
+    algorithm.on_start(a)
+    assert first(algorithm) is b

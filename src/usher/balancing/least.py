@@ -28,26 +28,30 @@ class FairTies:
     caught up.
     """
 
-    __slots__ = ("_index", "_tags", "_vtime")
+    __slots__ = ("_index", "tags", "vtime")
 
     def __init__(self, backends: Sequence[BackendView]) -> None:
         self._index = {backend: i for i, backend in enumerate(backends)}
-        self._tags = [0.0] * len(backends)
-        self._vtime = 0.0
+        # Read directly by LeastConnections.pick, which inlines `key` (it runs per request).
+        self.tags = [0.0] * len(backends)
+        self.vtime = 0.0
 
     def key(self, index: int) -> float:
         """Lower wins a tie."""
-        tag = self._tags[index]
-        return tag if tag > self._vtime else self._vtime
+        tag = self.tags[index]
+        return tag if tag > self.vtime else self.vtime
 
     def started(self, backend: BackendView) -> None:
         index = self._index.get(backend)
         if index is None:  # a request that outlived a rebuild of the algorithm
             return
+        self.started_at(index, backend.effective_weight)
+
+    def started_at(self, index: int, weight: float) -> None:
+        """`started` for the backend at `index`, whose weight is `weight`."""
         start = self.key(index)
-        self._vtime = start
-        weight = backend.effective_weight
-        self._tags[index] = start + (1.0 / weight if weight > 0 else 1.0)
+        self.vtime = start
+        self.tags[index] = start + (1.0 / weight if weight > 0 else 1.0)
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # a user may extend it
@@ -56,10 +60,15 @@ class LeastConnections(Stepwise):
 
     def prepare(self) -> None:
         self._ties = FairTies(self.backends)
+        # The index of the last pick: the request usually starts on it, and `on_start` then
+        # needs no look-up of the backend's index.
+        self._picked = -1
 
     def pick(self, ctx: SelectionContext, excluded: int) -> int:
         eligible = ctx.eligible
-        tie_key = self._ties.key
+        ties = self._ties
+        tags = ties.tags
+        vtime = ties.vtime
         best = -1
         best_load = 0.0
         best_tie = 0.0
@@ -70,16 +79,21 @@ class LeastConnections(Stepwise):
             # A zero weight (the first instant of slow start) is a last resort, not an error.
             # in_flight: the sum over every worker, so the workers balance as one.
             load = backend.in_flight() / weight if weight > 0 else _INF
-            if best < 0 or load < best_load:
-                best, best_load, best_tie = i, load, tie_key(i)
-            elif load == best_load:
-                tie = tie_key(i)
-                if tie < best_tie:
-                    best, best_tie = i, tie
+            if best >= 0 and load > best_load:
+                continue
+            tag = tags[i]
+            tie = tag if tag > vtime else vtime  # ties.key(i), without a call per backend
+            if best < 0 or load < best_load or tie < best_tie:
+                best, best_load, best_tie = i, load, tie
+        self._picked = best
         return best
 
     def on_start(self, backend: BackendView) -> None:
-        self._ties.started(backend)
+        index = self._picked
+        if index >= 0 and self.backends[index] is backend:
+            self._ties.started_at(index, backend.effective_weight)
+        else:  # not the last pick (a hook's choice, a sticky pin): look its index up
+            self._ties.started(backend)
 
 
 register("least_connections", "weighted_least_connections")(LeastConnections)
