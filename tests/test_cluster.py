@@ -93,7 +93,7 @@ def cluster_up(u: Usher) -> int:
     for line in httpx.get(f"{u.admin}/metrics", timeout=10).text.splitlines():
         if line.startswith("usher_cluster_up{"):
             return int(float(line.rsplit(" ", 1)[1]))
-    raise AssertionError("no usher_cluster_up in /metrics")
+    return -1  # not listed yet (seen once on a loaded machine just after start): asked again
 
 
 def test_a_limit_of_100_per_second_holds_over_both_nodes(nodes: tuple[Usher, Usher]) -> None:
