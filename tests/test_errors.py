@@ -67,17 +67,15 @@ def _package_modules() -> list[str]:
 
 
 def _public_exceptions() -> set[type[BaseException]]:
-    """Every public exception class that any usher module defines or holds."""
+    """Every exception class that any usher module defines or holds, private ones too."""
     found: set[type[BaseException]] = set()
     for name in _package_modules():
         module = importlib.import_module(name)
-        for attr, value in vars(module).items():
+        for value in vars(module).values():
             if (
                 inspect.isclass(value)
                 and issubclass(value, BaseException)
                 and value.__module__.split(".")[0] == usher.__name__
-                and not attr.startswith("_")  # parser-internal ones stay private
-                and not value.__name__.startswith("_")
             ):
                 found.add(value)
     return found

@@ -17,6 +17,8 @@
     ├── HaError                  an argument of `usher ha keepalived` is wrong (also a ValueError)
     ├── UpgradeFailed            the new process of a `kill -USR2` upgrade did not take over
     ├── SourceError              a discovery source cannot say which backends there are
+    ├── NoRecords                a DNS name has no records of the type asked (an empty answer)
+    ├── MalformedClientHello     a TLS ClientHello that cannot be read for its server name
     ├── LocalProtocolError       a codec writer was asked for what HTTP/1.1 does not allow (a bug)
     └── RuntimeFailure           ends the `usher` command with exit code 2
 
@@ -157,6 +159,16 @@ class UpgradeFailed(UsherError):
 class SourceError(UsherError):
     """A discovery source could not say which backends there are (resolver down, NXDOMAIN,
     etcd unreachable, a file missing or invalid): its last good set stands."""
+
+
+class NoRecords(UsherError):
+    """A DNS discovery name exists but has no records of the type asked: no backends from it,
+    which is an answer, not a failure (caught where it is raised)."""
+
+
+class MalformedClientHello(UsherError):
+    """A TLS ClientHello that cannot be read for its server name; the message says why
+    (caught where it is raised, and answered as a malformed handshake)."""
 
 
 class LocalProtocolError(UsherError):

@@ -15,6 +15,7 @@ import dns.resolver
 
 from usher.config import BackendConfig, DnsDiscovery, HostPort
 from usher.discovery.source import SourceError, require_some, source_label
+from usher.errors import NoRecords
 
 # A TTL of 0 must not turn into a query loop.
 MIN_REFRESH = 0.5
@@ -88,7 +89,7 @@ class DnsSource:
         for kind in ("A", "AAAA"):
             try:
                 answer = await self._query(name, kind)
-            except _NoRecords:
+            except NoRecords:
                 missing += 1
                 continue
             if answer.rrset is not None:
@@ -102,17 +103,13 @@ class DnsSource:
         try:
             return await self.resolver.resolve(name, kind, lifetime=self.config.timeout)
         except dns.resolver.NoAnswer:
-            raise _NoRecords from None
+            raise NoRecords from None
         except dns.resolver.NXDOMAIN:
             raise SourceError(f"{name}: no such name (NXDOMAIN)") from None
         except dns.exception.Timeout:
             raise SourceError(f"{name} {kind}: no answer from the resolver") from None
         except dns.exception.DNSException as exc:
             raise SourceError(f"{name} {kind}: {exc}") from None
-
-
-class _NoRecords(Exception):
-    """The name exists but has no records of this type."""
 
 
 def _entry(host: str, port: int, weight: int, *, backup: bool) -> BackendConfig:

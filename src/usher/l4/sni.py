@@ -12,6 +12,8 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from usher.errors import MalformedClientHello
+
 __all__ = [
     "DEFAULT_MAX_HELLO",
     "NEED_MORE",
@@ -63,10 +65,6 @@ Result = NeedMore | Hello | NotTls | Malformed
 NEED_MORE: Final = NeedMore()
 
 
-class _Bad(Exception):
-    pass
-
-
 class ClientHelloReader:
     """Accumulates the first flight of a connection until its ClientHello can be read."""
 
@@ -116,7 +114,7 @@ class ClientHelloReader:
                 if len(handshake) >= 4 + size:
                     try:
                         return Hello(_server_name(handshake[4 : 4 + size]))
-                    except _Bad as exc:
+                    except MalformedClientHello as exc:
                         return Malformed(str(exc))
         if len(buf) >= self.max_bytes:
             return Malformed(f"no complete ClientHello in the first {self.max_bytes} bytes")
@@ -132,7 +130,7 @@ class _Cursor:
 
     def take(self, n: int, what: str) -> bytes:
         if self.pos + n > len(self.data):
-            raise _Bad(f"ClientHello ends inside its {what}")
+            raise MalformedClientHello(f"ClientHello ends inside its {what}")
         chunk = self.data[self.pos : self.pos + n]
         self.pos += n
         return chunk
@@ -154,21 +152,21 @@ def _server_name(body: bytes) -> str | None:
     hello.vector(1, "session id")
     suites = hello.vector(2, "cipher suites")
     if not suites or len(suites) % 2:
-        raise _Bad("ClientHello has an invalid cipher suite list")
+        raise MalformedClientHello("ClientHello has an invalid cipher suite list")
     if not hello.vector(1, "compression methods"):
-        raise _Bad("ClientHello has no compression method")
+        raise MalformedClientHello("ClientHello has no compression method")
     if hello.left == 0:
         return None  # no extensions at all (very old clients)
     extensions = _Cursor(hello.vector(2, "extensions"))
     if hello.left:
-        raise _Bad("bytes after the ClientHello's extensions")
+        raise MalformedClientHello("bytes after the ClientHello's extensions")
     name: str | None = None
     seen: set[int] = set()
     while extensions.left:
         kind = extensions.number(2, "extension type")
         data = extensions.vector(2, "extension")
         if kind in seen:
-            raise _Bad(f"extension {kind} appears twice")
+            raise MalformedClientHello(f"extension {kind} appears twice")
         seen.add(kind)
         if kind == _SERVER_NAME:
             name = _host_name(data)
@@ -184,8 +182,8 @@ def _host_name(data: bytes) -> str | None:
             try:
                 text = value.decode("ascii")
             except UnicodeDecodeError:
-                raise _Bad("server name is not ASCII") from None
+                raise MalformedClientHello("server name is not ASCII") from None
             if not text or any(c in text for c in "\0/ \\") or len(text) > 253:
-                raise _Bad(f"invalid server name {text!r}")
+                raise MalformedClientHello(f"invalid server name {text!r}")
             return text.rstrip(".").lower()
     return None
