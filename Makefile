@@ -33,7 +33,7 @@ cluster-demo: $(COMPILED) system-tools
 # (the dns listener's tests), keepalived (the HA tests), etcd (discovery) and redis-server (the
 # cluster tests start their own), nginx and haproxy (tests/test_bench.py checks the configs
 # `make bench` gives them with `nginx -t` and `haproxy -c`), and h2load (nghttp2-client: the
-# h2 scenario of `make bench`; its curl checks need curl's HTTP/2, which Debian's has).
+# h2 scenario of `make bench`) and curl with HTTP/2 (the h2 tests and the bench checks).
 system-tools:
 	@missing=""; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
@@ -45,6 +45,7 @@ system-tools:
 	[ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	[ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
 	[ -x /usr/bin/h2load ] || missing="$$missing nghttp2-client"; \
+	[ -x /usr/bin/curl ] || missing="$$missing curl"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing (apt-get)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

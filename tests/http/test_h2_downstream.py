@@ -6,13 +6,11 @@ resets, GOAWAY on stop, bad frames."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trustme
 from h2.errors import ErrorCodes
 
@@ -25,8 +23,6 @@ from usher.http.h2_downstream import PREFACE, takes_prior_knowledge
 StartBalancer = Callable[..., Awaitable[RunningBalancer]]
 StartBackends = Callable[..., Awaitable[list[BackendServer]]]
 RawBackend = Callable[[RawHandler], Awaitable[int]]
-
-needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 
 
 def h2c_config(*servers: BackendServer | str, **listener: Any) -> dict[str, Any]:
@@ -54,7 +50,6 @@ def log_lines(running: RunningBalancer) -> list[str]:
     return [line for line in running.log.getvalue().splitlines() if line]
 
 
-@needs_curl
 async def test_curl_h2c_prior_knowledge_get_and_post(
     backends: StartBackends, balancer: StartBalancer
 ) -> None:
@@ -70,7 +65,6 @@ async def test_curl_h2c_prior_knowledge_get_and_post(
     assert '"GET /" 200' in lines[0] and '"POST /echo" 200' in lines[1]
 
 
-@needs_curl
 async def test_h2c_is_off_by_default_on_http(
     backends: StartBackends, balancer: StartBalancer
 ) -> None:
@@ -98,7 +92,6 @@ def _alpn_client(ca: trustme.CA, protocols: list[str]) -> ssl.SSLContext:
     return ctx
 
 
-@needs_curl
 async def test_https_offers_h2_by_alpn_by_default_and_http11_still_works(
     backends: StartBackends, balancer: StartBalancer, tmp_path: Path
 ) -> None:
